@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run every check ebb has: lint, types, the guest side's minimum Python, unit tests
+# (on the newest Python and on the oldest the guest side supports), end-to-end tests
+# on real guests. Exits non-zero when anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./dev/bootstrap.sh
+
+status=0
+step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+
+step "ruff"
+.venv/bin/ruff check . || status=1
+step "mypy (strict on protocol/ and guest/)"
+.venv/bin/mypy || status=1
+step "vermin: protocol/ and guest/ run on Python 3.8"
+.venv/bin/vermin --no-tips --violations -t=3.8- --backport typing protocol guest || status=1
+
+step "guest side on the oldest and newest Python present"
+./dev/guest-pythons.sh || status=1
+
+step "unit tests"
+.venv/bin/python -m pytest -q tests/unit || status=1
+
+step "end-to-end tests (real libvirtd, real guests)"
+.venv/bin/python -m pytest -q -m e2e tests/e2e || status=1
+
+exit $status

@@ -1,0 +1,1 @@
+"""Subcommand groups of ``ebbctl``; each module exposes ``register(subparsers)``."""

@@ -1,0 +1,62 @@
+"""Unit tests never touch the real host.
+
+An autouse fixture makes any unit test that opens a path under /proc or /sys
+(other than the test process's own /proc/self) or connects to a real libvirt
+URI fail at once. Collectors take a ``proc_root`` / ``sys_root`` and tests point
+them at fixture trees; libvirt code uses the ``test:///default`` driver.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+from typing import Any
+
+import pytest
+
+_REAL_OPEN = builtins.open
+_REAL_OS_OPEN = os.open
+_ALLOWED_PREFIXES = ("/proc/self/", f"/proc/{os.getpid()}/")
+
+
+def _forbidden(path: Any) -> bool:
+    if isinstance(path, int):
+        return False
+    try:
+        text = os.fsdecode(os.fspath(path))
+    except TypeError:
+        return False
+    if not os.path.isabs(text):
+        return False
+    text = os.path.normpath(text)
+    if text.startswith(_ALLOWED_PREFIXES):
+        return False
+    return text == "/proc" or text == "/sys" or text.startswith(("/proc/", "/sys/"))
+
+
+@pytest.fixture(autouse=True)
+def _no_real_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    def guarded_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if _forbidden(file):
+            raise AssertionError(f"unit test touched the real host: open({file!r})")
+        return _REAL_OPEN(file, *args, **kwargs)
+
+    def guarded_os_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if _forbidden(path):
+            raise AssertionError(f"unit test touched the real host: os.open({path!r})")
+        return _REAL_OS_OPEN(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+    try:
+        import libvirt  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    real_libvirt_open = libvirt.open
+
+    def guarded_libvirt_open(uri: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if not (isinstance(uri, str) and uri.startswith("test://")):
+            raise AssertionError(f"unit test connected to a real libvirt: {uri!r}")
+        return real_libvirt_open(uri, *args, **kwargs)
+
+    monkeypatch.setattr(libvirt, "open", guarded_libvirt_open)
