@@ -17,6 +17,8 @@ from ebb.host.ctl import lab as lab_cmds
 from ebb.host.ctl import observe as observe_cmds
 from ebb.host.ctl import policy as policy_cmds
 
+DEFAULT_CONTROL_SOCKET = "/run/ebb/ebbd.sock"
+
 COMMAND_GROUPS = (daemon_cmds, policy_cmds, lab_cmds, observe_cmds)
 
 
@@ -26,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="See what ebbd is doing and why, check and try policies, run a lab of VMs.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--socket",
+        default=DEFAULT_CONTROL_SOCKET,
+        metavar="PATH",
+        help=f"ebbd's control socket (default {DEFAULT_CONTROL_SOCKET})",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in COMMAND_GROUPS:
