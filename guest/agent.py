@@ -1,0 +1,582 @@
+"""The agent's connection state machine and report loop.
+
+One thread, one loop: wait on the transport (and a stop pipe) until the next thing
+is due, handle what the host sent, then do what is due (resend a hello, take a
+sample, send a report, offer or need, ping a quiet host). States::
+
+    DISCONNECTED --open + hello--> HELLO_SENT --welcome--> ACTIVE
+         ^                           |  ^ hello again with backoff    |
+         +--- host gone / bye / write failed (wait with backoff) -----+
+                                                     STOPPED (after stop())
+
+Nothing the host sends can crash the loop: protocol errors come back from the
+reader as values and are answered with an ``error`` message (rate-limited), and
+everything kept is bounded (one frame buffer, the last two samples, counters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from ebb.protocol.errors import ProtocolError
+from ebb.protocol.messages import (
+    CAPABILITIES,
+    SUPPORTED_VERSIONS,
+    Bye,
+    Decision,
+    Error,
+    Hello,
+    Message,
+    Need,
+    Offer,
+    Ping,
+    Pong,
+    Report,
+    Request,
+    Welcome,
+    encode_message,
+    error_reply,
+)
+from ebb.protocol.stream import MessageReader, needs_error_reply
+
+from . import __version__
+from .collect import CollectError, MemoryCollector, MemorySample
+from .transport import Transport, TransportError
+from .yielding import (
+    Assessment,
+    NeedEstimate,
+    YieldConfig,
+    assess,
+    need_changed,
+    offer_changed,
+)
+
+LOG = logging.getLogger(__name__)
+
+#: Request kinds the agent understands (PROTOCOL.md "request").
+PREPARE_RELEASE = "prepare_release"
+
+
+class ConnectionState(enum.Enum):
+    """Where the agent is in its conversation with the host."""
+
+    DISCONNECTED = "disconnected"  # transport closed; waiting before (re)opening it
+    HELLO_SENT = "hello_sent"  # transport open, hello sent, waiting for a welcome
+    ACTIVE = "active"  # welcomed: reporting every interval
+    STOPPED = "stopped"  # stop() was called and the loop has ended
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Timing and limits of the agent loop. Defaults suit a real guest."""
+
+    #: Report interval until the host's welcome sets one.
+    default_interval_s: float = 1.0
+    #: Sample at least this often between reports, to report big changes at once.
+    watch_interval_s: float = 0.5
+    #: Wait before reopening a transport or resending a hello: doubles from min to max.
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 10.0
+    #: A write that cannot complete in this time means the host end is gone.
+    write_timeout_s: float = 2.0
+    #: Ping a host not heard from for this long; re-handshake if the ping goes unanswered
+    #: for as long again (a serial line never reports that its other end went away).
+    keepalive_s: float = 30.0
+    #: Report at once when MemAvailable moved by more than this fraction of MemTotal ...
+    big_change_fraction: float = 0.05
+    #: ... or PSI some avg10 rose by this many percentage points since the last report.
+    psi_rise_pct: float = 5.0
+    #: At most this many error replies per second (garbage must not make us chatty).
+    error_replies_per_s: float = 10.0
+    #: Sent in the hello, for the host's logs.
+    hostname: str = field(default_factory=socket.gethostname)
+    yield_config: YieldConfig = field(default_factory=YieldConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("default_interval_s", "watch_interval_s", "backoff_min_s", "write_timeout_s",
+                     "keepalive_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.backoff_max_s < self.backoff_min_s:
+            raise ValueError("backoff_max_s must be >= backoff_min_s")
+
+
+@dataclass
+class AgentCounters:
+    """What the agent has done since it started (for tests, logs and the benchmark)."""
+
+    connects: int = 0
+    hellos_sent: int = 0
+    welcomes: int = 0
+    reports_sent: int = 0
+    offers_sent: int = 0
+    needs_sent: int = 0
+    errors_sent: int = 0
+    errors_received: int = 0
+    protocol_errors: int = 0
+    disconnects: int = 0
+
+
+class _TokenBucket:
+    """Allows ``rate_per_s`` events per second on average, bursts of up to that many."""
+
+    def __init__(self, rate_per_s: float, clock: Callable[[], float]) -> None:
+        self._rate = rate_per_s
+        self._capacity = max(1.0, rate_per_s)
+        self._tokens = self._capacity
+        self._clock = clock
+        self._last = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class Agent:
+    """Talks to the host over ``transport``, reporting what ``collector`` reads.
+
+    Call :meth:`run` (blocks until :meth:`stop`); :meth:`stop` may be called from
+    another thread or a signal handler. ``notify`` receives systemd notification
+    strings (``READY=1``, ``STATUS=...``, ``STOPPING=1``).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        collector: MemoryCollector,
+        config: Optional[AgentConfig] = None,
+        notify: Optional[Callable[[str], object]] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transport = transport
+        self.collector = collector
+        self.config = config if config is not None else AgentConfig()
+        self.counters = AgentCounters()
+        self._notify = notify
+        self._clock = clock
+        self._state = ConnectionState.DISCONNECTED
+        self._stopping = False
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        self._reader = MessageReader()
+        self._error_budget = _TokenBucket(self.config.error_replies_per_s, clock)
+        self._backoff_s = self.config.backoff_min_s
+        self._absence_logged = False
+        # Session state, reset by _start_session.
+        self.interval_s = self.config.default_interval_s
+        self._seq = 0
+        self._hello_due_at = 0.0
+        self._next_sample_at = 0.0
+        self._next_report_at = 0.0
+        self._last_heard_at = 0.0
+        self._ping_nonce: Optional[int] = None
+        self._ping_sent_at = 0.0
+        self._previous: Optional[MemorySample] = None
+        self._last_reported: Optional[MemorySample] = None
+        self._last_offer_kib: Optional[int] = None
+        self._last_need: Optional[NeedEstimate] = None
+        self._force_offer = False
+        #: The last decision the host sent (balloon target and reason), if any.
+        self.last_decision: Optional[Decision] = None
+        #: The last offer/need assessment made.
+        self.last_assessment: Optional[Assessment] = None
+
+    # --- public -------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        """The current connection state."""
+        return self._state
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to say bye and return; safe from signal handlers and threads."""
+        self._stopping = True
+        if self._wake_w < 0:
+            return  # already closed
+        # A full pipe means a wake-up is already pending.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def run(self) -> None:
+        """Talk to the host until :meth:`stop` is called. Never raises on host input."""
+        self._tell("READY=1")
+        self._tell(f"STATUS=connecting through {self.transport.description}")
+        try:
+            while not self._stopping:
+                if self._state is ConnectionState.DISCONNECTED:
+                    if not self._connect():
+                        self._wait(self._next_backoff_s())
+                    continue
+                self._step()
+        finally:
+            self._shutdown()
+
+    # --- the loop -------------------------------------------------------------------
+
+    def _step(self) -> None:
+        """Wait for host bytes until the next deadline, handle them, do what is due."""
+        timeout_s = max(0.0, self._next_deadline() - self._clock())
+        try:
+            data = self.transport.read(timeout_s, self._wake_r)
+        except TransportError as err:
+            self._lost(str(err))
+            return
+        self._drain_wake()
+        if data:
+            self._last_heard_at = self._clock()
+            for item in self._reader.feed(data):
+                if self._state is ConnectionState.DISCONNECTED or self._stopping:
+                    return
+                self._handle(item)
+        if self._state is not ConnectionState.DISCONNECTED and not self._stopping:
+            self._on_timers()
+
+    def _next_deadline(self) -> float:
+        if self._state is ConnectionState.HELLO_SENT:
+            return self._hello_due_at
+        keepalive_at = (
+            self._ping_sent_at if self._ping_nonce is not None else self._last_heard_at
+        ) + self.config.keepalive_s
+        return min(self._next_sample_at, keepalive_at)
+
+    def _on_timers(self) -> None:
+        now = self._clock()
+        if self._state is ConnectionState.HELLO_SENT:
+            if now >= self._hello_due_at:
+                LOG.debug("no welcome yet; sending hello again")
+                self._send_hello()
+            return
+        if self._ping_nonce is not None:
+            if now - self._ping_sent_at >= self.config.keepalive_s:
+                LOG.warning(
+                    "the host did not answer a ping within %.0f s; handshaking again",
+                    self.config.keepalive_s,
+                )
+                self._set_state(ConnectionState.HELLO_SENT)
+                self._send_hello()
+                return
+        elif now - self._last_heard_at >= self.config.keepalive_s:
+            self._ping_nonce = int(now * 1000) & 0xFFFFFFFF
+            self._ping_sent_at = now
+            self._send(Ping(nonce=self._ping_nonce))
+            if self._state is not ConnectionState.ACTIVE:
+                return
+        if now >= self._next_sample_at:
+            self._sample_and_send(now)
+
+    # --- connecting ---------------------------------------------------------------------
+
+    def _connect(self) -> bool:
+        try:
+            self.transport.open()
+        except TransportError as err:
+            self._log_absence("cannot reach the host: %s; retrying", err)
+            return False
+        self.counters.connects += 1
+        self._reader.reset()
+        self._set_state(ConnectionState.HELLO_SENT)
+        self._send_hello()
+        return self._state is ConnectionState.HELLO_SENT
+
+    def _send_hello(self) -> None:
+        hello = Hello(
+            agent_version=__version__,
+            protocol_versions=SUPPORTED_VERSIONS,
+            capabilities=CAPABILITIES,
+            hostname=self.config.hostname[:255] or None,
+        )
+        if self._send(hello):
+            self.counters.hellos_sent += 1
+            self._hello_due_at = self._clock() + self._next_backoff_s()
+
+    def _next_backoff_s(self) -> float:
+        """The current wait, doubling the next one up to the maximum."""
+        wait_s = self._backoff_s
+        self._backoff_s = min(self.config.backoff_max_s, self._backoff_s * 2)
+        return wait_s
+
+    def _lost(self, why: str) -> None:
+        """The host end is gone (or unusable): close, and reopen after a backoff."""
+        if self._state is ConnectionState.ACTIVE:
+            LOG.warning("lost the host: %s; reconnecting", why)
+            self._absence_logged = True
+        else:
+            self._log_absence("the host is not there: %s; retrying", why)
+        self.counters.disconnects += 1
+        self.transport.close()
+        self._set_state(ConnectionState.DISCONNECTED)
+        self._wait(self._next_backoff_s())
+
+    def _log_absence(self, fmt: str, err: object) -> None:
+        # Said once at INFO; the retries every few seconds only at DEBUG.
+        if self._absence_logged:
+            LOG.debug(fmt, err)
+        else:
+            LOG.info(fmt, err)
+            self._absence_logged = True
+
+    def _start_session(self, welcome: Welcome) -> None:
+        self.interval_s = welcome.report_interval_ms / 1000.0
+        now = self._clock()
+        self._seq = 0
+        self._backoff_s = self.config.backoff_min_s
+        self._absence_logged = False
+        self._ping_nonce = None
+        self._last_heard_at = now
+        self._last_reported = None
+        self._last_offer_kib = None
+        self._last_need = None
+        self._next_report_at = now
+        self._next_sample_at = now
+        self.counters.welcomes += 1
+        self._set_state(ConnectionState.ACTIVE)
+        LOG.info(
+            "connected to the host through %s: protocol %d, report every %d ms",
+            self.transport.description,
+            welcome.protocol_version,
+            welcome.report_interval_ms,
+        )
+
+    # --- what the host sends ---------------------------------------------------------------
+
+    def _handle(self, item: object) -> None:
+        if isinstance(item, ProtocolError):
+            self.counters.protocol_errors += 1
+            LOG.debug("refused input from the host: %s", item)
+            if needs_error_reply(item):
+                self._reply_error(error_reply(item))
+            return
+        if isinstance(item, Welcome):
+            self._on_welcome(item)
+        elif isinstance(item, Ping):
+            self._send(Pong(nonce=item.nonce))
+        elif isinstance(item, Pong):
+            if item.nonce == self._ping_nonce:
+                self._ping_nonce = None
+        elif isinstance(item, Decision):
+            self.last_decision = item
+            LOG.info(
+                "host set this guest's balloon target to %d KiB: %s",
+                item.balloon_target_kib,
+                item.reason,
+            )
+        elif isinstance(item, Request):
+            self._on_request(item)
+        elif isinstance(item, Bye):
+            LOG.info("the host said bye (%s); reconnecting later", item.reason)
+            self.counters.disconnects += 1
+            self.transport.close()
+            self._set_state(ConnectionState.DISCONNECTED)
+            self._backoff_s = self.config.backoff_min_s
+            self._wait(self._next_backoff_s())
+        elif isinstance(item, Error):
+            self.counters.errors_received += 1
+            LOG.warning(
+                "the host refused a %s message: %s: %s",
+                item.ref_type or "(unknown)",
+                item.code,
+                item.message,
+            )
+        else:
+            assert isinstance(item, (Hello, Report, Offer, Need))
+            self._reply_error(
+                Error(
+                    code="unexpected_type",
+                    message=f"a {item.TYPE} message is sent by the guest, not the host",
+                    ref_type=item.TYPE,
+                )
+            )
+
+    def _on_welcome(self, welcome: Welcome) -> None:
+        if welcome.protocol_version not in SUPPORTED_VERSIONS:
+            LOG.error(
+                "the host chose protocol version %d; this agent speaks %s: upgrade ebb-agent",
+                welcome.protocol_version,
+                ", ".join(str(v) for v in SUPPORTED_VERSIONS),
+            )
+            self._reply_error(
+                Error(
+                    code="unsupported_version",
+                    message=f"agent speaks protocol versions {list(SUPPORTED_VERSIONS)}",
+                    ref_type=Welcome.TYPE,
+                )
+            )
+            return
+        self._start_session(welcome)
+        self._tell(f"STATUS=reporting to the host every {welcome.report_interval_ms} ms")
+
+    def _on_request(self, request: Request) -> None:
+        if request.kind == PREPARE_RELEASE:
+            # The agent does not drop caches or touch the guest: the offer already
+            # counts clean cache the kernel reclaims itself when the balloon inflates.
+            # It answers with a fresh offer so the host sees what it may take now.
+            LOG.info("host asks to prepare a release of %d KiB; re-offering now", request.kib)
+            self._force_offer = True
+            self._next_sample_at = self._clock()
+            return
+        self._reply_error(
+            Error(
+                code="unsupported_request",
+                message=f"request kind {request.kind!r} is not supported by this agent",
+                ref_type=Request.TYPE,
+            )
+        )
+
+    def _reply_error(self, error: Error) -> None:
+        if self._error_budget.take():
+            if self._send(error):
+                self.counters.errors_sent += 1
+        else:
+            LOG.debug("not answering %s: error replies are rate-limited", error.code)
+
+    # --- what the agent sends ----------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _sample_and_send(self, now: float) -> None:
+        next_report_at = self._next_report_at
+        try:
+            sample = self.collector.sample()
+        except CollectError as err:
+            LOG.error("%s", err)
+            self._next_sample_at = now + self.interval_s
+            return
+        previous = self._previous
+        elapsed_s = sample.monotonic_s - previous.monotonic_s if previous is not None else 0.0
+        assessment = assess(previous, sample, elapsed_s, self.config.yield_config)
+        self._previous = sample
+        self.last_assessment = assessment
+
+        due = now >= next_report_at
+        if due or self._changed_a_lot(sample):
+            if not self._send(Report(seq=self._next_seq(), **sample.report_fields())):
+                return
+            self.counters.reports_sent += 1
+            self._last_reported = sample
+            self._next_report_at = (next_report_at + self.interval_s) if due else next_report_at
+            if self._next_report_at <= now:
+                # Fell behind (a stalled guest): restart the schedule instead of bursting.
+                self._next_report_at = now + self.interval_s
+        self._send_offer_need(sample, assessment)
+        watch_s = min(self.interval_s, self.config.watch_interval_s)
+        self._next_sample_at = min(self._next_report_at, now + watch_s)
+
+    def _changed_a_lot(self, sample: MemorySample) -> bool:
+        last = self._last_reported
+        if last is None:
+            return True
+        moved_kib = abs(sample.mem_available_kib - last.mem_available_kib)
+        if moved_kib > self.config.big_change_fraction * sample.mem_total_kib:
+            return True
+        if sample.psi_some_avg10 is not None:
+            before = last.psi_some_avg10 or 0.0
+            if sample.psi_some_avg10 - before >= self.config.psi_rise_pct:
+                return True
+        return False
+
+    def _send_offer_need(self, sample: MemorySample, assessment: Assessment) -> None:
+        total = sample.mem_total_kib
+        if need_changed(self._last_need, assessment.need, total):
+            need = assessment.need
+            if need is None:
+                msg = Need(seq=self._next_seq(), kib=0, urgency="low", reason="recovered")
+            else:
+                msg = Need(
+                    seq=self._next_seq(), kib=need.kib, urgency=need.urgency,
+                    reason=need.reason[:256],
+                )
+            if not self._send(msg):
+                return
+            self.counters.needs_sent += 1
+            self._last_need = need
+            if need is not None:
+                LOG.info("asking the host for %d KiB (%s): %s", need.kib, need.urgency,
+                         need.reason)
+        if self._force_offer or offer_changed(self._last_offer_kib, assessment.offer_kib, total):
+            if not self._send(Offer(seq=self._next_seq(), kib=assessment.offer_kib)):
+                return
+            self.counters.offers_sent += 1
+            self._last_offer_kib = assessment.offer_kib
+            self._force_offer = False
+
+    def _send(self, msg: Message) -> bool:
+        """Write one message; on failure, drop the connection and return False."""
+        try:
+            self.transport.write(encode_message(msg), self.config.write_timeout_s)
+        except TransportError as err:
+            self._lost(str(err))
+            return False
+        except ProtocolError as err:  # only a bug could build an unencodable message
+            LOG.error("cannot encode a %s message: %s", msg.TYPE, err)
+            return False
+        return True
+
+    # --- small helpers ---------------------------------------------------------------
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is not self._state:
+            LOG.debug("state %s -> %s", self._state.value, state.value)
+            if state is ConnectionState.DISCONNECTED and self._state is ConnectionState.ACTIVE:
+                self._tell(f"STATUS=waiting for the host on {self.transport.description}")
+            self._state = state
+
+    def _tell(self, status: str) -> None:
+        if self._notify is not None:
+            try:
+                self._notify(status)
+            except Exception as err:  # a notification must never stop the agent
+                LOG.debug("notify(%r) failed: %s", status, err)
+
+    def _wait(self, timeout_s: float) -> None:
+        """Sleep up to ``timeout_s``, waking at once when stop() is called."""
+        if self._stopping:
+            return
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        poller.poll(max(0, int(timeout_s * 1000)))
+        self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _shutdown(self) -> None:
+        self._tell("STOPPING=1")
+        if self.transport.is_open:
+            if self._state in (ConnectionState.ACTIVE, ConnectionState.HELLO_SENT):
+                try:
+                    self.transport.write(
+                        encode_message(Bye(reason="agent stopping")),
+                        min(1.0, self.config.write_timeout_s),
+                    )
+                except TransportError as err:
+                    LOG.debug("could not say bye: %s", err)
+            self.transport.close()
+        self._state = ConnectionState.STOPPED
+        LOG.info("stopped")
+
+    def close(self) -> None:
+        """Release the stop pipe; call after :meth:`run` has returned (or never ran)."""
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
