@@ -26,6 +26,10 @@ from .framing import (
 )
 from .messages import (
     CAPABILITIES,
+    ERR_HELLO_REQUIRED,
+    ERR_UNEXPECTED_MESSAGE,
+    ERR_UNKNOWN_REQUEST,
+    ERR_UNSUPPORTED_VERSION,
     MESSAGE_TYPES,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
@@ -54,6 +58,10 @@ from .stream import MessageReader, ReadResult, needs_error_reply
 
 __all__ = [
     "CAPABILITIES",
+    "ERR_HELLO_REQUIRED",
+    "ERR_UNEXPECTED_MESSAGE",
+    "ERR_UNKNOWN_REQUEST",
+    "ERR_UNSUPPORTED_VERSION",
     "FRAME_VERSION",
     "MAX_BUFFER_BYTES",
     "MAX_FRAME_BYTES",

@@ -42,6 +42,10 @@ LOG = logging.getLogger(__name__)
 
 __all__ = [
     "CAPABILITIES",
+    "ERR_HELLO_REQUIRED",
+    "ERR_UNEXPECTED_MESSAGE",
+    "ERR_UNKNOWN_REQUEST",
+    "ERR_UNSUPPORTED_VERSION",
     "MAX_ARRAY_ITEMS",
     "MAX_DEPTH",
     "MAX_KEYS",
@@ -81,6 +85,13 @@ SUPPORTED_VERSIONS: Tuple[int, ...] = (1,)
 CAPABILITIES: Tuple[str, ...] = ("offer", "need", "decision", "prepare_release")
 #: Allowed values of ``Need.urgency``, least urgent first.
 URGENCIES: Tuple[str, ...] = ("low", "high", "critical")
+
+#: ``error`` codes for session-level refusals (decoding errors carry their own,
+#: from :mod:`ebb.protocol.errors`). The full list is in PROTOCOL.md "Error codes".
+ERR_HELLO_REQUIRED = "hello_required"
+ERR_UNSUPPORTED_VERSION = "unsupported_version"
+ERR_UNKNOWN_REQUEST = "unknown_request"
+ERR_UNEXPECTED_MESSAGE = "unexpected_message"
 
 #: Most keys in any map of a payload.
 MAX_KEYS = 64
