@@ -1,0 +1,92 @@
+"""Observability: metrics, the tick trace, replay, plots and ``ebbctl top``.
+
+The daemon's composition root uses one call::
+
+    observability = build_observability(config, status_source=daemon.status)
+    engine.observers.extend(observability.observers)   # TickObserver list
+    observability.start()                               # metrics HTTP, when configured
+    ...                                                 # control socket "metrics":
+    observability.metrics_text()                        #   the exposition text
+    ...
+    observability.stop()
+
+Nothing here imports matplotlib or rich at daemon start: plot and top are
+loaded by ``ebbctl`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from ebb.host.observe.metrics import EbbMetrics, MetricsServer, StatusSource
+from ebb.host.observe.trace import TraceWriter
+
+LOG = logging.getLogger(__name__)
+
+__all__ = ["Observability", "build_observability", "build_observers"]
+
+
+@dataclass
+class Observability:
+    """What ebbd runs for observability: tick observers, metrics and their HTTP server."""
+
+    metrics: EbbMetrics
+    trace: Optional[TraceWriter] = None
+    server: Optional[MetricsServer] = None
+    observers: List[Any] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start the metrics HTTP server when one is configured.
+
+        Raises OSError naming the address when the port cannot be bound: a
+        configured endpoint that silently does not exist would be worse.
+        """
+        if self.server is not None:
+            self.server.start()
+
+    def stop(self) -> None:
+        """Stop the HTTP server and close the trace (safe to call twice)."""
+        if self.server is not None:
+            self.server.stop()
+        if self.trace is not None:
+            self.trace.close()
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition text (for the control socket's ``metrics`` command)."""
+        return self.metrics.text()
+
+
+def build_observability(config: Any, status_source: Optional[StatusSource] = None) -> Observability:
+    """Build metrics (always), the trace (``[trace] path``) and the metrics server
+    (``[metrics] listen``) from ebbd's config.
+
+    ``status_source`` returns the ``ebbctl status --json`` document; the host and
+    per-VM gauges come from it. Raises ``MetricsListenError`` (a ValueError) for a
+    listen address that is not allowed.
+    """
+    metrics = EbbMetrics(status_source)
+    observability = Observability(metrics=metrics, observers=[metrics])
+    trace_config = getattr(config, "trace", None)
+    trace_path = str(getattr(trace_config, "path", "") or "")
+    if trace_path:
+        observability.trace = TraceWriter(
+            trace_path,
+            max_bytes=int(trace_config.max_bytes),
+            keep_files=int(trace_config.keep_files),
+        )
+        observability.observers.append(observability.trace)
+        LOG.info("tracing ticks to %s (%d bytes per file, %d older files kept)",
+                 trace_path, trace_config.max_bytes, trace_config.keep_files)
+    metrics_config = getattr(config, "metrics", None)
+    listen = str(getattr(metrics_config, "listen", "") or "")
+    if listen:
+        allow_remote = bool(getattr(metrics_config, "allow_remote", False))
+        observability.server = MetricsServer(metrics, listen, allow_remote=allow_remote)
+    return observability
+
+
+def build_observers(config: Any, status_source: Optional[StatusSource] = None) -> List[Any]:
+    """Just the tick observers of :func:`build_observability` (metrics, trace)."""
+    return build_observability(config, status_source).observers

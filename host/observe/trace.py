@@ -1,0 +1,217 @@
+"""The tick trace: one JSON line per tick, in a bounded set of rotating files.
+
+ebbd appends every tick's :class:`~ebb.host.engine.TickRecord` (inputs, the
+governor's views, the policy's controls, decisions, what was applied) to
+``path``. When the file would grow past ``max_bytes`` it is renamed to
+``path.1`` (``path.1`` to ``path.2`` and so on) and a new ``path`` is started;
+files past ``path.<keep_files>`` are deleted. The whole trace therefore never
+takes more than ``(keep_files + 1) * max_bytes`` on disk.
+
+The format is documented field by field in docs/observability.md. Readers
+(``ebbctl replay``, ``ebbctl plot``) use :func:`read_trace`, which reads a
+rotated set oldest first and tolerates the torn last line a crash leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import IO, Any, Dict, Iterator, List, Optional, Union
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_KEEP_FILES = 3
+
+TraceLine = Dict[str, Any]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _record_to_json(record: Any) -> str:
+    """The trace line of ``record``: its own ``to_json()`` or, for a plain dict, JSON."""
+    to_json = getattr(record, "to_json", None)
+    if callable(to_json):
+        text = to_json()
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return str(text)
+    return json.dumps(record, separators=(",", ":"), default=str)
+
+
+class TraceWriter:
+    """Tick observer appending each tick's record to a bounded, rotating trace.
+
+    Disk errors (full disk, removed directory, permissions) are logged once per
+    run of failures and the tick is dropped: a trace is never a reason for the
+    daemon to stop managing memory. Writing resumes on the next tick that
+    succeeds.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        keep_files: int = DEFAULT_KEEP_FILES,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"trace.max_bytes must be positive, got {max_bytes}")
+        if keep_files < 0:
+            raise ValueError(f"trace.keep_files must be 0 or more, got {keep_files}")
+        self.path = Path(path)
+        self.max_bytes = int(max_bytes)
+        self.keep_files = int(keep_files)
+        self.lines_written = 0
+        self.lines_dropped = 0
+        self._file: Optional[IO[bytes]] = None
+        self._size = 0
+        self._failing = False
+        self._lock = threading.Lock()
+
+    # -- TickObserver ------------------------------------------------------
+
+    def on_tick(self, record: Any) -> None:
+        """Append ``record`` as one line; never raises."""
+        try:
+            data = (_record_to_json(record) + "\n").encode("utf-8")
+        except Exception as err:  # a record we cannot encode is a bug, not a reason to stop
+            self.lines_dropped += 1
+            LOG.error("trace: cannot encode tick record, dropped: %s", err)
+            return
+        with self._lock:
+            try:
+                self._write(data)
+            except OSError as err:
+                self.lines_dropped += 1
+                self._close_quietly()
+                if not self._failing:
+                    LOG.warning(
+                        "trace: cannot write %s (%s); ticks are not traced until it works again",
+                        self.path,
+                        err,
+                    )
+                self._failing = True
+                return
+            self.lines_written += 1
+            if self._failing:
+                LOG.info("trace: writing %s again (%d ticks were dropped)", self.path,
+                         self.lines_dropped)
+                self._failing = False
+
+    def close(self) -> None:
+        """Flush and close the current file (the writer reopens it if used again)."""
+        with self._lock:
+            self._close_quietly()
+
+    # -- internals ---------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self._file is None:
+            self._open()
+        if self._size > 0 and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        assert self._file is not None
+        self._file.write(data)
+        # Flushed per line so a crash loses at most the line being written,
+        # which read_trace() skips.
+        self._file.flush()
+        self._size += len(data)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across ticks
+        self._size = self._file.tell()
+
+    def _rotate(self) -> None:
+        self._close_quietly()
+        if self.keep_files == 0:
+            self.path.unlink(missing_ok=True)
+        else:
+            rotated_path(self.path, self.keep_files).unlink(missing_ok=True)
+            for index in range(self.keep_files - 1, 0, -1):
+                older = rotated_path(self.path, index)
+                if older.exists():
+                    older.rename(rotated_path(self.path, index + 1))
+            if self.path.exists():
+                self.path.rename(rotated_path(self.path, 1))
+        self._open()
+
+    def _close_quietly(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as err:
+                LOG.debug("trace: closing %s: %s", self.path, err)
+            self._file = None
+            self._size = 0
+
+
+def rotated_path(path: PathLike, index: int) -> Path:
+    """``path.<index>``: the ``index``-th older file of a rotated trace."""
+    base = Path(path)
+    return base.with_name(f"{base.name}.{index}")
+
+
+def trace_files(path: PathLike) -> List[Path]:
+    """The files of the trace at ``path``, oldest first (``path.N`` ... ``path.1``, ``path``).
+
+    A path that names one rotated file itself (``trace.jsonl.2``) or a file
+    without rotated siblings gives just that file.
+    """
+    base = Path(path)
+    older: List[Path] = []
+    index = 1
+    while rotated_path(base, index).exists():
+        older.append(rotated_path(base, index))
+        index += 1
+    files = list(reversed(older))
+    if base.exists():
+        files.append(base)
+    return files
+
+
+class TraceError(Exception):
+    """A trace that cannot be read at all (missing, unreadable, no record in it)."""
+
+
+def read_trace(path: PathLike) -> Iterator[TraceLine]:
+    """Yield the records of the trace at ``path`` oldest first, as dicts.
+
+    Reads a rotated set in order. A line that is not a JSON object (the torn
+    last line a crash leaves, or damage) is skipped with a warning naming file
+    and line. Raises :class:`TraceError` when there is no such trace.
+    """
+    files = trace_files(path)
+    if not files:
+        raise TraceError(f"no trace at {path}: is [trace] path set in ebbd.toml and ebbd running?")
+    return _iter_records(files)
+
+
+def _iter_records(files: List[Path]) -> Iterator[TraceLine]:
+    for file_path in files:
+        try:
+            handle = open(file_path, "rb")  # noqa: SIM115 - closed below, generator
+        except OSError as err:
+            raise TraceError(f"cannot read trace file {file_path}: {err.strerror}") from err
+        with handle:
+            for line_number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    torn = not raw.endswith(b"\n")
+                    LOG.warning(
+                        "%s:%d: skipped %s",
+                        file_path,
+                        line_number,
+                        "a torn last line" if torn else "a line that is not JSON",
+                    )
+                    continue
+                if not isinstance(record, dict):
+                    LOG.warning("%s:%d: skipped a line that is not a JSON object",
+                                file_path, line_number)
+                    continue
+                yield record
