@@ -1,0 +1,453 @@
+"""The governor: safety limits that stand between any policy and the hypervisor.
+
+Every tick, after the policy has proposed balloon targets, the governor decides
+what is actually asked of each guest, whatever the policy said:
+
+- ``floor`` / ``ceiling``: a target is kept within [floor, maximum memory]; the
+  floor comes from the VM's settings (ebb metadata floor, memtune
+  min_guarantee) or ``default_floor_kib``, never below ``min_floor_kib``.
+  A guest found below its floor is given memory back up to the floor.
+- ``max_step``: one tick changes a guest by at most a share of its maximum
+  memory (``max_inflate_share`` when taking, ``max_deflate_share`` when giving).
+- ``needy`` / ``stalling``: no memory is taken from a guest that reports a need
+  or memory stalls (PSI, major faults, swap-in above thresholds).
+- ``rollback``: when, within ``rollback_window_s`` after taking memory, the
+  guest's PSI, major faults or swap-in rise past a threshold, the memory taken
+  is given back and the guest is left alone for a backoff that grows with each
+  rollback (``backoff``).
+- ``stuck`` / ``uncooperative`` (Xen squeezed's rule): a guest that makes no
+  progress toward its target for ``stuck_after_s`` is stuck, for
+  ``uncooperative_after_s`` uncooperative; neither is asked for more memory,
+  and an uncooperative guest's request is cancelled (target = what it has).
+
+Every decision names the rule that decided it, a sentence for people and the
+inputs it used, for logs, the journal and ``ebbctl explain``. The governor is
+pure: the clock is a parameter, nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+LOG = logging.getLogger(__name__)
+
+# Decision kinds.
+INFLATE = "inflate"  # take memory from the guest (balloon grows, target < current)
+DEFLATE = "deflate"  # give memory to the guest
+HOLD = "hold"  # leave as is (target None), or cancel a request (target = current)
+ROLLBACK = "rollback"  # give back what was taken, the inflation hurt
+
+# Guest states.
+OK = "ok"
+BACKOFF = "backoff"
+STUCK = "stuck"
+UNCOOPERATIVE = "uncooperative"
+
+
+@dataclass(frozen=True)
+class GovernorConfig:
+    """Limits the governor enforces. Shares are of the guest's maximum memory."""
+
+    default_floor_kib: int = 512 * 1024
+    min_floor_kib: int = 128 * 1024
+    max_inflate_share: float = 0.10
+    max_deflate_share: float = 0.25
+    min_change_kib: int = 1024
+    stall_psi_some_avg10: float = 10.0
+    stall_major_fault_rate: float = 1000.0
+    stall_swap_in_rate_kib: float = 1024.0
+    rollback_window_s: float = 30.0
+    rollback_psi_rise: float = 10.0
+    rollback_major_fault_rise: float = 200.0
+    rollback_swap_in_rise_kib: float = 512.0
+    backoff_initial_s: float = 60.0
+    backoff_growth: float = 2.0
+    backoff_max_s: float = 1800.0
+    backoff_reset_s: float = 1800.0
+    stuck_after_s: float = 5.0
+    uncooperative_after_s: float = 20.0
+    uncooperative_retry_s: float = 300.0
+    progress_min_kib: int = 1024
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 < self.max_inflate_share <= 1:
+            problems.append("max_inflate_share must be in (0, 1]")
+        if not 0 < self.max_deflate_share <= 1:
+            problems.append("max_deflate_share must be in (0, 1]")
+        if self.backoff_growth < 1:
+            problems.append("backoff_growth must be at least 1")
+        if not 0 < self.stuck_after_s <= self.uncooperative_after_s:
+            problems.append("need 0 < stuck_after_s <= uncooperative_after_s")
+        if self.min_floor_kib < 0 or self.default_floor_kib < 0:
+            problems.append("floors must not be negative")
+        if problems:
+            raise ValueError("governor config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class GuestView:
+    """What the governor knows of one guest this tick (KiB, seconds, per-second rates).
+
+    ``floor_kib`` is the VM's own floor (ebb metadata floor or memtune
+    min_guarantee), None for the default. Rates and PSI are None when unknown.
+    """
+
+    name: str
+    balloon_cur_kib: int
+    balloon_max_kib: int
+    floor_kib: Optional[int] = None
+    agent_connected: bool = False
+    report_age_s: Optional[float] = None
+    need_kib: int = 0
+    offer_kib: int = 0
+    psi_some_avg10: Optional[float] = None
+    psi_full_avg10: Optional[float] = None
+    major_fault_rate: Optional[float] = None
+    swap_in_rate_kib: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one guest this tick, and why.
+
+    ``target_kib`` None means "leave the balloon alone". ``rule`` is a short
+    stable name (``policy``, ``floor``, ``ceiling``, ``max_step``, ``needy``,
+    ``stalling``, ``backoff``, ``stuck``, ``uncooperative``, ``rollback``,
+    ``too_small``, ``no_proposal``, ``at_target``, ``unknown_max``); ``reason``
+    is a sentence; ``inputs`` holds the figures used.
+    """
+
+    vm: str
+    target_kib: Optional[int]
+    kind: str
+    rule: str
+    reason: str
+    inputs: Dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Inflation:
+    last_at_s: float
+    restore_kib: int
+    psi_some_avg10: Optional[float]
+    major_fault_rate: Optional[float]
+    swap_in_rate_kib: Optional[float]
+
+
+@dataclass
+class _State:
+    target_kib: Optional[int] = None
+    direction: int = 0
+    progress_cur_kib: int = 0
+    progress_at_s: float = 0.0
+    status: str = OK
+    uncooperative_since_s: float = 0.0
+    inflation: Optional[_Inflation] = None
+    backoff_until_s: float = 0.0
+    next_backoff_s: float = 0.0
+    last_rollback_s: Optional[float] = None
+
+
+def fmt_kib(kib: float) -> str:
+    """KiB as people read it: 1.5 GiB, 300 MiB, 512 KiB."""
+    size = abs(kib)
+    sign = "-" if kib < 0 else ""
+    if size >= 1024 * 1024:
+        return f"{sign}{size / (1024 * 1024):.2f} GiB"
+    if size >= 1024:
+        return f"{sign}{size / 1024:.0f} MiB"
+    return f"{sign}{size:.0f} KiB"
+
+
+class Governor:
+    """Applies the limits every tick; keeps per-guest state between ticks."""
+
+    def __init__(self, config: Optional[GovernorConfig] = None) -> None:
+        self.config = config or GovernorConfig()
+        self._states: Dict[str, _State] = {}
+        self._now_s = 0.0
+
+    # -- queries
+
+    def guest_state(self, vm: str) -> str:
+        """``ok``, ``backoff``, ``stuck`` or ``uncooperative`` as of the last decide()."""
+        st = self._states.get(vm)
+        if st is None:
+            return OK
+        if st.status != OK:
+            return st.status
+        if self._now_s < st.backoff_until_s:
+            return BACKOFF
+        return OK
+
+    def backoff_remaining_s(self, vm: str) -> float:
+        """Seconds before this guest may be asked for memory again (0 when it may)."""
+        st = self._states.get(vm)
+        return max(0.0, st.backoff_until_s - self._now_s) if st else 0.0
+
+    def floor_for(self, guest: GuestView) -> int:
+        """The floor the governor enforces for a guest (never above its maximum)."""
+        cfg = self.config
+        floor = guest.floor_kib if guest.floor_kib is not None else cfg.default_floor_kib
+        floor = max(floor, cfg.min_floor_kib)
+        return max(0, min(floor, guest.balloon_max_kib))
+
+    def forget(self, vm: str) -> None:
+        """Drop a guest's state (it was undefined or restarted)."""
+        self._states.pop(vm, None)
+
+    # -- the decision
+
+    def decide(
+        self,
+        now_s: float,
+        guests: Sequence[GuestView],
+        proposed_targets: Mapping[str, Optional[int]],
+    ) -> List[Decision]:
+        """One decision per guest, in the order given. ``now_s`` is a monotonic clock."""
+        self._now_s = now_s
+        present = {g.name for g in guests}
+        for gone in [name for name in self._states if name not in present]:
+            del self._states[gone]
+        decisions = []
+        for guest in guests:
+            proposed = proposed_targets.get(guest.name)
+            decisions.append(self._decide_one(now_s, guest, proposed))
+        return decisions
+
+    def _decide_one(self, now_s: float, g: GuestView, proposed: Optional[float]) -> Decision:
+        cfg = self.config
+        st = self._states.get(g.name)
+        if st is None:
+            st = self._states[g.name] = _State(next_backoff_s=cfg.backoff_initial_s)
+        cur = int(g.balloon_cur_kib)
+        ceiling = int(g.balloon_max_kib)
+        floor = self.floor_for(g)
+        inputs: Dict[str, Any] = {
+            "balloon_cur_kib": cur,
+            "balloon_max_kib": ceiling,
+            "floor_kib": floor,
+            "proposed_kib": None if proposed is None else int(proposed),
+            "need_kib": g.need_kib,
+            "psi_some_avg10": g.psi_some_avg10,
+            "major_fault_rate": g.major_fault_rate,
+            "swap_in_rate_kib": g.swap_in_rate_kib,
+        }
+
+        def decision(target: Optional[int], kind: str, rule: str, reason: str) -> Decision:
+            inputs["state"] = self.guest_state(g.name)
+            return Decision(g.name, target, kind, rule, reason, dict(inputs))
+
+        if ceiling <= 0:
+            return decision(None, HOLD, "unknown_max", "maximum memory unknown; nothing is changed")
+
+        cancel = self._track_progress(now_s, st, g, cur)
+        if cancel is not None:
+            target = min(max(cur, floor), ceiling)
+            st.target_kib = None
+            return decision(
+                target,
+                HOLD,
+                UNCOOPERATIVE,
+                f"no progress toward {fmt_kib(cancel)} for {now_s - st.progress_at_s:.0f} s: "
+                f"uncooperative; request cancelled at {fmt_kib(target)}, no inflation for "
+                f"{cfg.uncooperative_retry_s:.0f} s",
+            )
+
+        rollback = self._check_rollback(now_s, st, g, cur, floor, ceiling)
+        if rollback is not None:
+            target, why = rollback
+            self._set_target(now_s, st, cur, target)
+            return decision(target, ROLLBACK, ROLLBACK, why)
+
+        if proposed is None:
+            if cur < floor:
+                self._set_target(now_s, st, cur, floor)
+                return decision(
+                    floor, DEFLATE, "floor",
+                    f"below its floor ({fmt_kib(cur)} < {fmt_kib(floor)}): memory given back",
+                )
+            return decision(None, HOLD, "no_proposal", "the policy set no target")
+
+        want = int(proposed)
+        target = want
+        rule = "policy"
+        notes: List[str] = []
+        if target > ceiling:
+            target, rule = ceiling, "ceiling"
+            notes.append(f"capped at the maximum {fmt_kib(ceiling)}")
+        if target < floor:
+            target, rule = floor, "floor"
+            notes.append(f"raised to the floor {fmt_kib(floor)}")
+
+        if target < cur:
+            blocked = self._inflation_blocker(now_s, st, g)
+            if blocked is not None:
+                block_rule, why = blocked
+                return decision(None, HOLD, block_rule, f"policy asked {fmt_kib(want)}; {why}")
+            step = int(cfg.max_inflate_share * ceiling)
+            if cur - target > step:
+                target, rule = max(cur - step, floor), "max_step"
+                notes.append(f"at most {fmt_kib(step)} taken per tick")
+            if cur - target < cfg.min_change_kib:
+                return decision(
+                    None, HOLD, "too_small",
+                    f"policy asked {fmt_kib(want)}; a change of {fmt_kib(cur - target)} is too small",
+                )
+            if st.inflation is None:
+                st.inflation = _Inflation(now_s, cur, g.psi_some_avg10, g.major_fault_rate, g.swap_in_rate_kib)
+            else:
+                st.inflation.last_at_s = now_s
+            self._set_target(now_s, st, cur, target)
+            return decision(
+                target, INFLATE, rule,
+                f"take {fmt_kib(cur - target)} (policy asked {fmt_kib(want)})"
+                + ("; " + "; ".join(notes) if notes else ""),
+            )
+
+        if target > cur:
+            step = int(cfg.max_deflate_share * ceiling)
+            limit = max(cur + step, floor)
+            if target > limit:
+                target, rule = limit, "max_step"
+                notes.append(f"at most {fmt_kib(step)} given per tick")
+            if target - cur < cfg.min_change_kib and cur >= floor:
+                return decision(
+                    None, HOLD, "too_small",
+                    f"policy asked {fmt_kib(want)}; a change of {fmt_kib(target - cur)} is too small",
+                )
+            self._set_target(now_s, st, cur, target)
+            return decision(
+                target, DEFLATE, rule,
+                f"give {fmt_kib(target - cur)} (policy asked {fmt_kib(want)})"
+                + ("; " + "; ".join(notes) if notes else ""),
+            )
+
+        return decision(None, HOLD, "at_target", f"already at {fmt_kib(cur)}")
+
+    # -- rules
+
+    def _inflation_blocker(self, now_s: float, st: _State, g: GuestView) -> Optional[tuple]:
+        cfg = self.config
+        if g.need_kib > 0:
+            return "needy", f"the guest reports it needs {fmt_kib(g.need_kib)}: nothing is taken"
+        stall = self.stall_reason(g)
+        if stall is not None:
+            return "stalling", f"the guest is stalling ({stall}): nothing is taken"
+        if st.status == UNCOOPERATIVE:
+            return UNCOOPERATIVE, "the guest did not cooperate with earlier requests: nothing is taken"
+        if st.status == STUCK:
+            return STUCK, "the guest makes no progress toward its last target: nothing more is taken"
+        if now_s < st.backoff_until_s:
+            return BACKOFF, (
+                f"backing off after a rollback for {st.backoff_until_s - now_s:.0f} s more"
+            )
+        del cfg
+        return None
+
+    def stall_reason(self, g: GuestView) -> Optional[str]:
+        """Why the guest counts as stalling, or None."""
+        cfg = self.config
+        if g.psi_some_avg10 is not None and g.psi_some_avg10 >= cfg.stall_psi_some_avg10:
+            return f"memory PSI some {g.psi_some_avg10:.1f}% >= {cfg.stall_psi_some_avg10:g}%"
+        if g.major_fault_rate is not None and g.major_fault_rate >= cfg.stall_major_fault_rate:
+            return f"{g.major_fault_rate:.0f} major faults/s >= {cfg.stall_major_fault_rate:g}"
+        if g.swap_in_rate_kib is not None and g.swap_in_rate_kib >= cfg.stall_swap_in_rate_kib:
+            return f"swap-in {fmt_kib(g.swap_in_rate_kib)}/s >= {fmt_kib(cfg.stall_swap_in_rate_kib)}/s"
+        return None
+
+    def _set_target(self, now_s: float, st: _State, cur: int, target: int) -> None:
+        direction = -1 if target < cur else 1
+        if st.target_kib is None or direction != st.direction:
+            st.progress_at_s = now_s
+            st.progress_cur_kib = cur
+        st.direction = direction
+        st.target_kib = target
+
+    def _track_progress(self, now_s: float, st: _State, g: GuestView, cur: int) -> Optional[int]:
+        """Update stuck/uncooperative; returns the abandoned target when the guest turns uncooperative."""
+        cfg = self.config
+        if st.status == UNCOOPERATIVE and now_s - st.uncooperative_since_s >= cfg.uncooperative_retry_s:
+            st.status = OK
+        if st.target_kib is None:
+            if st.status == STUCK:
+                st.status = OK
+            return None
+        if abs(cur - st.target_kib) <= cfg.progress_min_kib:
+            st.target_kib = None
+            if st.status == STUCK:
+                st.status = OK
+            return None
+        moved = (cur - st.progress_cur_kib) * st.direction
+        if moved >= cfg.progress_min_kib:
+            st.progress_cur_kib = cur
+            st.progress_at_s = now_s
+            if st.status == STUCK:
+                st.status = OK
+            return None
+        idle_s = now_s - st.progress_at_s
+        if idle_s >= cfg.uncooperative_after_s:
+            if st.status != UNCOOPERATIVE:
+                LOG.info("guest %s made no progress for %.0f s: uncooperative", g.name, idle_s)
+            abandoned = st.target_kib
+            st.status = UNCOOPERATIVE
+            st.uncooperative_since_s = now_s
+            st.inflation = None
+            return abandoned
+        if idle_s >= cfg.stuck_after_s and st.status == OK:
+            st.status = STUCK
+        return None
+
+    def _check_rollback(
+        self, now_s: float, st: _State, g: GuestView, cur: int, floor: int, ceiling: int
+    ) -> Optional[tuple]:
+        cfg = self.config
+        if st.last_rollback_s is not None and now_s - st.last_rollback_s >= cfg.backoff_reset_s:
+            st.next_backoff_s = cfg.backoff_initial_s
+            st.last_rollback_s = None
+        inf = st.inflation
+        if inf is None:
+            return None
+        if now_s - inf.last_at_s > cfg.rollback_window_s:
+            st.inflation = None
+            return None
+        hurt: List[str] = []
+        if (
+            g.psi_some_avg10 is not None
+            and g.psi_some_avg10 - (inf.psi_some_avg10 or 0.0) > cfg.rollback_psi_rise
+        ):
+            hurt.append(f"PSI some {inf.psi_some_avg10 or 0.0:.1f}% -> {g.psi_some_avg10:.1f}%")
+        if (
+            g.major_fault_rate is not None
+            and g.major_fault_rate - (inf.major_fault_rate or 0.0) > cfg.rollback_major_fault_rise
+        ):
+            hurt.append(f"major faults {inf.major_fault_rate or 0.0:.0f}/s -> {g.major_fault_rate:.0f}/s")
+        if (
+            g.swap_in_rate_kib is not None
+            and g.swap_in_rate_kib - (inf.swap_in_rate_kib or 0.0) > cfg.rollback_swap_in_rise_kib
+        ):
+            hurt.append(
+                f"swap-in {fmt_kib(inf.swap_in_rate_kib or 0.0)}/s -> {fmt_kib(g.swap_in_rate_kib)}/s"
+            )
+        if not hurt:
+            return None
+        step = int(cfg.max_deflate_share * ceiling)
+        target = min(inf.restore_kib, ceiling, max(cur + step, floor))
+        target = max(target, floor, cur)
+        backoff = st.next_backoff_s
+        st.backoff_until_s = now_s + backoff
+        st.next_backoff_s = min(cfg.backoff_max_s, backoff * cfg.backoff_growth)
+        st.last_rollback_s = now_s
+        st.inflation = None
+        why = (
+            f"taking memory hurt ({', '.join(hurt)}): back to {fmt_kib(target)}, "
+            f"no inflation for {backoff:.0f} s"
+        )
+        LOG.info("guest %s: rollback: %s", g.name, why)
+        return target, why

@@ -1,0 +1,983 @@
+"""The compiler: nodes -> Python closures, with every static check done once.
+
+A policy is compiled when it is loaded, not interpreted from its text each
+tick: each node becomes a closure taking the evaluation context, special forms
+and operators are resolved by name here (never at run time), and everything a
+load can catch is caught here with its position: unknown functions, wrong
+arity, malformed forms, fields and controls that do not exist, names outside
+the sandbox.
+
+Variables are dynamically scoped (a function sees its caller's variables, as in
+MOM). The context keeps one stack of values per name ("shallow binding"), so a
+variable read is one dictionary lookup however deep the call chain is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from ebb.host.policy import fields as F
+from ebb.host.policy.errors import PolicyError
+from ebb.host.policy.reader import BLOCK, FLOAT, INT, LIST, STR, SYM, Node
+
+LOG = logging.getLogger(__name__)
+
+Code = Callable[["Context"], Any]
+
+SPECIAL_FORMS = frozenset({"defvar", "set", "setq", "def", "defun", "let", "if", "with"})
+READ_ONLY = frozenset({"Host", "Guests"})
+_NUMERIC = (int, float, bool)
+_NUM_TYPES = frozenset({int, float, bool})
+MAX_SHIFT = 64
+MAX_VARS_PER_ENTITY = 256
+MAX_DEBUG_LINES = 1000
+
+
+# ----------------------------------------------------------------- runtime ----
+
+
+class View:
+    """What a policy holds for the host or a guest during one evaluation.
+
+    Reads go to the entity's plain dictionaries through the allow-lists of
+    :mod:`ebb.host.policy.fields`; controls and variables set by the policy are
+    collected here. No policy name is ever looked up as a Python attribute.
+    """
+
+    __slots__ = (
+        "controls",
+        "entity",
+        "field_names",
+        "is_host",
+        "latest",
+        "prop_names",
+        "control_names",
+        "props",
+        "store",
+    )
+
+    def __init__(self, entity: Any, is_host: bool, store: Dict[str, Any]) -> None:
+        self.entity = entity
+        self.is_host = is_host
+        self.latest = entity.latest
+        self.props = entity.props
+        self.field_names = _HOST_FIELDS if is_host else _GUEST_FIELDS
+        self.prop_names = F.HOST_PROPS if is_host else F.GUEST_PROPS
+        self.control_names = _HOST_CONTROLS if is_host else _GUEST_CONTROLS
+        self.controls: Dict[str, Any] = {}
+        self.store = store
+
+    def describe(self) -> str:
+        return "Host" if self.is_host else f"guest {self.entity.name!r}"
+
+    def __repr__(self) -> str:
+        return "<Host>" if self.is_host else f"<Guest {self.entity.name}>"
+
+
+_HOST_FIELDS = frozenset(F.HOST_FIELDS)
+_GUEST_FIELDS = frozenset(F.GUEST_FIELDS)
+_HOST_CONTROLS = frozenset(F.HOST_CONTROLS)
+_GUEST_CONTROLS = frozenset(F.GUEST_CONTROLS)
+
+
+class Context:
+    """Mutable state of one evaluation (one tick)."""
+
+    __slots__ = ("debug", "depth", "funcs", "max_depth", "max_steps", "scopes", "steps", "vars")
+
+    def __init__(self, max_steps: int, max_depth: int) -> None:
+        self.vars: Dict[str, List[Any]] = {}
+        self.scopes: List[Set[str]] = [set()]
+        self.funcs: Dict[str, "Function"] = {}
+        self.steps = 0
+        self.max_steps = max_steps
+        self.depth = 0
+        self.max_depth = max_depth
+        self.debug: List[str] = []
+
+    def bind_global(self, name: str, value: Any) -> None:
+        self.scopes[0].add(name)
+        self.vars[name] = [value]
+
+
+@dataclass
+class Function:
+    """A function defined by ``(def name (params) body...)``."""
+
+    name: str
+    params: Tuple[str, ...]
+    body: Code
+    cost: int
+    node: Node
+
+
+@dataclass
+class Compiled:
+    """A compiled program: top-level expressions with their node and step cost."""
+
+    exprs: List[Tuple[Code, int, Node]] = field(default_factory=list)
+
+
+def type_name(value: Any) -> str:
+    """How a value's type reads in messages."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, View):
+        return "the host" if value.is_host else "a guest"
+    return "a value"
+
+
+def show(value: Any) -> str:
+    """A value as it reads in messages and debug lines."""
+    if value is None:
+        return "nil"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, list):
+        return "(" + " ".join(show(v) for v in value[:8]) + (" ..." if len(value) > 8 else "") + ")"
+    return repr(value)
+
+
+# ---------------------------------------------------------------- compiler ----
+
+
+class Compiler:
+    """Compiles the nodes of a program; collects errors instead of stopping at the first."""
+
+    def __init__(self, functions: Dict[str, Set[int]]) -> None:
+        #: name -> set of arities of every (def ...) in the whole program.
+        self.functions = functions
+        self.errors: List[PolicyError] = []
+
+    # -- entry points
+
+    def compile_top(self, nodes: Sequence[Node]) -> Compiled:
+        out = Compiled()
+        for node in nodes:
+            try:
+                out.exprs.append((self.expr(node), size(node), node))
+            except PolicyError as err:
+                self.errors.append(err)
+        return out
+
+    # -- dispatch
+
+    def expr(self, node: Node) -> Code:
+        kind = node.kind
+        if kind in (INT, FLOAT, STR):
+            value = node.value
+            return lambda ctx: value
+        if kind == SYM:
+            return self.symbol(node)
+        if kind == BLOCK:
+            return self.block(node, node.value)
+        return self.call(node)
+
+    def exprs(self, nodes: Sequence[Node]) -> List[Code]:
+        codes: List[Code] = []
+        failed: Optional[PolicyError] = None
+        for n in nodes:
+            try:
+                codes.append(self.expr(n))
+            except PolicyError as err:
+                # Keep going so one load reports every independent error.
+                if failed is not None:
+                    self.errors.append(failed)
+                failed = err
+        if failed is not None:
+            raise failed
+        return codes
+
+    # -- atoms
+
+    def symbol(self, node: Node) -> Code:
+        name: str = node.value
+        if name == "nil":
+            return lambda ctx: None
+        if name in F.METHODS or name in _OPERATORS or name in SPECIAL_FORMS:
+            raise node.error(f"'{name}' is a function, not a value; call it as ({name} ...)")
+        if "." not in name:
+            check_variable_name(node, name)
+            return _variable(node, name)
+        head, _, attr = name.partition(".")
+        check_variable_name(node, head)
+        if "." in attr:
+            raise node.error(f"'{name}': only one '.' is allowed (entity.field)")
+        if attr in F.METHODS:
+            raise node.error(f"'{name}' is a method: call it as ({name} ...)")
+        if attr not in F.ALL_DOT_NAMES:
+            raise node.error(
+                f"unknown field '{attr}' in '{name}' (fields are listed in docs/policy.md)"
+            )
+        return _dot(node, head, attr)
+
+    # -- lists
+
+    def block(self, node: Node, items: Sequence[Node]) -> Code:
+        codes = self.exprs(items)
+        if not codes:
+            return lambda ctx: None
+        if len(codes) == 1:
+            return codes[0]
+        if len(codes) == 2:
+            a, b = codes
+
+            def block2(ctx: Context) -> Any:
+                a(ctx)
+                return b(ctx)
+
+            return block2
+        *init, last = codes
+
+        def block_n(ctx: Context) -> Any:
+            for c in init:
+                c(ctx)
+            return last(ctx)
+
+        return block_n
+
+    def call(self, node: Node) -> Code:
+        items: List[Node] = node.value
+        if not items:
+            raise node.error("empty expression '()'")
+        head = items[0]
+        if head.kind != SYM:
+            raise head.error(
+                f"expected a function name at the start of a list, found {head.describe()}"
+            )
+        name: str = head.value
+        args = items[1:]
+        if name in SPECIAL_FORMS:
+            return getattr(self, "form_" + name.replace("setq", "set").replace("defun", "def"))(
+                node, head, args
+            )
+        op = _OPERATORS.get(name)
+        if op is not None:
+            lo, hi, build = op
+            check_arity(head, name, len(args), lo, hi)
+            return build(head, self.exprs(args))
+        if "." in name:
+            return self.method_call(node, head, name, args)
+        arities = self.functions.get(name)
+        if arities is None:
+            if name == "nil":
+                raise head.error("nil is not a function")
+            raise head.error(f"unknown function '{name}'")
+        if len(args) not in arities:
+            want = " or ".join(str(a) for a in sorted(arities))
+            raise head.error(f"'{name}' takes {want} argument(s), given {len(args)}")
+        return _user_call(head, name, self.exprs(args))
+
+    def method_call(self, node: Node, head: Node, name: str, args: Sequence[Node]) -> Code:
+        obj, _, method = name.partition(".")
+        check_variable_name(head, obj)
+        if "." in method:
+            raise head.error(f"'{name}': only one '.' is allowed (entity.Method)")
+        if method not in F.METHODS:
+            if method in F.ALL_DOT_NAMES:
+                raise head.error(f"'{name}' is a field, not a method; write it without parentheses")
+            raise head.error(
+                f"unknown method '{method}' in '{name}' "
+                f"(methods: {', '.join(sorted(F.METHODS))})"
+            )
+        check_arity(head, name, len(args), F.METHODS[method], F.METHODS[method])
+        if args and args[0].kind == STR:
+            literal = args[0].value
+            if method in ("Stat", "StatAvg") and literal not in F.ALL_FIELDS:
+                raise args[0].error(f"unknown field {literal!r} (fields are listed in docs/policy.md)")
+            if method == "Control" and literal not in F.ALL_CONTROLS:
+                raise args[0].error(
+                    f"unknown control {literal!r} (controls: {', '.join(sorted(F.ALL_CONTROLS))})"
+                )
+        elif args and args[0].kind in (INT, FLOAT, LIST, BLOCK) and method != "SetVar":
+            pass  # checked at run time: may still evaluate to a string
+        codes = self.exprs(args)
+        return _METHOD_BUILDERS[method](head, obj, name, codes)
+
+    # -- special forms
+
+    def form_defvar(self, node: Node, head: Node, args: Sequence[Node]) -> Code:
+        check_arity(head, "defvar", len(args), 2, 2)
+        name = self.binding_name(args[0], "defvar")
+        value = self.expr(args[1])
+
+        def defvar(ctx: Context) -> Any:
+            val = value(ctx)
+            scope = ctx.scopes[-1]
+            if name in scope:
+                return ctx.vars[name][-1]
+            scope.add(name)
+            stack = ctx.vars.get(name)
+            if stack is None:
+                ctx.vars[name] = [val]
+            else:
+                stack.append(val)
+            return val
+
+        return defvar
+
+    def form_set(self, node: Node, head: Node, args: Sequence[Node]) -> Code:
+        form = head.value
+        check_arity(head, form, len(args), 2, 2)
+        name = self.binding_name(args[0], form)
+        value = self.expr(args[1])
+        target = args[0]
+
+        def set_(ctx: Context) -> Any:
+            val = value(ctx)
+            stack = ctx.vars.get(name)
+            if not stack:
+                raise target.error(
+                    f"({form} {name} ...): no variable '{name}' exists; create it with (defvar {name} ...)"
+                )
+            stack[-1] = val
+            return val
+
+        return set_
+
+    def form_def(self, node: Node, head: Node, args: Sequence[Node]) -> Code:
+        form = head.value
+        if len(args) < 3:
+            raise head.error(f"({form} name (params) body) needs a name, a parameter list and a body")
+        name_node, params_node, *body_nodes = args
+        if name_node.kind != SYM:
+            raise name_node.error(f"{form}: the function name must be a symbol")
+        fname: str = name_node.value
+        check_function_name(name_node, fname)
+        if params_node.kind != LIST:
+            raise params_node.error(f"{form} {fname}: parameters must be a list like (a b)")
+        params: List[str] = []
+        for p in params_node.value:
+            if p.kind != SYM or p.value == "nil":
+                raise p.error(f"{form} {fname}: parameter must be a name, found {p.describe()}")
+            check_variable_name(p, p.value)
+            if "." in p.value:
+                raise p.error(f"{form} {fname}: parameter '{p.value}' must not contain '.'")
+            if p.value in params:
+                raise p.error(f"{form} {fname}: parameter '{p.value}' appears twice")
+            params.append(p.value)
+        body = self.block(node, body_nodes)
+        fn = Function(fname, tuple(params), body, sum(size(b) for b in body_nodes) + 1, name_node)
+
+        def define(ctx: Context) -> Any:
+            ctx.funcs[fname] = fn
+            return fname
+
+        return define
+
+    def form_let(self, node: Node, head: Node, args: Sequence[Node]) -> Code:
+        if len(args) < 2:
+            raise head.error("(let ((name value) ...) body...) needs bindings and a body")
+        bindings_node, *body_nodes = args
+        if bindings_node.kind != LIST:
+            raise bindings_node.error("let: the bindings must be a list like ((a 1) (b 2))")
+        bindings: List[Tuple[str, Code]] = []
+        seen: Set[str] = set()
+        for b in bindings_node.value:
+            if b.kind != LIST or len(b.value) != 2 or b.value[0].kind != SYM:
+                raise b.error("let: each binding must be (name value)")
+            bname = self.binding_name(b.value[0], "let")
+            if bname in seen:
+                raise b.value[0].error(f"let: '{bname}' is bound twice")
+            seen.add(bname)
+            bindings.append((bname, self.expr(b.value[1])))
+        body = self.block(node, body_nodes)
+
+        def let(ctx: Context) -> Any:
+            scope: Set[str] = set()
+            ctx.scopes.append(scope)
+            variables = ctx.vars
+            # Sequential, as in MOM: a later binding sees the earlier ones.
+            for bname, code in bindings:
+                val = code(ctx)
+                scope.add(bname)
+                stack = variables.get(bname)
+                if stack is None:
+                    variables[bname] = [val]
+                else:
+                    stack.append(val)
+            result = body(ctx)
+            _leave(ctx)
+            return result
+
+        return let
+
+    def form_if(self, node: Node, head: Node, args: Sequence[Node]) -> Code:
+        if len(args) != 3:
+            raise head.error(
+                f"(if condition then else) needs exactly 3 arguments, given {len(args)}"
+            )
+        cond, yes, no = self.exprs(args)
+
+        def if_(ctx: Context) -> Any:
+            return yes(ctx) if cond(ctx) else no(ctx)
+
+        return if_
+
+    def form_with(self, node: Node, head: Node, args: Sequence[Node]) -> Code:
+        if len(args) < 3:
+            raise head.error("(with List name body...) needs a list, a name and a body")
+        list_node, var_node, *body_nodes = args
+        if var_node.kind != SYM:
+            raise var_node.error("with: the second argument must be a name")
+        var = self.binding_name(var_node, "with")
+        items = self.expr(list_node)
+        body = self.block(node, body_nodes)
+        cost = sum(size(b) for b in body_nodes) + 1
+
+        def with_(ctx: Context) -> Any:
+            seq = items(ctx)
+            if not isinstance(seq, list):
+                raise list_node.error(f"with: expected a list such as Guests, got {type_name(seq)}")
+            results = []
+            variables = ctx.vars
+            scopes = ctx.scopes
+            for item in seq:
+                ctx.steps += cost
+                if ctx.steps > ctx.max_steps:
+                    raise head.error(f"evaluation exceeded {ctx.max_steps} steps")
+                scopes.append({var})
+                stack = variables.get(var)
+                if stack is None:
+                    variables[var] = [item]
+                else:
+                    stack.append(item)
+                results.append(body(ctx))
+                _leave(ctx)
+            return results
+
+        return with_
+
+    def binding_name(self, node: Node, form: str) -> str:
+        if node.kind != SYM or node.value == "nil":
+            raise node.error(f"{form}: expected a variable name, found {node.describe()}")
+        name: str = node.value
+        check_variable_name(node, name)
+        if "." in name:
+            raise node.error(f"{form}: '{name}' is not a variable name (no '.' allowed)")
+        if name in READ_ONLY and form in ("defvar", "set", "setq"):
+            raise node.error(f"{form}: '{name}' is provided by ebb and cannot be changed")
+        if name in _OPERATORS or name in SPECIAL_FORMS:
+            raise node.error(f"{form}: '{name}' is a built-in function name")
+        return name
+
+
+def _leave(ctx: Context) -> None:
+    variables = ctx.vars
+    for name in ctx.scopes.pop():
+        variables[name].pop()
+
+
+def size(node: Node) -> int:
+    """Number of nodes in a tree (the step cost of evaluating it once)."""
+    if node.kind in (LIST, BLOCK):
+        return 1 + sum(size(n) for n in node.value)
+    return 1
+
+
+def check_arity(node: Node, name: str, given: int, lo: int, hi: Optional[int]) -> None:
+    if given < lo or (hi is not None and given > hi):
+        if hi == lo:
+            want = f"exactly {lo}"
+        elif hi is None:
+            want = f"at least {lo}"
+        else:
+            want = f"{lo} to {hi}"
+        raise node.error(f"'{name}' takes {want} argument(s), given {given}")
+
+
+def check_variable_name(node: Node, name: str) -> None:
+    for part in name.split("."):
+        if part.startswith("_"):
+            raise node.error(f"'{name}': names starting with '_' are not allowed")
+        if not part:
+            raise node.error(f"'{name}' is not a valid name")
+
+
+def check_function_name(node: Node, name: str) -> None:
+    check_variable_name(node, name)
+    if "." in name:
+        raise node.error(f"function name '{name}' must not contain '.'")
+    if name in SPECIAL_FORMS or name in _OPERATORS or name == "nil":
+        raise node.error(f"'{name}' is built in and cannot be redefined")
+
+
+def collect_functions(nodes: Sequence[Node], out: Dict[str, Set[int]]) -> None:
+    """Find every ``(def name (params) ...)`` anywhere in the program."""
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if node.kind not in (LIST, BLOCK):
+            continue
+        items = node.value
+        stack.extend(items)
+        if (
+            node.kind == LIST
+            and len(items) >= 4
+            and items[0].kind == SYM
+            and items[0].value in ("def", "defun")
+            and items[1].kind == SYM
+            and items[2].kind == LIST
+        ):
+            out.setdefault(items[1].value, set()).add(len(items[2].value))
+
+
+# ------------------------------------------------------- variables, fields ----
+
+
+def _variable(node: Node, name: str) -> Code:
+    def var(ctx: Context) -> Any:
+        try:
+            return ctx.vars[name][-1]
+        except (KeyError, IndexError):
+            raise node.error(f"undefined variable '{name}'") from None
+
+    return var
+
+
+def _entity_of(ctx: Context, node: Node, name: str) -> View:
+    try:
+        value = ctx.vars[name][-1]
+    except (KeyError, IndexError):
+        raise node.error(f"undefined variable '{name}'") from None
+    if value.__class__ is not View:
+        raise node.error(f"'{name}' is {type_name(value)}, not the host or a guest")
+    return value  # type: ignore[no-any-return]
+
+
+def _dot(node: Node, head: str, attr: str) -> Code:
+    full = f"{head}.{attr}"
+
+    def dot(ctx: Context) -> Any:
+        try:
+            view = ctx.vars[head][-1]
+        except (KeyError, IndexError):
+            raise node.error(f"undefined variable '{head}'") from None
+        if view.__class__ is View:
+            if attr in view.field_names:
+                return view.latest.get(attr)
+            if attr in view.prop_names:
+                return view.props.get(attr)
+            raise node.error(f"'{full}': {view.describe()} has no field '{attr}'")
+        raise node.error(f"'{full}': '{head}' is {type_name(view)}, not the host or a guest")
+
+    return dot
+
+
+# ------------------------------------------------------------------ methods ----
+
+
+def _field_arg(node: Node, view: View, method: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise node.error(f"{method}: the field name must be a string, got {type_name(value)}")
+    if value not in view.field_names:
+        raise node.error(f"{method}: {view.describe()} has no field {value!r}")
+    return value
+
+
+def _m_stat(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+    (arg,) = codes
+
+    def stat(ctx: Context) -> Any:
+        view = _entity_of(ctx, node, obj)
+        return view.latest.get(_field_arg(node, view, name, arg(ctx)))
+
+    return stat
+
+
+def _m_stat_avg(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+    (arg,) = codes
+
+    def stat_avg(ctx: Context) -> Any:
+        view = _entity_of(ctx, node, obj)
+        return view.entity.stat_avg(_field_arg(node, view, name, arg(ctx)))
+
+    return stat_avg
+
+
+def _m_prop(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+    (arg,) = codes
+
+    def prop(ctx: Context) -> Any:
+        view = _entity_of(ctx, node, obj)
+        key = arg(ctx)
+        if not isinstance(key, str) or key.startswith("_"):
+            raise node.error(f"{name}: the property name must be a string, got {show(key)}")
+        return _plain(view.props.get(key))
+
+    return prop
+
+
+def _plain(value: Any) -> Any:
+    # Properties come from the daemon; only plain data reaches the policy.
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _control_name(node: Node, view: View, method: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise node.error(f"{method}: the control name must be a string, got {type_name(value)}")
+    if value not in view.control_names:
+        raise node.error(
+            f"{method}: {view.describe()} has no control {value!r} "
+            f"(it has: {', '.join(sorted(view.control_names))})"
+        )
+    return value
+
+
+def _m_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+    key_code, value_code = codes
+
+    def control(ctx: Context) -> Any:
+        view = _entity_of(ctx, node, obj)
+        key = _control_name(node, view, name, key_code(ctx))
+        value = value_code(ctx)
+        if value.__class__ not in _NUM_TYPES:
+            raise node.error(f"{name} {key!r}: value must be a number, got {show(value)}")
+        if value.__class__ is float and not math.isfinite(value):
+            raise node.error(f"{name} {key!r}: value must be finite, got {value}")
+        # Every control is a whole number (KiB, pages, ms, a mode); the
+        # controllers take integers, as MOM's did.
+        value = int(value)
+        view.controls[key] = value
+        return value
+
+    return control
+
+
+def _m_get_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+    (key_code,) = codes
+
+    def get_control(ctx: Context) -> Any:
+        view = _entity_of(ctx, node, obj)
+        return view.controls.get(_control_name(node, view, name, key_code(ctx)))
+
+    return get_control
+
+
+def _storable(value: Any) -> bool:
+    if value is None or value.__class__ in (bool, int, float, str):
+        return True
+    if isinstance(value, list):
+        return len(value) <= 4096 and all(_storable(v) for v in value)
+    return False
+
+
+def _m_set_var(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+    key_code, value_code = codes
+
+    def set_var(ctx: Context) -> Any:
+        view = _entity_of(ctx, node, obj)
+        key = key_code(ctx)
+        if not isinstance(key, str):
+            raise node.error(f"{name}: the variable name must be a string, got {show(key)}")
+        value = value_code(ctx)
+        if not _storable(value):
+            raise node.error(
+                f"{name} {key!r}: only numbers, strings, nil and lists of them can be kept, "
+                f"got {type_name(value)}"
+            )
+        store = view.store
+        if key not in store and len(store) >= MAX_VARS_PER_ENTITY:
+            raise node.error(f"{name}: more than {MAX_VARS_PER_ENTITY} variables on {view.describe()}")
+        store[key] = value
+        return value
+
+    return set_var
+
+
+def _m_get_var(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+    (key_code,) = codes
+
+    def get_var(ctx: Context) -> Any:
+        view = _entity_of(ctx, node, obj)
+        key = key_code(ctx)
+        if not isinstance(key, str):
+            raise node.error(f"{name}: the variable name must be a string, got {show(key)}")
+        return view.store.get(key)
+
+    return get_var
+
+
+_METHOD_BUILDERS: Dict[str, Callable[[Node, str, str, List[Code]], Code]] = {
+    "Stat": _m_stat,
+    "StatAvg": _m_stat_avg,
+    "Prop": _m_prop,
+    "Control": _m_control,
+    "GetControl": _m_get_control,
+    "SetVar": _m_set_var,
+    "GetVar": _m_get_var,
+}
+
+
+# ----------------------------------------------------------- user functions ----
+
+
+def _user_call(node: Node, name: str, args: List[Code]) -> Code:
+    nargs = len(args)
+
+    def call(ctx: Context) -> Any:
+        fn = ctx.funcs.get(name)
+        if fn is None:
+            raise node.error(f"function '{name}' is called before its (def {name} ...) was evaluated")
+        params = fn.params
+        if len(params) != nargs:
+            raise node.error(f"'{name}' takes {len(params)} argument(s), given {nargs}")
+        values = [a(ctx) for a in args]
+        ctx.steps += fn.cost
+        if ctx.steps > ctx.max_steps:
+            raise node.error(f"evaluation exceeded {ctx.max_steps} steps")
+        ctx.depth += 1
+        if ctx.depth > ctx.max_depth:
+            raise node.error(f"calls nested deeper than {ctx.max_depth} (runaway recursion?)")
+        variables = ctx.vars
+        for p, v in zip(params, values):
+            stack = variables.get(p)
+            if stack is None:
+                variables[p] = [v]
+            else:
+                stack.append(v)
+        ctx.scopes.append(set(params))
+        result = fn.body(ctx)
+        _leave(ctx)
+        ctx.depth -= 1
+        return result
+
+    return call
+
+
+# ---------------------------------------------------------------- operators ----
+
+
+def _num(node: Node, op: str, value: Any) -> Any:
+    if value.__class__ in _NUM_TYPES:
+        return value
+    raise node.error(f"'{op}' needs numbers, got {show(value)} ({type_name(value)})")
+
+
+def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]], Code]:
+    def build(node: Node, codes: List[Code]) -> Code:
+        if len(codes) == 2:
+            a, b = codes
+
+            def arith2(ctx: Context) -> Any:
+                x = a(ctx)
+                y = b(ctx)
+                if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
+                    return fn(x, y)
+                _num(node, op, x)
+                return _num(node, op, y)
+
+            return arith2
+        first, *rest = codes
+
+        def arith_n(ctx: Context) -> Any:
+            acc = _num(node, op, first(ctx))
+            for c in rest:
+                acc = fn(acc, _num(node, op, c(ctx)))
+            return acc
+
+        return arith_n
+
+    return build
+
+
+def _build_sub(node: Node, codes: List[Code]) -> Code:
+    if len(codes) == 1:
+        (a,) = codes
+        return lambda ctx: -_num(node, "-", a(ctx))
+    return _arith("-", lambda x, y: x - y)(node, codes)
+
+
+def _build_div(node: Node, codes: List[Code]) -> Code:
+    a, b = codes
+
+    def div(ctx: Context) -> Any:
+        x = _num(node, "/", a(ctx))
+        y = _num(node, "/", b(ctx))
+        if not y:
+            raise node.error(f"division by zero ({show(x)} / {show(y)})")
+        return x / y
+
+    return div
+
+
+def _shift(op: str, left: bool) -> Callable[[Node, List[Code]], Code]:
+    def build(node: Node, codes: List[Code]) -> Code:
+        a, b = codes
+
+        def shift(ctx: Context) -> Any:
+            x = a(ctx)
+            y = b(ctx)
+            if x.__class__ not in (int, bool) or y.__class__ not in (int, bool):
+                raise node.error(f"'{op}' needs whole numbers, got {show(x)} and {show(y)}")
+            if not 0 <= y <= MAX_SHIFT:
+                raise node.error(f"'{op}': shift by {y} is outside 0..{MAX_SHIFT}")
+            return x << y if left else x >> y
+
+        return shift
+
+    return build
+
+
+def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Code]], Code]:
+    def build(node: Node, codes: List[Code]) -> Code:
+        a, b = codes
+
+        def compare(ctx: Context) -> Any:
+            x = a(ctx)
+            y = b(ctx)
+            if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
+                return fn(x, y)
+            if x.__class__ is str and y.__class__ is str:
+                return fn(x, y)
+            raise node.error(f"'{op}' cannot compare {show(x)} with {show(y)}")
+
+        return compare
+
+    return build
+
+
+def _build_eq(negate: bool) -> Callable[[Node, List[Code]], Code]:
+    def build(node: Node, codes: List[Code]) -> Code:
+        a, b = codes
+        if negate:
+            return lambda ctx: a(ctx) != b(ctx)
+        return lambda ctx: a(ctx) == b(ctx)
+
+    return build
+
+
+def _build_and(node: Node, codes: List[Code]) -> Code:
+    if len(codes) == 2:
+        a, b = codes
+
+        def and2(ctx: Context) -> Any:
+            return a(ctx) and b(ctx)
+
+        return and2
+
+    def and_n(ctx: Context) -> Any:
+        value = None
+        for c in codes:
+            value = c(ctx)
+            if not value:
+                return value
+        return value
+
+    return and_n
+
+
+def _build_or(node: Node, codes: List[Code]) -> Code:
+    if len(codes) == 2:
+        a, b = codes
+
+        def or2(ctx: Context) -> Any:
+            return a(ctx) or b(ctx)
+
+        return or2
+
+    def or_n(ctx: Context) -> Any:
+        value = None
+        for c in codes:
+            value = c(ctx)
+            if value:
+                return value
+        return value
+
+    return or_n
+
+
+def _build_not(node: Node, codes: List[Code]) -> Code:
+    (a,) = codes
+    return lambda ctx: not a(ctx)
+
+
+def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], Code]:
+    def build(node: Node, codes: List[Code]) -> Code:
+        def extreme(ctx: Context) -> Any:
+            values = [c(ctx) for c in codes]
+            if len(values) == 1 and isinstance(values[0], list):
+                values = values[0]
+                if not values:
+                    return None
+            kinds = {v.__class__ in _NUM_TYPES for v in values}
+            if kinds != {True} and not all(v.__class__ is str for v in values):
+                bad = next(v for v in values if v.__class__ not in _NUM_TYPES)
+                raise node.error(f"'{op}' needs numbers, got {show(bad)}")
+            return pick(values)
+
+        return extreme
+
+    return build
+
+
+def _build_abs(node: Node, codes: List[Code]) -> Code:
+    (a,) = codes
+    return lambda ctx: abs(_num(node, "abs", a(ctx)))
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, (list, str)) and len(value) == 0)
+
+
+def _build_null(node: Node, codes: List[Code]) -> Code:
+    return lambda ctx: all(_is_null(c(ctx)) for c in codes)
+
+
+def _build_valid(node: Node, codes: List[Code]) -> Code:
+    return lambda ctx: all(c(ctx) is not None for c in codes)
+
+
+def _build_debug(node: Node, codes: List[Code]) -> Code:
+    where = f"{node.path}:{node.line}:{node.col}"
+
+    def debug(ctx: Context) -> Any:
+        values = [c(ctx) for c in codes]
+        text = " ".join(v if isinstance(v, str) else show(v) for v in values)
+        if len(ctx.debug) < MAX_DEBUG_LINES:
+            ctx.debug.append(f"{where}: {text}")
+        LOG.debug("policy debug %s: %s", where, text)
+        return values[-1]
+
+    return debug
+
+
+# name -> (min args, max args or None, builder)
+_OPERATORS: Dict[str, Tuple[int, Optional[int], Callable[[Node, List[Code]], Code]]] = {
+    "+": (2, None, _arith("+", lambda x, y: x + y)),
+    "-": (1, 2, _build_sub),
+    "*": (2, None, _arith("*", lambda x, y: x * y)),
+    "/": (2, 2, _build_div),
+    "<": (2, 2, _compare("<", lambda x, y: x < y)),
+    ">": (2, 2, _compare(">", lambda x, y: x > y)),
+    "<=": (2, 2, _compare("<=", lambda x, y: x <= y)),
+    ">=": (2, 2, _compare(">=", lambda x, y: x >= y)),
+    "==": (2, 2, _build_eq(False)),
+    "!=": (2, 2, _build_eq(True)),
+    "<<": (2, 2, _shift("<<", True)),
+    ">>": (2, 2, _shift(">>", False)),
+    "and": (1, None, _build_and),
+    "or": (1, None, _build_or),
+    "not": (1, 1, _build_not),
+    "min": (1, None, _extreme("min", min)),
+    "max": (1, None, _extreme("max", max)),
+    "abs": (1, 1, _build_abs),
+    "null": (1, None, _build_null),
+    "valid": (1, None, _build_valid),
+    "debug": (1, None, _build_debug),
+}
+
+BUILTIN_NAMES = frozenset(_OPERATORS)
