@@ -299,7 +299,7 @@ def parse_listen(listen: str, allow_remote: bool = False) -> Tuple[str, int]:
     reveal every VM's name and memory, and the endpoint has no authentication.
     """
     host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise MetricsListenError(
             f"metrics.listen: expected HOST:PORT such as \"127.0.0.1:9677\", got {listen!r}"
         )

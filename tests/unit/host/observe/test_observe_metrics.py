@@ -1,0 +1,160 @@
+"""Metrics: what a Prometheus server scraping ebbd would read."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, Mapping, Tuple
+
+import pytest
+from ebb.host.observe import build_observability
+from ebb.host.observe.metrics import EbbMetrics, MetricsListenError, parse_listen
+from prometheus_client.parser import text_string_to_metric_families
+
+SAMPLE_STATUS = Path(__file__).with_name("status_sample.json")
+
+Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
+
+
+def _status() -> Dict[str, Any]:
+    return json.loads(SAMPLE_STATUS.read_text())
+
+
+def _samples(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _tick(duration_ms: float, decisions: Any = (), policy_error: Any = None) -> Mapping[str, Any]:
+    return {"tick": 1, "duration_ms": duration_ms, "decisions": list(decisions),
+            "policy_error": policy_error}
+
+
+def test_host_and_vm_gauges_come_from_the_status_in_bytes() -> None:
+    samples = _samples(EbbMetrics(_status).text())
+    assert samples[("ebb_host_memory_total_bytes", ())] == 25165824 * 1024
+    assert samples[("ebb_host_memory_freeable_bytes", ())] == 4194304 * 1024
+    assert samples[("ebb_host_ksm_pages_sharing", ())] == 40960
+    assert samples[("ebb_host_ksm_sleep_seconds", ())] == pytest.approx(0.010)
+    assert samples[("ebb_host_memory_pressure_some_avg10", ())] == 1.25
+    vm2 = (("vm", "vm2"),)
+    assert samples[("ebb_vm_balloon_current_bytes", vm2)] == 1048576 * 1024
+    assert samples[("ebb_vm_need_bytes", vm2)] == 204800 * 1024
+    assert samples[("ebb_vm_agent_connected", vm2)] == 1
+    assert samples[("ebb_vm_report_age_seconds", vm2)] == 1.1
+    assert samples[("ebb_vm_guest_protocol_errors_total", vm2)] == 2
+    assert samples[("ebb_vm_cooperation", (("state", "ok"), ("vm", "vm2")))] == 1
+    assert samples[("ebb_vm_cooperation", (("state", "stuck"), ("vm", "vm2")))] == 0
+    legacy = (("vm", "legacy"),)
+    assert samples[("ebb_vm_agent_connected", legacy)] == 0
+    # Unknown values (no agent: no offer) are absent, not zero.
+    assert ("ebb_vm_offer_bytes", legacy) not in samples
+    assert samples[("ebb_daemon_dry_run", ())] == 1
+
+
+def test_a_vm_that_goes_away_disappears_from_the_next_scrape() -> None:
+    status = _status()
+    metrics = EbbMetrics(lambda: status)
+    assert ("ebb_vm_balloon_max_bytes", (("vm", "legacy"),)) in _samples(metrics.text())
+    status["vms"] = [vm for vm in status["vms"] if vm["name"] != "legacy"]
+    assert ("ebb_vm_balloon_max_bytes", (("vm", "legacy"),)) not in _samples(metrics.text())
+
+
+def test_ticks_count_actions_by_kind_and_rule_errors_and_durations() -> None:
+    metrics = EbbMetrics()
+    metrics.on_tick(_tick(3.0, [
+        {"vm": "a", "kind": "inflate", "rule": "cooperative-offer"},
+        {"vm": "b", "kind": "hold", "rule": "steady"},
+    ]))
+    metrics.on_tick(_tick(40.0, [{"vm": "a", "kind": "inflate", "rule": "cooperative-offer"},
+                                 {"vm": "b", "kind": "deflate", "rule": "need"}]))
+    metrics.on_tick(_tick(2.0, policy_error="policy.d/10-x.policy:3:4: unknown function"))
+    samples = _samples(metrics.text())
+    assert samples[("ebb_ticks_total", ())] == 3
+    assert samples[("ebb_actions_total", (("kind", "inflate"), ("rule", "cooperative-offer")))] == 2
+    assert samples[("ebb_actions_total", (("kind", "deflate"), ("rule", "need")))] == 1
+    assert not any(name == "ebb_actions_total" and ("kind", "hold") in labels
+                   for name, labels in samples)
+    assert samples[("ebb_policy_errors_total", ())] == 1
+    assert samples[("ebb_tick_duration_seconds_count", ())] == 3
+    assert samples[("ebb_tick_duration_seconds_bucket", (("le", "0.005"),))] == 2
+    assert samples[("ebb_tick_duration_seconds_sum", ())] == pytest.approx(0.045)
+
+
+def test_a_failing_status_source_still_gives_the_counters() -> None:
+    def broken() -> Mapping[str, Any]:
+        raise RuntimeError("engine not started")
+
+    metrics = EbbMetrics(broken)
+    metrics.on_tick(_tick(1.0))
+    samples = _samples(metrics.text())
+    assert samples[("ebb_ticks_total", ())] == 1
+    assert not any(name.startswith("ebb_host_") for name, _ in samples)
+
+
+def test_registries_are_private_to_each_instance() -> None:
+    first, second = EbbMetrics(), EbbMetrics()
+    first.on_tick(_tick(1.0))
+    assert _samples(second.text())[("ebb_ticks_total", ())] == 0
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [("127.0.0.1:9677", ("127.0.0.1", 9677)), ("[::1]:9100", ("::1", 9100)),
+     ("localhost:9677", ("127.0.0.1", 9677))],
+)
+def test_loopback_listen_addresses_are_accepted(listen: str, expected: Tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9677", "192.168.1.4:9677", "[::]:9677"])
+def test_non_loopback_listen_needs_allow_remote(listen: str) -> None:
+    with pytest.raises(MetricsListenError, match="allow_remote"):
+        parse_listen(listen)
+    assert parse_listen(listen, allow_remote=True)[1] == 9677
+
+
+@pytest.mark.parametrize("listen", ["9677", "127.0.0.1:", "127.0.0.1:99999", "myhost:9677"])
+def test_malformed_listen_is_refused_with_the_key_named(listen: str) -> None:
+    with pytest.raises(MetricsListenError, match=r"metrics\.listen"):
+        parse_listen(listen)
+
+
+def _config(trace_path: str = "", listen: str = "") -> Any:
+    return SimpleNamespace(
+        trace=SimpleNamespace(path=trace_path, max_bytes=1 << 20, keep_files=2),
+        metrics=SimpleNamespace(listen=listen),
+    )
+
+
+def test_http_endpoint_serves_the_same_text_on_loopback(tmp_path: Path) -> None:
+    observability = build_observability(_config(listen="127.0.0.1:0"), status_source=_status)
+    observability.start()
+    try:
+        for observer in observability.observers:
+            observer.on_tick(_tick(2.0, [{"vm": "vm2", "kind": "deflate", "rule": "need"}]))
+        assert observability.server is not None
+        url = f"http://{observability.server.url_host()}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = response.read().decode()
+    finally:
+        observability.stop()
+    samples = _samples(body)
+    assert samples[("ebb_actions_total", (("kind", "deflate"), ("rule", "need")))] == 1
+    assert samples[("ebb_vm_balloon_max_bytes", (("vm", "vm2"),))] == 1048576 * 1024
+    assert _samples(observability.metrics_text()).keys() >= {("ebb_ticks_total", ())}
+
+
+def test_trace_is_an_observer_only_when_configured(tmp_path: Path) -> None:
+    assert build_observability(_config()).trace is None
+    observability = build_observability(_config(trace_path=str(tmp_path / "t.jsonl")))
+    assert observability.trace in observability.observers
+    for observer in observability.observers:
+        observer.on_tick(_tick(1.0))
+    observability.stop()
+    assert (tmp_path / "t.jsonl").read_text().count("\n") == 1
