@@ -1,0 +1,354 @@
+"""The agent against a host end that is a socket pair or a unix socket."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Iterator, Tuple
+
+import msgpack
+import pytest
+from agent_testkit import FAST_CONFIG, GIB_KIB, HostEnd, ProcTree
+from conftest import StartAgent
+from ebb.guest.agent import ConnectionState
+from ebb.guest.transport import SocketTransport, UnixSocketTransport
+from ebb.protocol.framing import MAX_FRAME_BYTES, encode_frame
+from ebb.protocol.messages import (
+    Bye,
+    Decision,
+    Error,
+    Hello,
+    Need,
+    Offer,
+    Ping,
+    Pong,
+    Report,
+    Request,
+    Welcome,
+)
+
+
+@pytest.fixture
+def pair() -> Iterator[Tuple[SocketTransport, HostEnd]]:
+    guest_sock, host_sock = socket.socketpair()
+    host = HostEnd(host_sock)
+    yield SocketTransport(guest_sock), host
+    host.close()
+
+
+def _handshake(host: HostEnd, interval_ms: int = 1000) -> Report:
+    hello = host.wait_for(Hello)[0]
+    assert hello.protocol_versions == (1,)
+    host.welcome(interval_ms)
+    return host.wait_for(Report)[0]
+
+
+def test_handshake_then_report_offer(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    running = start_agent(transport, proc_tree)
+    hello = host.wait_for(Hello)[0]
+    assert hello.hostname == "guest-under-test"
+    assert "offer" in hello.capabilities
+    assert running.agent.state is ConnectionState.HELLO_SENT
+    assert host.of_type(Report) == []  # nothing is reported before the welcome
+
+    host.welcome(1000)
+    report = host.wait_for(Report)[0]
+    offer = host.wait_for(Offer)[0]
+    assert report.mem_total_kib == 4 * GIB_KIB
+    assert report.mem_available_kib == 3 * GIB_KIB
+    assert report.psi_some_total_us == 1000
+    assert offer.kib > GIB_KIB
+    assert offer.seq > report.seq
+    assert running.agent.state is ConnectionState.ACTIVE
+    assert running.agent.interval_s == 1.0
+    assert "READY=1" in running.notifications
+
+
+def test_reports_follow_the_hosts_interval(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    start_agent(transport, proc_tree)
+    _handshake(host, interval_ms=200)
+    start = time.monotonic()
+    host.pump(1.0)
+    elapsed = time.monotonic() - start
+    reports = host.of_type(Report)
+    # One at the welcome, then one per 200 ms: about 6 in the first second.
+    assert 4 <= len(reports) <= 8, (len(reports), elapsed)
+    seqs = [r.seq for r in reports]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_big_change_is_reported_at_once(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    start_agent(transport, proc_tree)
+    _handshake(host, interval_ms=10_000)
+    host.pump(0.3)
+    assert len(host.of_type(Report)) == 1  # the next one is 10 s away
+
+    proc_tree.write(MemAvailable=2 * GIB_KIB)  # moves by 25 % of MemTotal
+    changed_at = time.monotonic()
+    reports = host.wait_for(Report, timeout_s=2.0, count=2)
+    assert time.monotonic() - changed_at < 1.0
+    assert reports[-1].mem_available_kib == 2 * GIB_KIB
+
+
+def test_small_change_waits_for_the_interval(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    start_agent(transport, proc_tree)
+    _handshake(host, interval_ms=10_000)
+    proc_tree.write(MemAvailable=3 * GIB_KIB - 50 * 1024)  # about 1 % of MemTotal
+    host.pump(0.5)
+    assert len(host.of_type(Report)) == 1
+
+
+def test_need_and_offer_follow_the_proc_tree(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    start_agent(transport, proc_tree)
+    _handshake(host, interval_ms=200)
+    first_offer = host.wait_for(Offer)[0]
+    assert first_offer.kib > 0
+    assert host.of_type(Need) == []
+
+    # The guest runs short: little available, stalling on memory.
+    proc_tree.pressure = (35.0, 1.0, 5_000_000, 100_000)
+    proc_tree.write(MemAvailable=150 * 1024, MemFree=40 * 1024, Inactive_file=20 * 1024)
+    need = host.wait_for(Need)[0]
+    assert need.urgency in ("high", "critical")
+    assert need.kib >= 200 * 1024
+    assert "psi_some_avg10=35.0%" in need.reason
+    withdrawn = host.wait_for(Offer, count=2)[-1]
+    assert withdrawn.kib == 0
+
+    # It recovers: the need is withdrawn and memory is offered again.
+    proc_tree.pressure = (0.0, 0.0, 5_000_000, 100_000)
+    proc_tree.write(MemAvailable=3 * GIB_KIB, MemFree=2 * GIB_KIB, Inactive_file=512 * 1024)
+    needs = host.wait_for(Need, count=2)
+    assert needs[-1].kib == 0
+    offers = host.wait_for(Offer, count=3)
+    assert offers[-1].kib > 0
+
+
+def test_ping_is_answered_and_decisions_are_kept(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    running = start_agent(transport, proc_tree)
+    _handshake(host)
+    host.send(Ping(nonce=4242))
+    assert host.wait_for(Pong)[0].nonce == 4242
+    host.send(Decision(balloon_target_kib=3 * GIB_KIB, reason="host under pressure"))
+    host.send(Ping(nonce=1))
+    host.wait_for(Pong, count=2)
+    assert running.agent.last_decision is not None
+    assert running.agent.last_decision.balloon_target_kib == 3 * GIB_KIB
+
+
+def test_prepare_release_re_offers_at_once(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    start_agent(transport, proc_tree)
+    _handshake(host, interval_ms=10_000)
+    host.wait_for(Offer)
+    host.send(Request(kind="prepare_release", kib=GIB_KIB))
+    offers = host.wait_for(Offer, count=2, timeout_s=1.0)
+    assert offers[-1].kib == offers[0].kib  # the same offer, repeated on request
+
+    host.send(Request(kind="defragment", kib=0))
+    error = host.wait_for(Error)[0]
+    assert (error.code, error.ref_type) == ("unsupported_request", "request")
+
+
+def test_host_garbage_never_stops_the_agent(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    running = start_agent(transport, proc_tree)
+    _handshake(host, interval_ms=200)
+
+    host.send_raw(os.urandom(20_000))
+    host.send_raw(b"\x00" + b"\x01" * (MAX_FRAME_BYTES * 2) + b"\x00")  # oversized
+    host.send_raw(encode_frame(msgpack.packb({"type": "frobnicate", "x": 1})))
+    host.send_raw(encode_frame(msgpack.packb([1, 2, 3])))
+    host.send_raw(encode_frame(msgpack.packb({"type": "welcome", "protocol_version": "1"})))
+    errors = host.wait_for(Error, count=3)
+    by_code = {e.code: e for e in errors}
+    assert by_code["unknown_type"].ref_type == "frobnicate"
+    assert "not_a_map" in by_code
+    assert any(code in by_code for code in ("bad_type", "missing_field"))
+
+    # Still alive and talking: reports continue, pings are answered.
+    count = len(host.of_type(Report))
+    host.send(Ping(nonce=7))
+    assert host.wait_for(Pong)[-1].nonce == 7
+    host.wait_for(Report, count=count + 2)
+    assert running.agent.state is ConnectionState.ACTIVE
+    assert running.agent.counters.protocol_errors >= 4
+
+
+def test_error_replies_are_rate_limited(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    start_agent(transport, proc_tree)
+    _handshake(host, interval_ms=1000)
+    bad = encode_frame(msgpack.packb({"type": "nonsense"}))
+    host.send_raw(bad * 500)
+    host.pump(0.5)
+    assert 1 <= len(host.of_type(Error)) <= 20
+
+
+def test_messages_only_a_guest_sends_are_refused(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    start_agent(transport, proc_tree)
+    _handshake(host)
+    host.send(Offer(seq=1, kib=5))
+    error = host.wait_for(Error)[0]
+    assert (error.code, error.ref_type) == ("unexpected_type", "offer")
+
+
+def test_hello_is_repeated_with_backoff_until_welcomed(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    start_agent(transport, proc_tree)
+    host.pump(1.0)
+    # Backoff 0.05, 0.1, 0.2, 0.2 ...: about 6 hellos in a second, not hundreds.
+    hellos = len(host.of_type(Hello))
+    assert 3 <= hellos <= 9
+    host.welcome(200)
+    host.wait_for(Report)
+
+
+def test_stop_says_bye(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    running = start_agent(transport, proc_tree)
+    _handshake(host)
+    stop_at = time.monotonic()
+    running.stop()
+    assert time.monotonic() - stop_at < 0.5
+    assert host.wait_for(Bye)[0].reason == "agent stopping"
+    assert running.agent.state is ConnectionState.STOPPED
+    assert "STOPPING=1" in running.notifications
+
+
+class _Listener:
+    """A host that listens on a unix socket, as ebbd's side of a channel would."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(1)
+        self.sock.settimeout(3.0)
+
+    def accept(self) -> HostEnd:
+        conn, _ = self.sock.accept()
+        return HostEnd(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_host_disconnect_and_reconnect(
+    tmp_path: Path, proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    listener = _Listener(tmp_path / "channel.sock")
+    running = start_agent(UnixSocketTransport(str(listener.path)), proc_tree)
+    try:
+        host = listener.accept()
+        _handshake(host, interval_ms=200)
+        host.close()  # the host daemon goes away mid-session
+
+        host = listener.accept()  # the agent comes back on its own
+        _handshake(host, interval_ms=200)
+        host.wait_for(Report, count=2)
+        assert running.agent.state is ConnectionState.ACTIVE
+        assert running.agent.counters.disconnects >= 1
+        assert running.agent.counters.welcomes == 2
+        host.close()
+    finally:
+        listener.close()
+
+
+def test_absent_host_is_retried_without_busy_looping(
+    tmp_path: Path, proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    path = tmp_path / "later.sock"
+    running = start_agent(UnixSocketTransport(str(path)), proc_tree)
+    cpu_before = time.process_time()
+    time.sleep(1.0)
+    cpu_used = time.process_time() - cpu_before
+    assert running.agent.state is ConnectionState.DISCONNECTED
+    assert cpu_used < 0.2, f"the agent burnt {cpu_used:.2f} s of CPU waiting for the host"
+
+    listener = _Listener(path)  # the host appears
+    try:
+        host = listener.accept()
+        _handshake(host)
+        host.close()
+    finally:
+        listener.close()
+
+
+def test_welcome_with_an_unknown_version_is_refused(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    running = start_agent(transport, proc_tree)
+    host.wait_for(Hello)
+    host.send(Welcome(protocol_version=9, report_interval_ms=1000, capabilities=()))
+    error = host.wait_for(Error)[0]
+    assert error.code == "unsupported_version"
+    assert running.agent.state is ConnectionState.HELLO_SENT
+    host.welcome(1000)
+    host.wait_for(Report)
+
+
+def test_bye_from_the_host_closes_and_reconnects(
+    tmp_path: Path, proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    listener = _Listener(tmp_path / "channel.sock")
+    start_agent(UnixSocketTransport(str(listener.path)), proc_tree)
+    try:
+        host = listener.accept()
+        _handshake(host)
+        host.send(Bye(reason="ebbd restarting"))
+        host.pump(0.3)
+        assert host.closed  # the agent hung up
+        host = listener.accept()
+        host.wait_for(Hello)
+        host.close()
+    finally:
+        listener.close()
+
+
+def test_unanswered_keepalive_leads_to_a_new_handshake(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    import dataclasses
+
+    transport, host = pair
+    config = dataclasses.replace(FAST_CONFIG, keepalive_s=0.3)
+    start_agent(transport, proc_tree, config)
+    _handshake(host, interval_ms=200)
+    host.wait_for(Ping, timeout_s=2.0)
+    # The host does not answer (a serial line whose other end went away) ...
+    host.wait_for(Hello, count=2, timeout_s=2.0)

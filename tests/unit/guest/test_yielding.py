@@ -1,0 +1,134 @@
+"""The offer and need formulas (docs/agent.md, "Offer and need")."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from agent_testkit import GIB_KIB, MIB_KIB, ProcTree
+from ebb.guest.collect import MemoryCollector, MemorySample
+from ebb.guest.yielding import (
+    YieldConfig,
+    assess,
+    compute_need,
+    compute_offer_kib,
+    need_changed,
+    offer_changed,
+    reserve_kib,
+)
+
+CONFIG = YieldConfig()
+
+
+def _sample(proc_tree: ProcTree, **changes: object) -> MemorySample:
+    sample = MemoryCollector(str(proc_tree.root)).sample()
+    return dataclasses.replace(sample, **changes)  # type: ignore[arg-type]
+
+
+def test_reserve_defaults_to_64_mib_or_5_percent() -> None:
+    assert reserve_kib(512 * MIB_KIB, CONFIG) == 64 * MIB_KIB
+    assert reserve_kib(16 * GIB_KIB, CONFIG) == int(16 * GIB_KIB * 0.05)
+    assert reserve_kib(16 * GIB_KIB, YieldConfig(reserve_kib=300 * MIB_KIB)) == 300 * MIB_KIB
+
+
+def test_offer_is_free_plus_clean_inactive_cache_above_the_reserve(proc_tree: ProcTree) -> None:
+    sample = _sample(proc_tree)  # 2 GiB free, 512 MiB inactive file, 1 MiB dirty
+    reserve = reserve_kib(sample.mem_total_kib, CONFIG)  # 4 GiB * 5 % = 204.8 MiB
+    expected = 2 * GIB_KIB + 512 * MIB_KIB - MIB_KIB - reserve
+    assert compute_offer_kib(sample, CONFIG) == expected - expected % MIB_KIB
+
+
+def test_dirty_pages_and_shmem_are_not_offered(proc_tree: ProcTree) -> None:
+    clean = compute_offer_kib(_sample(proc_tree), CONFIG)
+    dirty = compute_offer_kib(_sample(proc_tree, dirty_kib=300 * MIB_KIB), CONFIG)
+    assert clean - dirty == 299 * MIB_KIB
+    # Shmem is in Cached but not in Inactive(file): more of it changes nothing.
+    assert compute_offer_kib(_sample(proc_tree, shmem_kib=900 * MIB_KIB), CONFIG) == clean
+
+
+def test_offer_never_exceeds_what_the_kernel_calls_available(proc_tree: ProcTree) -> None:
+    sample = _sample(proc_tree, mem_available_kib=1 * GIB_KIB)
+    reserve = reserve_kib(sample.mem_total_kib, CONFIG)
+    assert compute_offer_kib(sample, CONFIG) <= GIB_KIB - reserve
+
+
+def test_nothing_to_offer_below_the_reserve(proc_tree: ProcTree) -> None:
+    sample = _sample(
+        proc_tree, mem_free_kib=50 * MIB_KIB, inactive_file_kib=10 * MIB_KIB,
+        mem_available_kib=300 * MIB_KIB,
+    )
+    assert compute_offer_kib(sample, CONFIG) == 0
+
+
+def test_a_healthy_guest_needs_nothing(proc_tree: ProcTree) -> None:
+    sample = _sample(proc_tree)
+    assert compute_need(sample, sample, 1.0, CONFIG) is None
+
+
+def test_low_available_memory_asks_back_to_the_low_watermark(proc_tree: ProcTree) -> None:
+    reserve = reserve_kib(4 * GIB_KIB, CONFIG)
+    low = _sample(proc_tree, mem_available_kib=reserve + 10 * MIB_KIB)
+    need = compute_need(None, low, 0.0, CONFIG)
+    assert need is not None
+    assert need.urgency == "low"
+    assert need.kib >= 2 * reserve - low.mem_available_kib
+    assert need.kib % MIB_KIB == 0
+    assert "mem_available_kib" in need.reason
+
+    lower = _sample(proc_tree, mem_available_kib=reserve - MIB_KIB)
+    need_lower = compute_need(None, lower, 0.0, CONFIG)
+    assert need_lower is not None and need_lower.urgency == "high"
+    assert need_lower.kib > need.kib
+    critical = compute_need(None, _sample(proc_tree, mem_available_kib=reserve // 3), 0.0, CONFIG)
+    assert critical is not None and critical.urgency == "critical"
+
+
+def test_pressure_stalls_raise_a_need_graded_by_urgency(proc_tree: ProcTree) -> None:
+    base = _sample(proc_tree)
+    levels = {}
+    for some, full in ((12.0, 0.0), (30.0, 0.0), (12.0, 15.0)):
+        need = compute_need(base, _sample(proc_tree, psi_some_avg10=some, psi_full_avg10=full),
+                            1.0, CONFIG)
+        assert need is not None
+        levels[(some, full)] = need
+    assert levels[(12.0, 0.0)].urgency == "low"
+    assert levels[(30.0, 0.0)].urgency == "high"
+    assert levels[(12.0, 15.0)].urgency == "critical"
+    reserve = reserve_kib(base.mem_total_kib, CONFIG)
+    assert levels[(12.0, 0.0)].kib == -(-reserve // MIB_KIB) * MIB_KIB
+    assert levels[(12.0, 15.0)].kib > levels[(30.0, 0.0)].kib > levels[(12.0, 0.0)].kib
+    assert "psi_some_avg10=30.0%" in levels[(30.0, 0.0)].reason
+
+
+def test_major_fault_and_swap_in_rates_use_elapsed_time(proc_tree: ProcTree) -> None:
+    before = _sample(proc_tree)
+    after = dataclasses.replace(before, pgmajfault=before.pgmajfault + 300)
+    # 300 faults in 1 s is over the 200/s threshold; in 2 s it is not.
+    fast = compute_need(before, after, 1.0, CONFIG)
+    assert fast is not None and "pgmajfault=300/s" in fast.reason
+    assert compute_need(before, after, 2.0, CONFIG) is None
+
+    swapping = dataclasses.replace(before, pswpin=before.pswpin + 3000)
+    need = compute_need(before, swapping, 1.0, CONFIG)
+    assert need is not None and need.urgency == "high" and "pswpin" in need.reason
+
+
+def test_counter_reset_is_not_activity(proc_tree: ProcTree) -> None:
+    before = _sample(proc_tree, pgmajfault=10**9)
+    assert compute_need(before, _sample(proc_tree), 1.0, CONFIG) is None
+
+
+def test_a_guest_in_need_offers_nothing(proc_tree: ProcTree) -> None:
+    stalled = _sample(proc_tree, psi_some_avg10=40.0)
+    assessment = assess(None, stalled, 0.0, CONFIG)
+    assert assessment.need is not None
+    assert assessment.offer_kib == 0
+    assert assess(None, _sample(proc_tree), 0.0, CONFIG).offer_kib > 0
+
+
+def test_small_changes_are_not_worth_a_message() -> None:
+    total = 4 * GIB_KIB
+    assert offer_changed(None, 0, total)
+    assert offer_changed(100 * MIB_KIB, 0, total)
+    assert not offer_changed(100 * MIB_KIB, 110 * MIB_KIB, total)
+    assert offer_changed(100 * MIB_KIB, 150 * MIB_KIB, total)
+    assert not need_changed(None, None, total)
