@@ -451,3 +451,34 @@ class Governor:
         )
         LOG.info("guest %s: rollback: %s", g.name, why)
         return target, why
+
+
+def guest_view_from_entity(entity: Any) -> GuestView:
+    """A :class:`GuestView` from a policy :class:`~ebb.host.policy.Entity` (newest sample).
+
+    Reads the policy field names (``balloon_cur``, ``balloon_max``,
+    ``balloon_min`` as the floor, ``agent_connected``, ``report_age``, ``need``,
+    ``offer``, ``psi_some_avg10``, ``psi_full_avg10``, ``major_fault_rate``,
+    ``swap_in_rate``). Used by ``ebbctl policy eval --governed`` and replays.
+    """
+    s = entity.latest
+
+    def opt(name: str) -> Optional[float]:
+        v = s.get(name)
+        return None if v is None else float(v)
+
+    floor = s.get("balloon_min")
+    return GuestView(
+        name=entity.name,
+        balloon_cur_kib=int(s.get("balloon_cur") or 0),
+        balloon_max_kib=int(s.get("balloon_max") or 0),
+        floor_kib=None if floor is None else int(floor),
+        agent_connected=bool(s.get("agent_connected")),
+        report_age_s=opt("report_age"),
+        need_kib=int(s.get("need") or 0),
+        offer_kib=int(s.get("offer") or 0),
+        psi_some_avg10=opt("psi_some_avg10"),
+        psi_full_avg10=opt("psi_full_avg10"),
+        major_fault_rate=opt("major_fault_rate"),
+        swap_in_rate_kib=opt("swap_in_rate"),
+    )

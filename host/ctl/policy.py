@@ -1,10 +1,114 @@
-"""``ebbctl`` subcommands: policy (being written)."""
+"""``ebbctl policy``: check policy files, and evaluate a policy on a saved state.
+
+``ebbctl policy check PATH...`` loads the files (a directory stands for its
+``*.policy`` files) as one program: exit 0 when everything loads, else exit 2
+with one ``PATH:LINE:COL: message`` line per error on stderr.
+
+``ebbctl policy eval --state STATE.json PATH... [--governed]`` evaluates the
+policy once and prints ``{"results": [...], "controls": {"host": {...},
+"guests": {...}}}``; with ``--governed`` also the governor's decisions.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import sys
+from typing import Any, Dict, List
+
+from ebb.host.governor import Governor, guest_view_from_entity
+from ebb.host.policy import (
+    PolicyError,
+    PolicyInput,
+    PolicyLoadError,
+    PolicyRunner,
+    load_policy_files,
+)
+
+EXIT_OK = 0
+EXIT_POLICY_ERROR = 2
 
 
 def register(sub: "argparse._SubParsersAction[Any]") -> None:
-    """Add this group's subcommands to ``ebbctl``."""
+    """Add ``ebbctl policy check`` and ``ebbctl policy eval``."""
+    parser = sub.add_parser(
+        "policy",
+        help="check policy files, or evaluate a policy on a saved state",
+        description="Check policy files, or evaluate a policy once on a saved state.",
+    )
+    actions = parser.add_subparsers(dest="policy_command", metavar="ACTION")
+    actions.required = True
+
+    check = actions.add_parser(
+        "check",
+        help="load policy files and report every error as PATH:LINE:COL: message",
+        description="Load the files (a directory means its *.policy files, in name order) "
+        "as one program. Exit 0 when they load, 2 with one line per error otherwise.",
+    )
+    check.add_argument("paths", nargs="+", metavar="PATH", help="policy file or directory")
+    check.set_defaults(func=run_check)
+
+    ev = actions.add_parser(
+        "eval",
+        help="evaluate a policy once on a state file and print the controls as JSON",
+        description="Evaluate the policy once on STATE.json and print "
+        '{"results": [...], "controls": {"host": {...}, "guests": {...}}}. '
+        "Policy only, unless --governed.",
+    )
+    ev.add_argument("--state", required=True, metavar="STATE.json",
+                    help='{"host": {"props": {}, "samples": [...]}, "guests": [...]} (samples oldest first)')
+    ev.add_argument("--governed", action="store_true",
+                    help="also apply the governor (fresh state, clock 0) and print its decisions")
+    ev.add_argument("paths", nargs="+", metavar="PATH", help="policy file or directory")
+    ev.set_defaults(func=run_eval)
+
+
+def _report(errors: List[PolicyError]) -> int:
+    for err in errors:
+        print(str(err), file=sys.stderr)
+    return EXIT_POLICY_ERROR
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        program = load_policy_files(args.paths)
+    except PolicyLoadError as err:
+        return _report(err.errors)
+    print(f"ok: {len(program.paths)} file(s) load: {', '.join(program.paths)}")
+    return EXIT_OK
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    try:
+        program = load_policy_files(args.paths)
+    except PolicyLoadError as err:
+        return _report(err.errors)
+    try:
+        with open(args.state, encoding="utf-8") as fh:
+            raw = json.load(fh)
+        inp = PolicyInput.from_json(raw)
+    except OSError as err:
+        print(f"{args.state}: cannot read: {err.strerror or err}", file=sys.stderr)
+        return EXIT_POLICY_ERROR
+    except json.JSONDecodeError as err:
+        print(f"{args.state}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}", file=sys.stderr)
+        return EXIT_POLICY_ERROR
+    except ValueError as err:
+        print(f"{args.state}: {err}", file=sys.stderr)
+        return EXIT_POLICY_ERROR
+    runner = PolicyRunner(program)
+    try:
+        evaluation = runner.evaluate(inp)
+    except PolicyError as err:
+        return _report([err])
+    for line in evaluation.debug:
+        print(f"debug: {line}", file=sys.stderr)
+    out: Dict[str, Any] = evaluation.to_json()
+    if args.governed:
+        governor = Governor()
+        views = [guest_view_from_entity(g) for g in inp.guests]
+        decisions = governor.decide(0.0, views, evaluation.proposed_targets())
+        out["governor"] = [d.to_json() for d in decisions]
+    json.dump(out, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+    return EXIT_OK
