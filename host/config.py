@@ -1,0 +1,405 @@
+"""``/etc/ebb/ebbd.toml``: the daemon's configuration, validated once.
+
+The file is TOML (read with the standard library's ``tomllib``). Every key has a
+default, so a missing file means "all defaults". Each ``[section]`` maps to one
+frozen dataclass below; the daemon builds every component from the resulting
+:class:`EbbdConfig` and never re-reads the file behind its back (SIGHUP builds a
+new one). Unknown sections or keys and values of the wrong type or out of range
+are rejected with a :class:`ConfigError` that names the file and the key, e.g.::
+
+    /etc/ebb/ebbd.toml: daemon.policy_interval_s: must be > 0, got -1
+
+docs/configuration.md lists every key; a unit test keeps the two in agreement.
+"""
+
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+LOG = logging.getLogger(__name__)
+
+#: Where ebbd looks for its configuration when ``--config`` is not given.
+DEFAULT_CONFIG_PATH = Path("/etc/ebb/ebbd.toml")
+#: The installed policy directory; used as the default when it exists.
+INSTALLED_POLICY_DIR = Path("/etc/ebb/policy.d")
+#: The packaged policy set used when nothing is installed under /etc.
+DEFAULT_POLICY_SET = "cooperative"
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message names the file and key."""
+
+
+def packaged_policy_dir(name: str = DEFAULT_POLICY_SET) -> Path:
+    """The directory of a policy set shipped inside ``ebb.host.policies``."""
+    import ebb.host.policies
+
+    return Path(ebb.host.policies.__file__).resolve().parent / name
+
+
+def default_policy_dir() -> Path:
+    """``/etc/ebb/policy.d`` when installed there, else the packaged default set."""
+    if INSTALLED_POLICY_DIR.is_dir():
+        return INSTALLED_POLICY_DIR
+    return packaged_policy_dir()
+
+
+# --- value checks: each returns None when fine, else the reason -----------------
+
+
+Check = Callable[[Any], "str | None"]
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value!r}"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value!r}"
+
+
+def _at_least(minimum: float) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value >= minimum else f"must be >= {minimum}, got {value!r}"
+
+    return check
+
+
+def _share(value: Any) -> str | None:
+    return None if 0 < value <= 1 else f"must be a share in (0, 1], got {value!r}"
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    def check(value: Any) -> str | None:
+        if value.lower() in choices:
+            return None
+        return f"must be one of {', '.join(choices)}, got {value!r}"
+
+    return check
+
+
+def _absolute_path(value: Any) -> str | None:
+    return None if Path(value).is_absolute() else f"must be an absolute path, got {value!r}"
+
+
+def _optional_absolute_path(value: Any) -> str | None:
+    return None if value == "" else _absolute_path(value)
+
+
+def _listen_address(value: Any) -> str | None:
+    if value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"must be HOST:PORT (e.g. \"127.0.0.1:9677\") or \"\" for off, got {value!r}"
+    return None
+
+
+def _rule(check: Check) -> dict[str, Check]:
+    """Field metadata carrying a key's range/choice check."""
+    return {"check": check}
+
+
+# --- sections -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """``[daemon]``: where ebbd connects, how often it decides, where it keeps state."""
+
+    libvirt_uri: str = "qemu:///system"
+    policy_interval_s: float = field(default=2.0, metadata=_rule(_positive))
+    policy_dir: Path = field(default_factory=default_policy_dir, metadata=_rule(_absolute_path))
+    run_dir: Path = field(default=Path("/run/ebb"), metadata=_rule(_absolute_path))
+    control_socket: Path = field(default=Path("/run/ebb/ebbd.sock"), metadata=_rule(_absolute_path))
+    dry_run: bool = False
+    log_level: str = field(default="info", metadata=_rule(_one_of(LOG_LEVELS)))
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """``[host]``: where the host's kernel state is read, and when pressure is urgent."""
+
+    proc_root: Path = field(default=Path("/proc"), metadata=_rule(_absolute_path))
+    sys_root: Path = field(default=Path("/sys"), metadata=_rule(_absolute_path))
+    #: Share of MemTotal: when freeable memory (MemFree+Buffers+Cached) crosses it,
+    #: the engine ticks at once instead of waiting for the next interval.
+    pressure_tick_threshold: float = field(default=0.20, metadata=_rule(_share))
+
+
+@dataclass(frozen=True)
+class HypervisorConfig:
+    """``[hypervisor]``: libvirt housekeeping (stats period, re-listing, reconnecting)."""
+
+    #: Period asked of the virtio-balloon driver for fresh guest statistics.
+    stats_period_s: int = field(default=2, metadata=_rule(_at_least(1)))
+    #: Full domain listing as a safety net behind lifecycle events.
+    relist_interval_s: float = field(default=30.0, metadata=_rule(_positive))
+    reconnect_initial_s: float = field(default=1.0, metadata=_rule(_positive))
+    reconnect_max_s: float = field(default=30.0, metadata=_rule(_positive))
+    #: Where libvirt's QEMU driver writes ``NAME.pid`` (qemu:///system).
+    qemu_run_dir: Path = field(default=Path("/run/libvirt/qemu"), metadata=_rule(_absolute_path))
+
+
+@dataclass(frozen=True)
+class GuestsConfig:
+    """``[guests]``: the agent channels (reports, staleness, misbehaving guests)."""
+
+    report_interval_ms: int = field(default=1000, metadata=_rule(_at_least(100)))
+    stale_after_s: float = field(default=5.0, metadata=_rule(_positive))
+    heartbeat_interval_s: float = field(default=5.0, metadata=_rule(_positive))
+    #: More frames than this per second from one guest cuts it off.
+    flood_max_frames_per_s: int = field(default=50, metadata=_rule(_positive))
+    #: First wait before reconnecting to a guest that was cut off; doubles each time.
+    cut_off_backoff_s: float = field(default=10.0, metadata=_rule(_positive))
+    cut_off_backoff_max_s: float = field(default=300.0, metadata=_rule(_positive))
+    #: Wait between attempts to open a channel socket that is not there yet.
+    connect_retry_s: float = field(default=2.0, metadata=_rule(_positive))
+
+
+@dataclass(frozen=True)
+class GovernorSection:
+    """``[governor]``: the safety limits no policy can bypass."""
+
+    #: Floor for a VM whose XML sets none (``<ebb:vm floor-mib=...>`` or min_guarantee).
+    default_floor_mib: int = field(default=256, metadata=_rule(_non_negative))
+    #: Largest balloon change per tick, as a share of the VM's maximum memory.
+    max_change_share: float = field(default=0.10, metadata=_rule(_share))
+    #: After an inflation, how long to watch the guest for harm before trusting it.
+    rollback_window_s: float = field(default=20.0, metadata=_rule(_positive))
+    #: Major faults per second (guest) that count as harm within the window.
+    rollback_major_faults_per_s: float = field(default=100.0, metadata=_rule(_positive))
+    #: Swap-ins (pages per second) that count as harm within the window.
+    rollback_swap_in_per_s: float = field(default=100.0, metadata=_rule(_positive))
+    #: Guest PSI some avg10 (%) that counts as harm within the window.
+    rollback_psi_some_avg10: float = field(default=10.0, metadata=_rule(_positive))
+    #: First back-off after a rollback; doubles on each further rollback.
+    backoff_initial_s: float = field(default=30.0, metadata=_rule(_positive))
+    backoff_max_s: float = field(default=600.0, metadata=_rule(_positive))
+    #: No progress toward the target for this long: the guest is stuck (squeezed: 5 s).
+    stuck_after_s: float = field(default=5.0, metadata=_rule(_positive))
+    #: No progress for this long: uncooperative, excluded from inflation (squeezed: 20 s).
+    uncooperative_after_s: float = field(default=20.0, metadata=_rule(_positive))
+
+
+@dataclass(frozen=True)
+class BalloonConfig:
+    """``[balloon]``: the balloon controller."""
+
+    #: Targets closer than this to the current balloon are not applied (noise).
+    min_change_kib: int = field(default=1024, metadata=_rule(_non_negative))
+
+
+@dataclass(frozen=True)
+class KsmConfig:
+    """``[ksm]``: whether ebbd drives KSM at all."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class MemtuneConfig:
+    """``[memtune]``: a cgroup soft limit for guests that ignore the balloon."""
+
+    soft_limit_uncooperative: bool = False
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """``[trace]``: the per-tick JSON-lines trace (off when ``path`` is empty)."""
+
+    path: str = field(default="", metadata=_rule(_optional_absolute_path))
+    max_bytes: int = field(default=64 * 1024 * 1024, metadata=_rule(_at_least(4096)))
+    keep_files: int = field(default=5, metadata=_rule(_non_negative))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint (off when ``listen`` is empty)."""
+
+    listen: str = field(default="", metadata=_rule(_listen_address))
+
+
+@dataclass(frozen=True)
+class EbbdConfig:
+    """The whole validated configuration; ``source`` is the file it came from (or None)."""
+
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    host: HostConfig = field(default_factory=HostConfig)
+    hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
+    guests: GuestsConfig = field(default_factory=GuestsConfig)
+    governor: GovernorSection = field(default_factory=GovernorSection)
+    balloon: BalloonConfig = field(default_factory=BalloonConfig)
+    ksm: KsmConfig = field(default_factory=KsmConfig)
+    memtune: MemtuneConfig = field(default_factory=MemtuneConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    source: Path | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain-JSON view (paths as strings), e.g. for ``ebbctl status`` or logs."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, section_type in SECTIONS.items():
+            section = getattr(self, name)
+            out[name] = {
+                f.name: (str(v) if isinstance(v, Path) else v)
+                for f in dataclasses.fields(section_type)
+                for v in [getattr(section, f.name)]
+            }
+        return out
+
+
+#: Section name in the file -> dataclass. Order is the order in docs/configuration.md.
+SECTIONS: dict[str, type] = {
+    "daemon": DaemonConfig,
+    "host": HostConfig,
+    "hypervisor": HypervisorConfig,
+    "guests": GuestsConfig,
+    "governor": GovernorSection,
+    "balloon": BalloonConfig,
+    "ksm": KsmConfig,
+    "memtune": MemtuneConfig,
+    "trace": TraceConfig,
+    "metrics": MetricsConfig,
+}
+
+
+# --- loading --------------------------------------------------------------------
+
+
+def load_config(path: Path | str | None = None) -> EbbdConfig:
+    """Read and validate the config file.
+
+    ``None`` means :data:`DEFAULT_CONFIG_PATH`, and a missing default file gives all
+    defaults. A path given explicitly (``ebbd --config PATH``) must exist, so that a
+    typo is not silently replaced by defaults.
+
+    Raises :class:`ConfigError` naming the file and the key for anything wrong.
+    """
+    explicit = path is not None and Path(path) != DEFAULT_CONFIG_PATH
+    file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{file}: config file not found (check the --config path)") from None
+        LOG.info("no config file at %s: using defaults", file)
+        return config_from_dict({}, source=None)
+    except OSError as err:
+        raise ConfigError(f"{file}: cannot read config file: {err.strerror}") from err
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{file}: not UTF-8 text: {err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{file}: not valid TOML: {err}") from err
+    return config_from_dict(data, source=file)
+
+
+def config_from_dict(data: Mapping[str, Any], source: Path | None = None) -> EbbdConfig:
+    """Validate an already-parsed TOML document (what :func:`load_config` does after reading)."""
+    where = str(source) if source is not None else "<config>"
+    sections: dict[str, Any] = {}
+    for section_name, table in data.items():
+        section_type = SECTIONS.get(section_name)
+        if section_type is None:
+            raise ConfigError(
+                f"{where}: unknown section [{section_name}] "
+                f"(known: {', '.join(SECTIONS)})"
+            )
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: {section_name}: must be a [table], got {table!r}")
+        sections[section_name] = _build_section(section_name, section_type, table, where)
+    config = EbbdConfig(**sections, source=source)
+    _check_across_keys(config, where)
+    return config
+
+
+def _build_section(name: str, section_type: type, table: Mapping[str, Any], where: str) -> Any:
+    fields_by_name = {f.name: f for f in dataclasses.fields(section_type)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        f = fields_by_name.get(key)
+        if f is None:
+            raise ConfigError(
+                f"{where}: {name}.{key}: unknown key "
+                f"(known in [{name}]: {', '.join(fields_by_name)})"
+            )
+        values[key] = _convert(f"{name}.{key}", f, value, where)
+    return section_type(**values)
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               Path: "a path string"}
+
+
+def _convert(dotted: str, f: dataclasses.Field[Any], value: Any, where: str) -> Any:
+    kind: Any = f.type  # real classes: this module does not postpone annotations
+    ok: bool
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{where}: {dotted}: must be a finite number, got {value!r}")
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(
+            f"{where}: {dotted}: must be {_TYPE_WORDS.get(kind, kind)}, got {value!r}"
+        )
+    check = f.metadata.get("check")
+    if check is not None:
+        problem = check(value)
+        if problem:
+            raise ConfigError(f"{where}: {dotted}: {problem}")
+    if kind is float:
+        return float(value)
+    if kind is Path:
+        return Path(value)
+    if f.name == "log_level":
+        return value.lower()
+    return value
+
+
+def _check_across_keys(config: EbbdConfig, where: str) -> None:
+    """Rules that involve two keys; each names the key to change."""
+    hv = config.hypervisor
+    if hv.reconnect_max_s < hv.reconnect_initial_s:
+        raise ConfigError(
+            f"{where}: hypervisor.reconnect_max_s: must be >= hypervisor.reconnect_initial_s "
+            f"({hv.reconnect_initial_s}), got {hv.reconnect_max_s}"
+        )
+    gs = config.guests
+    if gs.stale_after_s * 1000 <= gs.report_interval_ms:
+        raise ConfigError(
+            f"{where}: guests.stale_after_s: must be longer than guests.report_interval_ms "
+            f"({gs.report_interval_ms} ms), got {gs.stale_after_s} s"
+        )
+    if gs.cut_off_backoff_max_s < gs.cut_off_backoff_s:
+        raise ConfigError(
+            f"{where}: guests.cut_off_backoff_max_s: must be >= guests.cut_off_backoff_s "
+            f"({gs.cut_off_backoff_s}), got {gs.cut_off_backoff_max_s}"
+        )
+    gv = config.governor
+    if gv.uncooperative_after_s < gv.stuck_after_s:
+        raise ConfigError(
+            f"{where}: governor.uncooperative_after_s: must be >= governor.stuck_after_s "
+            f"({gv.stuck_after_s}), got {gv.uncooperative_after_s}"
+        )
+    if gv.backoff_max_s < gv.backoff_initial_s:
+        raise ConfigError(
+            f"{where}: governor.backoff_max_s: must be >= governor.backoff_initial_s "
+            f"({gv.backoff_initial_s}), got {gv.backoff_max_s}"
+        )

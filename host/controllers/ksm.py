@@ -1,0 +1,237 @@
+"""Drive KSM through sysfs, and always give the host its own settings back.
+
+Only the knobs a policy may control are written (``run``, ``pages_to_scan``,
+``sleep_millisecs``, ``merge_across_nodes``), and only when the value differs
+from what the file holds now. Before the first write the original values are
+saved (atomically) to ``RUN_DIR/ksm-original.json``; :meth:`KsmController.restore`
+writes them back on a clean stop and removes the file. If ebbd died without
+restoring, the file is still there on the next :meth:`KsmController.start`, which
+restores it first, as TuneD does with its own saved state.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger(__name__)
+
+#: Policy control name -> sysfs file under /sys/kernel/mm/ksm.
+CONTROL_FILES = {
+    "ksm_run": "run",
+    "ksm_pages_to_scan": "pages_to_scan",
+    "ksm_sleep_millisecs": "sleep_millisecs",
+    "ksm_merge_across_nodes": "merge_across_nodes",
+}
+#: Write order: merge_across_nodes can only change while nothing is merged, so it is
+#: written before run is (re)started; run last so a new rate is in place when it starts.
+_WRITE_ORDER = ("merge_across_nodes", "pages_to_scan", "sleep_millisecs", "run")
+_LIMITS = {
+    "run": (0, 2),
+    "merge_across_nodes": (0, 1),
+    "pages_to_scan": (0, 100_000),
+    "sleep_millisecs": (0, 60_000),
+}
+SAVED_FILE_NAME = "ksm-original.json"
+
+
+@dataclass(frozen=True)
+class KsmWrite:
+    """One knob the controller wrote (or would have, in a dry run, or failed to)."""
+
+    knob: str
+    before: int | None
+    value: int
+    outcome: str  # "applied" | "dry-run" | "failed" | "rejected"
+    at: float
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form for the tick record and the journal."""
+        return asdict(self)
+
+
+class KsmController:
+    """Writes changed KSM knobs; saves and restores the host's original values."""
+
+    def __init__(
+        self,
+        sys_root: Path | str = "/sys",
+        run_dir: Path | str = "/run/ebb",
+        dry_run: bool = False,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ksm_dir = Path(sys_root) / "kernel" / "mm" / "ksm"
+        self.saved_path = Path(run_dir) / SAVED_FILE_NAME
+        self.dry_run = dry_run
+        self._wall_clock = wall_clock
+        self._saved = False
+
+    @property
+    def available(self) -> bool:
+        """Whether this kernel has KSM (``/sys/kernel/mm/ksm/run`` exists)."""
+        return (self.ksm_dir / "run").exists()
+
+    def start(self) -> bool:
+        """Restore values left by a previous run that did not stop cleanly.
+
+        Returns True when something was restored. Call once, before the first tick.
+        """
+        if not self.saved_path.exists():
+            return False
+        LOG.warning("found %s from a previous run that did not stop cleanly: "
+                    "restoring the host's original KSM settings", self.saved_path)
+        self._saved = True
+        return self.restore()
+
+    def read(self) -> dict[str, int]:
+        """The current values of the controllable knobs that exist."""
+        values: dict[str, int] = {}
+        for knob in CONTROL_FILES.values():
+            value = self._read(knob)
+            if value is not None:
+                values[knob] = value
+        return values
+
+    def apply(self, controls: Mapping[str, Any]) -> list[KsmWrite]:
+        """Write the knobs among ``controls`` whose value differs from sysfs.
+
+        ``controls`` uses the policy's names (``ksm_run``, ``ksm_pages_to_scan``,
+        ``ksm_sleep_millisecs``, ``ksm_merge_across_nodes``); other keys and ``None``
+        values are ignored. Returns one :class:`KsmWrite` per knob that needed a change.
+        """
+        wanted: dict[str, int] = {}
+        results: list[KsmWrite] = []
+        for control, knob in CONTROL_FILES.items():
+            value = controls.get(control)
+            if value is None:
+                continue
+            problem = _check_value(knob, value)
+            if problem:
+                results.append(KsmWrite(knob, None, _as_int_or_zero(value), "rejected",
+                                        self._wall_clock(), problem))
+                LOG.warning("KSM: not writing %s: %s", knob, problem)
+                continue
+            wanted[knob] = int(value)
+        if not wanted:
+            return results
+        if not self.available:
+            return results
+        current = self.read()
+        changes = [(knob, wanted[knob]) for knob in _WRITE_ORDER
+                   if knob in wanted and knob in current and current[knob] != wanted[knob]]
+        if not changes:
+            return results
+        if self.dry_run:
+            for knob, value in changes:
+                LOG.info("KSM: dry run: would set %s %d -> %d", knob, current[knob], value,
+                         extra={"ACTION": "ksm"})
+                results.append(KsmWrite(knob, current[knob], value, "dry-run",
+                                        self._wall_clock(), "dry run: not applied"))
+            return results
+        if not self._saved:
+            self._save_originals(current)
+        for knob, value in changes:
+            results.append(self._write(knob, current[knob], value))
+        return results
+
+    def restore(self) -> bool:
+        """Write the saved original values back (only those that differ); remove the file.
+
+        Returns True when the originals were restored. Safe to call when nothing was saved.
+        """
+        try:
+            saved = json.loads(self.saved_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            self._saved = False
+            return False
+        except (OSError, ValueError) as err:
+            LOG.error("cannot read saved KSM settings %s: %s; leaving KSM as it is and "
+                      "removing the file", self.saved_path, err)
+            self._remove_saved()
+            return False
+        originals = saved.get("values", {}) if isinstance(saved, dict) else {}
+        ok = True
+        if not self.dry_run:
+            current = self.read()
+            for knob in _WRITE_ORDER:
+                value = originals.get(knob)
+                if not isinstance(value, int) or knob not in current:
+                    continue
+                if current[knob] != value:
+                    ok = self._write(knob, current[knob], value).outcome == "applied" and ok
+        if ok:
+            LOG.info("KSM: original settings restored (%s)",
+                     ", ".join(f"{k}={v}" for k, v in sorted(originals.items())))
+            self._remove_saved()
+        return ok
+
+    # --- internals --------------------------------------------------------------
+
+    def _read(self, knob: str) -> int | None:
+        try:
+            return int((self.ksm_dir / knob).read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            return None
+
+    def _write(self, knob: str, before: int | None, value: int) -> KsmWrite:
+        path = self.ksm_dir / knob
+        try:
+            with open(path, "w", encoding="ascii") as handle:
+                handle.write(f"{value}\n")
+        except OSError as err:
+            detail = err.strerror or str(err)
+            if knob == "merge_across_nodes" and err.errno == errno.EBUSY:
+                detail += " (can only change while no pages are merged: set run to 2 first)"
+            LOG.warning("KSM: cannot write %d to %s: %s", value, path, detail)
+            return KsmWrite(knob, before, value, "failed", self._wall_clock(), detail)
+        LOG.info("KSM: %s %s -> %d", knob, before, value, extra={"ACTION": "ksm"})
+        return KsmWrite(knob, before, value, "applied", self._wall_clock())
+
+    def _save_originals(self, current: Mapping[str, int]) -> None:
+        payload = {"saved_at": self._wall_clock(), "ksm_dir": str(self.ksm_dir),
+                   "values": dict(current)}
+        self.saved_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".ksm-original.", dir=self.saved_path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(payload, handle, indent=1, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.saved_path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._saved = True
+        LOG.info("KSM: saved the host's original settings to %s", self.saved_path)
+
+    def _remove_saved(self) -> None:
+        self.saved_path.unlink(missing_ok=True)
+        self._saved = False
+
+
+def _check_value(knob: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{value!r} is not a number"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value!r} is not a whole number"
+    low, high = _LIMITS[knob]
+    if not low <= int(value) <= high:
+        return f"{int(value)} is outside {low}..{high}"
+    return None
+
+
+def _as_int_or_zero(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0

@@ -1,0 +1,57 @@
+"""libvirt's default event loop, run in its own daemon thread.
+
+libvirt delivers domain events and connection-close notifications only while an
+event loop runs. The default implementation must be registered *before* the
+first connection is opened, once per process, and then driven by calling
+``virEventRunDefaultImpl`` forever. :func:`ensure_event_loop` does both; it is
+idempotent and thread-safe, so every :class:`~ebb.host.hypervisor.Hypervisor`
+simply calls it before connecting.
+
+The thread is a daemon thread and is never stopped: libvirt offers no way to
+unregister the default implementation, and a process has one loop for its whole
+life (as libvirt's own examples and virt-manager do).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+LOG = logging.getLogger(__name__)
+
+_LOCK = threading.Lock()
+_THREAD: threading.Thread | None = None
+
+
+def _run_forever(libvirt: Any) -> None:
+    while True:
+        try:
+            libvirt.virEventRunDefaultImpl()
+        except Exception:
+            # A failing iteration is logged and the loop goes on: without it no event
+            # (and no close notification) would ever arrive again.
+            LOG.exception("libvirt event loop iteration failed; continuing")
+
+
+def ensure_event_loop() -> threading.Thread:
+    """Register libvirt's default event loop (once) and start its thread (once)."""
+    global _THREAD
+    import libvirt
+
+    with _LOCK:
+        if _THREAD is not None and _THREAD.is_alive():
+            return _THREAD
+        if _THREAD is None:
+            libvirt.virEventRegisterDefaultImpl()
+        _THREAD = threading.Thread(
+            target=_run_forever, args=(libvirt,), name="libvirt-events", daemon=True
+        )
+        _THREAD.start()
+        LOG.debug("libvirt event loop thread started")
+        return _THREAD
+
+
+def event_loop_running() -> bool:
+    """Whether the event loop thread is alive (for status and tests)."""
+    return _THREAD is not None and _THREAD.is_alive()

@@ -1,0 +1,65 @@
+"""A guest's policy sample from what libvirt knows (no agent needed).
+
+The names are the policy language's guest fields (``ebb.host.policy.fields``),
+with MOM's libvirt semantics: cumulative counters as the balloon driver reports
+them, memory in KiB. Fields whose source is missing (a guest without a balloon
+driver, an old guest kernel without 'usable') are ``None``, never guessed.
+Fields that come from the agent (offer, need, PSI, swap_total ...) are filled in
+by the engine from the guest's channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ebb.host.hypervisor.connection import DomainInfo
+
+#: libvirt memoryStats key -> policy guest field, copied as they are.
+_DIRECT = {
+    "available": "mem_available",
+    "unused": "mem_unused",
+    "major_fault": "major_fault",
+    "minor_fault": "minor_fault",
+    "swap_in": "swap_in",
+    "swap_out": "swap_out",
+    "rss": "rss",
+    "disk_caches": "disk_caches",
+    "usable": "usable",
+}
+
+
+def balloon_min_kib(info: DomainInfo, default_floor_kib: int) -> int:
+    """The VM's floor: its ebb ``floor_mib``, else ``min_guarantee``, else the default.
+
+    Never above the VM's maximum memory (a floor the VM cannot have is meaningless).
+    """
+    floor = info.settings.floor_kib
+    if floor is None:
+        floor = default_floor_kib
+    return min(floor, info.max_memory_kib)
+
+
+def guest_sample(info: DomainInfo, default_floor_kib: int,
+                 qemu_rss_kib: int | None = None) -> dict[str, Any]:
+    """The libvirt part of a guest's policy sample.
+
+    ``qemu_rss_kib`` (from :func:`ebb.host.collectors.qemu_rss_kib`) is used for
+    ``rss`` when the balloon statistics carry none.
+    """
+    stats: Mapping[str, int] = info.memory_stats
+    sample: dict[str, Any] = {field: stats.get(key) for key, field in _DIRECT.items()}
+    unused = stats.get("unused")
+    caches = stats.get("disk_caches")
+    if unused is not None and caches is not None:
+        sample["mem_free"] = unused + caches
+    else:
+        # Older guests report no disk_caches; 'usable' (their MemAvailable) is the
+        # closest figure that still counts reclaimable cache as free.
+        sample["mem_free"] = stats.get("usable", unused)
+    if sample["rss"] is None:
+        sample["rss"] = qemu_rss_kib
+    sample["balloon_cur"] = info.balloon_cur_kib
+    sample["balloon_max"] = info.max_memory_kib
+    sample["balloon_min"] = balloon_min_kib(info, default_floor_kib)
+    return sample
