@@ -41,9 +41,9 @@ class ConfigError(ValueError):
 
 def packaged_policy_dir(name: str = DEFAULT_POLICY_SET) -> Path:
     """The directory of a policy set shipped inside ``ebb.host.policies``."""
-    import ebb.host.policies
+    from ebb.host.policies import policy_dir
 
-    return Path(ebb.host.policies.__file__).resolve().parent / name
+    return policy_dir(name)
 
 
 def default_policy_dir() -> Path:
