@@ -52,6 +52,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     replay.add_argument("--policy", required=True, metavar="PATH", nargs="+",
                         help="policy file(s) or directory to try")
     replay.add_argument("--json", action="store_true", help="print the result as JSON")
+    replay.add_argument(
+        "--open-loop",
+        action="store_true",
+        help="feed the recorded inputs unchanged (default: shift each balloon, and the "
+        "host's free memory, by the difference between replayed and recorded targets)",
+    )
     replay.add_argument("--limit", type=int, default=50, metavar="N",
                         help="print at most N differing ticks (default 50; the summary "
                         "counts all)")
@@ -108,7 +114,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         print("ebbctl top: --interval must be positive", file=sys.stderr)
         return 2
-    return top.run_top(lambda: _fetch_status(args), interval_s=args.interval)
+    return int(top.run_top(lambda: _fetch_status(args), interval_s=float(args.interval)))
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -135,7 +141,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from ebb.host.observe.trace import TraceError
 
     try:
-        report = replay_trace(args.trace, args.policy)
+        report = replay_trace(args.trace, args.policy, open_loop=args.open_loop)
     except (TraceError, ReplayError) as err:
         print(f"ebbctl replay: {err}", file=sys.stderr)
         return EXIT_FAILURE

@@ -55,7 +55,7 @@ class Observability:
 
     def metrics_text(self) -> str:
         """The Prometheus exposition text (for the control socket's ``metrics`` command)."""
-        return self.metrics.text()
+        return str(self.metrics.text())
 
 
 def build_observability(config: Any, status_source: Optional[StatusSource] = None) -> Observability:
@@ -70,7 +70,7 @@ def build_observability(config: Any, status_source: Optional[StatusSource] = Non
     observability = Observability(metrics=metrics, observers=[metrics])
     trace_config = getattr(config, "trace", None)
     trace_path = str(getattr(trace_config, "path", "") or "")
-    if trace_path:
+    if trace_config is not None and trace_path:
         observability.trace = TraceWriter(
             trace_path,
             max_bytes=int(trace_config.max_bytes),
