@@ -92,20 +92,33 @@ def cobs_encode(data: bytes) -> bytes:
 def cobs_decode(data: bytes) -> Optional[bytes]:
     """Undo :func:`cobs_encode`; ``None`` when ``data`` is not valid COBS.
 
-    Invalid means a zero byte inside, or a code byte pointing past the end.
+    Invalid means empty (the encoding of nothing is ``01``), a zero byte inside,
+    or a code byte pointing past the end.
     """
-    out = bytearray()
-    index = 0
+    if not data or _ZERO in data:
+        return None
+    # Each code byte but the first sits exactly where its zero belongs in the
+    # output, so the output is the input with those bytes zeroed; the first code
+    # byte, and a code byte following a full 0xFF block, stand for no zero and are
+    # cut out instead. One pass over the code bytes, no copying per block.
+    out = bytearray(data)
     size = len(data)
+    cut = [0]
+    index = 0
+    previous = 0xFF  # treat the first code byte like one after a full block
     while index < size:
         code = data[index]
-        end = index + code
-        if code == 0 or end > size:
+        if index + code > size:
             return None
-        out += data[index + 1 : end]
-        index = end
-        if code < 0xFF and index < size:
-            out.append(0)
+        if index:
+            if previous == 0xFF:
+                cut.append(index)
+            else:
+                out[index] = 0
+        previous = code
+        index += code
+    for position in reversed(cut):
+        del out[position]
     return bytes(out)
 
 

@@ -24,6 +24,7 @@ from typing import (
     Any,
     ClassVar,
     Dict,
+    Iterable,
     List,
     Mapping,
     Optional,
@@ -293,23 +294,38 @@ class _MessageBase:
     SENT_BY: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        for spec in dataclasses.fields(self):  # type: ignore[arg-type]
-            kind: _Kind = spec.metadata["kind"]
-            value = getattr(self, spec.name)
-            if value is None and spec.metadata.get("null", False):
+        for name, kind, nullable in _schema(type(self)):
+            value = getattr(self, name)
+            if value is None and nullable:
                 continue
             try:
                 checked = kind.check(value)
             except _Bad as bad:
                 raise ValidationError(
-                    f"{self.TYPE}.{spec.name}: {bad.detail}",
+                    f"{self.TYPE}.{name}: {bad.detail}",
                     code=bad.code,
                     ref_type=self.TYPE,
-                    field=spec.name,
+                    field=name,
                 ) from None
             if checked is not value:
                 # Frozen dataclass: normalise (list -> tuple, int -> float) in place.
-                object.__setattr__(self, spec.name, checked)
+                object.__setattr__(self, name, checked)
+
+
+_Schema = Tuple[Tuple[str, _Kind, bool], ...]
+_SCHEMAS: Dict[type, _Schema] = {}
+
+
+def _schema(cls: type) -> _Schema:
+    """(name, kind, nullable) of each field of a message class, computed once."""
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        schema = tuple(
+            (f.name, f.metadata["kind"], bool(f.metadata.get("null", False)))
+            for f in dataclasses.fields(cls)
+        )
+        _SCHEMAS[cls] = schema
+    return schema
 
 
 @dataclass(frozen=True)
@@ -513,9 +529,9 @@ def to_dict(msg: Message) -> Dict[str, Any]:
     None (nil / null).
     """
     out: Dict[str, Any] = {"type": msg.TYPE}
-    for spec in dataclasses.fields(msg):
-        value = getattr(msg, spec.name)
-        out[spec.name] = list(value) if isinstance(value, tuple) else value
+    for name, _kind, _nullable in _schema(type(msg)):
+        value = getattr(msg, name)
+        out[name] = list(value) if isinstance(value, tuple) else value
     return out
 
 
@@ -537,15 +553,15 @@ def from_dict(data: Mapping[Any, Any]) -> Message:
     if cls is None:
         raise UnknownMessageType(type_name[:64])
     kwargs: Dict[str, Any] = {}
-    for spec in dataclasses.fields(cls):
-        if spec.name in data:
-            kwargs[spec.name] = data[spec.name]
-        elif not spec.metadata.get("null", False):
+    for name, _kind, nullable in _schema(cls):
+        if name in data:
+            kwargs[name] = data[name]
+        elif not nullable:
             raise ValidationError(
-                f"{type_name}.{spec.name}: required field is missing",
+                f"{type_name}.{name}: required field is missing",
                 code="missing_field",
                 ref_type=type_name,
-                field=spec.name,
+                field=name,
             )
     return cls(**kwargs)
 
@@ -608,47 +624,49 @@ def decode_message(payload: bytes) -> Message:
 
 def _check_structure(top: Dict[Any, Any]) -> None:
     """Enforce key counts, nesting, array and string sizes over the whole map."""
+    # Only containers go on the stack; scalars are checked where they are met,
+    # which keeps a flat report's check to one pass over its values.
     stack: List[Tuple[Any, int]] = [(top, 1)]
     while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            if depth > MAX_DEPTH:
+        container, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise DecodeError(f"maps/arrays nested deeper than {MAX_DEPTH} levels", code="too_deep")
+        if isinstance(container, dict):
+            if len(container) > MAX_KEYS:
                 raise DecodeError(
-                    f"maps/arrays nested deeper than {MAX_DEPTH} levels", code="too_deep"
-                )
-            if len(value) > MAX_KEYS:
-                raise DecodeError(
-                    f"a map has {len(value)} keys, at most {MAX_KEYS} allowed",
+                    f"a map has {len(container)} keys, at most {MAX_KEYS} allowed",
                     code="too_many_keys",
                 )
-            for key, item in value.items():
+            for key in container:
                 if not isinstance(key, str):
                     raise DecodeError(
                         f"map keys must be strings, got {_type_name(key)}", code="bad_value"
                     )
-                stack.append((key, depth + 1))
-                stack.append((item, depth + 1))
-        elif isinstance(value, list):
-            if depth > MAX_DEPTH:
-                raise DecodeError(
-                    f"maps/arrays nested deeper than {MAX_DEPTH} levels", code="too_deep"
-                )
-            if len(value) > MAX_ARRAY_ITEMS:
-                raise DecodeError(
-                    f"an array has {len(value)} items, at most {MAX_ARRAY_ITEMS} allowed",
-                    code="too_long",
-                )
-            stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, str):
-            if len(value) > MAX_STRING_CHARS:
-                raise DecodeError(
-                    f"a string has {len(value)} characters, at most {MAX_STRING_CHARS} allowed",
-                    code="too_long",
-                )
-        elif value is None or isinstance(value, (bool, int, float, bytes)):
-            continue
+                _check_scalar(key)
+            items: Iterable[Any] = container.values()
         else:
-            raise DecodeError(f"unsupported msgpack value {type(value).__name__}", code="bad_value")
+            if len(container) > MAX_ARRAY_ITEMS:
+                raise DecodeError(
+                    f"an array has {len(container)} items, at most {MAX_ARRAY_ITEMS} allowed",
+                    code="too_long",
+                )
+            items = container
+        for item in items:
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+            else:
+                _check_scalar(item)
+
+
+def _check_scalar(value: Any) -> None:
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_CHARS:
+            raise DecodeError(
+                f"a string has {len(value)} characters, at most {MAX_STRING_CHARS} allowed",
+                code="too_long",
+            )
+    elif not (value is None or isinstance(value, (bool, int, float, bytes))):
+        raise DecodeError(f"unsupported msgpack value {type(value).__name__}", code="bad_value")
 
 
 # --- helpers for both ends -------------------------------------------------------
