@@ -1,0 +1,250 @@
+"""The shipped policies on hand-computed states.
+
+Numbers: a 16 GiB host is 16777216 KiB; the 20 % threshold is 3355443.2 KiB.
+"""
+
+from __future__ import annotations
+
+import filecmp
+from typing import Any, Dict, List
+
+import pytest
+
+from ebb.host.policies import DEFAULT_POLICY, POLICY_NAMES, policy_dir
+from ebb.host.policy import Entity, Evaluation, PolicyInput, PolicyRunner, load_policy_dir
+
+from policy_testkit import GiB, guest
+
+HOST_16G = 16 * GiB
+
+
+def run(name: str, host_fields: Dict[str, Any], guests: List[Entity] = ()) -> Evaluation:  # type: ignore[assignment]
+    fields = {"mem_available": HOST_16G, "ksm_pages_to_scan": 100, "ksm_shareable": 4 * GiB}
+    fields.update(host_fields)
+    runner = PolicyRunner(load_policy_dir(policy_dir(name)))
+    return runner.evaluate(PolicyInput(Entity({"name": "host"}, [fields]), list(guests)))
+
+
+def vm(name: str, cur: int, unused: int, maximum: int = 4 * GiB, **extra: Any) -> Entity:
+    fields = {"balloon_cur": cur, "balloon_max": maximum, "balloon_min": 512 * 1024, "mem_unused": unused}
+    fields.update(extra)
+    return guest(name, **fields)
+
+
+def test_shipped_policies_exist_and_share_their_common_files() -> None:
+    assert DEFAULT_POLICY == "cooperative"
+    for name in POLICY_NAMES:
+        files = sorted(p.name for p in policy_dir(name).glob("*.policy"))
+        assert files[0] == "00-defines.policy"
+        load_policy_dir(policy_dir(name))
+    for common in ("10-ksm.policy", "20-balloon-functions.policy"):
+        assert filecmp.cmp(policy_dir("classic") / common, policy_dir("cooperative") / common, shallow=False)
+
+
+# ---------------------------------------------------------------- KSM ----
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_ksm_stops_when_free_and_vms_fit(name: str) -> None:
+    # free 8 GiB > 3.2 GiB and 4 GiB of VMs + 3.2 GiB < 16 GiB: not needed.
+    ev = run(name, {"mem_free": 8 * GiB, "ksm_shareable": 4 * GiB})
+    assert ev.host_controls == {"ksm_run": 0}
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_ksm_runs_when_vms_do_not_fit_and_decays(name: str) -> None:
+    # free is fine but 14 GiB of VMs + 3.2 GiB > 16 GiB: run, pages decay by 50.
+    ev = run(name, {"mem_free": 8 * GiB, "ksm_shareable": 14 * GiB, "ksm_pages_to_scan": 500})
+    assert ev.host_controls == {"ksm_run": 1, "ksm_sleep_millisecs": 10, "ksm_pages_to_scan": 450}
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_ksm_boosts_under_pressure(name: str) -> None:
+    ev = run(name, {"mem_free": 2 * GiB, "ksm_pages_to_scan": 500})
+    assert ev.host_controls["ksm_run"] == 1
+    assert ev.host_controls["ksm_pages_to_scan"] == 800
+
+
+@pytest.mark.parametrize(
+    ("pages", "free", "expected"),
+    [(1000, 2 * GiB, 1250), (1250, 2 * GiB, 1250), (100, 2 * GiB, 400), (100, 8 * GiB, 64), (64, 8 * GiB, 64)],
+)
+def test_ksm_pages_are_clamped(pages: int, free: int, expected: int) -> None:
+    ev = run("classic", {"mem_free": free, "ksm_shareable": 14 * GiB, "ksm_pages_to_scan": pages})
+    assert ev.host_controls["ksm_pages_to_scan"] == expected
+
+
+@pytest.mark.parametrize(
+    ("total", "sleep_ms"),
+    [(16 * GiB, 10), (8 * GiB, 20), (4 * GiB, 40), (12 * GiB, 13), (64 * GiB, 10)],
+)
+def test_ksm_sleep_scales_inversely_with_host_memory(total: int, sleep_ms: int) -> None:
+    # ksmtuned: 10 ms for 16 GiB, sleep = 10 * 16 GiB / total, at least 10 ms.
+    ev = run("classic", {"mem_available": total, "mem_free": total // 10, "ksm_shareable": total})
+    assert ev.host_controls["ksm_sleep_millisecs"] == sleep_ms
+
+
+def test_ksm_left_alone_without_ksm_statistics() -> None:
+    ev = run("classic", {"mem_free": 2 * GiB, "ksm_pages_to_scan": None})
+    assert ev.host_controls == {}
+    assert any("KSM left alone" in line for line in ev.debug)
+
+
+# ------------------------------------------------------------ balloon ----
+
+
+def test_classic_balloons_guests_with_more_unused_memory_most() -> None:
+    # freeable 2 GiB of 16 = 12.5 % < 20 %: guests keep 0.2 * 0.125 / 0.2 = 12.5 % free,
+    # at most 5 % of their size taken per tick.
+    guests = [
+        vm("a", 4 * GiB, unused=2 * GiB),  # wants 2 GiB + 512 MiB; 5 % cap: 3984588.8
+        vm("b", 4 * GiB, unused=300 * 1024),  # wants 3887104 + 524288 > 4 GiB: nothing
+        vm("c", 4 * GiB, unused=700 * 1024),  # wants 3477504 + 524288 = 4001792
+    ]
+    ev = run("classic", {"mem_free": 2 * GiB}, guests)
+    assert ev.proposed_targets() == {"a": 3984588, "b": None, "c": 4001792}
+    taken = {n: 4 * GiB - (t or 4 * GiB) for n, t in ev.proposed_targets().items()}
+    assert taken["a"] > taken["c"] > taken["b"] == 0
+
+
+def test_classic_critical_pressure_pushes_guests_past_their_unused_memory() -> None:
+    # 4 % freeable: guests keep -0.05 + 0.04 = -1 % free: the target is below what
+    # the guest uses (4 GiB - 100 MiB - 1 % of 4 GiB), so it must evict cache or swap.
+    ev = run("classic", {"mem_free": int(0.04 * HOST_16G)}, [vm("a", 4 * GiB, unused=100 * 1024)])
+    assert ev.proposed_targets() == {"a": 4049960}
+    assert 4049960 < 4 * GiB - 100 * 1024
+
+
+def test_classic_deflates_when_pressure_subsides() -> None:
+    # 50 % freeable: guests may keep 50 % free. "a": used 2 GiB of 3 GiB, grows to
+    # max(3 GiB * 1.05, 2 GiB + 0.5 * 3 GiB) = 3.5 GiB; "full" is at its maximum.
+    guests = [vm("a", 3 * GiB, unused=1 * GiB), vm("full", 4 * GiB, unused=1 * GiB)]
+    ev = run("classic", {"mem_free": 8 * GiB}, guests)
+    assert ev.proposed_targets() == {"a": 3670016, "full": None}
+
+
+def test_classic_grows_by_at_least_five_percent_and_never_past_max() -> None:
+    guests = [vm("a", 3 * GiB, unused=int(2.9 * GiB)), vm("b", 4 * GiB - 1000, unused=3 * GiB)]
+    ev = run("classic", {"mem_free": 8 * GiB}, guests)
+    assert ev.proposed_targets() == {"a": int(3 * GiB * 1.05), "b": None}  # b: change too small
+
+
+def test_classic_never_goes_below_the_guest_floor() -> None:
+    g = vm("a", 1 * GiB, unused=1 * GiB - 10, balloon_min=1 * GiB - 100)
+    ev = run("classic", {"mem_free": 2 * GiB}, [g])
+    assert ev.proposed_targets() == {"a": None}
+
+
+def test_classic_uses_the_mean_of_the_history() -> None:
+    g = guest("a", samples=[
+        {"balloon_cur": 4 * GiB, "balloon_max": 4 * GiB, "balloon_min": 0, "mem_unused": 0},
+        {"balloon_cur": 4 * GiB, "balloon_max": 4 * GiB, "balloon_min": 0, "mem_unused": 1 * GiB},
+    ])
+    # used = 4 GiB - mean(0, 1 GiB) = 3.5 GiB; + 12.5 % of 4 GiB = 4 GiB: nothing to take.
+    ev = run("classic", {"mem_free": 2 * GiB}, [g])
+    assert ev.proposed_targets() == {"a": None}
+
+
+def test_guest_without_balloon_statistics_is_left_alone() -> None:
+    ev = run("classic", {"mem_free": 2 * GiB}, [guest("x", balloon_cur=GiB, balloon_max=GiB)])
+    assert ev.proposed_targets() == {"x": None}
+    assert any("balloon statistics missing for x" in line for line in ev.debug)
+
+
+# -------------------------------------------------------- cooperative ----
+
+
+def agent(name: str, cur: int, unused: int, offer: int = 0, need: int = 0, **extra: Any) -> Entity:
+    fields = dict(agent_connected=1, report_age=1.0, offer=offer, need=need, need_urgency=0,
+                  psi_some_avg10=0.0, swap_in_rate=0)
+    fields.update(extra)
+    return vm(name, cur, unused, **fields)
+
+
+def test_cooperative_takes_only_from_offers_when_they_cover_the_deficit() -> None:
+    # freeable 3 GiB: deficit = 3355443.2 - 3145728 = 209715.2 KiB. "giver" offers
+    # 400 MiB, so it gives 209715 KiB; nobody else is touched.
+    guests = [
+        agent("giver", 4 * GiB, unused=GiB, offer=400 * 1024),
+        agent("quiet", 4 * GiB, unused=2 * GiB),
+        vm("legacy", 4 * GiB, unused=2 * GiB),
+    ]
+    ev = run("cooperative", {"mem_free": 3 * GiB}, guests)
+    assert ev.proposed_targets() == {"giver": int(4 * GiB - 209715.2), "quiet": None, "legacy": None}
+
+
+def test_cooperative_takes_all_offers_then_squeezes_others_classic_style() -> None:
+    # freeable 2 GiB: deficit 1.2 GiB > the 100 MiB offered.
+    guests = [
+        agent("giver", 4 * GiB, unused=GiB, offer=100 * 1024),
+        agent("quiet", 4 * GiB, unused=2 * GiB),
+        vm("legacy", 4 * GiB, unused=2 * GiB),
+    ]
+    ev = run("cooperative", {"mem_free": 2 * GiB}, guests)
+    assert ev.proposed_targets() == {
+        "giver": 4 * GiB - 100 * 1024,
+        "quiet": 3984588,  # classic shrink, as in the classic test
+        "legacy": 3984588,
+    }
+
+
+def test_cooperative_never_takes_from_needy_or_stalling_guests() -> None:
+    guests = [
+        agent("stalling", 4 * GiB, unused=2 * GiB, offer=GiB, psi_some_avg10=25.0),
+        agent("swapping", 4 * GiB, unused=2 * GiB, swap_in_rate=5000),
+        agent("needy", 3 * GiB, unused=2 * GiB, offer=GiB, need=0, need_urgency=1),
+    ]
+    # freeable 2 GiB (pressure); spare above the 1.6 GiB reserve: 0.4 GiB.
+    ev = run("cooperative", {"mem_free": 2 * GiB}, guests)
+    t = ev.proposed_targets()
+    assert t["stalling"] is None and t["swapping"] is None
+    # urgent with no amount: as much as the spare allows, up to its maximum.
+    assert t["needy"] == int(3 * GiB + 0.4 * GiB)
+
+
+def test_cooperative_gives_a_need_at_once_while_the_host_has_spare() -> None:
+    # spare = 8 GiB freeable - 10 % reserve (1.6 GiB) = 6.4 GiB: 700 MiB given in one tick.
+    ev = run("cooperative", {"mem_free": 8 * GiB}, [agent("a", 2 * GiB, unused=0, need=700 * 1024)])
+    assert ev.proposed_targets() == {"a": 2 * GiB + 700 * 1024}
+
+
+def test_cooperative_shares_the_spare_between_needy_guests_in_order() -> None:
+    # freeable 2 GiB, reserve 1.6 GiB: 0.4 GiB = 419430.4 KiB to share.
+    guests = [agent("first", 2 * GiB, unused=0, need=300 * 1024), agent("second", 2 * GiB, unused=0, need=300 * 1024)]
+    ev = run("cooperative", {"mem_free": 2 * GiB}, guests)
+    assert ev.proposed_targets() == {"first": 2 * GiB + 300 * 1024, "second": int(2 * GiB + 419430.4 - 300 * 1024)}
+
+
+def test_cooperative_gives_nothing_when_the_host_is_at_its_reserve() -> None:
+    ev = run("cooperative", {"mem_free": GiB}, [agent("a", 2 * GiB, unused=0, need=300 * 1024)])
+    assert ev.proposed_targets() == {"a": None}
+
+
+def test_cooperative_need_is_capped_at_the_guest_maximum() -> None:
+    ev = run("cooperative", {"mem_free": 8 * GiB}, [agent("a", 4 * GiB - 1024, unused=0, need=GiB)])
+    assert ev.proposed_targets() == {"a": 4 * GiB}
+
+
+def test_cooperative_without_pressure_does_not_refill_guests_that_offer() -> None:
+    guests = [
+        agent("offering", 2 * GiB, unused=GiB, offer=GiB),
+        agent("busy", 2 * GiB, unused=0),
+    ]
+    ev = run("cooperative", {"mem_free": 8 * GiB}, guests)
+    t = ev.proposed_targets()
+    assert t["offering"] is None
+    assert t["busy"] == 3145728  # classic growth: 2 GiB used + 50 % free
+
+
+def test_cooperative_stale_agent_falls_back_to_classic() -> None:
+    guests = [agent("stale", 4 * GiB, unused=2 * GiB, offer=0, report_age=60.0, need=GiB)]
+    ev = run("cooperative", {"mem_free": 2 * GiB}, guests)
+    assert ev.proposed_targets() == {"stale": 3984588}
+
+
+def test_cooperative_and_classic_agree_for_guests_without_agents() -> None:
+    guests = [vm("a", 4 * GiB, unused=2 * GiB), vm("b", 3 * GiB, unused=GiB)]
+    for free in (int(0.04 * HOST_16G), 2 * GiB, 8 * GiB):
+        assert run("cooperative", {"mem_free": free}, guests).guest_controls == run(
+            "classic", {"mem_free": free}, guests
+        ).guest_controls
