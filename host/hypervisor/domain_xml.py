@@ -61,7 +61,7 @@ class DomainSettings:
     current_memory_kib: int | None = None
     #: True when the XML carries an ``<ebb:vm>`` element.
     has_ebb_metadata: bool = False
-    #: ``enabled`` of the ebb element; True when absent (see guests.manage_without_metadata).
+    #: ``enabled`` of the ebb element; True when the element is absent (MOM manages all).
     enabled: bool = True
     #: ``floor_mib`` of the ebb element, in KiB.
     ebb_floor_kib: int | None = None

@@ -1,0 +1,229 @@
+"""The Hypervisor against libvirt's own test driver (test:///default).
+
+test:///default keeps one in-process state shared by every connection, so each
+test creates its own ``ebb-unit-*`` domains and removes them, also on failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+libvirt = pytest.importorskip("libvirt")
+
+from ebb.host.hypervisor import (  # noqa: E402 - after the libvirt check
+    DomainGone,
+    Hypervisor,
+    NotConnected,
+    guest_sample,
+)
+
+URI = "test:///default"
+
+DOMAIN_XML = """<domain type='test'>
+  <name>{name}</name>
+  <metadata>
+    <ebb:vm xmlns:ebb="urn:ebb:policy:1" enabled="yes" floor_mib="300" priority="7"/>
+  </metadata>
+  <memory unit='MiB'>1024</memory>
+  <currentMemory unit='MiB'>1024</currentMemory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <channel type='unix'>
+      <source mode='bind' path='/tmp/ebb-unit/{name}.sock'/>
+      <target type='virtio' name='org.ebb.agent.0'/>
+    </channel>
+    <memballoon model='virtio'><stats period='2'/></memballoon>
+  </devices>
+</domain>"""
+
+
+def wait_for(predicate: Any, timeout_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.fixture
+def admin() -> Iterator[Any]:
+    """A second connection playing the administrator; removes what it created."""
+    conn = libvirt.open(URI)
+    created: list[str] = []
+
+    def start(name: str) -> Any:
+        dom = conn.defineXML(DOMAIN_XML.format(name=name))
+        created.append(name)
+        dom.create()
+        return dom
+
+    conn.start = start  # type: ignore[attr-defined]
+    yield conn
+    for name in created:
+        try:
+            dom = conn.lookupByName(name)
+        except libvirt.libvirtError:
+            continue
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+    conn.close()
+
+
+@pytest.fixture
+def hypervisor() -> Iterator[Hypervisor]:
+    hv = Hypervisor(URI, relist_interval_s=60.0, reconnect_initial_s=0.01,
+                    reconnect_max_s=0.05, qemu_run_dir="/nonexistent")
+    hv.start()
+    assert hv.wait_connected(5.0)
+    yield hv
+    hv.stop()
+
+
+def test_lists_active_domains_on_connect(hypervisor: Hypervisor) -> None:
+    assert hypervisor.connected
+    assert "test" in hypervisor.running_domains()
+
+
+def test_lifecycle_events_keep_the_list_current(hypervisor: Hypervisor, admin: Any) -> None:
+    seen: list[frozenset[str]] = []
+    hypervisor._on_change = seen.append  # the engine's hook; set late to skip the first list
+    hypervisor.changed.clear()
+    dom = admin.start("ebb-unit-events")
+    # The relist interval is 60 s: only an event can make this appear in time.
+    assert wait_for(lambda: "ebb-unit-events" in hypervisor.running_domains())
+    assert hypervisor.changed.is_set()
+    assert seen and "ebb-unit-events" in seen[-1]
+    dom.destroy()
+    assert wait_for(lambda: "ebb-unit-events" not in hypervisor.running_domains())
+
+
+def test_domain_info_reads_settings_stats_and_balloon(hypervisor: Hypervisor,
+                                                      admin: Any) -> None:
+    admin.start("ebb-unit-info")
+    assert wait_for(lambda: "ebb-unit-info" in hypervisor.running_domains())
+    info = hypervisor.domain_info("ebb-unit-info")
+    assert info.state == "running"
+    assert info.max_memory_kib == 1024 * 1024
+    assert info.balloon_cur_kib is not None
+    assert info.settings.floor_kib == 300 * 1024
+    assert info.settings.priority == 7
+    assert info.settings.channel_path == "/tmp/ebb-unit/ebb-unit-info.sock"
+    assert info.qemu_pid is None  # no pid file for the test driver
+    sample = guest_sample(info, default_floor_kib=256 * 1024)
+    assert sample["balloon_max"] == 1024 * 1024
+    assert sample["balloon_min"] == 300 * 1024
+    assert sample["balloon_cur"] == info.balloon_cur_kib
+    assert sample["mem_available"] == info.memory_stats.get("available")
+
+
+def test_balloon_target_is_applied_live(hypervisor: Hypervisor, admin: Any) -> None:
+    admin.start("ebb-unit-balloon")
+    assert wait_for(lambda: "ebb-unit-balloon" in hypervisor.running_domains())
+    hypervisor.set_balloon_target("ebb-unit-balloon", 700 * 1024)
+    assert hypervisor.balloon_actual_kib("ebb-unit-balloon") == 700 * 1024
+    assert admin.lookupByName("ebb-unit-balloon").info()[2] == 700 * 1024
+
+
+def test_soft_limit_set_and_removed(hypervisor: Hypervisor, admin: Any) -> None:
+    admin.start("ebb-unit-memtune")
+    assert wait_for(lambda: "ebb-unit-memtune" in hypervisor.running_domains())
+    assert hypervisor.memory_soft_limit_kib("ebb-unit-memtune") is None
+    hypervisor.set_memory_soft_limit("ebb-unit-memtune", 500 * 1024)
+    assert hypervisor.memory_soft_limit_kib("ebb-unit-memtune") == 500 * 1024
+    hypervisor.set_memory_soft_limit("ebb-unit-memtune", None)
+    assert hypervisor.memory_soft_limit_kib("ebb-unit-memtune") is None
+
+
+def test_set_ebb_metadata_is_read_back(hypervisor: Hypervisor, admin: Any) -> None:
+    admin.start("ebb-unit-meta")
+    assert wait_for(lambda: "ebb-unit-meta" in hypervisor.running_domains())
+    assert hypervisor.domain_settings("ebb-unit-meta").floor_kib == 300 * 1024  # cached now
+    hypervisor.set_ebb_metadata("ebb-unit-meta", floor_mib=640, priority=-3)
+    settings = hypervisor.domain_settings("ebb-unit-meta")
+    assert (settings.floor_kib, settings.priority) == (640 * 1024, -3)
+    # Persisted in the definition too, as an administrator would see it.
+    assert "floor_mib=\"640\"" in admin.lookupByName("ebb-unit-meta").XMLDesc(
+        libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+
+def test_unknown_or_stopped_vm_is_domain_gone(hypervisor: Hypervisor, admin: Any) -> None:
+    with pytest.raises(DomainGone, match="ebb-unit-nothing"):
+        hypervisor.domain_info("ebb-unit-nothing")
+    dom = admin.start("ebb-unit-gone")
+    assert wait_for(lambda: "ebb-unit-gone" in hypervisor.running_domains())
+    dom.destroy()
+    with pytest.raises(DomainGone):
+        hypervisor.set_balloon_target("ebb-unit-gone", 512 * 1024)
+    assert "ebb-unit-gone" not in hypervisor.running_domains()
+    assert [i.name for i in hypervisor.domain_infos()].count("ebb-unit-gone") == 0
+
+
+class FlakyOpener:
+    """libvirtd that refuses the first ``failures`` connections (restarting)."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, uri: str) -> Any:
+        with self.lock:
+            self.attempts += 1
+            if self.attempts <= self.failures:
+                raise libvirt.libvirtError("Failed to connect socket: Connection refused")
+        return libvirt.open(uri)
+
+
+def test_reconnects_with_backoff_until_libvirtd_answers() -> None:
+    opener = FlakyOpener(failures=3)
+    hv = Hypervisor(URI, reconnect_initial_s=0.01, reconnect_max_s=0.02, opener=opener)
+    try:
+        with pytest.raises(NotConnected, match="not connected to libvirt at test:///default"):
+            hv.running_domains() or hv.domain_info("test")
+        hv.start()
+        assert hv.wait_connected(5.0)
+        assert opener.attempts == 4
+        assert "test" in hv.running_domains()
+    finally:
+        hv.stop()
+
+
+def test_lost_connection_reconnects_and_events_work_again(admin: Any) -> None:
+    opener = FlakyOpener(failures=0)
+    hv = Hypervisor(URI, relist_interval_s=60.0, reconnect_initial_s=0.01,
+                    reconnect_max_s=0.02, opener=opener)
+    hv.start()
+    try:
+        assert hv.wait_connected(5.0)
+        opener.failures = 3  # libvirtd restarting: the next attempts are refused
+        hv._on_close(None, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, None)  # what libvirt calls
+        assert not hv.connected
+        with pytest.raises(NotConnected):
+            hv.set_balloon_target("test", 1 << 20)
+        assert wait_for(lambda: hv.connected, 5.0)
+        assert opener.attempts == 4
+        # Events were registered again on the new connection.
+        admin.start("ebb-unit-after-reconnect")
+        assert wait_for(lambda: "ebb-unit-after-reconnect" in hv.running_domains())
+    finally:
+        hv.stop()
+
+
+def test_stop_is_prompt_while_waiting_to_reconnect() -> None:
+    hv = Hypervisor(URI, reconnect_initial_s=30.0, reconnect_max_s=30.0,
+                    opener=FlakyOpener(failures=1000))
+    hv.start()
+    assert wait_for(lambda: hv._thread is not None)
+    time.sleep(0.05)
+    started = time.monotonic()
+    hv.stop()
+    assert time.monotonic() - started < 1.0
+    assert not hv.connected
