@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from pathlib import Path
 from typing import Dict, List
 
@@ -30,8 +31,10 @@ from ebb.protocol import (
     UnknownMessageType,
     UnsupportedFrameVersion,
     encode_message,
+    encode_payload,
     from_dict,
 )
+from ebb.protocol.framing import cobs_decode
 from ebb.protocol.messages import (
     MAX_ARRAY_ITEMS,
     MAX_DEPTH,
@@ -152,3 +155,31 @@ def test_documented_limits_match_the_constants(spec: str) -> None:
     assert limits["nesting depth"].startswith(f"{MAX_DEPTH} ")
     assert limits["items per array"] == str(MAX_ARRAY_ITEMS)
     assert limits["string length"].startswith(f"{MAX_STRING_CHARS} ")
+
+
+def annotated_hex(block: str) -> bytes:
+    """The bytes of an annotated dump: leading two-digit hex tokens of each line."""
+    out = bytearray()
+    for line in block.splitlines():
+        for token in line.split():
+            if not re.fullmatch(r"[0-9a-f]{2}", token):
+                break
+            out.append(int(token, 16))
+    return bytes(out)
+
+
+def test_intermediate_steps_of_the_examples(spec: str) -> None:
+    ping_frame = bytes.fromhex(fenced_block(spec, "hex ping-frame"))
+    ping_body = bytes.fromhex(fenced_block(spec, "hex ping-body"))
+    assert cobs_decode(ping_frame[1:-1]) == ping_body
+    assert ping_body[1:-4] == encode_payload(Ping(nonce=0))
+
+    hello_payload = annotated_hex(fenced_block(spec, "text hello-payload"))
+    hello = from_dict(json.loads(fenced_block(spec, "json hello-message")))
+    assert hello_payload == encode_payload(hello)
+    assert len(hello_payload) == 90  # as the text says
+
+
+def test_crc_check_value_quoted_in_the_spec(spec: str) -> None:
+    assert 'crc32("123456789") = 0xCBF43926' in spec
+    assert zlib.crc32(b"123456789") == 0xCBF43926
