@@ -39,7 +39,7 @@ DEFAULT_SOCKET_PATH = "/run/ebb/ebbd.sock"
 #: Group whose members may change ebbd's behaviour (besides root).
 CONTROL_GROUP = "ebb"
 #: Commands anyone who can connect may run.
-READ_COMMANDS = frozenset({"status", "explain", "ping"})
+READ_COMMANDS = frozenset({"status", "explain", "metrics", "ping"})
 #: Commands that change the daemon: root or group ``ebb`` only.
 CHANGE_COMMANDS = frozenset({"reload", "pause", "resume", "set-floor"})
 #: A request line longer than this closes the connection (nobody needs more).
@@ -209,6 +209,11 @@ class ControlService:
             return self._daemon.status()
         if cmd == "explain":
             return self._daemon.explain(_vm_argument(request))
+        if cmd == "metrics":
+            metrics = getattr(self._daemon, "metrics", None)
+            if metrics is None:
+                raise ControlError("this ebbd has no metrics")
+            return metrics()
         if cmd == "reload":
             return self._daemon.reload()
         if cmd == "pause":

@@ -260,10 +260,19 @@ class GuestSession:
             self._history.append(received)
             self.last_alive_mono = now_mono
         elif isinstance(msg, Offer):
+            # PROTOCOL.md 4.3: an offer or need older than one acted on is ignored.
+            if self.offer is not None and msg.seq < self.offer.offer.seq:
+                return
             self.offer = ReceivedOffer(mono=now_mono, wall=now_wall, offer=msg)
         elif isinstance(msg, Need):
+            previous = self.need.need if self.need is not None else None
+            if previous is not None and msg.seq < previous.seq:
+                return
             self.need = ReceivedNeed(mono=now_mono, wall=now_wall, need=msg)
-            if msg.kib > 0:
+            changed = previous is None or (previous.kib, previous.urgency) != (
+                msg.kib, msg.urgency
+            )
+            if msg.kib > 0 and changed:
                 LOG.info(
                     "guest %s needs %d KiB (%s): %s",
                     self.vm, msg.kib, msg.urgency, msg.reason,

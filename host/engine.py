@@ -1,0 +1,853 @@
+"""The tick: host and guest state in, policy and governor, controllers out.
+
+Every ``interval_s`` (and at once when a guest reports a need, host pressure
+crosses the threshold, or libvirt reports domains coming or going) the engine:
+
+1. reads the host (:class:`~ebb.host.collectors.HostCollector`), the active
+   domains (:class:`~ebb.host.hypervisor.Hypervisor`) and every guest's channel
+   (:class:`~ebb.host.channels.GuestChannels`);
+2. builds the policy input: one :class:`~ebb.host.policy.Entity` for the host
+   and one per managed guest, each with its last ``history_len`` samples;
+3. evaluates the policy (:class:`~ebb.host.policy.PolicyRunner`). A run-time
+   error is logged with its file:line:col and the tick goes on with no policy
+   proposals, so only the governor's own safety moves (floors, rollbacks) apply;
+4. lets the :class:`~ebb.host.governor.Governor` decide per guest;
+5. applies (balloon, KSM, memtune for uncooperative guests), unless paused;
+6. tells each guest whose target changed (``decision`` message), records the
+   decisions in a bounded per-VM journal (``ebbctl explain``) and hands a
+   :class:`TickRecord` to the observers (trace, metrics).
+
+Nothing here opens a file or socket itself: every source and actuator is
+passed in, so the tests drive the engine with fakes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Deque, Protocol
+
+from ebb.host.channels import GuestChannelState
+from ebb.host.collectors import HostSample
+from ebb.host.controllers.balloon import APPLIED, BalloonResult
+from ebb.host.governor import Decision, Governor, GuestView
+from ebb.host.hypervisor import DomainInfo, guest_sample
+from ebb.host.policy import GUEST_FIELDS, Entity, PolicyError, PolicyInput, PolicyRunner
+
+LOG = logging.getLogger(__name__)
+
+_PAGE_KIB = (os.sysconf("SC_PAGE_SIZE") // 1024) if hasattr(os, "sysconf") else 4
+
+#: Need urgency as the policy field ``need_urgency`` reads it (docs/policy.md).
+URGENCY_LEVELS = {"low": 1, "high": 2, "critical": 2}
+
+#: Cooperation states in ``ebbctl status`` (contracts.md).
+NO_AGENT = "no-agent"
+STALE = "stale"
+
+
+# --- what the engine needs from its collaborators ---------------------------------------
+
+
+class HostSource(Protocol):
+    """Reads the host (HostCollector)."""
+
+    def collect(self, vm_assigned_kib: int | None = None) -> HostSample: ...
+
+    def qemu_rss_kib(self, pid: int) -> int | None: ...
+
+
+class DomainSource(Protocol):
+    """The active VMs (Hypervisor)."""
+
+    uri: str
+
+    @property
+    def connected(self) -> bool: ...
+
+    def domain_infos(self) -> list[DomainInfo]: ...
+
+
+class ChannelSource(Protocol):
+    """The guests' agent channels (GuestChannels)."""
+
+    def snapshot(self) -> dict[str, GuestChannelState]: ...
+
+    def set_guests(self, paths: Mapping[str, str | None]) -> None: ...
+
+    def send_decision(self, vm: str, balloon_target_kib: int, reason: str) -> None: ...
+
+
+class BalloonActuator(Protocol):
+    dry_run: bool
+
+    def apply(self, vm: str, target_kib: int, reason: str = "") -> BalloonResult: ...
+
+    def last_requested_kib(self, vm: str) -> int | None: ...
+
+    def forget(self, vm: str) -> None: ...
+
+
+class KsmActuator(Protocol):
+    dry_run: bool
+
+    def apply(self, controls: Mapping[str, Any]) -> list[Any]: ...
+
+
+class MemtuneActuator(Protocol):
+    dry_run: bool
+
+    def limited(self) -> dict[str, int]: ...
+
+    def limit(self, vm: str, soft_limit_kib: int, reason: str = "") -> Any: ...
+
+    def release(self, vm: str, reason: str = "") -> Any: ...
+
+    def forget(self, vm: str) -> None: ...
+
+
+class TickObserver(Protocol):
+    """Receives every tick's record; must not raise (the engine catches and logs)."""
+
+    def on_tick(self, record: TickRecord) -> None: ...
+
+
+# --- the record of one tick ------------------------------------------------------------
+
+
+@dataclass
+class TickRecord:
+    """Everything one tick saw and did (contracts.md "Engine -> observers").
+
+    ``state`` has the shape of ``ebbctl policy eval --state`` STATE.json, so a
+    trace line can be replayed through a policy.
+    """
+
+    ts: float
+    tick: int
+    duration_ms: float
+    state: dict[str, Any]
+    views: list[dict[str, Any]]
+    controls: dict[str, Any]
+    decisions: list[dict[str, Any]]
+    applied: list[dict[str, Any]]
+    policy_error: str | None = None
+    paused: bool = False
+    dry_run: bool = False
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The trace line (one JSON object, no newline)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+
+    def summary(self) -> str:
+        """One line for ``STATUS=`` and ``ebbd --once``."""
+        changes = [a for a in self.applied if a.get("outcome") in ("applied", "dry-run")]
+        acted = ", ".join(
+            f"{a.get('vm') or a.get('knob')}={a.get('target_kib', a.get('value'))}"
+            for a in changes[:4]
+        )
+        more = f" (+{len(changes) - 4})" if len(changes) > 4 else ""
+        state = "paused; " if self.paused else ("dry run; " if self.dry_run else "")
+        error = f"; policy error: {self.policy_error}" if self.policy_error else ""
+        return (
+            f"tick {self.tick}: {state}{len(self.views)} VM(s) managed, "
+            f"{len(changes)} change(s){': ' + acted + more if changes else ''}"
+            f" in {self.duration_ms:.0f} ms{error}"
+        )
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+@dataclass
+class EngineSettings:
+    """How often and how the engine ticks (built from the config by the app)."""
+
+    interval_s: float = 2.0
+    #: Samples kept per host and guest for the policy's StatAvg.
+    history_len: int = 10
+    #: Floor for VMs whose XML sets none (the governor enforces its own too).
+    default_floor_kib: int = 256 * 1024
+    #: Share of MemTotal; freeable memory crossing it triggers a tick at once.
+    pressure_threshold_share: float = 0.20
+    #: How often host pressure is probed between ticks.
+    pressure_check_s: float = 0.5
+    #: Immediate ticks come no closer together than this.
+    min_tick_gap_s: float = 0.05
+    #: Decisions kept per VM for ``ebbctl explain``.
+    journal_len: int = 50
+    ksm_enabled: bool = True
+    memtune_uncooperative: bool = False
+    #: Ticks in a row that may fail with an unexpected error before the engine gives up.
+    max_failed_ticks: int = 5
+
+
+# --- per-VM knowledge kept between ticks -----------------------------------------------------
+
+
+@dataclass
+class _VmMemory:
+    samples: Deque[dict[str, Any]]
+    sample_monos: Deque[float]
+    last_sent_target_kib: int | None = None
+    last_action: dict[str, Any] | None = None
+
+
+def read_freeable_share(proc_root: Path | str = "/proc") -> float | None:
+    """(MemFree + Buffers + Cached) / MemTotal from meminfo: the article's pressure measure.
+
+    Cheap enough to probe twice a second between ticks; None when unreadable.
+    """
+    wanted = {"MemTotal:": 0, "MemFree:": 0, "Buffers:": 0, "Cached:": 0}
+    try:
+        with open(Path(proc_root) / "meminfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                parts = line.split()
+                if parts and parts[0] in wanted:
+                    wanted[parts[0]] = int(parts[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    total = wanted["MemTotal:"]
+    if total <= 0:
+        return None
+    return (wanted["MemFree:"] + wanted["Buffers:"] + wanted["Cached:"]) / total
+
+
+class Engine:
+    """Runs ticks; keeps the state ``ebbctl status`` and ``explain`` read."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        *,
+        host: HostSource,
+        hypervisor: DomainSource,
+        channels: ChannelSource,
+        runner: PolicyRunner,
+        governor: Governor,
+        balloon: BalloonActuator,
+        ksm: KsmActuator | None = None,
+        memtune: MemtuneActuator | None = None,
+        observers: Sequence[TickObserver] = (),
+        pressure_probe: Callable[[], float | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.host = host
+        self.hypervisor = hypervisor
+        self.channels = channels
+        self.runner = runner
+        self.governor = governor
+        self.balloon = balloon
+        self.ksm = ksm
+        self.memtune = memtune
+        self.observers: list[TickObserver] = list(observers)
+        self._pressure_probe = pressure_probe
+        self._clock = clock
+        self._wall = wall_clock
+        self._hostname = socket.gethostname()
+
+        self._wake = threading.Event()
+        self._wake_reasons: list[str] = []
+        self._wake_lock = threading.Lock()
+        self._lock = threading.RLock()  # guards what status/explain read
+        self._paused = False
+        self._floor_overrides_kib: dict[str, int] = {}
+
+        self.tick_count = 0
+        self.last_tick_wall: float | None = None
+        self.last_tick_mono: float | None = None
+        self.last_duration_ms: float | None = None
+        self.last_record: TickRecord | None = None
+        self.last_policy_error: str | None = None
+        self._host_samples: Deque[dict[str, Any]] = collections.deque(
+            maxlen=settings.history_len
+        )
+        self._last_host: HostSample | None = None
+        self._domains: list[DomainInfo] = []
+        self._channel_states: dict[str, GuestChannelState] = {}
+        self._views: dict[str, GuestView] = {}
+        self._managed: set[str] = set()
+        self._vms: dict[str, _VmMemory] = {}
+        self._journal: dict[str, Deque[dict[str, Any]]] = collections.OrderedDict()
+        self._channel_paths: dict[str, str | None] | None = None
+        self._last_share: float | None = None
+        self._failed_ticks = 0
+
+    # --- control (any thread) ------------------------------------------------------------
+
+    def request_tick(self, reason: str) -> None:
+        """Tick as soon as possible (a need, pressure, domains changed, a control command)."""
+        with self._wake_lock:
+            if len(self._wake_reasons) < 16:
+                self._wake_reasons.append(reason)
+        self._wake.set()
+
+    def on_need(self, vm: str) -> None:
+        """Callback for the channels: a guest asked for memory."""
+        self.request_tick(f"need from {vm}")
+
+    def on_domains_changed(self, names: frozenset[str]) -> None:
+        """Callback for the hypervisor: VMs started or stopped."""
+        self.request_tick("domains changed")
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Keep deciding and logging, but change nothing until :meth:`resume`."""
+        with self._lock:
+            self._paused = True
+        LOG.warning("paused: decisions are logged but not applied", extra={"ACTION": "pause"})
+
+    def resume(self) -> None:
+        with self._lock:
+            self._paused = False
+        LOG.info("resumed", extra={"ACTION": "resume"})
+        self.request_tick("resumed")
+
+    def set_floor(self, vm: str, floor_kib: int | None) -> None:
+        """Override a VM's floor until ebbd restarts (None removes the override)."""
+        with self._lock:
+            if floor_kib is None:
+                self._floor_overrides_kib.pop(vm, None)
+            else:
+                self._floor_overrides_kib[vm] = int(floor_kib)
+        LOG.info(
+            "VM %s: floor %s", vm,
+            "override removed" if floor_kib is None else f"set to {floor_kib} KiB",
+            extra={"VM": vm, "ACTION": "set-floor"},
+        )
+        self.request_tick(f"floor of {vm} changed")
+
+    def floor_overrides_kib(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._floor_overrides_kib)
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(self.balloon.dry_run)
+
+    def set_dry_run(self, dry_run: bool) -> None:
+        """Switch every controller between applying and simulating (config reload)."""
+        for actuator in (self.balloon, self.ksm, self.memtune):
+            if actuator is not None:
+                actuator.dry_run = dry_run
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until ``stop`` is set; every wait ends at once when it is."""
+        next_tick = self._clock()
+        while not stop.is_set():
+            now = self._clock()
+            if now >= next_tick or self._wake.is_set():
+                self._wake.clear()
+                self._safe_tick()
+                next_tick = self._clock() + self.settings.interval_s
+                # Keep a burst of immediate requests from running ticks back to back.
+                if self._wake.is_set():
+                    stop.wait(self.settings.min_tick_gap_s)
+                continue
+            wait_s = min(next_tick - now, self.settings.pressure_check_s)
+            if self._wake.wait(max(0.0, wait_s)):
+                continue
+            if stop.is_set():
+                break
+            if self._pressure_crossed():
+                self.request_tick("host pressure crossed the threshold")
+
+    def stop_waiting(self) -> None:
+        """Wake the loop (used with the stop event on shutdown)."""
+        self._wake.set()
+
+    def _pressure_crossed(self) -> bool:
+        if self._pressure_probe is None:
+            return False
+        share = self._pressure_probe()
+        if share is None:
+            return False
+        previous, self._last_share = self._last_share, share
+        if previous is None:
+            return False
+        threshold = self.settings.pressure_threshold_share
+        return (previous >= threshold) != (share >= threshold)
+
+    def _safe_tick(self) -> None:
+        try:
+            self.tick()
+        except Exception:
+            self._failed_ticks += 1
+            LOG.exception(
+                "tick failed (%d in a row); nothing applied this tick", self._failed_ticks
+            )
+            if self._failed_ticks >= self.settings.max_failed_ticks:
+                raise
+        else:
+            self._failed_ticks = 0
+
+    # --- one tick ------------------------------------------------------------------------
+
+    def tick(self) -> TickRecord:
+        """Run one tick now and return its record."""
+        started = self._clock()
+        with self._wake_lock:
+            reasons, self._wake_reasons = self._wake_reasons, []
+
+        domains = self.hypervisor.domain_infos() if self.hypervisor.connected else []
+        self._update_channels(domains)
+        channel_states = self.channels.snapshot()
+        assigned_kib = sum(d.max_memory_kib for d in domains)
+        host_sample = self.host.collect(vm_assigned_kib=assigned_kib if domains else None)
+        self._last_share = host_sample.freeable_share if host_sample.mem_total_kib else None
+        self._host_samples.append(dict(host_sample.fields))
+
+        managed = [d for d in domains if _manageable(d)]
+        self._forget_gone({d.name for d in domains})
+        overrides = self.floor_overrides_kib()
+        guests: list[Entity] = []
+        views: list[GuestView] = []
+        for info in managed:
+            channel = channel_states.get(info.name)
+            sample = self._guest_sample(info, channel, started, overrides.get(info.name))
+            memory = self._vms[info.name]
+            memory.samples.append(sample)
+            memory.sample_monos.append(started)
+            guests.append(
+                Entity({"name": info.name, "uuid": info.uuid}, list(memory.samples))
+            )
+            views.append(self._view(info, sample, channel, overrides.get(info.name)))
+        host_entity = Entity({"name": self._hostname}, list(self._host_samples))
+        policy_input = PolicyInput(host=host_entity, guests=guests)
+
+        policy_error: str | None = None
+        proposed: dict[str, int | None] = {}
+        controls: dict[str, Any] = {"host": {}, "guests": {}}
+        try:
+            evaluation = self.runner.evaluate(policy_input)
+        except PolicyError as err:
+            policy_error = str(err)
+            if policy_error != self.last_policy_error:
+                LOG.error("policy failed, no policy controls this tick: %s", err)
+            else:
+                LOG.debug("policy failed again: %s", err)
+        else:
+            proposed = dict(evaluation.proposed_targets())
+            controls = {
+                "host": dict(evaluation.host_controls),
+                "guests": {k: dict(v) for k, v in evaluation.guest_controls.items()},
+            }
+            for line in evaluation.debug:
+                LOG.debug("policy debug: %s", line)
+        self.last_policy_error = policy_error
+
+        paused = self._paused
+        # While paused the governor is not consulted either: it would count the
+        # targets nobody applies as guests making no progress (stuck).
+        decisions = [] if paused else self.governor.decide(started, views, proposed)
+        applied = self._apply(decisions, controls, policy_error is None, paused)
+
+        now_wall = self._wall()
+        duration_ms = (self._clock() - started) * 1000.0
+        self.tick_count += 1
+        record = TickRecord(
+            ts=now_wall,
+            tick=self.tick_count,
+            duration_ms=round(duration_ms, 3),
+            state={
+                "host": {"props": dict(host_entity.props), "samples": list(self._host_samples)},
+                "guests": [{"props": dict(g.props), "samples": list(g.samples)} for g in guests],
+            },
+            views=[asdict(v) for v in views],
+            controls=controls,
+            decisions=[d.to_json() for d in decisions],
+            applied=applied,
+            policy_error=policy_error,
+            paused=paused,
+            dry_run=self.dry_run,
+            reasons=reasons,
+        )
+        self._journal_decisions(record, decisions, applied)
+        with self._lock:
+            self._last_host = host_sample
+            self._domains = domains
+            self._channel_states = channel_states
+            self._views = {v.name: v for v in views}
+            self._managed = {d.name for d in managed}
+            self.last_record = record
+            self.last_tick_wall = now_wall
+            self.last_tick_mono = self._clock()
+            self.last_duration_ms = record.duration_ms
+        for observer in list(self.observers):
+            try:
+                observer.on_tick(record)
+            except Exception:
+                LOG.exception("tick observer %r failed", observer)
+        return record
+
+    def _update_channels(self, domains: Sequence[DomainInfo]) -> None:
+        paths = {d.name: d.settings.channel_path for d in domains}
+        if paths != self._channel_paths:
+            self._channel_paths = paths
+            self.channels.set_guests(paths)
+
+    def _forget_gone(self, present: set[str]) -> None:
+        for vm in [name for name in self._vms if name not in present]:
+            del self._vms[vm]
+            self.balloon.forget(vm)
+            if self.memtune is not None:
+                self.memtune.forget(vm)
+        for vm in present:
+            if vm not in self._vms:
+                n = self.settings.history_len
+                self._vms[vm] = _VmMemory(
+                    samples=collections.deque(maxlen=n), sample_monos=collections.deque(maxlen=n)
+                )
+
+    def _guest_sample(
+        self,
+        info: DomainInfo,
+        channel: GuestChannelState | None,
+        now_mono: float,
+        floor_override_kib: int | None,
+    ) -> dict[str, Any]:
+        rss = None
+        if "rss" not in info.memory_stats and info.qemu_pid:
+            rss = self.host.qemu_rss_kib(info.qemu_pid)
+        raw = guest_sample(info, self.settings.default_floor_kib, rss)
+        sample: dict[str, Any] = {k: v for k, v in raw.items() if k in GUEST_FIELDS}
+        if floor_override_kib is not None:
+            sample["balloon_min"] = min(floor_override_kib, info.max_memory_kib)
+        for name in _AGENT_FIELDS:
+            sample[name] = None
+        sample["agent_connected"] = 0
+        fresh = channel is not None and channel.agent_active and not channel.stale
+        if channel is not None and channel.agent_active and channel.latest is not None:
+            sample["report_age"] = round(channel.report_age_s(now_mono) or 0.0, 3)
+        if fresh and channel is not None:
+            sample["agent_connected"] = 1
+            sample["offer"] = channel.offer.offer.kib if channel.offer else 0
+            need = channel.need.need if channel.need else None
+            sample["need"] = need.kib if need else 0
+            sample["need_urgency"] = URGENCY_LEVELS.get(need.urgency, 1) if need and need.kib else 0
+            latest = channel.latest
+            if latest is not None:
+                report = latest.report
+                sample["psi_some_avg10"] = report.psi_some_avg10
+                sample["psi_full_avg10"] = report.psi_full_avg10
+                sample["cache"] = report.cached_kib + report.buffers_kib
+                sample["meminfo_available"] = report.mem_available_kib
+                sample["swap_total"] = report.swap_total_kib
+                sample["swap_usage"] = max(0, report.swap_total_kib - report.swap_free_kib)
+            rates = _agent_rates(channel)
+            if rates is not None:
+                sample["major_fault_rate"], sample["swap_in_rate"] = rates
+        if sample["major_fault_rate"] is None:
+            sample["major_fault_rate"], sample["swap_in_rate"] = self._libvirt_rates(
+                info.name, sample, now_mono
+            )
+        return sample
+
+    def _libvirt_rates(
+        self, vm: str, sample: Mapping[str, Any], now_mono: float
+    ) -> tuple[float | None, float | None]:
+        memory = self._vms.get(vm)
+        if memory is None or not memory.samples:
+            return None, None
+        previous, at = memory.samples[-1], memory.sample_monos[-1]
+        dt = now_mono - at
+        if dt <= 0:
+            return None, None
+        return (
+            _rate(previous.get("major_fault"), sample.get("major_fault"), dt),
+            _rate(previous.get("swap_in"), sample.get("swap_in"), dt),
+        )
+
+    def _view(
+        self,
+        info: DomainInfo,
+        sample: Mapping[str, Any],
+        channel: GuestChannelState | None,
+        floor_override_kib: int | None,
+    ) -> GuestView:
+        floor = floor_override_kib if floor_override_kib is not None else info.settings.floor_kib
+        return GuestView(
+            name=info.name,
+            balloon_cur_kib=int(info.balloon_cur_kib or info.max_memory_kib),
+            balloon_max_kib=int(info.max_memory_kib),
+            floor_kib=floor,
+            agent_connected=bool(sample.get("agent_connected")),
+            report_age_s=sample.get("report_age"),
+            need_kib=int(sample.get("need") or 0),
+            offer_kib=int(sample.get("offer") or 0),
+            psi_some_avg10=sample.get("psi_some_avg10"),
+            psi_full_avg10=sample.get("psi_full_avg10"),
+            major_fault_rate=sample.get("major_fault_rate"),
+            swap_in_rate_kib=sample.get("swap_in_rate"),
+        )
+
+    def _apply(
+        self,
+        decisions: Sequence[Decision],
+        controls: Mapping[str, Any],
+        policy_ok: bool,
+        paused: bool,
+    ) -> list[dict[str, Any]]:
+        applied: list[dict[str, Any]] = []
+        if paused:
+            return applied
+        for decision in decisions:
+            if decision.target_kib is None:
+                continue
+            result = self.balloon.apply(decision.vm, decision.target_kib, decision.reason)
+            entry = result.to_dict()
+            entry["kind"] = decision.kind
+            entry["rule"] = decision.rule
+            applied.append(entry)
+            memory = self._vms.get(decision.vm)
+            if (
+                result.outcome == APPLIED
+                and memory is not None
+                and memory.last_sent_target_kib != decision.target_kib
+            ):
+                memory.last_sent_target_kib = decision.target_kib
+                self.channels.send_decision(decision.vm, decision.target_kib, decision.reason)
+        if self.ksm is not None and self.settings.ksm_enabled and policy_ok:
+            host_controls = controls.get("host") or {}
+            if host_controls:
+                for write in self.ksm.apply(host_controls):
+                    entry = write.to_dict() if hasattr(write, "to_dict") else dict(write)
+                    entry["controller"] = "ksm"
+                    applied.append(entry)
+        if self.memtune is not None and self.settings.memtune_uncooperative:
+            applied.extend(self._apply_memtune(decisions))
+        return applied
+
+    def _apply_memtune(self, decisions: Sequence[Decision]) -> list[dict[str, Any]]:
+        assert self.memtune is not None
+        results: list[dict[str, Any]] = []
+        limited = self.memtune.limited()
+        for decision in decisions:
+            vm = decision.vm
+            state = self.governor.guest_state(vm)
+            result = None
+            if state == "uncooperative":
+                target = self.balloon.last_requested_kib(vm)
+                if target is not None:
+                    result = self.memtune.limit(
+                        vm, target, f"uncooperative: balloon target {target} KiB not reached"
+                    )
+            elif vm in limited:
+                result = self.memtune.release(vm, "cooperating again")
+            if result is not None:
+                entry = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+                entry["controller"] = "memtune"
+                results.append(entry)
+        return results
+
+    # --- journal -------------------------------------------------------------------------
+
+    def _journal_decisions(
+        self,
+        record: TickRecord,
+        decisions: Sequence[Decision],
+        applied: Sequence[Mapping[str, Any]],
+    ) -> None:
+        outcomes = {a["vm"]: a for a in applied if "vm" in a and "controller" not in a}
+        with self._lock:
+            for decision in decisions:
+                result = outcomes.get(decision.vm)
+                entry = {
+                    "at": record.ts,
+                    "tick": record.tick,
+                    "kind": decision.kind,
+                    "target_kib": decision.target_kib,
+                    "rule": decision.rule,
+                    "reason": decision.reason,
+                    "inputs": dict(decision.inputs),
+                    "outcome": result.get("outcome") if result else (
+                        "paused" if record.paused and decision.target_kib is not None else None
+                    ),
+                    "detail": result.get("detail") if result else "",
+                    "policy_error": record.policy_error,
+                    "repeats": 1,
+                }
+                journal = self._journal.get(decision.vm)
+                if journal is None:
+                    journal = self._journal[decision.vm] = collections.deque(
+                        maxlen=self.settings.journal_len
+                    )
+                    while len(self._journal) > 512:  # VMs come and go; keep memory bounded
+                        self._journal.pop(next(iter(self._journal)))
+                last = journal[-1] if journal else None
+                if last is not None and all(
+                    last[k] == entry[k] for k in ("kind", "target_kib", "rule", "outcome")
+                ):
+                    last["repeats"] += 1
+                    last["last_at"] = record.ts
+                    last["reason"] = entry["reason"]
+                    last["inputs"] = entry["inputs"]
+                else:
+                    journal.append(entry)
+                memory = self._vms.get(decision.vm)
+                if memory is not None and result is not None and result.get("outcome") in (
+                    "applied", "dry-run",
+                ):
+                    memory.last_action = {
+                        "at": record.ts,
+                        "kind": decision.kind,
+                        "target_kib": decision.target_kib,
+                        "rule": decision.rule,
+                        "reason": decision.reason,
+                    }
+
+    def journal(self, vm: str) -> list[dict[str, Any]]:
+        """The recent decisions for ``vm``, oldest first (copies)."""
+        with self._lock:
+            return [dict(e) for e in self._journal.get(vm, ())]
+
+    def known_vm(self, vm: str) -> bool:
+        with self._lock:
+            return vm in self._journal or any(d.name == vm for d in self._domains)
+
+    # --- status ---------------------------------------------------------------------------
+
+    def status_host(self) -> dict[str, Any] | None:
+        """The ``host`` object of ``ebbctl status --json`` (None before the first tick)."""
+        with self._lock:
+            return self._last_host.status_dict() if self._last_host is not None else None
+
+    def status_vms(self, live_channels: Mapping[str, GuestChannelState] | None = None) -> list[
+        dict[str, Any]
+    ]:
+        """The ``vms`` list of ``ebbctl status --json``, as of the last tick.
+
+        ``live_channels`` (a fresh channel snapshot) makes agent ages current.
+        """
+        now_mono = self._clock()
+        with self._lock:
+            channels = dict(self._channel_states)
+            if live_channels is not None:
+                channels.update(live_channels)
+            rows = []
+            for info in self._domains:
+                channel = channels.get(info.name)
+                view = self._views.get(info.name)
+                memory = self._vms.get(info.name)
+                rows.append(
+                    self._status_row(info, channel, view, memory, now_mono)
+                )
+            return rows
+
+    def _status_row(
+        self,
+        info: DomainInfo,
+        channel: GuestChannelState | None,
+        view: GuestView | None,
+        memory: _VmMemory | None,
+        now_mono: float,
+    ) -> dict[str, Any]:
+        managed = info.name in self._managed
+        override = self._floor_overrides_kib.get(info.name)
+        if view is not None:
+            floor: int | None = self.governor.floor_for(view)
+        else:
+            floor = override if override is not None else info.settings.floor_kib
+        agent_active = channel is not None and channel.agent_active
+        latest = channel.latest.report if channel is not None and channel.latest else None
+        need = channel.need.need if agent_active and channel and channel.need else None
+        offer = channel.offer.offer if agent_active and channel and channel.offer else None
+        return {
+            "name": info.name,
+            "uuid": info.uuid,
+            "state": info.state,
+            "balloon_cur_kib": info.balloon_cur_kib,
+            "balloon_target_kib": self.balloon.last_requested_kib(info.name),
+            "balloon_max_kib": info.max_memory_kib,
+            "floor_kib": floor,
+            "managed": managed,
+            "agent": {
+                "connected": bool(agent_active),
+                "last_report_age_s": (
+                    round(channel.report_age_s(now_mono) or 0.0, 3)
+                    if channel is not None and channel.latest is not None
+                    else None
+                ),
+                "protocol_errors": channel.protocol_errors if channel is not None else 0,
+                "cut_off_until": channel.cut_off_until if channel is not None else None,
+            },
+            "offer_kib": offer.kib if offer else None,
+            "need_kib": need.kib if need else None,
+            "need_urgency": need.urgency if need and need.kib else None,
+            "psi_some_avg10": latest.psi_some_avg10 if latest else None,
+            "mem_available_kib": latest.mem_available_kib if latest else None,
+            "cooperation": self._cooperation(info.name, channel),
+            "last_action": dict(memory.last_action) if memory and memory.last_action else None,
+            "floor_override_kib": override,
+            "channel": info.settings.channel_path,
+        }
+
+    def _cooperation(self, vm: str, channel: GuestChannelState | None) -> str:
+        state = str(self.governor.guest_state(vm))
+        if state != "ok":
+            return state
+        if channel is None or not channel.agent_active:
+            return NO_AGENT
+        if channel.stale:
+            return STALE
+        return "ok"
+
+
+#: Guest fields filled from the agent's channel (nil without a fresh agent).
+_AGENT_FIELDS = (
+    "report_age",
+    "offer",
+    "need",
+    "need_urgency",
+    "psi_some_avg10",
+    "psi_full_avg10",
+    "cache",
+    "meminfo_available",
+    "major_fault_rate",
+    "swap_in_rate",
+)
+
+
+def _manageable(info: DomainInfo) -> bool:
+    """A VM ebb may balloon: running, with a balloon, not excluded in its XML."""
+    settings = info.settings
+    return bool(info.state == "running" and settings.enabled and settings.has_balloon)
+
+
+def _rate(before: Any, after: Any, dt_s: float) -> float | None:
+    if before is None or after is None or dt_s <= 0:
+        return None
+    return max(0.0, (float(after) - float(before)) / dt_s)
+
+
+def _agent_rates(channel: GuestChannelState) -> tuple[float, float] | None:
+    """Major faults/s and KiB swapped in/s from the last two reports (host clock)."""
+    history = channel.history
+    if len(history) < 2:
+        return None
+    older, newer = history[-2], history[-1]
+    dt = newer.mono - older.mono
+    if dt <= 0:
+        return None
+    faults = max(0, newer.report.pgmajfault - older.report.pgmajfault) / dt
+    swap_in_kib = max(0, newer.report.pswpin - older.report.pswpin) * _PAGE_KIB / dt
+    return round(faults, 3), round(swap_in_kib, 3)
