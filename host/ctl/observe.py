@@ -53,6 +53,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         help="policy file(s) or directory to try")
     replay.add_argument("--json", action="store_true", help="print the result as JSON")
     replay.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help="ebbd.toml whose [governor] limits the replay uses (default: ebbd's default "
+        "config file, or the built-in defaults when there is none)",
+    )
+    replay.add_argument(
         "--open-loop",
         action="store_true",
         help="feed the recorded inputs unchanged (default: shift each balloon, and the "
@@ -137,12 +144,18 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``ebbctl replay``."""
+    from ebb.host.app import governor_config
+    from ebb.host.config import ConfigError, load_config
     from ebb.host.observe.replay import ReplayError, format_report, replay_trace
     from ebb.host.observe.trace import TraceError
 
     try:
-        report = replay_trace(args.trace, args.policy, open_loop=args.open_loop)
-    except (TraceError, ReplayError) as err:
+        # The same limits as the daemon that recorded the trace, so that the
+        # recorded policy reproduces its own decisions.
+        limits = governor_config(load_config(args.config))
+        report = replay_trace(args.trace, args.policy, governor_config=limits,
+                              open_loop=args.open_loop)
+    except (TraceError, ReplayError, ConfigError) as err:
         print(f"ebbctl replay: {err}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:

@@ -128,6 +128,7 @@ class ReplayReport:
     ticks: int = 0
     ticks_differing: int = 0
     ticks_skipped: int = 0
+    ticks_paused: int = 0
     policy_errors_recorded: int = 0
     policy_errors_replayed: int = 0
     first_policy_error: Optional[str] = None
@@ -146,6 +147,7 @@ class ReplayReport:
                 "ticks": self.ticks,
                 "ticks_differing": self.ticks_differing,
                 "ticks_skipped": self.ticks_skipped,
+                "ticks_paused": self.ticks_paused,
                 "ticks_host_controls_differing": len(self.host_control_differences),
                 "policy_errors_recorded": self.policy_errors_recorded,
                 "policy_errors_replayed": self.policy_errors_replayed,
@@ -224,7 +226,14 @@ class Replayer:
         else:
             proposed = evaluation.proposed_targets()
             host_controls = dict(evaluation.host_controls)
-        now_s = float(record.get("ts", 0.0))
+        # The governor's own clock when the trace has it (ebbd's monotonic
+        # clock), else wall time: only differences between ticks matter.
+        now_s = float(record.get("mono", record.get("ts", 0.0)))
+        if record.get("paused"):
+            # ebbd evaluates the policy while paused (SetVar goes on) but does
+            # not consult the governor; neither does the replay.
+            report.ticks_paused += 1
+            return
         replayed = [d.to_json() for d in self.governor.decide(now_s, views, proposed)]
         recorded = [_decision_dict(d) for d in record.get("decisions") or []]
 
@@ -399,6 +408,8 @@ def format_report(report: ReplayReport, limit: int = 50) -> str:
                  f"{', '.join(report.policy)}")
     if report.ticks_skipped:
         lines.append(f"skipped {report.ticks_skipped} records without state or views")
+    if report.ticks_paused:
+        lines.append(f"{report.ticks_paused} ticks were paused (no decisions to compare)")
     lines.append(f"ticks that differ: {report.ticks_differing} of {report.ticks} "
                  f"({len(report.differences)} VM decisions)")
     if report.host_control_differences:

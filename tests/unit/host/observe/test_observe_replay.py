@@ -7,13 +7,18 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
-from conftest import write_policy
 from ebb.host.cli_ebbctl import main as ebbctl
-from ebb.host.observe.replay import ReplayError, format_report, replay_trace
+from ebb.host.observe.replay import ReplayError, ReplayReport, format_report, replay_trace
+from synthetic_trace import DAEMON_LIMITS, write_policy
+
+
+def _replay(trace: Path, policy: Path, open_loop: bool = False) -> ReplayReport:
+    """Replay with the limits of the daemon that recorded the trace."""
+    return replay_trace(trace, policy, governor_config=DAEMON_LIMITS, open_loop=open_loop)
 
 
 def test_same_policy_gives_the_same_decisions(recorded_trace: Dict[str, Path]) -> None:
-    report = replay_trace(recorded_trace["trace"], recorded_trace["policy"])
+    report = _replay(recorded_trace["trace"], recorded_trace["policy"])
     assert report.ticks == 60
     assert report.ticks_differing == 0
     assert report.differences == []
@@ -27,7 +32,7 @@ def test_a_higher_threshold_balloons_earlier_and_more(
     recorded_trace: Dict[str, Path], tmp_path: Path
 ) -> None:
     eager = write_policy(tmp_path, 0.35)
-    report = replay_trace(recorded_trace["trace"], eager)
+    report = _replay(recorded_trace["trace"], eager)
     assert report.ticks_differing > 0
     # At 35 % the host (31 % freeable at rest) counts as short from the first tick.
     first = report.differences[0]
@@ -44,7 +49,8 @@ def test_a_higher_threshold_balloons_earlier_and_more(
 def test_ebbctl_replay_json(recorded_trace: Dict[str, Path], tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
     lazy = write_policy(tmp_path, 0.10)
-    assert ebbctl(["replay", str(recorded_trace["trace"]), "--policy", str(lazy), "--json"]) == 0
+    assert ebbctl(["replay", str(recorded_trace["trace"]), "--policy", str(lazy), "--json",
+                   "--config", str(recorded_trace["config"])]) == 0
     result = json.loads(capsys.readouterr().out)
     summary = result["summary"]
     assert summary["ticks"] == 60
@@ -62,8 +68,8 @@ def test_open_loop_replays_the_recorded_balloons_unchanged(
     recorded_trace: Dict[str, Path], tmp_path: Path
 ) -> None:
     eager = write_policy(tmp_path, 0.35)
-    shifted = replay_trace(recorded_trace["trace"], eager)
-    open_loop = replay_trace(recorded_trace["trace"], eager, open_loop=True)
+    shifted = _replay(recorded_trace["trace"], eager)
+    open_loop = _replay(recorded_trace["trace"], eager, open_loop=True)
     assert open_loop.to_dict()["model"] == "open-loop"
     # Balloons that really stayed full never follow the replayed requests: the
     # replayed governor finds them making no progress and stops asking.
@@ -76,7 +82,8 @@ def test_open_loop_replays_the_recorded_balloons_unchanged(
 def test_ebbctl_replay_text_with_the_same_policy(
     recorded_trace: Dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["replay", str(recorded_trace["trace"]), "--policy", str(recorded_trace["policy"])]
+    args = ["replay", str(recorded_trace["trace"]), "--policy", str(recorded_trace["policy"]),
+            "--config", str(recorded_trace["config"])]
     assert ebbctl(args) == 0
     out = capsys.readouterr().out
     assert "ticks that differ: 0 of 60" in out
@@ -88,8 +95,10 @@ def test_a_broken_policy_is_reported_with_its_position(
     broken = tmp_path / "broken.policy"
     broken.write_text("(defvar x 1)\n(frobnicate x)\n")
     with pytest.raises(ReplayError, match=r"broken.policy:2:"):
-        replay_trace(recorded_trace["trace"], broken)
-    assert ebbctl(["replay", str(recorded_trace["trace"]), "--policy", str(broken)]) == 1
+        _replay(recorded_trace["trace"], broken)
+    args = ["replay", str(recorded_trace["trace"]), "--policy", str(broken),
+            "--config", str(recorded_trace["config"])]
+    assert ebbctl(args) == 1
     assert "broken.policy:2:" in capsys.readouterr().err
 
 
@@ -98,7 +107,7 @@ def test_a_policy_failing_at_run_time_counts_errors_and_sets_nothing(
 ) -> None:
     failing = tmp_path / "failing.policy"
     failing.write_text('(with Guests g (g.Control "balloon_target" (+ g.balloon_cur nil)))\n')
-    report = replay_trace(recorded_trace["trace"], failing)
+    report = _replay(recorded_trace["trace"], failing)
     assert report.policy_errors_replayed == 60
     assert report.first_policy_error is not None
     assert "failing.policy:1:" in report.first_policy_error
@@ -110,4 +119,4 @@ def test_a_trace_without_states_cannot_be_replayed(tmp_path: Path,
     trace = tmp_path / "empty.jsonl"
     trace.write_text('{"tick": 1, "ts": 1.0}\n')
     with pytest.raises(ReplayError, match="no tick with recorded state"):
-        replay_trace(trace, recorded_trace["policy"])
+        _replay(trace, recorded_trace["policy"])
