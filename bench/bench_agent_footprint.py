@@ -23,7 +23,16 @@ from typing import List
 
 import psutil
 from ebb.protocol.errors import ProtocolError
-from ebb.protocol.messages import Hello, Message, Report, Welcome, encode_message
+from ebb.protocol.messages import (
+    CAPABILITIES,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Report,
+    Welcome,
+    encode_message,
+)
 from ebb.protocol.stream import MessageReader
 
 RSS_TARGET_MIB = 25.0
@@ -65,7 +74,8 @@ def main() -> int:
             while not any(isinstance(m, Hello) for m in _read_messages(conn, reader, 10.0)):
                 pass
             conn.sendall(encode_message(
-                Welcome(protocol_version=1, report_interval_ms=args.interval_ms, capabilities=())
+                Welcome(protocol_version=1, report_interval_ms=args.interval_ms,
+                        capabilities=CAPABILITIES)
             ))
             start_cpu = proc.cpu_times()
             start_wall = time.monotonic()
@@ -76,6 +86,8 @@ def main() -> int:
             while time.monotonic() < end:
                 messages = _read_messages(conn, reader, max(0.01, min(1.0, end - time.monotonic())))
                 reports += sum(isinstance(m, Report) for m in messages)
+                for ping in (m for m in messages if isinstance(m, Ping)):
+                    conn.sendall(encode_message(Pong(nonce=ping.nonce)))
                 peak_rss = max(peak_rss, proc.memory_info().rss)
             end_cpu = proc.cpu_times()
             wall_s = time.monotonic() - start_wall

@@ -4,10 +4,14 @@ One thread, one loop: wait on the transport (and a stop pipe) until the next thi
 is due, handle what the host sent, then do what is due (resend a hello, take a
 sample, send a report, offer or need, ping a quiet host). States::
 
-    DISCONNECTED --open + hello--> HELLO_SENT --welcome--> ACTIVE
-         ^                           |  ^ hello again with backoff    |
-         +--- host gone / bye / write failed (wait with backoff) -----+
-                                                     STOPPED (after stop())
+    DISCONNECTED --open, hello--> HELLO_SENT --welcome--> ACTIVE
+         ^                   hello again  |  ^  bye, hello_required,  |
+         |          (5 s doubling to 60 s)   |  unanswered keepalive   |
+         +-- host gone (EOF/HUP), write failed: reopen after 1 s doubling to 10 s
+    STOPPED after stop(): a bye is sent first when the transport is open.
+
+The session rules (hello retries, sequence numbers, hello_required, capabilities)
+follow PROTOCOL.md section 4.
 
 Nothing the host sends can crash the loop: protocol errors come back from the
 reader as values and are answered with an ``error`` message (rate-limited), and
@@ -63,6 +67,12 @@ LOG = logging.getLogger(__name__)
 
 #: Request kinds the agent understands (PROTOCOL.md "request").
 PREPARE_RELEASE = "prepare_release"
+#: The error code by which a host without a session for us asks for a hello.
+HELLO_REQUIRED = "hello_required"
+#: PROTOCOL.md 4.2: no more than one early report per 100 ms.
+MIN_EARLY_REPORT_GAP_S = 0.1
+#: When a host shows up while no welcome came yet, say hello again at most this often.
+HELLO_NUDGE_GAP_S = 1.0
 
 
 class ConnectionState(enum.Enum):
@@ -82,9 +92,12 @@ class AgentConfig:
     default_interval_s: float = 1.0
     #: Sample at least this often between reports, to report big changes at once.
     watch_interval_s: float = 0.5
-    #: Wait before reopening a transport or resending a hello: doubles from min to max.
+    #: Wait before reopening a transport the host is absent from: doubles from min to max.
     backoff_min_s: float = 1.0
     backoff_max_s: float = 10.0
+    #: Wait for a welcome before saying hello again: doubles from min to max (PROTOCOL.md 4.1).
+    hello_retry_min_s: float = 5.0
+    hello_retry_max_s: float = 60.0
     #: A write that cannot complete in this time means the host end is gone.
     write_timeout_s: float = 2.0
     #: Ping a host not heard from for this long; re-handshake if the ping goes unanswered
@@ -102,17 +115,20 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         for name in ("default_interval_s", "watch_interval_s", "backoff_min_s", "write_timeout_s",
-                     "keepalive_s"):
+                     "keepalive_s", "hello_retry_min_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.backoff_max_s < self.backoff_min_s:
             raise ValueError("backoff_max_s must be >= backoff_min_s")
+        if self.hello_retry_max_s < self.hello_retry_min_s:
+            raise ValueError("hello_retry_max_s must be >= hello_retry_min_s")
 
 
 @dataclass
 class AgentCounters:
     """What the agent has done since it started (for tests, logs and the benchmark)."""
 
+    connect_attempts: int = 0
     connects: int = 0
     hellos_sent: int = 0
     welcomes: int = 0
@@ -175,6 +191,8 @@ class Agent:
         self._reader = MessageReader()
         self._error_budget = _TokenBucket(self.config.error_replies_per_s, clock)
         self._backoff_s = self.config.backoff_min_s
+        self._hello_retry_s = self.config.hello_retry_min_s
+        self._hello_sent_at = -HELLO_NUDGE_GAP_S
         self._absence_logged = False
         # Session state, reset by _start_session.
         self.interval_s = self.config.default_interval_s
@@ -182,6 +200,7 @@ class Agent:
         self._hello_due_at = 0.0
         self._next_sample_at = 0.0
         self._next_report_at = 0.0
+        self._last_report_at = 0.0
         self._last_heard_at = 0.0
         self._ping_nonce: Optional[int] = None
         self._ping_sent_at = 0.0
@@ -190,6 +209,8 @@ class Agent:
         self._last_offer_kib: Optional[int] = None
         self._last_need: Optional[NeedEstimate] = None
         self._force_offer = False
+        self._may_offer = False
+        self._may_need = False
         #: The last decision the host sent (balloon target and reason), if any.
         self.last_decision: Optional[Decision] = None
         #: The last offer/need assessment made.
@@ -262,12 +283,9 @@ class Agent:
             return
         if self._ping_nonce is not None:
             if now - self._ping_sent_at >= self.config.keepalive_s:
-                LOG.warning(
-                    "the host did not answer a ping within %.0f s; handshaking again",
-                    self.config.keepalive_s,
+                self._handshake_again(
+                    f"the host did not answer a ping within {self.config.keepalive_s:.0f} s"
                 )
-                self._set_state(ConnectionState.HELLO_SENT)
-                self._send_hello()
                 return
         elif now - self._last_heard_at >= self.config.keepalive_s:
             self._ping_nonce = int(now * 1000) & 0xFFFFFFFF
@@ -281,6 +299,7 @@ class Agent:
     # --- connecting ---------------------------------------------------------------------
 
     def _connect(self) -> bool:
+        self.counters.connect_attempts += 1
         try:
             self.transport.open()
         except TransportError as err:
@@ -288,11 +307,14 @@ class Agent:
             return False
         self.counters.connects += 1
         self._reader.reset()
+        self._hello_retry_s = self.config.hello_retry_min_s
         self._set_state(ConnectionState.HELLO_SENT)
         self._send_hello()
         return self._state is ConnectionState.HELLO_SENT
 
     def _send_hello(self) -> None:
+        """Start a new session: sequence numbers restart at 0 (PROTOCOL.md 4.3)."""
+        self._seq = 0
         hello = Hello(
             agent_version=__version__,
             protocol_versions=SUPPORTED_VERSIONS,
@@ -301,7 +323,17 @@ class Agent:
         )
         if self._send(hello):
             self.counters.hellos_sent += 1
-            self._hello_due_at = self._clock() + self._next_backoff_s()
+            now = self._clock()
+            self._hello_sent_at = now
+            self._hello_due_at = now + self._hello_retry_s
+            self._hello_retry_s = min(self.config.hello_retry_max_s, self._hello_retry_s * 2)
+
+    def _handshake_again(self, why: str) -> None:
+        """Back to HELLO_SENT on the open transport, with a hello now."""
+        LOG.info("%s; saying hello again", why)
+        self._hello_retry_s = self.config.hello_retry_min_s
+        self._set_state(ConnectionState.HELLO_SENT)
+        self._send_hello()
 
     def _next_backoff_s(self) -> float:
         """The current wait, doubling the next one up to the maximum."""
@@ -332,7 +364,6 @@ class Agent:
     def _start_session(self, welcome: Welcome) -> None:
         self.interval_s = welcome.report_interval_ms / 1000.0
         now = self._clock()
-        self._seq = 0
         self._backoff_s = self.config.backoff_min_s
         self._absence_logged = False
         self._ping_nonce = None
@@ -342,6 +373,7 @@ class Agent:
         self._last_need = None
         self._next_report_at = now
         self._next_sample_at = now
+        self._apply_capabilities(welcome)
         self.counters.welcomes += 1
         self._set_state(ConnectionState.ACTIVE)
         LOG.info(
@@ -360,6 +392,9 @@ class Agent:
             if needs_error_reply(item):
                 self._reply_error(error_reply(item))
             return
+        hello_sent = self._state is ConnectionState.HELLO_SENT
+        if hello_sent and not isinstance(item, (Welcome, Error, Bye)):
+            self._nudge_hello()
         if isinstance(item, Welcome):
             self._on_welcome(item)
         elif isinstance(item, Ping):
@@ -377,14 +412,20 @@ class Agent:
         elif isinstance(item, Request):
             self._on_request(item)
         elif isinstance(item, Bye):
-            LOG.info("the host said bye (%s); reconnecting later", item.reason)
+            # PROTOCOL.md 4.4: back to the handshake, first hello after the usual wait.
+            LOG.info("the host said bye (%s); waiting for it to come back", item.reason)
             self.counters.disconnects += 1
-            self.transport.close()
-            self._set_state(ConnectionState.DISCONNECTED)
-            self._backoff_s = self.config.backoff_min_s
-            self._wait(self._next_backoff_s())
+            self._hello_retry_s = self.config.hello_retry_min_s
+            self._set_state(ConnectionState.HELLO_SENT)
+            self._hello_due_at = self._clock() + self._hello_retry_s
         elif isinstance(item, Error):
             self.counters.errors_received += 1
+            if item.code == HELLO_REQUIRED:
+                if self._state is ConnectionState.ACTIVE:
+                    self._handshake_again("the host has no session for this guest (restarted?)")
+                else:
+                    self._nudge_hello()
+                return
             LOG.warning(
                 "the host refused a %s message: %s: %s",
                 item.ref_type or "(unknown)",
@@ -395,7 +436,7 @@ class Agent:
             assert isinstance(item, (Hello, Report, Offer, Need))
             self._reply_error(
                 Error(
-                    code="unexpected_type",
+                    code="unexpected_message",
                     message=f"a {item.TYPE} message is sent by the guest, not the host",
                     ref_type=item.TYPE,
                 )
@@ -416,8 +457,28 @@ class Agent:
                 )
             )
             return
-        self._start_session(welcome)
+        if self._state is ConnectionState.ACTIVE:
+            # An unasked welcome changes the interval or capabilities, not the session.
+            self.interval_s = welcome.report_interval_ms / 1000.0
+            self._apply_capabilities(welcome)
+            self._next_report_at = min(self._next_report_at, self._clock() + self.interval_s)
+            self._next_sample_at = min(self._next_sample_at, self._next_report_at)
+            LOG.info("the host changed the report interval to %d ms", welcome.report_interval_ms)
+        else:
+            self._start_session(welcome)
         self._tell(f"STATUS=reporting to the host every {welcome.report_interval_ms} ms")
+
+    def _apply_capabilities(self, welcome: Welcome) -> None:
+        # PROTOCOL.md 4.6: offer and need only when the host said it acts on them.
+        self._may_offer = "offer" in welcome.capabilities
+        self._may_need = "need" in welcome.capabilities
+
+    def _nudge_hello(self) -> None:
+        """The host is there but has not welcomed us: say hello now (at most once a second)."""
+        now = self._clock()
+        if now - self._hello_sent_at >= HELLO_NUDGE_GAP_S:
+            self._hello_retry_s = self.config.hello_retry_min_s
+            self._send_hello()
 
     def _on_request(self, request: Request) -> None:
         if request.kind == PREPARE_RELEASE:
@@ -430,7 +491,7 @@ class Agent:
             return
         self._reply_error(
             Error(
-                code="unsupported_request",
+                code="unknown_request",
                 message=f"request kind {request.kind!r} is not supported by this agent",
                 ref_type=Request.TYPE,
             )
@@ -446,8 +507,10 @@ class Agent:
     # --- what the agent sends ----------------------------------------------------------
 
     def _next_seq(self) -> int:
+        """One counter for report, offer and need; 0 first after each hello."""
+        seq = self._seq
         self._seq += 1
-        return self._seq
+        return seq
 
     def _sample_and_send(self, now: float) -> None:
         next_report_at = self._next_report_at
@@ -464,11 +527,13 @@ class Agent:
         self.last_assessment = assessment
 
         due = now >= next_report_at
-        if due or self._changed_a_lot(sample):
+        early_allowed = now - self._last_report_at >= MIN_EARLY_REPORT_GAP_S
+        if due or (early_allowed and self._changed_a_lot(sample)):
             if not self._send(Report(seq=self._next_seq(), **sample.report_fields())):
                 return
             self.counters.reports_sent += 1
             self._last_reported = sample
+            self._last_report_at = now
             self._next_report_at = (next_report_at + self.interval_s) if due else next_report_at
             if self._next_report_at <= now:
                 # Fell behind (a stalled guest): restart the schedule instead of bursting.
@@ -492,7 +557,7 @@ class Agent:
 
     def _send_offer_need(self, sample: MemorySample, assessment: Assessment) -> None:
         total = sample.mem_total_kib
-        if need_changed(self._last_need, assessment.need, total):
+        if self._may_need and need_changed(self._last_need, assessment.need, total):
             need = assessment.need
             if need is None:
                 msg = Need(seq=self._next_seq(), kib=0, urgency="low", reason="recovered")
@@ -508,6 +573,8 @@ class Agent:
             if need is not None:
                 LOG.info("asking the host for %d KiB (%s): %s", need.kib, need.urgency,
                          need.reason)
+        if not self._may_offer:
+            return
         if self._force_offer or offer_changed(self._last_offer_kib, assessment.offer_kib, total):
             if not self._send(Offer(seq=self._next_seq(), kib=assessment.offer_kib)):
                 return

@@ -16,7 +16,7 @@ from ebb.guest.agent import Agent, AgentConfig
 from ebb.guest.collect import MemoryCollector
 from ebb.guest.transport import Transport
 from ebb.protocol.errors import ProtocolError
-from ebb.protocol.messages import Message, Welcome, encode_message
+from ebb.protocol.messages import CAPABILITIES, Message, Welcome, encode_message
 from ebb.protocol.stream import MessageReader
 
 GIB_KIB = 1024 * 1024
@@ -108,8 +108,12 @@ class HostEnd:
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def welcome(self, interval_ms: int = 1000) -> None:
-        self.send(Welcome(protocol_version=1, report_interval_ms=interval_ms, capabilities=()))
+    def welcome(
+        self, interval_ms: int = 1000, capabilities: Tuple[str, ...] = CAPABILITIES
+    ) -> None:
+        self.send(
+            Welcome(protocol_version=1, report_interval_ms=interval_ms, capabilities=capabilities)
+        )
 
     def pump(self, duration_s: float) -> None:
         """Read for ``duration_s`` seconds, collecting messages."""
@@ -160,6 +164,8 @@ FAST_CONFIG = AgentConfig(
     watch_interval_s=0.05,
     backoff_min_s=0.05,
     backoff_max_s=0.2,
+    hello_retry_min_s=0.05,
+    hello_retry_max_s=0.2,
     write_timeout_s=0.5,
     keepalive_s=30.0,
     hostname="guest-under-test",

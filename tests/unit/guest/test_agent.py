@@ -63,7 +63,8 @@ def test_handshake_then_report_offer(
     assert report.mem_available_kib == 3 * GIB_KIB
     assert report.psi_some_total_us == 1000
     assert offer.kib > GIB_KIB
-    assert offer.seq > report.seq
+    # One sequence for report, offer and need, from 0 after the hello.
+    assert (report.seq, offer.seq) == (0, 1)
     assert running.agent.state is ConnectionState.ACTIVE
     assert running.agent.interval_s == 1.0
     assert "READY=1" in running.notifications
@@ -169,7 +170,7 @@ def test_prepare_release_re_offers_at_once(
 
     host.send(Request(kind="defragment", kib=0))
     error = host.wait_for(Error)[0]
-    assert (error.code, error.ref_type) == ("unsupported_request", "request")
+    assert (error.code, error.ref_type) == ("unknown_request", "request")
 
 
 def test_host_garbage_never_stops_the_agent(
@@ -219,7 +220,7 @@ def test_messages_only_a_guest_sends_are_refused(
     _handshake(host)
     host.send(Offer(seq=1, kib=5))
     error = host.wait_for(Error)[0]
-    assert (error.code, error.ref_type) == ("unexpected_type", "offer")
+    assert (error.code, error.ref_type) == ("unexpected_message", "offer")
 
 
 def test_hello_is_repeated_with_backoff_until_welcomed(
@@ -322,22 +323,75 @@ def test_welcome_with_an_unknown_version_is_refused(
     host.wait_for(Report)
 
 
-def test_bye_from_the_host_closes_and_reconnects(
+def test_bye_from_the_host_stops_reports_until_the_next_welcome(
     tmp_path: Path, proc_tree: ProcTree, start_agent: StartAgent
 ) -> None:
     listener = _Listener(tmp_path / "channel.sock")
-    start_agent(UnixSocketTransport(str(listener.path)), proc_tree)
+    running = start_agent(UnixSocketTransport(str(listener.path)), proc_tree)
     try:
         host = listener.accept()
-        _handshake(host)
+        _handshake(host, interval_ms=100)
         host.send(Bye(reason="ebbd restarting"))
+        host.wait_for(Hello, count=2)
+        assert running.agent.state is ConnectionState.HELLO_SENT
+        reports = len(host.of_type(Report))
         host.pump(0.3)
-        assert host.closed  # the agent hung up
+        assert len(host.of_type(Report)) <= reports + 1  # one may have crossed the bye
+        host.close()  # ebbd goes away for good; the agent waits for the next one
         host = listener.accept()
-        host.wait_for(Hello)
+        _handshake(host)
         host.close()
     finally:
         listener.close()
+
+
+def test_hello_required_starts_a_new_session(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    start_agent(transport, proc_tree)
+    _handshake(host, interval_ms=100)
+    host.wait_for(Report, count=3)
+    # A restarted host has no session: it asks for a hello instead of taking reports.
+    host.send(Error(code="hello_required", message="no session", ref_type="report"))
+    host.wait_for(Hello, count=2)
+    host.received.clear()
+    host.welcome(100)
+    assert host.wait_for(Report)[0].seq == 0
+
+
+def test_a_host_that_speaks_before_welcoming_gets_a_hello(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    import dataclasses
+
+    transport, host = pair
+    slow_hellos = dataclasses.replace(FAST_CONFIG, hello_retry_min_s=30.0, hello_retry_max_s=60.0)
+    start_agent(transport, proc_tree, slow_hellos)
+    host.wait_for(Hello)
+    time.sleep(1.0)  # the nudge is limited to one a second
+    host.send(Ping(nonce=5))  # e.g. ebbd started after the agent's hello got lost
+    assert host.wait_for(Pong)[0].nonce == 5
+    host.wait_for(Hello, count=2, timeout_s=1.0)
+
+
+def test_no_offer_or_need_unless_the_host_takes_them(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    start_agent(transport, proc_tree)
+    host.wait_for(Hello)
+    host.welcome(100, capabilities=())
+    proc_tree.pressure = (60.0, 20.0, 1, 1)
+    proc_tree.write()
+    host.wait_for(Report, count=4)
+    assert host.of_type(Offer) == [] and host.of_type(Need) == []
+    # An unasked welcome turns them on without starting a new session.
+    last_seq = host.of_type(Report)[-1].seq
+    host.welcome(100)
+    need = host.wait_for(Need)[0]
+    assert need.urgency == "critical"
+    assert need.seq > last_seq
 
 
 def test_unanswered_keepalive_leads_to_a_new_handshake(
