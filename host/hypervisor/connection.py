@@ -406,14 +406,19 @@ class Hypervisor:
 
     def _supervise(self) -> None:
         backoff_s = self.reconnect_initial_s
+        failures = 0
         while not self._stop.is_set():
             if not self.connected:
                 self._drop_connection(reason="reconnecting")
                 try:
                     self._connect()
                     backoff_s = self.reconnect_initial_s
+                    failures = 0
                 except HypervisorError as err:
-                    LOG.warning("%s; next attempt in %.0f s", err, backoff_s)
+                    failures += 1
+                    # The first failure is news; the retries that follow are not.
+                    LOG.log(logging.WARNING if failures == 1 else logging.INFO,
+                            "%s; attempt %d, next in %.1f s", err, failures, backoff_s)
                     self._stop.wait(backoff_s)
                     backoff_s = min(backoff_s * 2, self.reconnect_max_s)
                     continue

@@ -34,6 +34,10 @@ def _run_forever(libvirt: Any) -> None:
             LOG.exception("libvirt event loop iteration failed; continuing")
 
 
+def _ignore_error(opaque: Any, error: Any) -> None:
+    """libvirt's error callback: errors reach ebb as exceptions instead."""
+
+
 def ensure_event_loop() -> threading.Thread:
     """Register libvirt's default event loop (once) and start its thread (once)."""
     global _THREAD
@@ -43,6 +47,10 @@ def ensure_event_loop() -> threading.Thread:
         if _THREAD is not None and _THREAD.is_alive():
             return _THREAD
         if _THREAD is None:
+            # libvirt prints every error to stderr by default ("libvirt: XML-RPC error :
+            # ..."), even those ebb handles (a VM that just stopped, a reconnect attempt).
+            # ebb logs what matters itself, with the VM's name.
+            libvirt.registerErrorHandler(_ignore_error, None)
             libvirt.virEventRegisterDefaultImpl()
         _THREAD = threading.Thread(
             target=_run_forever, args=(libvirt,), name="libvirt-events", daemon=True
