@@ -1,0 +1,108 @@
+"""The real engine writes the trace; replay and plot read it back.
+
+The engine runs over the daemon core's fakes (a fake hypervisor, fixture /proc
+and sysfs) with the TraceWriter as its observer, while host memory goes
+through a pressure episode. The trace it writes replays to the same decisions
+with the same policy, and plots.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+# The daemon core's fakes live with the engine's tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+
+from ebb.host.collectors import HostCollector
+from ebb.host.controllers import BalloonController, KsmController
+from ebb.host.engine import Engine, EngineSettings
+from ebb.host.governor import Governor
+from ebb.host.observe.plot import build_figure, extract_series
+from ebb.host.observe.replay import replay_trace
+from ebb.host.observe.trace import TraceWriter, read_trace
+from ebb.host.policy import PolicyRunner
+from ebb_core_fakes import (
+    GIB_KIB,
+    FakeHypervisor,
+    FakeVm,
+    RecordingChannels,
+    make_host_tree,
+    write_meminfo,
+)
+from synthetic_trace import DAEMON_LIMITS, write_policy
+
+HOST_KIB = 16 * GIB_KIB
+
+
+class _Clock:
+    """Monotonic and wall clocks moving together, one tick interval per tick."""
+
+    def __init__(self) -> None:
+        self.mono_s = 1000.0
+
+    def mono(self) -> float:
+        return self.mono_s
+
+    def wall(self) -> float:
+        return 1_764_000_000.0 + self.mono_s
+
+
+def _run_engine(tmp_path: Path, policy: Path, ticks: int) -> Dict[str, object]:
+    proc, sys_root = make_host_tree(tmp_path / "host", total_kib=HOST_KIB)
+    hypervisor = FakeHypervisor([FakeVm("alpha", max_kib=4 * GIB_KIB, cur_kib=4 * GIB_KIB),
+                                 FakeVm("beta", max_kib=4 * GIB_KIB, cur_kib=4 * GIB_KIB)])
+    runner = PolicyRunner()
+    assert runner.reload(policy) == []
+    trace_path = tmp_path / "ebbd-trace.jsonl"
+    writer = TraceWriter(trace_path, max_bytes=200_000, keep_files=3)
+    clock = _Clock()
+    engine = Engine(
+        EngineSettings(interval_s=2.0),
+        host=HostCollector(proc, sys_root),
+        hypervisor=hypervisor,
+        channels=RecordingChannels(),
+        runner=runner,
+        governor=Governor(DAEMON_LIMITS),
+        balloon=BalloonController(hypervisor, dry_run=False),
+        ksm=KsmController(sys_root, tmp_path / "run", dry_run=False),
+        observers=[writer],
+        clock=clock.mono,
+        wall_clock=clock.wall,
+    )
+    for tick in range(ticks):
+        # Freeable memory: 40 % of the host, 12 % during ticks 5..19, then 40 % again;
+        # what the balloons took comes back to the host.
+        taken = sum(4 * GIB_KIB - vm.cur_kib for vm in hypervisor.vms.values())
+        share = 0.12 if 5 <= tick < 20 else 0.40
+        write_meminfo(proc, total_kib=HOST_KIB, free_kib=int(share * HOST_KIB) + taken)
+        engine.tick()
+        clock.mono_s += 2.0
+    writer.close()
+    return {"trace": trace_path, "calls": list(hypervisor.balloon_calls)}
+
+
+def test_engine_trace_replays_to_the_same_decisions_and_plots(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, 0.20)
+    run = _run_engine(tmp_path, policy, ticks=30)
+    trace = run["trace"]
+    assert isinstance(trace, Path)
+    records: List[Dict[str, object]] = list(read_trace(trace))
+    assert [r["tick"] for r in records] == list(range(1, 31))
+    assert run["calls"], "the pressure episode should have moved balloons"
+
+    same = replay_trace(trace, policy, governor_config=DAEMON_LIMITS)
+    assert same.ticks == 30
+    assert same.ticks_differing == 0, same.differences[:3]
+    assert same.recorded.inflations > 0
+    assert same.recorded.to_dict() == same.replayed.to_dict()
+
+    eager = replay_trace(trace, write_policy(tmp_path, 0.45), governor_config=DAEMON_LIMITS)
+    assert eager.ticks_differing > 0
+    assert eager.replayed.inflations > eager.recorded.inflations
+
+    series = extract_series(read_trace(trace))
+    assert series.vms == ["alpha", "beta"]
+    figure = build_figure(series)
+    assert sum(len(ax.get_lines()) for ax in figure.axes[:4]) == 2 + 4 + 4 + 2
