@@ -171,20 +171,21 @@ class GovernorSection:
     """``[governor]``: the safety limits no policy can bypass."""
 
     #: Floor for a VM whose XML sets none (``<ebb:vm floor-mib=...>`` or min_guarantee).
-    default_floor_mib: int = field(default=256, metadata=_rule(_non_negative))
+    default_floor_mib: int = field(default=512, metadata=_rule(_non_negative))
     #: Largest balloon change per tick, as a share of the VM's maximum memory.
     max_change_share: float = field(default=0.10, metadata=_rule(_share))
     #: After an inflation, how long to watch the guest for harm before trusting it.
-    rollback_window_s: float = field(default=20.0, metadata=_rule(_positive))
-    #: Major faults per second (guest) that count as harm within the window.
-    rollback_major_faults_per_s: float = field(default=100.0, metadata=_rule(_positive))
-    #: Swap-ins (pages per second) that count as harm within the window.
-    rollback_swap_in_per_s: float = field(default=100.0, metadata=_rule(_positive))
-    #: Guest PSI some avg10 (%) that counts as harm within the window.
+    rollback_window_s: float = field(default=30.0, metadata=_rule(_positive))
+    #: Rise in the guest's major faults per second (over its rate before the inflation)
+    #: that counts as harm within the window.
+    rollback_major_faults_per_s: float = field(default=200.0, metadata=_rule(_positive))
+    #: Rise in the guest's swap-in, pages per second, that counts as harm (128 = 512 KiB/s).
+    rollback_swap_in_per_s: float = field(default=128.0, metadata=_rule(_positive))
+    #: Rise in the guest's PSI some avg10 (percentage points) that counts as harm.
     rollback_psi_some_avg10: float = field(default=10.0, metadata=_rule(_positive))
     #: First back-off after a rollback; doubles on each further rollback.
-    backoff_initial_s: float = field(default=30.0, metadata=_rule(_positive))
-    backoff_max_s: float = field(default=600.0, metadata=_rule(_positive))
+    backoff_initial_s: float = field(default=60.0, metadata=_rule(_positive))
+    backoff_max_s: float = field(default=1800.0, metadata=_rule(_positive))
     #: No progress toward the target for this long: the guest is stuck (squeezed: 5 s).
     stuck_after_s: float = field(default=5.0, metadata=_rule(_positive))
     #: No progress for this long: uncooperative, excluded from inflation (squeezed: 20 s).

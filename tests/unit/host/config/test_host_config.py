@@ -96,9 +96,9 @@ cut_off_backoff_max_s = 60
 connect_retry_s = 1
 
 [governor]
-default_floor_mib = 512
+default_floor_mib = 768
 max_change_share = 0.25
-rollback_window_s = 30
+rollback_window_s = 45
 rollback_major_faults_per_s = 50
 rollback_swap_in_per_s = 25
 rollback_psi_some_avg10 = 5
@@ -137,7 +137,7 @@ listen = "127.0.0.1:9677"
     assert cfg.host.pressure_tick_threshold == 0.1
     assert cfg.hypervisor.stats_period_s == 5
     assert cfg.guests.report_interval_ms == 500
-    assert cfg.governor.default_floor_mib == 512
+    assert cfg.governor.default_floor_mib == 768
     assert cfg.governor.uncooperative_after_s == 16.0
     assert cfg.balloon.min_change_kib == 0
     assert cfg.ksm.enabled is False
