@@ -43,7 +43,7 @@ def packaged_policy_dir(name: str = DEFAULT_POLICY_SET) -> Path:
     """The directory of a policy set shipped inside ``ebb.host.policies``."""
     from ebb.host.policies import policy_dir
 
-    return policy_dir(name)
+    return Path(policy_dir(name))
 
 
 def default_policy_dir() -> Path:

@@ -204,7 +204,8 @@ class HostCollector:
     def _read_meminfo(self) -> dict[str, int]:
         path = self.proc_root / "meminfo"
         try:
-            meminfo = parse_meminfo(path.read_text(encoding="ascii", errors="replace"))
+            meminfo: dict[str, int] = parse_meminfo(
+                path.read_text(encoding="ascii", errors="replace"))
         except OSError as err:
             raise CollectorError(
                 f"cannot read {path}: {err.strerror} (is host.proc_root right?)"
@@ -225,7 +226,9 @@ class HostCollector:
     def _read_pressure(self) -> dict[str, float | int] | None:
         path = self.proc_root / "pressure" / "memory"
         try:
-            return parse_pressure(path.read_text(encoding="ascii", errors="replace"))
+            pressure: dict[str, float | int] = parse_pressure(
+                path.read_text(encoding="ascii", errors="replace"))
+            return pressure
         except OSError as err:
             # ENOENT: kernel without PSI; EOPNOTSUPP: booted with psi=0.
             hint = "boot with psi=1" if err.errno == errno.EOPNOTSUPP else "kernel has no PSI"
@@ -242,7 +245,8 @@ class HostCollector:
         if previous is None or not interval_s or interval_s <= 0:
             return 0.0
         used_s = max(0, ticks - previous) / self._ticks_per_s
-        return round(100.0 * used_s / interval_s, 2)
+        usage: float = round(100.0 * used_s / interval_s, 2)
+        return usage
 
     def _ksmd_ticks(self) -> int | None:
         for attempt in range(2):
@@ -255,7 +259,8 @@ class HostCollector:
             try:
                 text = (self.proc_root / str(self._ksmd_pid) / "stat").read_text(
                     encoding="ascii", errors="replace")
-                return parse_stat_cpu_ticks(text)
+                ticks: int = parse_stat_cpu_ticks(text)
+                return ticks
             except (OSError, ValueError, IndexError):
                 # Kernel threads do not come and go, but be safe: look it up once more.
                 self._ksmd_pid = None

@@ -37,7 +37,7 @@ def balloon_min_kib(info: DomainInfo, default_floor_kib: int) -> int:
     floor = info.settings.floor_kib
     if floor is None:
         floor = default_floor_kib
-    return min(floor, info.max_memory_kib)
+    return int(min(floor, info.max_memory_kib))
 
 
 def guest_sample(info: DomainInfo, default_floor_kib: int,
