@@ -209,6 +209,7 @@ class Agent:
         self._last_offer_kib: Optional[int] = None
         self._last_need: Optional[NeedEstimate] = None
         self._force_offer = False
+        self._collect_failing = False
         self._may_offer = False
         self._may_need = False
         #: The last decision the host sent (balloon target and reason), if any.
@@ -517,9 +518,15 @@ class Agent:
         try:
             sample = self.collector.sample()
         except CollectError as err:
-            LOG.error("%s", err)
+            # Said once, not every half second, until reading works again.
+            if not self._collect_failing:
+                LOG.error("%s; no reports until it can be read again", err)
+                self._collect_failing = True
             self._next_sample_at = now + self.interval_s
             return
+        if self._collect_failing:
+            LOG.info("the guest's memory state can be read again")
+            self._collect_failing = False
         previous = self._previous
         elapsed_s = sample.monotonic_s - previous.monotonic_s if previous is not None else 0.0
         assessment = assess(previous, sample, elapsed_s, self.config.yield_config)

@@ -406,3 +406,21 @@ def test_unanswered_keepalive_leads_to_a_new_handshake(
     host.wait_for(Ping, timeout_s=2.0)
     # The host does not answer (a serial line whose other end went away) ...
     host.wait_for(Hello, count=2, timeout_s=2.0)
+
+
+def test_unreadable_proc_pauses_reports_and_they_resume(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    running = start_agent(transport, proc_tree)
+    _handshake(host, interval_ms=100)
+    (proc_tree.root / "meminfo").unlink()
+    host.pump(0.3)
+    count = len(host.of_type(Report))
+    host.pump(0.4)
+    assert len(host.of_type(Report)) == count  # nothing to report; still connected
+    host.send(Ping(nonce=3))
+    assert host.wait_for(Pong)[0].nonce == 3
+    proc_tree.write()
+    host.wait_for(Report, count=count + 2)
+    assert running.agent.state is ConnectionState.ACTIVE
