@@ -228,7 +228,7 @@ class Hypervisor:
             LOG.debug("%s", err)
         settings = self.domain_settings(name)
         uuid = settings.uuid or self._call(name, "read the UUID", dom.UUIDString)
-        self._ensure_stats_period(name, dom, uuid)
+        self._ensure_stats_period(name, dom, uuid, settings.stats_period_s)
         return DomainInfo(
             name=name,
             uuid=uuid,
@@ -388,12 +388,18 @@ class Hypervisor:
             except Exception:  # never let a listener break the event thread
                 LOG.exception("domain-change listener failed")
 
-    def _ensure_stats_period(self, name: str, dom: Any, uuid: str) -> None:
-        """Ask the balloon driver for statistics every ``stats_period_s`` (once per run)."""
+    def _ensure_stats_period(self, name: str, dom: Any, uuid: str,
+                             configured_s: int | None) -> None:
+        """Ask the balloon driver for statistics every ``stats_period_s`` (once per run).
+
+        A period already set in the VM's XML is the administrator's choice and is kept.
+        """
         with self._lock:
             if uuid in self._stats_period_set:
                 return
             self._stats_period_set.add(uuid)
+        if configured_s:
+            return
         libvirt = _libvirt()
         try:
             dom.setMemoryStatsPeriod(self.stats_period_s, libvirt.VIR_DOMAIN_AFFECT_LIVE)

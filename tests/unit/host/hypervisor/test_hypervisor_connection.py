@@ -38,9 +38,10 @@ DOMAIN_XML = """<domain type='test'>
       <source mode='bind' path='/tmp/ebb-unit/{name}.sock'/>
       <target type='virtio' name='org.ebb.agent.0'/>
     </channel>
-    <memballoon model='virtio'><stats period='2'/></memballoon>
+    {balloon}
   </devices>
 </domain>"""
+BALLOON_WITH_STATS = "<memballoon model='virtio'><stats period='2'/></memballoon>"
 
 
 def wait_for(predicate: Any, timeout_s: float = 3.0) -> bool:
@@ -58,8 +59,8 @@ def admin() -> Iterator[Any]:
     conn = libvirt.open(URI)
     created: list[str] = []
 
-    def start(name: str) -> Any:
-        dom = conn.defineXML(DOMAIN_XML.format(name=name))
+    def start(name: str, balloon: str = BALLOON_WITH_STATS) -> Any:
+        dom = conn.defineXML(DOMAIN_XML.format(name=name, balloon=balloon))
         created.append(name)
         dom.create()
         return dom
@@ -227,3 +228,17 @@ def test_stop_is_prompt_while_waiting_to_reconnect() -> None:
     hv.stop()
     assert time.monotonic() - started < 1.0
     assert not hv.connected
+
+
+@pytest.mark.parametrize(("balloon", "period_after"), [
+    ("<memballoon model='virtio'/>", 2),  # none configured: ebb asks for its own
+    ("<memballoon model='virtio'><stats period='7'/></memballoon>", 7),  # the admin's stays
+])
+def test_stats_period_is_set_only_where_missing(hypervisor: Hypervisor, admin: Any,
+                                                balloon: str, period_after: int) -> None:
+    name = f"ebb-unit-period-{period_after}"
+    admin.start(name, balloon)
+    assert wait_for(lambda: name in hypervisor.running_domains())
+    hypervisor.domain_info(name)
+    live_xml = admin.lookupByName(name).XMLDesc(0)
+    assert f"<stats period='{period_after}'/>" in live_xml
