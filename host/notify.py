@@ -61,8 +61,12 @@ class SystemdNotifier:
             self._sender = sender
         elif not self._address:
             self._sender = None
-        else:
+        elif environ is None:
             self._sender = _systemd_python_sender() or _socket_sender(self._address)
+        else:
+            # systemd-python reads the process environment; an injected one needs
+            # the socket written directly.
+            self._sender = _socket_sender(self._address)
         self._failed_once = False
 
     @property

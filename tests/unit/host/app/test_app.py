@@ -1,0 +1,309 @@
+"""The composition root: start/stop, signals, reload, crash handling, systemd notify,
+and ``ebbd`` itself as a process against libvirt's test driver and fixture trees."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "engine"))
+
+from ebb.host.app import EXIT_FAILURE, EXIT_OK, Components, Daemon
+from ebb.host.cli_ebbd import main as ebbd_main
+from ebb.host.collectors import HostCollector
+from ebb.host.control import Authorizer, ControlClient
+from ebb.host.controllers import BalloonController, KsmController
+from ebb.host.governor import Governor, GovernorConfig
+from ebb.host.notify import SystemdNotifier
+from ebb.host.policy import PolicyRunner
+from ebb_core_fakes import (
+    SHRINK_POLICY,
+    FakeHypervisor,
+    FakeVm,
+    RecordingChannels,
+    make_host_tree,
+    write_policy,
+)
+
+REPO = Path(__file__).resolve().parents[4]
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, *, dry_run: bool = False, vms=None) -> None:
+        self.tmp = tmp_path
+        self.proc, self.sys = make_host_tree(tmp_path)
+        self.policy_dir = tmp_path / "policy.d"
+        write_policy(self.policy_dir, "50-shrink.policy", SHRINK_POLICY)
+        self.run_dir = tmp_path / "run"
+        self.config_path = tmp_path / "ebbd.toml"
+        self.write_config()
+        from ebb.host.config import load_config
+
+        self.config = load_config(self.config_path)
+        self.hypervisor = FakeHypervisor(vms if vms is not None else [FakeVm("web")])
+        self.channels = RecordingChannels()
+        self.notices: List[str] = []
+        self.components = Components(
+            hypervisor=self.hypervisor,
+            host=HostCollector(self.proc, self.sys),
+            channels=self.channels,
+            runner=PolicyRunner(),
+            governor=Governor(GovernorConfig(default_floor_kib=512 * 1024)),
+            balloon=BalloonController(self.hypervisor, dry_run=dry_run),
+            ksm=KsmController(self.sys, self.run_dir, dry_run=dry_run),
+            memtune=None,
+        )
+        self.daemon = Daemon(
+            self.config,
+            self.components,
+            config_path=self.config_path,
+            dry_run_forced=dry_run,
+            notifier=SystemdNotifier(
+                environ={"NOTIFY_SOCKET": "/unused", "WATCHDOG_USEC": "400000"},
+                sender=self._record,
+            ),
+            authorizer=Authorizer(group_gid=None, lookup_group=False),
+        )
+
+    def _record(self, state: str) -> bool:
+        self.notices.append(state)
+        return True
+
+    def write_config(self, extra: str = "") -> None:
+        self.config_path.write_text(
+            f"""
+[daemon]
+libvirt_uri = "test:///default"
+policy_interval_s = 0.2
+policy_dir = "{self.policy_dir}"
+run_dir = "{self.run_dir}"
+control_socket = "{self.run_dir}/ebbd.sock"
+[host]
+proc_root = "{self.proc}"
+sys_root = "{self.sys}"
+{extra}
+"""
+        )
+
+    def client(self) -> ControlClient:
+        return ControlClient(str(self.run_dir / "ebbd.sock"), timeout_s=5)
+
+    def ksm(self, name: str) -> str:
+        return (self.sys / "kernel" / "mm" / "ksm" / name).read_text().strip()
+
+
+def wait_until(predicate, timeout_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.daemon.stop()
+
+
+def test_start_serves_status_and_stop_restores_ksm(rig):
+    rig.daemon.start()
+    assert rig.notices[0].startswith("READY=1")
+    assert rig.daemon.engine.tick_count >= 1  # READY comes after the first tick
+    status = rig.client().request("status")
+    daemon = status["daemon"]
+    assert set(daemon) >= {"version", "pid", "uptime_s", "paused", "dry_run", "policy", "tick",
+                           "libvirt"}
+    assert daemon["pid"] == os.getpid() and daemon["policy"]["errors"] == []
+    assert daemon["libvirt"] == {"uri": "test:///fake", "connected": True}
+    assert set(daemon["tick"]) == {"count", "last_at", "last_duration_ms", "interval_s"}
+    assert status["host"]["mem_total_kib"] > 0
+    assert [vm["name"] for vm in status["vms"]] == ["web"]
+    assert rig.ksm("run") == "1"  # the policy started KSM
+    rig.daemon.stop()
+    assert rig.ksm("run") == "0"  # ... and a clean stop put the host's value back
+    assert not (rig.run_dir / "ebbd.sock").exists()
+    assert "STOPPING=1" in rig.notices
+    assert rig.channels.stopped and rig.hypervisor.stopped
+
+
+def test_balloons_stay_where_they_are_at_stop(rig):
+    rig.daemon.start()
+    assert wait_until(lambda: rig.hypervisor.balloon_calls)
+    rig.daemon.stop()
+    calls = list(rig.hypervisor.balloon_calls)
+    assert rig.hypervisor.vms["web"].cur_kib == calls[-1][1]
+
+
+def test_sigterm_stops_within_a_second_and_sighup_reloads(rig):
+    rig.daemon.start()
+    rig.daemon.install_signal_handlers()
+    try:
+        reloads: List[Dict[str, Any]] = []
+        original = rig.daemon.reload
+
+        def counting_reload() -> Dict[str, Any]:
+            result = original()
+            reloads.append(result)
+            return result
+
+        rig.daemon.reload = counting_reload  # type: ignore[method-assign]
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGHUP)).start()
+        threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        started = time.monotonic()
+        code = rig.daemon.run_forever()
+        elapsed = time.monotonic() - started
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+    assert code == EXIT_OK
+    assert elapsed < 0.6 + 1.0
+    assert len(reloads) == 1 and reloads[0]["policy"] == "reloaded"
+    assert any(n.startswith("STATUS=tick") for n in rig.notices)
+    assert "WATCHDOG=1" in rig.notices
+
+
+def test_reload_with_a_broken_policy_keeps_the_last_good_one(rig):
+    rig.daemon.start()
+    (rig.policy_dir / "60-broken.policy").write_text("(defvar x (+ 1 2)\n")
+    result = rig.client().request("reload")
+    assert result["policy"].startswith("error") and result["policy_errors"]
+    status = rig.client().request("status")
+    errors = status["daemon"]["policy"]["errors"]
+    assert errors and "60-broken.policy" in errors[0]
+    before = len(rig.hypervisor.balloon_calls)
+    assert wait_until(lambda: len(rig.hypervisor.balloon_calls) > before)  # still shrinking
+    journal = rig.client().request("explain", vm="web")["decisions"]
+    assert journal[-1]["kind"] == "inflate" and journal[-1]["policy_error"] is None
+
+
+def test_reload_with_a_bad_config_keeps_the_running_one(rig):
+    rig.daemon.start()
+    rig.config_path.write_text(rig.config_path.read_text() + "\n[nonsense]\nkey = 1\n")
+    result = rig.daemon.reload()
+    assert result["config"].startswith("error") and "nonsense" in result["config"]
+    assert rig.daemon.engine.settings.interval_s == 0.2
+
+
+def test_reload_applies_a_new_interval_and_reports_restart_only_keys(rig):
+    rig.daemon.start()
+    text = rig.config_path.read_text().replace("policy_interval_s = 0.2", "policy_interval_s = 5")
+    text = text.replace('libvirt_uri = "test:///default"', 'libvirt_uri = "test:///other"')
+    rig.config_path.write_text(text)
+    result = rig.daemon.reload()
+    assert result["config"] == "reloaded"
+    assert rig.daemon.engine.settings.interval_s == 5
+    assert result["restart_needed"] == ["daemon.libvirt_uri"]
+
+
+def test_pause_resume_and_set_floor_through_the_socket(rig):
+    rig.daemon.start()
+    client = rig.client()
+    client.request("pause")
+    assert client.request("status")["daemon"]["paused"] is True
+    time.sleep(0.3)
+    calls = len(rig.hypervisor.balloon_calls)
+    time.sleep(0.5)
+    assert len(rig.hypervisor.balloon_calls) == calls
+    client.request("resume")
+    result = client.request("set-floor", vm="web", floor_mib=3000)
+    assert result["floor_kib"] == 3000 * 1024
+    assert wait_until(lambda: client.request("status")["vms"][0]["floor_kib"] == 3000 * 1024)
+
+
+def test_dry_run_daemon_touches_nothing(tmp_path):
+    r = Rig(tmp_path, dry_run=True)
+    try:
+        r.daemon.start()
+        assert wait_until(lambda: r.daemon.engine.tick_count >= 3)
+        assert r.hypervisor.balloon_calls == []
+        assert r.ksm("run") == "0"
+        assert r.client().request("status")["daemon"]["dry_run"] is True
+    finally:
+        r.daemon.stop()
+
+
+def test_a_dying_engine_thread_stops_the_daemon_with_failure(rig):
+    rig.hypervisor.fail_listing = 1000
+    rig.daemon.engine.settings.interval_s = 0.01
+    rig.daemon.engine.settings.min_tick_gap_s = 0.0
+    rig.daemon.start()
+    started = time.monotonic()
+    code = rig.daemon.run_forever()
+    assert code == EXIT_FAILURE
+    assert time.monotonic() - started < 5
+    assert rig.daemon.crash is not None
+
+
+def test_ksm_left_by_a_crashed_run_is_restored_at_start(rig):
+    ksm_dir = rig.sys / "kernel" / "mm" / "ksm"
+    rig.run_dir.mkdir(parents=True, exist_ok=True)
+    (rig.run_dir / "ksm-original.json").write_text(json.dumps({"values": {"run": 0,
+                                                                          "pages_to_scan": 64}}))
+    (ksm_dir / "pages_to_scan").write_text("1250\n")
+    rig.components.runner = PolicyRunner()
+    write_policy(rig.policy_dir, "50-shrink.policy", "(defvar quiet 1)\n")
+    rig.daemon.start()
+    assert rig.ksm("pages_to_scan") == "64"
+
+
+# --- the real process ------------------------------------------------------------------------
+
+
+def test_ebbd_once_prints_the_tick(tmp_path, capsys):
+    r = Rig(tmp_path)
+    code = ebbd_main(["--config", str(r.config_path), "--once", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("tick 1: dry run; 1 VM(s) managed")  # libvirt's test domain
+    assert "test:" in out
+
+
+def test_ebbd_rejects_a_bad_config_naming_the_key(tmp_path, capsys):
+    path = tmp_path / "ebbd.toml"
+    path.write_text("[daemon]\npolicy_interval_s = -1\n")
+    assert ebbd_main(["--config", str(path), "--once"]) == 2
+    assert "daemon.policy_interval_s" in capsys.readouterr().err
+
+
+def test_ebbd_process_serves_status_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
+    r = Rig(tmp_path)
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("JOURNAL_STREAM", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ebb.host.cli_ebbd", "--config", str(r.config_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(REPO),
+    )
+    try:
+        assert wait_until(lambda: (r.run_dir / "ebbd.sock").exists(), timeout_s=15)
+        assert wait_until(lambda: r.client().request("status")["daemon"]["tick"]["count"] >= 1)
+        status = r.client().request("status")
+        assert status["daemon"]["pid"] == proc.pid
+        assert [vm["name"] for vm in status["vms"]] == ["test"]
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert proc.poll() is None
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)
+        assert time.monotonic() - started < 1.5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    assert proc.returncode == 0, stderr
+    assert "reloaded" in stderr
+    assert r.ksm("run") == "0"
