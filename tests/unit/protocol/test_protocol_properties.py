@@ -187,7 +187,7 @@ msgpack_values = st.recursive(
     lambda children: (
         st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
     ),
-    max_leaves=30,
+    max_leaves=12,
 )
 
 
@@ -199,21 +199,20 @@ def test_arbitrary_msgpack_values_give_only_protocol_errors(value: Any) -> None:
         decode_message(payload)
 
 
-@FAST
-@given(
-    cls=st.sampled_from(MESSAGE_CLASSES),
-    fields=st.dictionaries(st.text(max_size=25), msgpack_values, max_size=8),
-    data=st.data(),
-)
+@settings(FAST, max_examples=40)
+@given(cls=st.sampled_from(MESSAGE_CLASSES), data=st.data())
 def test_known_types_with_arbitrary_field_values_validate_or_refuse(
-    cls: Any, fields: Any, data: st.DataObject
+    cls: Any, data: st.DataObject
 ) -> None:
-    # Start from a valid message so some maps pass, then overwrite fields at random.
+    # Start from a valid message, then overwrite some of its fields (or add
+    # unknown ones) with arbitrary values, or drop some.
     base = to_dict(data.draw(messages_of(cls)))
-    base.update(fields)
-    payload = msgpack.packb(base, use_bin_type=True)
+    names = st.sampled_from([f.name for f in dataclasses.fields(cls)])
+    base.update(data.draw(st.dictionaries(names | st.text(max_size=8), msgpack_values, max_size=3)))
+    for name in data.draw(st.lists(names, max_size=2)):
+        base.pop(name, None)
     try:
-        decoded = decode_message(payload)
+        decoded = decode_message(msgpack.packb(base, use_bin_type=True))
     except ProtocolError:
         return
     assert isinstance(decoded, cls)
