@@ -7,9 +7,19 @@ governor's views, the policy's controls, decisions, what was applied) to
 files past ``path.<keep_files>`` are deleted. The whole trace therefore never
 takes more than ``(keep_files + 1) * max_bytes`` on disk.
 
+Each record carries the policy's input, whose samples are a history (the last
+N samples of the host and of each guest). Writing that history whole every
+tick would repeat each sample N times, so a line normally holds only each
+entity's newest sample with ``"history": N``: the full history is the same
+entity's history on the previous line plus this sample, last N kept. The
+writer checks that this rebuilds exactly what the engine had, and writes the
+full history otherwise; every file starts with full histories, and so does
+every :data:`KEYFRAME_EVERY`-th line, so each file reads on its own.
+
 The format is documented field by field in docs/observability.md. Readers
 (``ebbctl replay``, ``ebbctl plot``) use :func:`read_trace`, which reads a
-rotated set oldest first and tolerates the torn last line a crash leaves.
+rotated set oldest first, rebuilds the full histories and tolerates the torn
+last line a crash leaves.
 """
 
 from __future__ import annotations
@@ -19,26 +29,94 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Union
+from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Union
 
 LOG = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_KEEP_FILES = 3
+#: A line with every history written in full at least this often (lines).
+KEYFRAME_EVERY = 600
 
 TraceLine = Dict[str, Any]
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _record_to_json(record: Any) -> str:
-    """The trace line of ``record``: its own ``to_json()`` or, for a plain dict, JSON."""
+EntityKey = Tuple[str, str]
+Histories = Dict[EntityKey, List[Any]]
+
+
+def _record_dict(record: Any) -> Dict[str, Any]:
+    """``record`` (a TickRecord or a dict) as a plain dict, not shared with the caller."""
+    if isinstance(record, dict):
+        return dict(record)
+    to_dict = getattr(record, "to_dict", None)
+    if callable(to_dict):
+        return dict(to_dict())
     to_json = getattr(record, "to_json", None)
     if callable(to_json):
-        text = to_json()
-        if isinstance(text, bytes):
-            text = text.decode("utf-8")
-        return str(text)
-    return json.dumps(record, separators=(",", ":"), default=str)
+        return dict(json.loads(to_json()))
+    raise TypeError(f"cannot trace a {type(record).__name__}: no to_dict() or to_json()")
+
+
+def _entities(state: Dict[str, Any]) -> Iterator[Tuple[EntityKey, Any]]:
+    yield ("host", ""), state.get("host")
+    for guest in state.get("guests") or []:
+        name = (guest.get("props") or {}).get("name", "") if isinstance(guest, dict) else ""
+        yield ("guest", str(name)), guest
+
+
+def compact_record(
+    record: Dict[str, Any], previous: Optional[Histories]
+) -> Tuple[Dict[str, Any], Histories]:
+    """The trace form of ``record`` given the histories of the previous line.
+
+    Returns the line's dict (entities whose history continues ``previous`` carry
+    only their newest sample and ``"history": N``) and the histories after it.
+    ``previous`` None writes every history in full.
+    """
+    state = record.get("state")
+    if not isinstance(state, dict):
+        return record, {}
+    histories: Histories = {}
+    compacted: Dict[EntityKey, Any] = {}
+    for key, entity in _entities(state):
+        if not isinstance(entity, dict) or not isinstance(entity.get("samples"), list):
+            continue
+        samples = entity["samples"]
+        histories[key] = samples
+        before = previous.get(key) if previous is not None else None
+        if before is not None and samples and (before + samples[-1:])[-len(samples):] == samples:
+            compacted[key] = dict(entity, samples=samples[-1:], history=len(samples))
+    if not compacted:
+        return record, histories
+    new_state = dict(state)
+    if ("host", "") in compacted:
+        new_state["host"] = compacted[("host", "")]
+    new_state["guests"] = [
+        compacted.get(key, guest) for key, guest in _entities(state) if key[0] == "guest"
+    ]
+    return dict(record, state=new_state), histories
+
+
+def expand_record(record: Dict[str, Any], previous: Histories) -> Histories:
+    """Rebuild, in place, the full histories of a line read from a trace.
+
+    ``previous`` holds the histories of the line before in the same file;
+    returns this line's, for the next.
+    """
+    state = record.get("state")
+    if not isinstance(state, dict):
+        return {}
+    histories: Histories = {}
+    for key, entity in _entities(state):
+        if not isinstance(entity, dict) or not isinstance(entity.get("samples"), list):
+            continue
+        length = entity.pop("history", None)
+        if isinstance(length, int) and length > 0:
+            entity["samples"] = (previous.get(key, []) + entity["samples"])[-length:]
+        histories[key] = entity["samples"]
+    return histories
 
 
 class TraceWriter:
@@ -69,20 +147,18 @@ class TraceWriter:
         self._size = 0
         self._failing = False
         self._lock = threading.Lock()
+        # Histories of the last line written to the current file; None: the
+        # next line writes them in full.
+        self._histories: Optional[Histories] = None
+        self._lines_since_keyframe = 0
 
     # -- TickObserver ------------------------------------------------------
 
     def on_tick(self, record: Any) -> None:
         """Append ``record`` as one line; never raises."""
-        try:
-            data = (_record_to_json(record) + "\n").encode("utf-8")
-        except Exception as err:  # a record we cannot encode is a bug, not a reason to stop
-            self.lines_dropped += 1
-            LOG.error("trace: cannot encode tick record, dropped: %s", err)
-            return
         with self._lock:
             try:
-                self._write(data)
+                self._append(_record_dict(record))
             except OSError as err:
                 self.lines_dropped += 1
                 self._close_quietly()
@@ -93,6 +169,11 @@ class TraceWriter:
                         err,
                     )
                 self._failing = True
+                return
+            except Exception as err:  # a record we cannot encode is a bug, not a reason to stop
+                self.lines_dropped += 1
+                self._histories = None
+                LOG.error("trace: cannot encode tick record, dropped: %s", err)
                 return
             self.lines_written += 1
             if self._failing:
@@ -107,22 +188,36 @@ class TraceWriter:
 
     # -- internals ---------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def _encode(self, record: Dict[str, Any]) -> Tuple[bytes, Histories]:
+        previous = self._histories
+        if self._lines_since_keyframe >= KEYFRAME_EVERY:
+            previous = None
+        line, histories = compact_record(record, previous)
+        data = json.dumps(line, separators=(",", ":"), default=str) + "\n"
+        return data.encode("utf-8"), histories
+
+    def _append(self, record: Dict[str, Any]) -> None:
         if self._file is None:
             self._open()
+        data, histories = self._encode(record)
         if self._size > 0 and self._size + len(data) > self.max_bytes:
             self._rotate()
+            data, histories = self._encode(record)  # a new file starts in full
         assert self._file is not None
+        keyframe = self._histories is None or self._lines_since_keyframe >= KEYFRAME_EVERY
         self._file.write(data)
         # Flushed per line so a crash loses at most the line being written,
         # which read_trace() skips.
         self._file.flush()
         self._size += len(data)
+        self._histories = histories
+        self._lines_since_keyframe = 1 if keyframe else self._lines_since_keyframe + 1
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across ticks
         self._size = self._file.tell()
+        self._histories = None
 
     def _rotate(self) -> None:
         self._close_quietly()
@@ -146,6 +241,7 @@ class TraceWriter:
                 LOG.debug("trace: closing %s: %s", self.path, err)
             self._file = None
             self._size = 0
+        self._histories = None
 
 
 def rotated_path(path: PathLike, index: int) -> Path:
@@ -195,6 +291,7 @@ def _iter_records(files: List[Path]) -> Iterator[TraceLine]:
             handle = open(file_path, "rb")  # noqa: SIM115 - closed below, generator
         except OSError as err:
             raise TraceError(f"cannot read trace file {file_path}: {err.strerror}") from err
+        histories: Histories = {}  # each file starts with full histories
         with handle:
             for line_number, raw in enumerate(handle, start=1):
                 if not raw.strip():
@@ -214,4 +311,5 @@ def _iter_records(files: List[Path]) -> Iterator[TraceLine]:
                     LOG.warning("%s:%d: skipped a line that is not a JSON object",
                                 file_path, line_number)
                     continue
+                histories = expand_record(record, histories)
                 yield record

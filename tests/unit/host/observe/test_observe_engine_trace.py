@@ -8,9 +8,10 @@ with the same policy, and plots.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 # The daemon core's fakes live with the engine's tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
@@ -28,6 +29,7 @@ from ebb_core_fakes import (
     FakeHypervisor,
     FakeVm,
     RecordingChannels,
+    RecordingObserver,
     make_host_tree,
     write_meminfo,
 )
@@ -49,14 +51,17 @@ class _Clock:
         return 1_764_000_000.0 + self.mono_s
 
 
-def _run_engine(tmp_path: Path, policy: Path, ticks: int) -> Dict[str, object]:
+def _run_engine(
+    tmp_path: Path, policy: Path, ticks: int, max_bytes: int = 1_000_000
+) -> Dict[str, Any]:
     proc, sys_root = make_host_tree(tmp_path / "host", total_kib=HOST_KIB)
     hypervisor = FakeHypervisor([FakeVm("alpha", max_kib=4 * GIB_KIB, cur_kib=4 * GIB_KIB),
                                  FakeVm("beta", max_kib=4 * GIB_KIB, cur_kib=4 * GIB_KIB)])
     runner = PolicyRunner()
     assert runner.reload(policy) == []
     trace_path = tmp_path / "ebbd-trace.jsonl"
-    writer = TraceWriter(trace_path, max_bytes=200_000, keep_files=3)
+    writer = TraceWriter(trace_path, max_bytes=max_bytes, keep_files=3)
+    observer = RecordingObserver()
     clock = _Clock()
     engine = Engine(
         EngineSettings(interval_s=2.0),
@@ -67,7 +72,7 @@ def _run_engine(tmp_path: Path, policy: Path, ticks: int) -> Dict[str, object]:
         governor=Governor(DAEMON_LIMITS),
         balloon=BalloonController(hypervisor, dry_run=False),
         ksm=KsmController(sys_root, tmp_path / "run", dry_run=False),
-        observers=[writer],
+        observers=[writer, observer],
         clock=clock.mono,
         wall_clock=clock.wall,
     )
@@ -80,7 +85,8 @@ def _run_engine(tmp_path: Path, policy: Path, ticks: int) -> Dict[str, object]:
         engine.tick()
         clock.mono_s += 2.0
     writer.close()
-    return {"trace": trace_path, "calls": list(hypervisor.balloon_calls)}
+    return {"trace": trace_path, "calls": list(hypervisor.balloon_calls),
+            "records": [json.loads(r.to_json()) for r in observer.records]}
 
 
 def test_engine_trace_replays_to_the_same_decisions_and_plots(tmp_path: Path) -> None:
@@ -106,3 +112,29 @@ def test_engine_trace_replays_to_the_same_decisions_and_plots(tmp_path: Path) ->
     assert series.vms == ["alpha", "beta"]
     figure = build_figure(series)
     assert sum(len(ax.get_lines()) for ax in figure.axes[:4]) == 2 + 4 + 4 + 2
+
+
+def test_trace_reads_back_exactly_what_the_engine_recorded_in_a_fraction_of_the_space(
+    tmp_path: Path,
+) -> None:
+    policy = write_policy(tmp_path, 0.20)
+    run = _run_engine(tmp_path, policy, ticks=40)
+    assert list(read_trace(run["trace"])) == run["records"]
+    full_bytes = sum(len(json.dumps(r, separators=(",", ":"))) + 1 for r in run["records"])
+    written = run["trace"].stat().st_size
+    assert written < full_bytes / 4, (written, full_bytes)
+
+
+def test_every_rotated_file_reads_on_its_own(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, 0.20)
+    run = _run_engine(tmp_path, policy, ticks=40, max_bytes=12_000)
+    trace = run["trace"]
+    older = trace.with_name(trace.name + ".1")
+    assert older.exists(), "the run should have rotated"
+    # The whole set reads back exactly (the oldest files were dropped by rotation) ...
+    records = list(read_trace(trace))
+    assert records == run["records"][-len(records):]
+    # ... and so does each file alone, starting with full histories.
+    alone = list(read_trace(older))
+    first = alone[0]["tick"]
+    assert alone == run["records"][first - 1:first - 1 + len(alone)]
