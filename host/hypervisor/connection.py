@@ -89,6 +89,22 @@ class DomainInfo:
     sampled_at: float = field(default_factory=time.time)
 
 
+def memory_stats_from_bulk(bulk: Mapping[str, Any]) -> dict[str, int]:
+    """``getAllDomainStats`` ``balloon.*`` fields under ``memoryStats()``'s names.
+
+    ``balloon.current`` is memoryStats' ``actual`` and ``balloon.last-update`` its
+    ``last_update``; ``balloon.maximum`` is the VM's maximum memory, not a statistic.
+    """
+    stats: dict[str, int] = {}
+    for key, value in bulk.items():
+        if not key.startswith("balloon.") or key == "balloon.maximum":
+            continue
+        name = key[len("balloon."):]
+        name = {"current": "actual", "last-update": "last_update"}.get(name, name)
+        stats[name] = int(value)
+    return stats
+
+
 def _libvirt() -> Any:
     import libvirt
 
@@ -242,11 +258,23 @@ class Hypervisor:
         )
 
     def domain_infos(self) -> list[DomainInfo]:
-        """:meth:`domain_info` for every active VM, skipping those that vanish meanwhile."""
+        """:class:`DomainInfo` for every active VM, skipping those that vanish meanwhile.
+
+        Balloon figures come from one bulk ``getAllDomainStats`` call with ``NOWAIT``:
+        a VM whose QEMU monitor is busy or hung then reports only its balloon size
+        instead of holding up every other VM for libvirt's job timeout. Drivers
+        without bulk balloon statistics (the test driver) are asked per VM.
+        """
+        names = self.running_domains()
+        bulk = self._bulk_stats()
         infos = []
-        for name in sorted(self.running_domains()):
+        for name in sorted(names):
             try:
-                infos.append(self.domain_info(name))
+                entry = bulk.get(name)
+                if entry is not None and "balloon.current" in entry[1]:
+                    infos.append(self._info_from_bulk(name, entry[0], entry[1]))
+                else:
+                    infos.append(self.domain_info(name))
             except DomainGone:
                 continue
             except NotConnected:
@@ -254,6 +282,43 @@ class Hypervisor:
             except HypervisorError as err:
                 LOG.warning("%s", err)
         return infos
+
+    def _bulk_stats(self) -> dict[str, tuple[Any, dict[str, Any]]]:
+        libvirt = _libvirt()
+        try:
+            conn = self._connection()
+            records = conn.getAllDomainStats(
+                libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BALLOON,
+                libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+                | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+            )
+            return {dom.name(): (dom, dict(stats)) for dom, stats in records}
+        except NotConnected:
+            return {}
+        except libvirt.libvirtError as err:
+            if not self._connection_alive():
+                self._mark_lost(err.get_error_message())
+            else:
+                LOG.debug("bulk domain stats unavailable: %s", err.get_error_message())
+            return {}
+
+    def _info_from_bulk(self, name: str, dom: Any, bulk: Mapping[str, Any]) -> DomainInfo:
+        settings = self.domain_settings(name)
+        uuid = settings.uuid or str(dom.UUIDString())
+        self._ensure_stats_period(name, dom, uuid, settings.stats_period_s)
+        state_code = int(bulk.get("state.state", 0))
+        max_memory_kib = int(bulk.get("balloon.maximum") or settings.max_memory_kib or 0)
+        return DomainInfo(
+            name=name,
+            uuid=uuid,
+            id=int(dom.ID()),
+            state=_STATE_NAMES.get(state_code, f"state-{state_code}"),
+            max_memory_kib=max_memory_kib,
+            balloon_cur_kib=int(bulk["balloon.current"]),
+            memory_stats=memory_stats_from_bulk(bulk),
+            qemu_pid=self.qemu_pid(name),
+            settings=settings,
+        )
 
     def balloon_actual_kib(self, name: str) -> int:
         """The balloon's current size, read from libvirt right now (not cached)."""

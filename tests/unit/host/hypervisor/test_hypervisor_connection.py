@@ -242,3 +242,52 @@ def test_stats_period_is_set_only_where_missing(hypervisor: Hypervisor, admin: A
     hypervisor.domain_info(name)
     live_xml = admin.lookupByName(name).XMLDesc(0)
     assert f"<stats period='{period_after}'/>" in live_xml
+
+
+class BulkStatsConnection:
+    """A test-driver connection whose bulk stats carry balloon figures, as qemu's do."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.bulk_calls: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def getAllDomainStats(self, stats: int, flags: int) -> list[tuple[Any, dict[str, int]]]:
+        self.bulk_calls.append(flags)
+        return [
+            (dom, {"state.state": 1, "balloon.current": 777 * 1024,
+                   "balloon.maximum": 1024 * 1024, "balloon.unused": 100 * 1024,
+                   "balloon.available": 760 * 1024, "balloon.last-update": 1700000000,
+                   "balloon.disk_caches": 50 * 1024})
+            for dom in self._real.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        ]
+
+
+def test_tick_listing_uses_bulk_stats_that_never_wait(admin: Any) -> None:
+    connections: list[BulkStatsConnection] = []
+
+    def opener(uri: str) -> Any:
+        connections.append(BulkStatsConnection(libvirt.open(uri)))
+        return connections[-1]
+
+    hv = Hypervisor(URI, opener=opener)
+    hv.connect_now()
+    try:
+        admin.start("ebb-unit-bulk")
+        assert wait_for(lambda: "ebb-unit-bulk" in hv.running_domains())
+        infos = {i.name: i for i in hv.domain_infos()}
+        info = infos["ebb-unit-bulk"]
+        assert connections[-1].bulk_calls
+        assert connections[-1].bulk_calls[-1] & libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+        assert info.balloon_cur_kib == 777 * 1024  # from the bulk call, not memoryStats()
+        assert info.memory_stats == {"actual": 777 * 1024, "unused": 100 * 1024,
+                                     "available": 760 * 1024, "last_update": 1700000000,
+                                     "disk_caches": 50 * 1024}
+        assert info.max_memory_kib == 1024 * 1024
+        assert info.settings.floor_kib == 300 * 1024
+        sample = guest_sample(info, default_floor_kib=0)
+        assert sample["mem_free"] == 150 * 1024
+    finally:
+        hv.stop()
