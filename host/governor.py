@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 LOG = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class GovernorConfig:
             raise ValueError("governor config: " + "; ".join(problems))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class GuestView:
     """What the governor knows of one guest this tick (KiB, seconds, per-second rates).
 
@@ -109,7 +109,7 @@ class GuestView:
     swap_in_rate_kib: Optional[float] = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     """What to do with one guest this tick, and why.
 
@@ -131,7 +131,7 @@ class Decision:
         return asdict(self)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Inflation:
     last_at_s: float
     restore_kib: int
@@ -140,7 +140,7 @@ class _Inflation:
     swap_in_rate_kib: Optional[float]
 
 
-@dataclass
+@dataclass(slots=True)
 class _State:
     target_kib: Optional[int] = None
     direction: int = 0
@@ -241,13 +241,18 @@ class Governor:
         }
 
         def decision(target: Optional[int], kind: str, rule: str, reason: str) -> Decision:
-            inputs["state"] = self.guest_state(g.name)
-            return Decision(g.name, target, kind, rule, reason, dict(inputs))
+            if st.status != OK:
+                inputs["state"] = st.status
+            else:
+                inputs["state"] = BACKOFF if now_s < st.backoff_until_s else OK
+            return Decision(g.name, target, kind, rule, reason, inputs)
 
         if ceiling <= 0:
             return decision(None, HOLD, "unknown_max", "maximum memory unknown; nothing is changed")
 
-        cancel = self._track_progress(now_s, st, g, cur)
+        cancel = None
+        if st.target_kib is not None or st.status != OK:
+            cancel = self._track_progress(now_s, st, g, cur)
         if cancel is not None:
             target = min(max(cur, floor), ceiling)
             st.target_kib = None
@@ -260,7 +265,9 @@ class Governor:
                 f"{cfg.uncooperative_retry_s:.0f} s",
             )
 
-        rollback = self._check_rollback(now_s, st, g, cur, floor, ceiling)
+        rollback = None
+        if st.inflation is not None or st.last_rollback_s is not None:
+            rollback = self._check_rollback(now_s, st, g, cur, floor, ceiling)
         if rollback is not None:
             target, why = rollback
             self._set_target(now_s, st, cur, target)
@@ -270,7 +277,9 @@ class Governor:
             if cur < floor:
                 self._set_target(now_s, st, cur, floor)
                 return decision(
-                    floor, DEFLATE, "floor",
+                    floor,
+                    DEFLATE,
+                    "floor",
                     f"below its floor ({fmt_kib(cur)} < {fmt_kib(floor)}): memory given back",
                 )
             return decision(None, HOLD, "no_proposal", "the policy set no target")
@@ -297,16 +306,23 @@ class Governor:
                 notes.append(f"at most {fmt_kib(step)} taken per tick")
             if cur - target < cfg.min_change_kib:
                 return decision(
-                    None, HOLD, "too_small",
-                    f"policy asked {fmt_kib(want)}; a change of {fmt_kib(cur - target)} is too small",
+                    None,
+                    HOLD,
+                    "too_small",
+                    f"policy asked {fmt_kib(want)}; "
+                    f"a change of {fmt_kib(cur - target)} is too small",
                 )
             if st.inflation is None:
-                st.inflation = _Inflation(now_s, cur, g.psi_some_avg10, g.major_fault_rate, g.swap_in_rate_kib)
+                st.inflation = _Inflation(
+                    now_s, cur, g.psi_some_avg10, g.major_fault_rate, g.swap_in_rate_kib
+                )
             else:
                 st.inflation.last_at_s = now_s
             self._set_target(now_s, st, cur, target)
             return decision(
-                target, INFLATE, rule,
+                target,
+                INFLATE,
+                rule,
                 f"take {fmt_kib(cur - target)} (policy asked {fmt_kib(want)})"
                 + ("; " + "; ".join(notes) if notes else ""),
             )
@@ -319,12 +335,17 @@ class Governor:
                 notes.append(f"at most {fmt_kib(step)} given per tick")
             if target - cur < cfg.min_change_kib and cur >= floor:
                 return decision(
-                    None, HOLD, "too_small",
-                    f"policy asked {fmt_kib(want)}; a change of {fmt_kib(target - cur)} is too small",
+                    None,
+                    HOLD,
+                    "too_small",
+                    f"policy asked {fmt_kib(want)}; "
+                    f"a change of {fmt_kib(target - cur)} is too small",
                 )
             self._set_target(now_s, st, cur, target)
             return decision(
-                target, DEFLATE, rule,
+                target,
+                DEFLATE,
+                rule,
                 f"give {fmt_kib(target - cur)} (policy asked {fmt_kib(want)})"
                 + ("; " + "; ".join(notes) if notes else ""),
             )
@@ -333,7 +354,9 @@ class Governor:
 
     # -- rules
 
-    def _inflation_blocker(self, now_s: float, st: _State, g: GuestView) -> Optional[tuple]:
+    def _inflation_blocker(
+        self, now_s: float, st: _State, g: GuestView
+    ) -> Optional[Tuple[str, str]]:
         cfg = self.config
         if g.need_kib > 0:
             return "needy", f"the guest reports it needs {fmt_kib(g.need_kib)}: nothing is taken"
@@ -341,9 +364,15 @@ class Governor:
         if stall is not None:
             return "stalling", f"the guest is stalling ({stall}): nothing is taken"
         if st.status == UNCOOPERATIVE:
-            return UNCOOPERATIVE, "the guest did not cooperate with earlier requests: nothing is taken"
+            return (
+                UNCOOPERATIVE,
+                "the guest did not cooperate with earlier requests: nothing is taken",
+            )
         if st.status == STUCK:
-            return STUCK, "the guest makes no progress toward its last target: nothing more is taken"
+            return (
+                STUCK,
+                "the guest makes no progress toward its last target: nothing more is taken",
+            )
         if now_s < st.backoff_until_s:
             return BACKOFF, (
                 f"backing off after a rollback for {st.backoff_until_s - now_s:.0f} s more"
@@ -359,7 +388,8 @@ class Governor:
         if g.major_fault_rate is not None and g.major_fault_rate >= cfg.stall_major_fault_rate:
             return f"{g.major_fault_rate:.0f} major faults/s >= {cfg.stall_major_fault_rate:g}"
         if g.swap_in_rate_kib is not None and g.swap_in_rate_kib >= cfg.stall_swap_in_rate_kib:
-            return f"swap-in {fmt_kib(g.swap_in_rate_kib)}/s >= {fmt_kib(cfg.stall_swap_in_rate_kib)}/s"
+            limit = fmt_kib(cfg.stall_swap_in_rate_kib)
+            return f"swap-in {fmt_kib(g.swap_in_rate_kib)}/s >= {limit}/s"
         return None
 
     def _set_target(self, now_s: float, st: _State, cur: int, target: int) -> None:
@@ -371,9 +401,15 @@ class Governor:
         st.target_kib = target
 
     def _track_progress(self, now_s: float, st: _State, g: GuestView, cur: int) -> Optional[int]:
-        """Update stuck/uncooperative; returns the abandoned target when the guest turns uncooperative."""
+        """Update stuck/uncooperative state.
+
+        Returns the abandoned target when the guest turns uncooperative, else None.
+        """
         cfg = self.config
-        if st.status == UNCOOPERATIVE and now_s - st.uncooperative_since_s >= cfg.uncooperative_retry_s:
+        if (
+            st.status == UNCOOPERATIVE
+            and now_s - st.uncooperative_since_s >= cfg.uncooperative_retry_s
+        ):
             st.status = OK
         if st.target_kib is None:
             if st.status == STUCK:
@@ -406,7 +442,7 @@ class Governor:
 
     def _check_rollback(
         self, now_s: float, st: _State, g: GuestView, cur: int, floor: int, ceiling: int
-    ) -> Optional[tuple]:
+    ) -> Optional[Tuple[int, str]]:
         cfg = self.config
         if st.last_rollback_s is not None and now_s - st.last_rollback_s >= cfg.backoff_reset_s:
             st.next_backoff_s = cfg.backoff_initial_s
@@ -427,13 +463,16 @@ class Governor:
             g.major_fault_rate is not None
             and g.major_fault_rate - (inf.major_fault_rate or 0.0) > cfg.rollback_major_fault_rise
         ):
-            hurt.append(f"major faults {inf.major_fault_rate or 0.0:.0f}/s -> {g.major_fault_rate:.0f}/s")
+            hurt.append(
+                f"major faults {inf.major_fault_rate or 0.0:.0f}/s -> {g.major_fault_rate:.0f}/s"
+            )
         if (
             g.swap_in_rate_kib is not None
             and g.swap_in_rate_kib - (inf.swap_in_rate_kib or 0.0) > cfg.rollback_swap_in_rise_kib
         ):
             hurt.append(
-                f"swap-in {fmt_kib(inf.swap_in_rate_kib or 0.0)}/s -> {fmt_kib(g.swap_in_rate_kib)}/s"
+                f"swap-in {fmt_kib(inf.swap_in_rate_kib or 0.0)}/s -> "
+                f"{fmt_kib(g.swap_in_rate_kib)}/s"
             )
         if not hurt:
             return None
@@ -462,23 +501,24 @@ def guest_view_from_entity(entity: Any) -> GuestView:
     ``swap_in_rate``). Used by ``ebbctl policy eval --governed`` and replays.
     """
     s = entity.latest
-
-    def opt(name: str) -> Optional[float]:
-        v = s.get(name)
-        return None if v is None else float(v)
-
-    floor = s.get("balloon_min")
+    get = s.get
+    floor = get("balloon_min")
+    report_age = get("report_age")
+    psi_some = get("psi_some_avg10")
+    psi_full = get("psi_full_avg10")
+    major_fault_rate = get("major_fault_rate")
+    swap_in_rate = get("swap_in_rate")
     return GuestView(
-        name=entity.name,
-        balloon_cur_kib=int(s.get("balloon_cur") or 0),
-        balloon_max_kib=int(s.get("balloon_max") or 0),
-        floor_kib=None if floor is None else int(floor),
-        agent_connected=bool(s.get("agent_connected")),
-        report_age_s=opt("report_age"),
-        need_kib=int(s.get("need") or 0),
-        offer_kib=int(s.get("offer") or 0),
-        psi_some_avg10=opt("psi_some_avg10"),
-        psi_full_avg10=opt("psi_full_avg10"),
-        major_fault_rate=opt("major_fault_rate"),
-        swap_in_rate_kib=opt("swap_in_rate"),
+        entity.props.get("name", ""),
+        int(get("balloon_cur") or 0),
+        int(get("balloon_max") or 0),
+        None if floor is None else int(floor),
+        bool(get("agent_connected")),
+        None if report_age is None else float(report_age),
+        int(get("need") or 0),
+        int(get("offer") or 0),
+        None if psi_some is None else float(psi_some),
+        None if psi_full is None else float(psi_full),
+        None if major_fault_rate is None else float(major_fault_rate),
+        None if swap_in_rate is None else float(swap_in_rate),
     )

@@ -29,7 +29,7 @@ EXIT_OK = 0
 EXIT_POLICY_ERROR = 2
 
 
-def register(sub: "argparse._SubParsersAction[Any]") -> None:
+def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``ebbctl policy check`` and ``ebbctl policy eval``."""
     parser = sub.add_parser(
         "policy",
@@ -55,10 +55,17 @@ def register(sub: "argparse._SubParsersAction[Any]") -> None:
         '{"results": [...], "controls": {"host": {...}, "guests": {...}}}. '
         "Policy only, unless --governed.",
     )
-    ev.add_argument("--state", required=True, metavar="STATE.json",
-                    help='{"host": {"props": {}, "samples": [...]}, "guests": [...]} (samples oldest first)')
-    ev.add_argument("--governed", action="store_true",
-                    help="also apply the governor (fresh state, clock 0) and print its decisions")
+    ev.add_argument(
+        "--state",
+        required=True,
+        metavar="STATE.json",
+        help='{"host": {"props": {}, "samples": [...]}, "guests": [...]} (samples oldest first)',
+    )
+    ev.add_argument(
+        "--governed",
+        action="store_true",
+        help="also apply the governor (fresh state, clock 0) and print its decisions",
+    )
     ev.add_argument("paths", nargs="+", metavar="PATH", help="policy file or directory")
     ev.set_defaults(func=run_eval)
 

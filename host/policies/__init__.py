@@ -25,5 +25,7 @@ SYSTEM_POLICY_DIR = "/etc/ebb/policy.d"
 def policy_dir(name: str = DEFAULT_POLICY) -> Path:
     """The directory of a shipped policy; ValueError for an unknown name."""
     if name not in POLICY_NAMES:
-        raise ValueError(f"unknown default policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
+        raise ValueError(
+            f"unknown default policy {name!r}; choose one of {', '.join(POLICY_NAMES)}"
+        )
     return Path(__file__).resolve().parent / name

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -48,13 +49,14 @@ class View:
     """
 
     __slots__ = (
+        "control_names",
         "controls",
         "entity",
         "field_names",
         "is_host",
         "latest",
+        "name",
         "prop_names",
-        "control_names",
         "props",
         "store",
     )
@@ -62,6 +64,7 @@ class View:
     def __init__(self, entity: Any, is_host: bool, store: Dict[str, Any]) -> None:
         self.entity = entity
         self.is_host = is_host
+        self.name: str = str(entity.props.get("name", ""))
         self.latest = entity.latest
         self.props = entity.props
         self.field_names = _HOST_FIELDS if is_host else _GUEST_FIELDS
@@ -71,10 +74,10 @@ class View:
         self.store = store
 
     def describe(self) -> str:
-        return "Host" if self.is_host else f"guest {self.entity.name!r}"
+        return "Host" if self.is_host else f"guest {self.name!r}"
 
     def __repr__(self) -> str:
-        return "<Host>" if self.is_host else f"<Guest {self.entity.name}>"
+        return "<Host>" if self.is_host else f"<Guest {self.name}>"
 
 
 _HOST_FIELDS = frozenset(F.HOST_FIELDS)
@@ -90,8 +93,9 @@ class Context:
 
     def __init__(self, max_steps: int, max_depth: int) -> None:
         self.vars: Dict[str, List[Any]] = {}
-        self.scopes: List[Set[str]] = [set()]
-        self.funcs: Dict[str, "Function"] = {}
+        # Names bound in each open scope, innermost last (lists: scopes are tiny).
+        self.scopes: List[List[str]] = [[]]
+        self.funcs: Dict[str, Function] = {}
         self.steps = 0
         self.max_steps = max_steps
         self.depth = 0
@@ -99,11 +103,11 @@ class Context:
         self.debug: List[str] = []
 
     def bind_global(self, name: str, value: Any) -> None:
-        self.scopes[0].add(name)
+        self.scopes[0].append(name)
         self.vars[name] = [value]
 
 
-@dataclass
+@dataclass(slots=True)
 class Function:
     """A function defined by ``(def name (params) body...)``."""
 
@@ -259,9 +263,17 @@ class Compiler:
         name: str = head.value
         args = items[1:]
         if name in SPECIAL_FORMS:
-            return getattr(self, "form_" + name.replace("setq", "set").replace("defun", "def"))(
-                node, head, args
-            )
+            forms: Dict[str, Callable[[Node, Node, Sequence[Node]], Code]] = {
+                "defvar": self.form_defvar,
+                "set": self.form_set,
+                "setq": self.form_set,
+                "def": self.form_def,
+                "defun": self.form_def,
+                "let": self.form_let,
+                "if": self.form_if,
+                "with": self.form_with,
+            }
+            return forms[name](node, head, args)
         op = _OPERATORS.get(name)
         if op is not None:
             lo, hi, build = op
@@ -288,14 +300,15 @@ class Compiler:
             if method in F.ALL_DOT_NAMES:
                 raise head.error(f"'{name}' is a field, not a method; write it without parentheses")
             raise head.error(
-                f"unknown method '{method}' in '{name}' "
-                f"(methods: {', '.join(sorted(F.METHODS))})"
+                f"unknown method '{method}' in '{name}' (methods: {', '.join(sorted(F.METHODS))})"
             )
         check_arity(head, name, len(args), F.METHODS[method], F.METHODS[method])
         if args and args[0].kind == STR:
             literal = args[0].value
             if method in ("Stat", "StatAvg") and literal not in F.ALL_FIELDS:
-                raise args[0].error(f"unknown field {literal!r} (fields are listed in docs/policy.md)")
+                raise args[0].error(
+                    f"unknown field {literal!r} (fields are listed in docs/policy.md)"
+                )
             if method == "Control" and literal not in F.ALL_CONTROLS:
                 raise args[0].error(
                     f"unknown control {literal!r} (controls: {', '.join(sorted(F.ALL_CONTROLS))})"
@@ -317,7 +330,7 @@ class Compiler:
             scope = ctx.scopes[-1]
             if name in scope:
                 return ctx.vars[name][-1]
-            scope.add(name)
+            scope.append(name)
             stack = ctx.vars.get(name)
             if stack is None:
                 ctx.vars[name] = [val]
@@ -339,7 +352,8 @@ class Compiler:
             stack = ctx.vars.get(name)
             if not stack:
                 raise target.error(
-                    f"({form} {name} ...): no variable '{name}' exists; create it with (defvar {name} ...)"
+                    f"({form} {name} ...): no variable '{name}' exists; "
+                    f"create it with (defvar {name} ...)"
                 )
             stack[-1] = val
             return val
@@ -349,7 +363,9 @@ class Compiler:
     def form_def(self, node: Node, head: Node, args: Sequence[Node]) -> Code:
         form = head.value
         if len(args) < 3:
-            raise head.error(f"({form} name (params) body) needs a name, a parameter list and a body")
+            raise head.error(
+                f"({form} name (params) body) needs a name, a parameter list and a body"
+            )
         name_node, params_node, *body_nodes = args
         if name_node.kind != SYM:
             raise name_node.error(f"{form}: the function name must be a symbol")
@@ -395,20 +411,22 @@ class Compiler:
         body = self.block(node, body_nodes)
 
         def let(ctx: Context) -> Any:
-            scope: Set[str] = set()
+            scope: List[str] = []
             ctx.scopes.append(scope)
             variables = ctx.vars
             # Sequential, as in MOM: a later binding sees the earlier ones.
             for bname, code in bindings:
                 val = code(ctx)
-                scope.add(bname)
+                scope.append(bname)
                 stack = variables.get(bname)
                 if stack is None:
                     variables[bname] = [val]
                 else:
                     stack.append(val)
             result = body(ctx)
-            _leave(ctx)
+            ctx.scopes.pop()
+            for bound in scope:
+                variables[bound].pop()
             return result
 
         return let
@@ -447,14 +465,17 @@ class Compiler:
                 ctx.steps += cost
                 if ctx.steps > ctx.max_steps:
                     raise head.error(f"evaluation exceeded {ctx.max_steps} steps")
-                scopes.append({var})
+                scope = [var]
+                scopes.append(scope)
                 stack = variables.get(var)
                 if stack is None:
                     variables[var] = [item]
                 else:
                     stack.append(item)
                 results.append(body(ctx))
-                _leave(ctx)
+                scopes.pop()
+                for bound in scope:
+                    variables[bound].pop()
             return results
 
         return with_
@@ -471,12 +492,6 @@ class Compiler:
         if name in _OPERATORS or name in SPECIAL_FORMS:
             raise node.error(f"{form}: '{name}' is a built-in function name")
         return name
-
-
-def _leave(ctx: Context) -> None:
-    variables = ctx.vars
-    for name in ctx.scopes.pop():
-        variables[name].pop()
 
 
 def size(node: Node) -> int:
@@ -553,7 +568,8 @@ def _entity_of(ctx: Context, node: Node, name: str) -> View:
         raise node.error(f"undefined variable '{name}'") from None
     if value.__class__ is not View:
         raise node.error(f"'{name}' is {type_name(value)}, not the host or a guest")
-    return value  # type: ignore[no-any-return]
+    view: View = value
+    return view
 
 
 def _dot(node: Node, head: str, attr: str) -> Code:
@@ -650,7 +666,7 @@ def _m_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
             raise node.error(f"{name} {key!r}: value must be finite, got {value}")
         # Every control is a whole number (KiB, pages, ms, a mode); the
         # controllers take integers, as MOM's did.
-        value = int(value)
+        value = int(value)  # type: ignore[call-overload]
         view.controls[key] = value
         return value
 
@@ -691,7 +707,9 @@ def _m_set_var(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
             )
         store = view.store
         if key not in store and len(store) >= MAX_VARS_PER_ENTITY:
-            raise node.error(f"{name}: more than {MAX_VARS_PER_ENTITY} variables on {view.describe()}")
+            raise node.error(
+                f"{name}: more than {MAX_VARS_PER_ENTITY} variables on {view.describe()}"
+            )
         store[key] = value
         return value
 
@@ -728,30 +746,99 @@ _METHOD_BUILDERS: Dict[str, Callable[[Node, str, str, List[Code]], Code]] = {
 def _user_call(node: Node, name: str, args: List[Code]) -> Code:
     nargs = len(args)
 
-    def call(ctx: Context) -> Any:
+    def function_of(ctx: Context) -> Function:
         fn = ctx.funcs.get(name)
         if fn is None:
-            raise node.error(f"function '{name}' is called before its (def {name} ...) was evaluated")
-        params = fn.params
-        if len(params) != nargs:
-            raise node.error(f"'{name}' takes {len(params)} argument(s), given {nargs}")
-        values = [a(ctx) for a in args]
-        ctx.steps += fn.cost
-        if ctx.steps > ctx.max_steps:
+            raise node.error(
+                f"function '{name}' is called before its (def {name} ...) was evaluated"
+            )
+        if len(fn.params) != nargs:
+            raise node.error(f"'{name}' takes {len(fn.params)} argument(s), given {nargs}")
+        return fn
+
+    def enter(ctx: Context, fn: Function) -> None:
+        steps = ctx.steps + fn.cost
+        if steps > ctx.max_steps:
             raise node.error(f"evaluation exceeded {ctx.max_steps} steps")
-        ctx.depth += 1
-        if ctx.depth > ctx.max_depth:
+        ctx.steps = steps
+        if ctx.depth >= ctx.max_depth:
             raise node.error(f"calls nested deeper than {ctx.max_depth} (runaway recursion?)")
+
+    # The common arities get their own closure: calls are the hottest path.
+    if nargs == 0:
+
+        def call0(ctx: Context) -> Any:
+            fn = ctx.funcs.get(name)
+            if fn is None or fn.params:
+                fn = function_of(ctx)
+            enter(ctx, fn)
+            ctx.depth += 1
+            scope: List[str] = []
+            ctx.scopes.append(scope)
+            result = fn.body(ctx)
+            ctx.scopes.pop()
+            variables = ctx.vars
+            for bound in scope:
+                variables[bound].pop()
+            ctx.depth -= 1
+            return result
+
+        return call0
+
+    if nargs == 1:
+        (arg0,) = args
+
+        def call1(ctx: Context) -> Any:
+            fn = ctx.funcs.get(name)
+            if fn is None or len(fn.params) != 1:
+                fn = function_of(ctx)
+            value = arg0(ctx)
+            steps = ctx.steps + fn.cost
+            depth = ctx.depth
+            if steps > ctx.max_steps or depth >= ctx.max_depth:
+                enter(ctx, fn)  # raises the right error
+            ctx.steps = steps
+            ctx.depth = depth + 1
+            param = fn.params[0]
+            variables = ctx.vars
+            stack = variables.get(param)
+            if stack is None:
+                variables[param] = stack = [value]
+            else:
+                stack.append(value)
+            scope = [param]
+            scopes = ctx.scopes
+            scopes.append(scope)
+            result = fn.body(ctx)
+            scopes.pop()
+            if len(scope) == 1:
+                stack.pop()
+            else:
+                for bound in scope:
+                    variables[bound].pop()
+            ctx.depth = depth
+            return result
+
+        return call1
+
+    def call(ctx: Context) -> Any:
+        fn = function_of(ctx)
+        values = [a(ctx) for a in args]
+        enter(ctx, fn)
+        ctx.depth += 1
         variables = ctx.vars
-        for p, v in zip(params, values):
+        for p, v in zip(fn.params, values):
             stack = variables.get(p)
             if stack is None:
                 variables[p] = [v]
             else:
                 stack.append(v)
-        ctx.scopes.append(set(params))
+        scope = list(fn.params)
+        ctx.scopes.append(scope)
         result = fn.body(ctx)
-        _leave(ctx)
+        ctx.scopes.pop()
+        for bound in scope:
+            variables[bound].pop()
         ctx.depth -= 1
         return result
 
@@ -798,7 +885,7 @@ def _build_sub(node: Node, codes: List[Code]) -> Code:
     if len(codes) == 1:
         (a,) = codes
         return lambda ctx: -_num(node, "-", a(ctx))
-    return _arith("-", lambda x, y: x - y)(node, codes)
+    return _arith("-", operator.sub)(node, codes)
 
 
 def _build_div(node: Node, codes: List[Code]) -> Code:
@@ -839,11 +926,12 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
         def compare(ctx: Context) -> Any:
             x = a(ctx)
             y = b(ctx)
-            if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
+            try:
+                # Numbers with numbers, strings with strings: anything else
+                # (nil, objects) raises TypeError, reported with the position.
                 return fn(x, y)
-            if x.__class__ is str and y.__class__ is str:
-                return fn(x, y)
-            raise node.error(f"'{op}' cannot compare {show(x)} with {show(y)}")
+            except TypeError:
+                raise node.error(f"'{op}' cannot compare {show(x)} with {show(y)}") from None
 
         return compare
 
@@ -906,18 +994,39 @@ def _build_not(node: Node, codes: List[Code]) -> Code:
 
 
 def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], Code]:
+    smaller = op == "min"
+
     def build(node: Node, codes: List[Code]) -> Code:
+        def bad(values: Sequence[Any]) -> PolicyError:
+            culprit = next((v for v in values if v.__class__ not in _NUM_TYPES), values[0])
+            return node.error(f"'{op}' needs numbers, got {show(culprit)}")
+
+        if len(codes) == 2:
+            a, b = codes
+
+            def extreme2(ctx: Context) -> Any:
+                x: Any = a(ctx)
+                y: Any = b(ctx)
+                if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
+                    # Ties keep the first operand, as Python's min/max do.
+                    if smaller:
+                        return y if operator.lt(y, x) else x
+                    return y if operator.gt(y, x) else x
+                raise bad([x, y])
+
+            return extreme2
+
         def extreme(ctx: Context) -> Any:
             values = [c(ctx) for c in codes]
             if len(values) == 1 and isinstance(values[0], list):
                 values = values[0]
                 if not values:
                     return None
-            kinds = {v.__class__ in _NUM_TYPES for v in values}
-            if kinds != {True} and not all(v.__class__ is str for v in values):
-                bad = next(v for v in values if v.__class__ not in _NUM_TYPES)
-                raise node.error(f"'{op}' needs numbers, got {show(bad)}")
-            return pick(values)
+            if all(v.__class__ in _NUM_TYPES for v in values) or all(
+                v.__class__ is str for v in values
+            ):
+                return pick(values)
+            raise bad(values)
 
         return extreme
 
@@ -957,14 +1066,14 @@ def _build_debug(node: Node, codes: List[Code]) -> Code:
 
 # name -> (min args, max args or None, builder)
 _OPERATORS: Dict[str, Tuple[int, Optional[int], Callable[[Node, List[Code]], Code]]] = {
-    "+": (2, None, _arith("+", lambda x, y: x + y)),
+    "+": (2, None, _arith("+", operator.add)),
     "-": (1, 2, _build_sub),
-    "*": (2, None, _arith("*", lambda x, y: x * y)),
+    "*": (2, None, _arith("*", operator.mul)),
     "/": (2, 2, _build_div),
-    "<": (2, 2, _compare("<", lambda x, y: x < y)),
-    ">": (2, 2, _compare(">", lambda x, y: x > y)),
-    "<=": (2, 2, _compare("<=", lambda x, y: x <= y)),
-    ">=": (2, 2, _compare(">=", lambda x, y: x >= y)),
+    "<": (2, 2, _compare("<", operator.lt)),
+    ">": (2, 2, _compare(">", operator.gt)),
+    "<=": (2, 2, _compare("<=", operator.le)),
+    ">=": (2, 2, _compare(">=", operator.ge)),
     "==": (2, 2, _build_eq(False)),
     "!=": (2, 2, _build_eq(True)),
     "<<": (2, 2, _shift("<<", True)),

@@ -77,7 +77,7 @@ class PolicyInput:
     guests: Sequence[Entity] = field(default_factory=tuple)
 
     @staticmethod
-    def from_json(data: Mapping[str, Any]) -> "PolicyInput":
+    def from_json(data: Mapping[str, Any]) -> PolicyInput:
         """Build from the STATE.json shape used by ``ebbctl policy eval`` and traces.
 
         ``{"host": {"props": {...}, "samples": [...]},

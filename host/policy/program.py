@@ -47,7 +47,7 @@ class Program:
         guest_stores: Optional[Mapping[str, Dict[str, Any]]] = None,
         max_steps: Optional[int] = None,
         max_depth: int = MAX_DEPTH,
-    ) -> "Evaluation":
+    ) -> Evaluation:
         """Evaluate once. ``*_store`` are the SetVar dictionaries, changed in place.
 
         Raises :class:`PolicyError` (with the position of the failing
@@ -58,7 +58,11 @@ class Program:
         ctx = Context(max_steps, max_depth)
         host_view = View(inp.host, True, host_store if host_store is not None else {})
         stores = guest_stores or {}
-        guest_views = [View(g, False, stores.get(g.name) or {}) for g in inp.guests]
+        guest_views = [View(g, False, {}) for g in inp.guests]
+        for view in guest_views:
+            store = stores.get(view.name)
+            if store:
+                view.store = store
         ctx.bind_global("Host", host_view)
         ctx.bind_global("Guests", guest_views)
         results: List[Any] = []
@@ -77,14 +81,16 @@ class Program:
         except Exception as err:  # a bug in ebb, not in the policy: still name the place
             assert node is not None
             LOG.exception("internal error evaluating %s:%d:%d", node.path, node.line, node.col)
-            raise node.error(f"internal error while evaluating: {type(err).__name__}: {err}") from err
+            raise node.error(
+                f"internal error while evaluating: {type(err).__name__}: {err}"
+            ) from err
         return Evaluation(
             results=results,
             host_controls=dict(host_view.controls),
-            guest_controls={v.entity.name: dict(v.controls) for v in guest_views},
+            guest_controls={v.name: v.controls for v in guest_views},
             debug=ctx.debug,
             host_vars=host_view.store,
-            guest_vars={v.entity.name: v.store for v in guest_views},
+            guest_vars={v.name: v.store for v in guest_views if v.store},
         )
 
 
@@ -141,7 +147,9 @@ def to_json_value(value: Any) -> Any:
 def policy_files_in(directory: PathLike) -> List[Path]:
     """The ``*.policy`` files of a directory, in name order."""
     d = Path(directory)
-    return sorted((p for p in d.iterdir() if p.suffix == ".policy" and p.is_file()), key=lambda p: p.name)
+    return sorted(
+        (p for p in d.iterdir() if p.suffix == ".policy" and p.is_file()), key=lambda p: p.name
+    )
 
 
 def _expand(paths: Iterable[PathLike]) -> Tuple[List[Path], List[PolicyError]]:
@@ -201,7 +209,13 @@ def load_policy_texts(sources: Sequence[Tuple[str, str]]) -> Program:
         program_exprs.exprs.extend(part.exprs)
     errors.extend(compiler.errors)
     if errors:
-        errors.sort(key=lambda e: ([p for p, _ in sources].index(e.path) if e.path in [p for p, _ in sources] else -1, e.line, e.col))
+        errors.sort(
+            key=lambda e: (
+                [p for p, _ in sources].index(e.path) if e.path in [p for p, _ in sources] else -1,
+                e.line,
+                e.col,
+            )
+        )
         raise PolicyLoadError(errors)
     return Program(paths=tuple(p for p, _ in sources), compiled=program_exprs, functions=functions)
 
@@ -267,24 +281,32 @@ class PolicyRunner:
                 )
             for e in err.errors:
                 LOG.error("%s", e)
-            return err.errors
+            errors: List[PolicyError] = err.errors
+            return errors
         self.program = program
         self.source = tuple(str(p) for p in paths)
         LOG.info("policy loaded: %s", ", ".join(program.paths) or "(empty)")
         return []
 
     def evaluate(self, inp: PolicyInput) -> Evaluation:
-        """Evaluate the current program; raises PolicyError (nothing loaded, or a run-time error)."""
+        """Evaluate the current program.
+
+        Raises PolicyError when nothing is loaded or the policy fails at run time.
+        """
         if self.program is None:
             raise PolicyError("<policy>", 0, 0, "no policy loaded")
         host_store = dict(self._host_vars)
-        guest_stores = {g.name: dict(self._guest_vars.get(g.name, {})) for g in inp.guests}
+        # Copies, so that a failed evaluation leaves the kept values untouched.
+        guest_stores = {name: dict(store) for name, store in self._guest_vars.items()}
         evaluation = self.program.evaluate(inp, host_store, guest_stores)
         # Commit SetVar only after success; forget guests that are gone.
         self._host_vars = evaluation.host_vars
-        self._guest_vars = dict(evaluation.guest_vars)
+        self._guest_vars = {n: v for n, v in evaluation.guest_vars.items() if v}
         return evaluation
 
     def variables(self) -> Dict[str, Any]:
         """The kept SetVar values: {"host": {...}, "guests": {name: {...}}} (for status/trace)."""
-        return {"host": dict(self._host_vars), "guests": {k: dict(v) for k, v in self._guest_vars.items()}}
+        return {
+            "host": dict(self._host_vars),
+            "guests": {k: dict(v) for k, v in self._guest_vars.items()},
+        }

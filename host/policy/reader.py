@@ -85,7 +85,9 @@ class _Reader:
         self.line = 1
         self.line_start = 0
 
-    def error(self, message: str, line: Optional[int] = None, col: Optional[int] = None) -> PolicyError:
+    def error(
+        self, message: str, line: Optional[int] = None, col: Optional[int] = None
+    ) -> PolicyError:
         if line is None:
             line = self.line
         if col is None:
@@ -163,8 +165,13 @@ class _Reader:
         if ch in "\"'":
             return self.read_string(ch, line, col)
         nxt = text[self.pos + 1] if self.pos + 1 < len(text) else ""
-        if ch.isdigit() or (ch == "." and nxt.isdigit()) or (
-            ch == "-" and (nxt.isdigit() or (nxt == "." and text[self.pos + 2 : self.pos + 3].isdigit()))
+        if (
+            ch.isdigit()
+            or (ch == "." and nxt.isdigit())
+            or (
+                ch == "-"
+                and (nxt.isdigit() or (nxt == "." and text[self.pos + 2 : self.pos + 3].isdigit()))
+            )
         ):
             return self.read_number(line, col)
         if _SYMBOL_START.match(ch):
@@ -179,10 +186,7 @@ class _Reader:
                     break
                 self.pos = end
                 return Node(SYM, op, self.path, line, col)
-        if ch.isprintable() and ch != " ":
-            shown = repr(ch)
-        else:
-            shown = f"U+{ord(ch):04X}"
+        shown = repr(ch) if ch.isprintable() and ch != " " else f"U+{ord(ch):04X}"
         raise self.error(f"unexpected character {shown}")
 
     def read_number(self, line: int, col: int) -> Node:

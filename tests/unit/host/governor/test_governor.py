@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import pytest
-
 from ebb.host.governor import Decision, Governor, GovernorConfig, GuestView
 
 GiB = 1024 * 1024
@@ -107,7 +106,9 @@ def test_rollback_when_inflation_hurts_then_growing_backoff() -> None:
     # After the backoff, inflation is allowed; a second hurt doubles the wait.
     d = one(gov, 71, view(cur=4 * GiB, psi_some_avg10=1.0), 4 * GiB - 100 * MiB)
     assert d.kind == "inflate"
-    d = one(gov, 75, view(cur=4 * GiB - 100 * MiB, major_fault_rate=900.0, psi_some_avg10=1.0), None)
+    d = one(
+        gov, 75, view(cur=4 * GiB - 100 * MiB, major_fault_rate=900.0, psi_some_avg10=1.0), None
+    )
     assert d.kind == "rollback" and "120 s" in d.reason
     assert gov.backoff_remaining_s("vm") == pytest.approx(120)
 
@@ -120,7 +121,9 @@ def test_no_rollback_after_the_window() -> None:
 
 
 def test_stuck_then_uncooperative_guest() -> None:
-    gov = Governor(GovernorConfig(stuck_after_s=5, uncooperative_after_s=20, uncooperative_retry_s=300))
+    gov = Governor(
+        GovernorConfig(stuck_after_s=5, uncooperative_after_s=20, uncooperative_retry_s=300)
+    )
     one(gov, 0, view(), 4 * GiB - 300 * MiB)
     # The balloon does not move.
     d = one(gov, 2, view(), 4 * GiB - 300 * MiB)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+from ebb.host.governor import Governor, GovernorConfig, GuestView
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from ebb.host.governor import Governor, GovernorConfig, GuestView
 
 GiB = 1024 * 1024
 
@@ -42,7 +41,9 @@ ticks = st.lists(
 
 @settings(max_examples=120, deadline=None)
 @given(ticks)
-def test_targets_stay_within_limits_whatever_is_proposed(seq: List[Tuple[float, Tuple[GuestView, Optional[int]]]]) -> None:
+def test_targets_stay_within_limits_whatever_is_proposed(
+    seq: List[Tuple[float, Tuple[GuestView, Optional[int]]]],
+) -> None:
     cfg = GovernorConfig()
     gov = Governor(cfg)
     now = 0.0
@@ -66,7 +67,9 @@ def test_targets_stay_within_limits_whatever_is_proposed(seq: List[Tuple[float, 
             assert gov.stall_reason(g) is None
             assert d.kind == "inflate"
         elif d.target_kib > cur:
-            assert d.target_kib - cur <= int(cfg.max_deflate_share * ceiling) or d.target_kib == floor
+            assert (
+                d.target_kib - cur <= int(cfg.max_deflate_share * ceiling) or d.target_kib == floor
+            )
             assert d.kind in ("deflate", "rollback", "hold")
 
 

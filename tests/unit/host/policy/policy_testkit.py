@@ -20,7 +20,9 @@ def host(**fields: Any) -> Entity:
     return Entity({"name": "host"}, [dict(fields)])
 
 
-def guest(name: str, samples: Optional[Sequence[Mapping[str, Any]]] = None, **fields: Any) -> Entity:
+def guest(
+    name: str, samples: Optional[Sequence[Mapping[str, Any]]] = None, **fields: Any
+) -> Entity:
     if samples is None:
         samples = [dict(fields)]
     return Entity({"name": name, "uuid": f"uuid-{name}"}, list(samples))
@@ -39,7 +41,9 @@ def evaluate(
     return runner.evaluate(PolicyInput(host_entity or host(), list(guests)))
 
 
-def results(text: str, host_entity: Optional[Entity] = None, guests: Sequence[Entity] = ()) -> List[Any]:
+def results(
+    text: str, host_entity: Optional[Entity] = None, guests: Sequence[Entity] = ()
+) -> List[Any]:
     return evaluate(text, host_entity, guests).results
 
 

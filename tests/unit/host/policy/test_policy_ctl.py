@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from ebb.host.cli_ebbctl import main
 from ebb.host.policies import policy_dir
 
@@ -26,28 +25,65 @@ def state(tmp_path: Path, data: Any) -> Path:
 
 
 STATE = {
-    "host": {"props": {}, "samples": [
-        {"mem_available": 16 * GiB, "mem_free": 3 * GiB, "ksm_pages_to_scan": 100, "ksm_shareable": 15 * GiB},
-        {"mem_available": 16 * GiB, "mem_free": 1 * GiB, "ksm_pages_to_scan": 100, "ksm_shareable": 15 * GiB},
-    ]},
+    "host": {
+        "props": {},
+        "samples": [
+            {
+                "mem_available": 16 * GiB,
+                "mem_free": 3 * GiB,
+                "ksm_pages_to_scan": 100,
+                "ksm_shareable": 15 * GiB,
+            },
+            {
+                "mem_available": 16 * GiB,
+                "mem_free": 1 * GiB,
+                "ksm_pages_to_scan": 100,
+                "ksm_shareable": 15 * GiB,
+            },
+        ],
+    },
     "guests": [
-        {"props": {"name": "vm1", "uuid": "u-1"}, "samples": [
-            {"balloon_cur": 4 * GiB, "balloon_max": 4 * GiB, "balloon_min": 524288, "mem_unused": 2 * GiB},
-        ]},
-        {"props": {"name": "vm2", "uuid": "u-2"}, "samples": [
-            {"balloon_cur": 2 * GiB, "balloon_max": 4 * GiB, "balloon_min": 524288, "mem_unused": 0,
-             "agent_connected": 1, "report_age": 0.5, "need": 100 * 1024, "offer": 0, "need_urgency": 1},
-        ]},
+        {
+            "props": {"name": "vm1", "uuid": "u-1"},
+            "samples": [
+                {
+                    "balloon_cur": 4 * GiB,
+                    "balloon_max": 4 * GiB,
+                    "balloon_min": 524288,
+                    "mem_unused": 2 * GiB,
+                },
+            ],
+        },
+        {
+            "props": {"name": "vm2", "uuid": "u-2"},
+            "samples": [
+                {
+                    "balloon_cur": 2 * GiB,
+                    "balloon_max": 4 * GiB,
+                    "balloon_min": 524288,
+                    "mem_unused": 0,
+                    "agent_connected": 1,
+                    "report_age": 0.5,
+                    "need": 100 * 1024,
+                    "offer": 0,
+                    "need_urgency": 1,
+                },
+            ],
+        },
     ],
 }
 
 
 def test_check_ok_for_shipped_policies(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["policy", "check", str(policy_dir("classic")), str(policy_dir("cooperative"))]) == 0
+    assert (
+        main(["policy", "check", str(policy_dir("classic")), str(policy_dir("cooperative"))]) == 0
+    )
     assert capsys.readouterr().err == ""
 
 
-def test_check_reports_every_error_as_path_line_col(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_reports_every_error_as_path_line_col(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     a = write(tmp_path / "a.policy", "(defvar x 1)\n(if x 1)\n")
     b = write(tmp_path / "b.policy", "(nope)\n  (+ 1 @)\n")
     assert main(["policy", "check", str(a), str(b)]) == 2
@@ -64,27 +100,44 @@ def test_check_of_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["policy", "check", str(tmp_path)]) == 0
     write(tmp_path / "30-c.policy", "(set x (f 1))")
     assert main(["policy", "check", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == f"{tmp_path / '30-c.policy'}:1:9: unknown function 'f'"
+    assert (
+        capsys.readouterr().err.strip() == f"{tmp_path / '30-c.policy'}:1:9: unknown function 'f'"
+    )
 
 
-def test_eval_prints_results_and_controls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    p = write(tmp_path / "p.policy", """
+def test_eval_prints_results_and_controls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = write(
+        tmp_path / "p.policy",
+        """
         nil (== 1 1) (!= 1 1)
         (with Guests g g.name)
         (Host.Control "ksm_run" 1)
         (with Guests g (if (== g.name "vm1") (g.Control "balloon_target" 3000000.7) nil))
         (Host.StatAvg "mem_free")
-    """)
+    """,
+    )
     assert main(["policy", "eval", "--state", str(state(tmp_path, STATE)), str(p)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {
         "results": [None, True, False, ["vm1", "vm2"], 1, [3000000, None], 2 * GiB],
-        "controls": {"host": {"ksm_run": 1}, "guests": {"vm1": {"balloon_target": 3000000}, "vm2": {}}},
+        "controls": {
+            "host": {"ksm_run": 1},
+            "guests": {"vm1": {"balloon_target": 3000000}, "vm2": {}},
+        },
     }
 
 
 def test_eval_default_policy_governed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["policy", "eval", "--governed", "--state", str(state(tmp_path, STATE)), str(policy_dir())]
+    args = [
+        "policy",
+        "eval",
+        "--governed",
+        "--state",
+        str(state(tmp_path, STATE)),
+        str(policy_dir()),
+    ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["controls"]["host"]["ksm_run"] == 1
@@ -117,7 +170,9 @@ def test_eval_load_error_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
         ('{"guests": [{"props": {"name": "a"}, "samples": [{"mem_free": "x"}]}]}', "finite number"),
     ],
 )
-def test_eval_bad_state_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, needle: str) -> None:
+def test_eval_bad_state_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, needle: str
+) -> None:
     s = tmp_path / "s.json"
     s.write_text(content)
     p = write(tmp_path / "p.policy", "1")

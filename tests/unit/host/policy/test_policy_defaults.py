@@ -9,10 +9,8 @@ import filecmp
 from typing import Any, Dict, List
 
 import pytest
-
 from ebb.host.policies import DEFAULT_POLICY, POLICY_NAMES, policy_dir
 from ebb.host.policy import Entity, Evaluation, PolicyInput, PolicyRunner, load_policy_dir
-
 from policy_testkit import GiB, guest
 
 HOST_16G = 16 * GiB
@@ -26,7 +24,12 @@ def run(name: str, host_fields: Dict[str, Any], guests: List[Entity] = ()) -> Ev
 
 
 def vm(name: str, cur: int, unused: int, maximum: int = 4 * GiB, **extra: Any) -> Entity:
-    fields = {"balloon_cur": cur, "balloon_max": maximum, "balloon_min": 512 * 1024, "mem_unused": unused}
+    fields = {
+        "balloon_cur": cur,
+        "balloon_max": maximum,
+        "balloon_min": 512 * 1024,
+        "mem_unused": unused,
+    }
     fields.update(extra)
     return guest(name, **fields)
 
@@ -38,7 +41,9 @@ def test_shipped_policies_exist_and_share_their_common_files() -> None:
         assert files[0] == "00-defines.policy"
         load_policy_dir(policy_dir(name))
     for common in ("10-ksm.policy", "20-balloon-functions.policy"):
-        assert filecmp.cmp(policy_dir("classic") / common, policy_dir("cooperative") / common, shallow=False)
+        assert filecmp.cmp(
+            policy_dir("classic") / common, policy_dir("cooperative") / common, shallow=False
+        )
 
 
 # ---------------------------------------------------------------- KSM ----
@@ -67,7 +72,13 @@ def test_ksm_boosts_under_pressure(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("pages", "free", "expected"),
-    [(1000, 2 * GiB, 1250), (1250, 2 * GiB, 1250), (100, 2 * GiB, 400), (100, 8 * GiB, 64), (64, 8 * GiB, 64)],
+    [
+        (1000, 2 * GiB, 1250),
+        (1250, 2 * GiB, 1250),
+        (100, 2 * GiB, 400),
+        (100, 8 * GiB, 64),
+        (64, 8 * GiB, 64),
+    ],
 )
 def test_ksm_pages_are_clamped(pages: int, free: int, expected: int) -> None:
     ev = run("classic", {"mem_free": free, "ksm_shareable": 14 * GiB, "ksm_pages_to_scan": pages})
@@ -112,7 +123,7 @@ def test_classic_critical_pressure_pushes_guests_past_their_unused_memory() -> N
     # the guest uses (4 GiB - 100 MiB - 1 % of 4 GiB), so it must evict cache or swap.
     ev = run("classic", {"mem_free": int(0.04 * HOST_16G)}, [vm("a", 4 * GiB, unused=100 * 1024)])
     assert ev.proposed_targets() == {"a": 4049960}
-    assert 4049960 < 4 * GiB - 100 * 1024
+    assert 4 * GiB - 100 * 1024 > 4049960
 
 
 def test_classic_deflates_when_pressure_subsides() -> None:
@@ -136,10 +147,18 @@ def test_classic_never_goes_below_the_guest_floor() -> None:
 
 
 def test_classic_uses_the_mean_of_the_history() -> None:
-    g = guest("a", samples=[
-        {"balloon_cur": 4 * GiB, "balloon_max": 4 * GiB, "balloon_min": 0, "mem_unused": 0},
-        {"balloon_cur": 4 * GiB, "balloon_max": 4 * GiB, "balloon_min": 0, "mem_unused": 1 * GiB},
-    ])
+    g = guest(
+        "a",
+        samples=[
+            {"balloon_cur": 4 * GiB, "balloon_max": 4 * GiB, "balloon_min": 0, "mem_unused": 0},
+            {
+                "balloon_cur": 4 * GiB,
+                "balloon_max": 4 * GiB,
+                "balloon_min": 0,
+                "mem_unused": 1 * GiB,
+            },
+        ],
+    )
     # used = 4 GiB - mean(0, 1 GiB) = 3.5 GiB; + 12.5 % of 4 GiB = 4 GiB: nothing to take.
     ev = run("classic", {"mem_free": 2 * GiB}, [g])
     assert ev.proposed_targets() == {"a": None}
@@ -155,8 +174,15 @@ def test_guest_without_balloon_statistics_is_left_alone() -> None:
 
 
 def agent(name: str, cur: int, unused: int, offer: int = 0, need: int = 0, **extra: Any) -> Entity:
-    fields = dict(agent_connected=1, report_age=1.0, offer=offer, need=need, need_urgency=0,
-                  psi_some_avg10=0.0, swap_in_rate=0)
+    fields = dict(
+        agent_connected=1,
+        report_age=1.0,
+        offer=offer,
+        need=need,
+        need_urgency=0,
+        psi_some_avg10=0.0,
+        swap_in_rate=0,
+    )
     fields.update(extra)
     return vm(name, cur, unused, **fields)
 
@@ -170,7 +196,11 @@ def test_cooperative_takes_only_from_offers_when_they_cover_the_deficit() -> Non
         vm("legacy", 4 * GiB, unused=2 * GiB),
     ]
     ev = run("cooperative", {"mem_free": 3 * GiB}, guests)
-    assert ev.proposed_targets() == {"giver": int(4 * GiB - 209715.2), "quiet": None, "legacy": None}
+    assert ev.proposed_targets() == {
+        "giver": int(4 * GiB - 209715.2),
+        "quiet": None,
+        "legacy": None,
+    }
 
 
 def test_cooperative_takes_all_offers_then_squeezes_others_classic_style() -> None:
@@ -210,9 +240,15 @@ def test_cooperative_gives_a_need_at_once_while_the_host_has_spare() -> None:
 
 def test_cooperative_shares_the_spare_between_needy_guests_in_order() -> None:
     # freeable 2 GiB, reserve 1.6 GiB: 0.4 GiB = 419430.4 KiB to share.
-    guests = [agent("first", 2 * GiB, unused=0, need=300 * 1024), agent("second", 2 * GiB, unused=0, need=300 * 1024)]
+    guests = [
+        agent("first", 2 * GiB, unused=0, need=300 * 1024),
+        agent("second", 2 * GiB, unused=0, need=300 * 1024),
+    ]
     ev = run("cooperative", {"mem_free": 2 * GiB}, guests)
-    assert ev.proposed_targets() == {"first": 2 * GiB + 300 * 1024, "second": int(2 * GiB + 419430.4 - 300 * 1024)}
+    assert ev.proposed_targets() == {
+        "first": 2 * GiB + 300 * 1024,
+        "second": int(2 * GiB + 419430.4 - 300 * 1024),
+    }
 
 
 def test_cooperative_gives_nothing_when_the_host_is_at_its_reserve() -> None:
@@ -245,6 +281,7 @@ def test_cooperative_stale_agent_falls_back_to_classic() -> None:
 def test_cooperative_and_classic_agree_for_guests_without_agents() -> None:
     guests = [vm("a", 4 * GiB, unused=2 * GiB), vm("b", 3 * GiB, unused=GiB)]
     for free in (int(0.04 * HOST_16G), 2 * GiB, 8 * GiB):
-        assert run("cooperative", {"mem_free": free}, guests).guest_controls == run(
-            "classic", {"mem_free": free}, guests
-        ).guest_controls
+        assert (
+            run("cooperative", {"mem_free": free}, guests).guest_controls
+            == run("classic", {"mem_free": free}, guests).guest_controls
+        )

@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from ebb.host.policy import PolicyError, PolicyLoadError, load_policy_texts, to_json_value
-
 from policy_testkit import evaluate, guest, host, last, results
 
 
@@ -143,7 +141,10 @@ def test_let_is_sequential_and_multi_body() -> None:
 
 def test_def_and_defun_return_the_name_and_define_functions() -> None:
     assert results("(def sq (x) (* x x)) (defun add (a b) (+ a b)) (sq 4) (add 1 2)") == [
-        "sq", "add", 16, 3,
+        "sq",
+        "add",
+        16,
+        3,
     ]
 
 
@@ -172,7 +173,13 @@ def test_dynamic_scoping_as_vdsm_guest_qos_relies_on() -> None:
         (guest.Control "balloon_target" guest.balloon_min) 0))
     (with Guests guest (guest_qos guest))
     """
-    ev = evaluate(text, guests=[guest("a", balloon_cur=100, balloon_min=200), guest("b", balloon_cur=300, balloon_min=200)])
+    ev = evaluate(
+        text,
+        guests=[
+            guest("a", balloon_cur=100, balloon_min=200),
+            guest("b", balloon_cur=300, balloon_min=200),
+        ],
+    )
     assert ev.results[-1] == [200, 0]
     assert ev.guest_controls == {"a": {"balloon_target": 200}, "b": {}}
 
@@ -192,7 +199,10 @@ def test_if_picks_a_branch_and_evaluates_only_that_one() -> None:
 def test_with_returns_the_list_of_results() -> None:
     guests = [guest("a", balloon_cur=1), guest("b", balloon_cur=2)]
     assert last("(with Guests g (* 10 g.balloon_cur))", guests=guests) == [10, 20]
-    assert to_json_value(last("(with Guests g (> g.balloon_cur 1))", guests=guests)) == [False, True]
+    assert to_json_value(last("(with Guests g (> g.balloon_cur 1))", guests=guests)) == [
+        False,
+        True,
+    ]
 
 
 def test_with_over_something_else_than_a_list() -> None:
@@ -258,7 +268,7 @@ def test_functions_may_be_called_before_their_definition_in_the_text() -> None:
 
 def test_functions_defined_in_an_earlier_file_are_known() -> None:
     prog = load_policy_texts([("00.policy", "(def f (x) (* 2 x))"), ("10.policy", "(f 21)")])
-    from ebb.host.policy import PolicyRunner, PolicyInput
+    from ebb.host.policy import PolicyInput, PolicyRunner
 
     ev = PolicyRunner(prog).evaluate(PolicyInput(host(), []))
     assert ev.results == ["f", 42]
@@ -268,7 +278,14 @@ def test_functions_defined_in_an_earlier_file_are_known() -> None:
 
 
 def test_fields_stat_statavg_prop() -> None:
-    g = guest("vm1", samples=[{"balloon_cur": 100, "mem_unused": 10}, {"balloon_cur": 200, "mem_unused": None}, {"balloon_cur": 300}])
+    g = guest(
+        "vm1",
+        samples=[
+            {"balloon_cur": 100, "mem_unused": 10},
+            {"balloon_cur": 200, "mem_unused": None},
+            {"balloon_cur": 300},
+        ],
+    )
     text = """
     (with Guests g (g.balloon_cur))
     """.replace("(g.balloon_cur)", "g.balloon_cur")
@@ -280,7 +297,7 @@ def test_fields_stat_statavg_prop() -> None:
     assert last('(with Guests g (g.StatAvg "swap_in"))', guests=[g]) == [None]
     assert last("(with Guests g g.mem_unused)", guests=[g]) == [None]
     assert last('(with Guests g (g.Prop "uuid"))', guests=[g]) == ["uuid-vm1"]
-    assert last("(with Guests g (== g.name (g.Prop \"name\")))", guests=[g]) == [True]
+    assert last('(with Guests g (== g.name (g.Prop "name")))', guests=[g]) == [True]
     assert last("(with Guests g g.uuid)", guests=[g]) == ["uuid-vm1"]
     assert last('(with Guests g (g.Prop "missing"))', guests=[g]) is not None  # list
     assert last('(with Guests g (g.Prop "missing"))', guests=[g]) == [None]
@@ -288,7 +305,10 @@ def test_fields_stat_statavg_prop() -> None:
 
 def test_host_fields() -> None:
     h = host(mem_available=1000, mem_free=250)
-    assert results("Host.mem_available (/ Host.mem_free Host.mem_available)", host_entity=h) == [1000, 0.25]
+    assert results("Host.mem_available (/ Host.mem_free Host.mem_available)", host_entity=h) == [
+        1000,
+        0.25,
+    ]
 
 
 def test_guest_only_field_on_host_is_a_runtime_error() -> None:
@@ -321,9 +341,10 @@ def test_controls_and_getcontrol() -> None:
 
 
 def test_control_on_the_wrong_entity_or_with_bad_value() -> None:
-    assert "no control 'ksm_run'" in run_error(
-        '(with Guests g (g.Control "ksm_run" 1))', guests=[guest("a")]
-    ).message
+    assert (
+        "no control 'ksm_run'"
+        in run_error('(with Guests g (g.Control "ksm_run" 1))', guests=[guest("a")]).message
+    )
     assert "must be a number" in run_error('(Host.Control "ksm_run" nil)').message
     assert "must be a number" in run_error('(Host.Control "ksm_run" "1")').message
 

@@ -9,7 +9,6 @@ objects, ``valid`` over several values, ``Host.StatAvg``).
 from __future__ import annotations
 
 from ebb.host.policy import Entity, PolicyInput, PolicyRunner, load_policy_texts
-
 from policy_testkit import GiB, guest
 
 DEFINES = """
@@ -143,14 +142,26 @@ KSM = """
 
 
 def load() -> PolicyRunner:
-    return PolicyRunner(load_policy_texts([
-        ("00-defines.policy", DEFINES), ("02-balloon.policy", BALLOON), ("03-ksm.policy", KSM),
-    ]))
+    return PolicyRunner(
+        load_policy_texts(
+            [
+                ("00-defines.policy", DEFINES),
+                ("02-balloon.policy", BALLOON),
+                ("03-ksm.policy", KSM),
+            ]
+        )
+    )
 
 
 def host(**extra: object) -> Entity:
-    fields = dict(mem_available=16 * GiB, mem_free=2 * GiB, ksm_pages_to_scan=100, ksm_shareable=12 * GiB,
-                  ksm_pages_shared=0, ksm_merge_across_nodes=1)
+    fields = dict(
+        mem_available=16 * GiB,
+        mem_free=2 * GiB,
+        ksm_pages_to_scan=100,
+        ksm_shareable=12 * GiB,
+        ksm_pages_shared=0,
+        ksm_merge_across_nodes=1,
+    )
     fields.update(extra)
     return Entity({"name": "host"}, [fields])
 
@@ -158,18 +169,26 @@ def host(**extra: object) -> Entity:
 def test_mom_style_policy_runs_under_pressure() -> None:
     guests = [
         guest("a", balloon_cur=4 * GiB, balloon_max=4 * GiB, balloon_min=0, mem_unused=2 * GiB),
-        guest("low", balloon_cur=256 * 1024, balloon_max=4 * GiB, balloon_min=512 * 1024, mem_unused=0),
+        guest(
+            "low", balloon_cur=256 * 1024, balloon_max=4 * GiB, balloon_min=512 * 1024, mem_unused=0
+        ),
         guest("nostats", balloon_cur=GiB, balloon_max=GiB, balloon_min=0),
     ]
     ev = load().evaluate(PolicyInput(host(), guests))
-    assert ev.host_controls == {"ksm_merge_across_nodes": 1, "ksm_run": 1, "ksm_sleep_millisecs": 10,
-                                "ksm_pages_to_scan": 400}
+    assert ev.host_controls == {
+        "ksm_merge_across_nodes": 1,
+        "ksm_run": 1,
+        "ksm_sleep_millisecs": 10,
+        "ksm_pages_to_scan": 400,
+    }
     assert ev.proposed_targets() == {"a": 3984588, "low": 512 * 1024, "nostats": None}
     assert any("ballooning for <Guest nostats> disabled" in line for line in ev.debug)
 
 
 def test_mom_style_policy_unmerges_when_numa_policy_changes() -> None:
-    ev = load().evaluate(PolicyInput(host(ksm_pages_shared=10, ksm_merge_across_nodes=0, mem_free=8 * GiB), []))
+    ev = load().evaluate(
+        PolicyInput(host(ksm_pages_shared=10, ksm_merge_across_nodes=0, mem_free=8 * GiB), [])
+    )
     assert ev.host_controls == {"ksm_run": 2}
 
 

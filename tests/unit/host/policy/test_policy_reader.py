@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from ebb.host.policy import PolicyError, PolicyLoadError, load_policy_texts
 from ebb.host.policy.reader import read
-
 from policy_testkit import last, results
 
 
@@ -43,7 +41,9 @@ def test_literals(source: str, value: object) -> None:
 
 
 def test_comments_and_whitespace_are_skipped() -> None:
-    text = "# a comment\n  1 # trailing (not code\n\t(+ 1 # inside\n 2)\n# last line without newline"
+    text = (
+        "# a comment\n  1 # trailing (not code\n\t(+ 1 # inside\n 2)\n# last line without newline"
+    )
     assert results(text) == [1, 3]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ebb.host.policy import (
     PolicyError,
     PolicyInput,
@@ -11,7 +10,6 @@ from ebb.host.policy import (
     PolicyRunner,
     load_policy_texts,
 )
-
 from policy_testkit import evaluate, guest, host, program
 
 ESCAPES = [
@@ -107,34 +105,51 @@ def test_default_budget_scales_with_guests_and_default_policy_fits() -> None:
 
     prog = load_policy_dir(policy_dir("cooperative"))
     guests = [
-        guest(f"g{i}", balloon_cur=1 << 20, balloon_max=2 << 20, mem_unused=1 << 18, agent_connected=1,
-              report_age=1, offer=1000, need=0)
+        guest(
+            f"g{i}",
+            balloon_cur=1 << 20,
+            balloon_max=2 << 20,
+            mem_unused=1 << 18,
+            agent_connected=1,
+            report_age=1,
+            offer=1000,
+            need=0,
+        )
         for i in range(300)
     ]
-    h = host(mem_available=64 << 20, mem_free=1 << 20, ksm_pages_to_scan=100, ksm_shareable=60 << 20)
+    h = host(
+        mem_available=64 << 20, mem_free=1 << 20, ksm_pages_to_scan=100, ksm_shareable=60 << 20
+    )
     ev = prog.evaluate(PolicyInput(h, guests))
     assert len(ev.guest_controls) == 300
 
 
 def test_setvar_persists_across_ticks_in_the_runner() -> None:
-    runner = PolicyRunner(program("""
+    runner = PolicyRunner(
+        program("""
         (Host.SetVar "ticks" (+ 1 (or (Host.GetVar "ticks") 0)))
         (with Guests g (g.SetVar "seen" (+ 1 (or (g.GetVar "seen") 0))))
-    """))
+    """)
+    )
     inp = PolicyInput(host(), [guest("a"), guest("b")])
     assert runner.evaluate(inp).results == [1, [1, 1]]
     assert runner.evaluate(inp).results == [2, [2, 2]]
     # A guest that goes away loses its variables; a new one starts fresh.
     ev = runner.evaluate(PolicyInput(host(), [guest("b"), guest("c")]))
     assert ev.results == [3, [3, 1]]
-    assert runner.variables() == {"host": {"ticks": 3}, "guests": {"b": {"seen": 3}, "c": {"seen": 1}}}
+    assert runner.variables() == {
+        "host": {"ticks": 3},
+        "guests": {"b": {"seen": 3}, "c": {"seen": 1}},
+    }
 
 
 def test_setvar_of_a_failed_tick_is_not_kept() -> None:
-    runner = PolicyRunner(program("""
+    runner = PolicyRunner(
+        program("""
         (Host.SetVar "n" (+ 1 (or (Host.GetVar "n") 0)))
         (if (== Host.mem_free 0) (/ 1 0) 0)
-    """))
+    """)
+    )
     ok = PolicyInput(host(mem_free=5), [])
     bad = PolicyInput(host(mem_free=0), [])
     runner.evaluate(ok)
