@@ -17,6 +17,7 @@ from typing import Any, List
 
 from ebb.host.lab.errors import LabError
 from ebb.host.lab.manager import (
+    DEFAULT_AGENT_ARGS,
     DEFAULT_MEMORY_MIB,
     DEFAULT_PREFIX,
     DEFAULT_STATE_DIR,
@@ -44,7 +45,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         guests = _lab(args).up(
             count=args.guests, memory_mib=args.memory, kvm=args.kvm, run=args.run,
-            agent=not args.no_agent, timeout_s=args.timeout, progress=_progress,
+            agent=not args.no_agent, agent_args=args.agent_args, timeout_s=args.timeout,
+            progress=_progress,
         )
     except LabError as err:
         return _fail(err)
@@ -180,6 +182,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     up.add_argument("--run", metavar="CMD",
                     help='a command each guest starts at boot, e.g. "memknobs --pattern 200M:60s"')
     up.add_argument("--no-agent", action="store_true", help="do not start ebb-agent in guests")
+    up.add_argument("--agent-args", default=DEFAULT_AGENT_ARGS, metavar="ARGS",
+                    help=f'options for ebb-agent in the guests (default "{DEFAULT_AGENT_ARGS}")')
     up.add_argument("--timeout", type=float, default=240.0, metavar="S",
                     help="give up when the guests are not ready after this long (default 240)")
     up.set_defaults(func=cmd_up)

@@ -42,6 +42,9 @@ DEFAULT_PREFIX = "ebb-lab"
 DEFAULT_MEMORY_MIB = 512
 #: Host memory left free beyond the guests' when checking whether they fit.
 HOST_RESERVE_MIB = 1024
+#: Lab agents look for the host every 2 s at most (default 10 s), so a restarted
+#: ebbd is found again quickly.
+DEFAULT_AGENT_ARGS = "--backoff-max 2"
 #: Stages of a booting guest, in order, as ``lab up`` reports them.
 STAGES = ("defined", "started", "kernel up", "init", "runner", "agent running",
           "agent connected")
@@ -243,7 +246,7 @@ class Lab:
 
     def up(self, count: int = 2, memory_mib: int = DEFAULT_MEMORY_MIB,
            kvm: Optional[bool] = None, run: Optional[str] = None, agent: bool = True,
-           agent_args: str = "", timeout_s: float = 180.0, wait_agent: bool = True,
+           agent_args: str = DEFAULT_AGENT_ARGS, timeout_s: float = 180.0, wait_agent: bool = True,
            progress: Optional[Progress] = None) -> List[GuestInfo]:
         """Define and start ``count`` guests; wait until each agent runs (and talks).
 

@@ -1,0 +1,171 @@
+"""Making the host short of memory, and putting it back: hugepages, KSM, swap.
+
+The MOM article shrank its host by reserving hugepages; the lab does the same
+(``/proc/sys/vm/nr_hugepages``: each 2 MiB page reserved leaves MemFree at
+once). Everything here is undone by :meth:`HostSnapshot.restore`, which the
+end-to-end tests and ``dev/demo.sh`` call on every exit path, so no run leaves
+the host smaller, with KSM retuned or with extra swap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+LOG = logging.getLogger(__name__)
+
+HUGEPAGE_KIB = 2048
+KSM_SETTINGS = ("run", "pages_to_scan", "sleep_millisecs")
+
+
+@dataclass
+class HostPaths:
+    """Where the host's knobs are (tests of this module point them at a tree)."""
+
+    proc: Path = Path("/proc")
+    sys: Path = Path("/sys")
+
+    @property
+    def nr_hugepages(self) -> Path:
+        return self.proc / "sys/vm/nr_hugepages"
+
+    @property
+    def ksm(self) -> Path:
+        return self.sys / "kernel/mm/ksm"
+
+
+def meminfo_kib(paths: Optional[HostPaths] = None) -> Dict[str, int]:
+    """``/proc/meminfo`` as ``{field: KiB}`` (HugePages_* are page counts)."""
+    paths = paths or HostPaths()
+    values = {}
+    for line in (paths.proc / "meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts:
+            values[name] = int(parts[0])
+    return values
+
+
+def freeable_kib(info: Dict[str, int]) -> int:
+    """MemFree + Buffers + Cached: the article's (and the policy's) freeable memory."""
+    return info.get("MemFree", 0) + info.get("Buffers", 0) + info.get("Cached", 0)
+
+
+def ksm_values(paths: Optional[HostPaths] = None) -> Dict[str, int]:
+    """Every readable integer of ``/sys/kernel/mm/ksm``."""
+    paths = paths or HostPaths()
+    values = {}
+    for entry in sorted(paths.ksm.iterdir()) if paths.ksm.is_dir() else []:
+        try:
+            values[entry.name] = int(entry.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return values
+
+
+def set_ksm(settings: Dict[str, int], paths: Optional[HostPaths] = None) -> None:
+    paths = paths or HostPaths()
+    for name, value in settings.items():
+        (paths.ksm / name).write_text(f"{value}\n")
+
+
+def swaps(paths: Optional[HostPaths] = None) -> List[str]:
+    """Active swap areas (file or device paths)."""
+    paths = paths or HostPaths()
+    lines = (paths.proc / "swaps").read_text().splitlines()[1:]
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def set_hugepages(count: int, paths: Optional[HostPaths] = None) -> int:
+    """Ask for ``count`` hugepages; return how many the kernel really reserved."""
+    paths = paths or HostPaths()
+    paths.nr_hugepages.write_text(f"{count}\n")
+    return int(paths.nr_hugepages.read_text().split()[0])
+
+
+@dataclass
+class HostSnapshot:
+    """What a test or the demo may change on the host, as it was before."""
+
+    nr_hugepages: int
+    ksm: Dict[str, int]
+    swaps: List[str]
+    paths: HostPaths = field(default_factory=HostPaths)
+    #: Swap files this run added (removed on restore).
+    added_swap_files: List[Path] = field(default_factory=list)
+
+    @classmethod
+    def take(cls, paths: Optional[HostPaths] = None) -> HostSnapshot:
+        paths = paths or HostPaths()
+        ksm = ksm_values(paths)
+        return cls(
+            nr_hugepages=int(paths.nr_hugepages.read_text().split()[0]),
+            ksm={k: ksm[k] for k in KSM_SETTINGS if k in ksm},
+            swaps=swaps(paths),
+            paths=paths,
+        )
+
+    def restore(self) -> List[str]:
+        """Put everything back; return what had to be changed (for the log)."""
+        changed = []
+        try:
+            now = int(self.paths.nr_hugepages.read_text().split()[0])
+            if now != self.nr_hugepages:
+                set_hugepages(self.nr_hugepages, self.paths)
+                changed.append(f"nr_hugepages {now} -> {self.nr_hugepages}")
+        except OSError as err:
+            LOG.error("cannot restore nr_hugepages to %d: %s", self.nr_hugepages, err)
+        try:
+            current = ksm_values(self.paths)
+            different = {k: v for k, v in self.ksm.items() if current.get(k) != v}
+            if different:
+                set_ksm(different, self.paths)
+                changed.append(f"KSM {different}")
+        except OSError as err:
+            LOG.error("cannot restore KSM settings %s: %s", self.ksm, err)
+        for swap in swaps(self.paths):
+            if swap not in self.swaps:
+                subprocess.run(["swapoff", swap], check=False)
+                changed.append(f"swapoff {swap}")
+        for path in self.added_swap_files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return changed
+
+    def add_swap_file(self, path: Path, size_mib: int) -> None:
+        """A swap file of ``size_mib``, turned on now and off again by :meth:`restore`."""
+        self.added_swap_files.append(path)
+        subprocess.run(["fallocate", "-l", f"{size_mib}M", str(path)], check=True)
+        os.chmod(path, 0o600)
+        subprocess.run(["mkswap", "-q", str(path)], check=True, capture_output=True)
+        subprocess.run(["swapon", str(path)], check=True)
+
+
+def squeeze(target_freeable_share: float, keep_free_mib: int = 3072,
+            paths: Optional[HostPaths] = None, settle_s: float = 1.0) -> int:
+    """Reserve hugepages until freeable memory is about ``target_freeable_share`` of total.
+
+    Never leaves less than ``keep_free_mib`` freeable (other work on the host
+    needs memory too). Adds to hugepages already reserved. Returns the new
+    ``nr_hugepages``. Reserving can fall short (fragmentation): the caller
+    checks :func:`freeable_kib` if it must be exact.
+    """
+    paths = paths or HostPaths()
+    info = meminfo_kib(paths)
+    total = info["MemTotal"]
+    target_kib = max(int(total * target_freeable_share), keep_free_mib * 1024)
+    current = int(paths.nr_hugepages.read_text().split()[0])
+    for _attempt in range(3):
+        excess_kib = freeable_kib(meminfo_kib(paths)) - target_kib
+        if abs(excess_kib) < 64 * 1024:
+            break
+        wanted = max(0, current + excess_kib // HUGEPAGE_KIB)
+        current = set_hugepages(wanted, paths)
+        time.sleep(settle_s)
+    return current

@@ -1,0 +1,116 @@
+"""End-to-end fixtures: two real lab guests, ebbd as a separate process, a host put back.
+
+The session boots the lab once (``ebb-e2e-1`` and ``ebb-e2e-2``, 512 MiB each,
+``ebb-agent`` running in both) and removes it at the end. Each test gets its
+own ebbd (``ebbd_factory``), guests reset to a known state (agent running,
+balloon at the maximum, no workload), and a host snapshot that is restored
+after the test whatever happens: hugepages, KSM settings, swap.
+
+Missing prerequisites (root, qemu, libvirtd, a kernel) fail the tests with
+what is missing and how to get it; they are never skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+from e2e_support import (
+    AGENT_ARGS,
+    GUEST_COUNT,
+    GUEST_MEMORY_MIB,
+    PREFIX,
+    RESULTS,
+    STATE_DIR,
+    Ebbd,
+    Guest,
+    _say,
+    record,
+    require_host,
+)
+from ebb.host.lab import hostmem
+from ebb.host.lab.errors import LabError
+from ebb.host.lab.manager import Lab, LabSettings
+
+
+@pytest.fixture(scope="session")
+def host_snapshot(request: pytest.FixtureRequest) -> Iterator[hostmem.HostSnapshot]:
+    """The host as it was before the whole run; put back at the very end too."""
+    require_host()
+    snapshot = hostmem.HostSnapshot.take()
+    yield snapshot
+    changed = snapshot.restore()
+    if changed:
+        _say(request.config, "host put back: " + "; ".join(changed))
+
+
+@pytest.fixture(scope="session")
+def lab(request: pytest.FixtureRequest, host_snapshot: hostmem.HostSnapshot) -> Iterator[Lab]:
+    """Two booted lab guests with agents, for the whole session."""
+    the_lab = Lab(LabSettings(state_dir=STATE_DIR, prefix=PREFIX))
+    the_lab.down()  # whatever an interrupted earlier run left
+    started = time.monotonic()
+    try:
+        the_lab.up(count=GUEST_COUNT, memory_mib=GUEST_MEMORY_MIB, agent_args=AGENT_ARGS,
+                   timeout_s=300, progress=lambda m: _say(request.config, m))
+    except LabError as err:
+        the_lab.down()
+        pytest.fail(f"the lab did not come up: {err}", pytrace=False)
+    boot_s = time.monotonic() - started
+    record("lab_boot_s", round(boot_s, 1))
+    _say(request.config, f"lab of {GUEST_COUNT} guests up in {boot_s:.1f} s")
+    yield the_lab
+    if os.environ.get("EBB_E2E_KEEP_LAB") != "1":
+        removed = the_lab.down()
+        _say(request.config, "lab removed: " + ", ".join(removed))
+
+
+@pytest.fixture
+def host(host_snapshot: hostmem.HostSnapshot) -> Iterator[hostmem.HostSnapshot]:
+    """A snapshot of the host restored after this test (hugepages, KSM, swap)."""
+    snapshot = hostmem.HostSnapshot.take()
+    yield snapshot
+    snapshot.restore()
+
+
+@pytest.fixture
+def guests(lab: Lab, host: hostmem.HostSnapshot) -> Iterator[List[Guest]]:
+    """Both guests reset to a known state before the test and cleaned after it."""
+    pair = [Guest(lab, name) for name in lab.guest_names(GUEST_COUNT)]
+    for guest in pair:
+        if not guest.dom.isActive():
+            pytest.fail(f"{guest.name} is not running any more; see {guest.shell.share_dir}/..")
+        guest.reset()
+    yield pair
+    for guest in pair:
+        with contextlib.suppress(Exception):
+            guest.stop_jobs()
+
+
+@pytest.fixture
+def ebbd_factory(request: pytest.FixtureRequest,
+                 lab: Lab) -> Iterator[Callable[..., Ebbd]]:
+    """Make (and start) ebbd processes; all are stopped after the test."""
+    made: List[Ebbd] = []
+    base = RESULTS / request.node.name
+    shutil.rmtree(base, ignore_errors=True)
+
+    def make(start: bool = True, **settings: Dict[str, Any]) -> Ebbd:
+        workdir = base / f"ebbd-{len(made) + 1}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        daemon = Ebbd(workdir, settings)
+        made.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    yield make
+    for daemon in made:
+        with contextlib.suppress(BaseException):
+            daemon.stop()
+
+
