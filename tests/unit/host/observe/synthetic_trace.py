@@ -9,6 +9,7 @@ TickRecord JSON shape (docs/observability.md), as ebbd's trace writes it.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -105,7 +106,7 @@ def synthesise_records(
             "tick": tick,
             "duration_ms": 1.5,
             "state": state,
-            "views": [view.__dict__ for view in views],
+            "views": [asdict(view) for view in views],
             "controls": evaluation.to_json()["controls"],
             "decisions": [d.to_json() for d in decisions],
             "applied": applied,
