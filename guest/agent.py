@@ -338,8 +338,11 @@ class Agent:
 
     def _next_backoff_s(self) -> float:
         """The current wait, doubling the next one up to the maximum."""
-        wait_s = self._backoff_s
-        self._backoff_s = min(self.config.backoff_max_s, self._backoff_s * 2)
+        longest_s = self.config.backoff_max_s
+        if self.transport.reopen_max_s is not None:
+            longest_s = min(longest_s, self.transport.reopen_max_s)
+        wait_s = min(self._backoff_s, longest_s)
+        self._backoff_s = min(longest_s, self._backoff_s * 2)
         return wait_s
 
     def _lost(self, why: str) -> None:

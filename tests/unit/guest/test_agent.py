@@ -424,3 +424,29 @@ def test_unreadable_proc_pauses_reports_and_they_resume(
     proc_tree.write()
     host.wait_for(Report, count=count + 2)
     assert running.agent.state is ConnectionState.ACTIVE
+
+
+def test_a_transport_can_ask_for_quick_reopens(
+    tmp_path: Path, proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    """A virtio-serial port is probed every second whatever the backoff (see transport)."""
+    import dataclasses
+
+    class QuickProbe(UnixSocketTransport):
+        reopen_max_s = 0.1
+
+    path = tmp_path / "late.sock"
+    slow_backoff = dataclasses.replace(FAST_CONFIG, backoff_min_s=0.05, backoff_max_s=30.0)
+    running = start_agent(QuickProbe(str(path)), proc_tree, slow_backoff)
+    time.sleep(1.0)  # without the cap the backoff would have reached 0.8 s and growing
+    attempts = running.agent.counters.connect_attempts
+    assert 6 <= attempts <= 14, attempts
+    listener = _Listener(path)
+    try:
+        appeared = time.monotonic()
+        host = listener.accept()
+        host.wait_for(Hello)
+        assert time.monotonic() - appeared < 0.5
+        host.close()
+    finally:
+        listener.close()
