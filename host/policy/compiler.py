@@ -1007,11 +1007,12 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
             def extreme2(ctx: Context) -> Any:
                 x: Any = a(ctx)
                 y: Any = b(ctx)
-                if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
+                numbers = x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES
+                if numbers:
                     # Ties keep the first operand, as Python's min/max do.
                     if smaller:
-                        return y if operator.lt(y, x) else x
-                    return y if operator.gt(y, x) else x
+                        return y if y < x else x
+                    return y if y > x else x
                 raise bad([x, y])
 
             return extreme2

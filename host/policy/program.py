@@ -209,13 +209,9 @@ def load_policy_texts(sources: Sequence[Tuple[str, str]]) -> Program:
         program_exprs.exprs.extend(part.exprs)
     errors.extend(compiler.errors)
     if errors:
-        errors.sort(
-            key=lambda e: (
-                [p for p, _ in sources].index(e.path) if e.path in [p for p, _ in sources] else -1,
-                e.line,
-                e.col,
-            )
-        )
+        # Report in file order, then by position, as an editor would list them.
+        file_order = {path: i for i, (path, _) in enumerate(sources)}
+        errors.sort(key=lambda e: (file_order.get(e.path, -1), e.line, e.col))
         raise PolicyLoadError(errors)
     return Program(paths=tuple(p for p, _ in sources), compiled=program_exprs, functions=functions)
 
