@@ -41,6 +41,7 @@ _LIMITS = {
     "sleep_millisecs": (0, 60_000),
 }
 SAVED_FILE_NAME = "ksm-original.json"
+_EBUSY_TEXT = "merge_across_nodes can only change while no pages are merged"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class KsmController:
         self.dry_run = dry_run
         self._wall_clock = wall_clock
         self._saved = False
+        self._failed: set[tuple[str, int]] = set()
 
     @property
     def available(self) -> bool:
@@ -160,15 +162,28 @@ class KsmController:
             self._remove_saved()
             return False
         originals = saved.get("values", {}) if isinstance(saved, dict) else {}
+        if self.dry_run:
+            # Keep the file: a later real run must still find the true originals.
+            LOG.info("KSM: dry run: would restore %s from %s",
+                     ", ".join(f"{k}={v}" for k, v in sorted(originals.items())),
+                     self.saved_path)
+            return False
         ok = True
-        if not self.dry_run:
-            current = self.read()
-            for knob in _WRITE_ORDER:
-                value = originals.get(knob)
-                if not isinstance(value, int) or knob not in current:
-                    continue
-                if current[knob] != value:
-                    ok = self._write(knob, current[knob], value).outcome == "applied" and ok
+        current = self.read()
+        for knob in _WRITE_ORDER:
+            value = originals.get(knob)
+            if not isinstance(value, int) or knob not in current:
+                continue
+            if current[knob] == value:
+                continue
+            result = self._write(knob, current[knob], value)
+            if (result.outcome != "applied" and knob == "merge_across_nodes"
+                    and result.detail.startswith(_EBUSY_TEXT)):
+                # Merged pages pin merge_across_nodes: unmerge everything (run=2),
+                # then the original run value is written last, as always.
+                self._write("run", current.get("run"), 2)
+                result = self._write(knob, current[knob], value)
+            ok = result.outcome == "applied" and ok
         if ok:
             LOG.info("KSM: original settings restored (%s)",
                      ", ".join(f"{k}={v}" for k, v in sorted(originals.items())))
@@ -186,16 +201,24 @@ class KsmController:
     def _write(self, knob: str, before: int | None, value: int) -> KsmWrite:
         path = self.ksm_dir / knob
         try:
-            with open(path, "w", encoding="ascii") as handle:
-                handle.write(f"{value}\n")
+            self._write_file(path, f"{value}\n")
         except OSError as err:
             detail = err.strerror or str(err)
             if knob == "merge_across_nodes" and err.errno == errno.EBUSY:
-                detail += " (can only change while no pages are merged: set run to 2 first)"
-            LOG.warning("KSM: cannot write %d to %s: %s", value, path, detail)
+                detail = f"{_EBUSY_TEXT} ({detail}): set ksm_run to 2 first"
+            # A policy asking for the same impossible value every tick is one problem.
+            level = logging.DEBUG if (knob, value) in self._failed else logging.WARNING
+            self._failed.add((knob, value))
+            LOG.log(level, "KSM: cannot write %d to %s: %s", value, path, detail)
             return KsmWrite(knob, before, value, "failed", self._wall_clock(), detail)
+        self._failed.discard((knob, value))
         LOG.info("KSM: %s %s -> %d", knob, before, value, extra={"ACTION": "ksm"})
         return KsmWrite(knob, before, value, "applied", self._wall_clock())
+
+    def _write_file(self, path: Path, text: str) -> None:
+        """The one place that writes sysfs (tests subclass it to act like the kernel)."""
+        with open(path, "w", encoding="ascii") as handle:
+            handle.write(text)
 
     def _save_originals(self, current: Mapping[str, int]) -> None:
         payload = {"saved_at": self._wall_clock(), "ksm_dir": str(self.ksm_dir),

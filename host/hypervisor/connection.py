@@ -321,17 +321,14 @@ class Hypervisor:
         )
 
     def balloon_actual_kib(self, name: str) -> int:
-        """The balloon's current size, read from libvirt right now (not cached)."""
+        """The balloon's current size, read from libvirt right now.
+
+        ``virDomainGetInfo``'s current memory is the balloon's actual size, which
+        libvirt keeps up to date from QEMU's BALLOON_CHANGE events. Reading it does
+        not wait on the QEMU monitor, unlike ``memoryStats()``, so a controller
+        checking a balloon right before changing it cannot hang on a busy VM.
+        """
         dom = self._lookup(name)
-        stats = {}
-        try:
-            stats = self._call(name, "read memory stats", dom.memoryStats)
-        except DomainGone:
-            raise
-        except HypervisorError as err:
-            LOG.debug("%s", err)
-        if "actual" in stats:
-            return int(stats["actual"])
         return int(self._call(name, "read domain info", dom.info)[2])
 
     def qemu_pid(self, name: str) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -124,3 +125,46 @@ def test_no_ksm_in_this_kernel_is_harmless(tmp_path: Path, run_dir: Path) -> Non
     assert controller.apply({"ksm_run": 1}) == []
     assert controller.restore() is False
     assert not run_dir.exists()
+
+
+class KernelLikeKsm(KsmController):
+    """Writes that behave like the kernel's: merge_across_nodes is EBUSY while pages are
+    merged, and run=2 unmerges everything."""
+
+    def _write_file(self, path: Path, text: str) -> None:
+        shared = self.ksm_dir / "pages_shared"
+        if path.name == "merge_across_nodes" and int(shared.read_text()) > 0:
+            raise OSError(errno.EBUSY, "Device or resource busy")
+        super()._write_file(path, text)
+        if path.name == "run" and text.strip() == "2":
+            super()._write_file(shared, "0\n")
+
+
+def test_restore_unmerges_when_merge_across_nodes_is_pinned(sysfs: Sysfs,
+                                                            run_dir: Path) -> None:
+    controller = KernelLikeKsm(sysfs.root, run_dir)
+    controller.apply({"ksm_merge_across_nodes": 0, "ksm_run": 1})
+    sysfs.set("pages_shared", 4000)  # KSM has merged pages since
+    assert controller.restore()
+    assert (sysfs.get("merge_across_nodes"), sysfs.get("run")) == (1, 0)
+    assert not (run_dir / "ksm-original.json").exists()
+
+
+def test_a_policy_repeating_an_impossible_value_warns_once(
+        sysfs: Sysfs, run_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sysfs.set("pages_shared", 10)
+    controller = KernelLikeKsm(sysfs.root, run_dir)
+    for _ in range(3):
+        writes = controller.apply({"ksm_merge_across_nodes": 0})
+        assert [w.outcome for w in writes] == ["failed"]
+        assert "set ksm_run to 2 first" in writes[0].detail
+    assert caplog.text.count("cannot write 0") == 1
+
+
+def test_dry_run_start_keeps_a_crashed_runs_originals(sysfs: Sysfs, run_dir: Path) -> None:
+    KsmController(sysfs.root, run_dir).apply({"ksm_run": 1})  # crash after this
+    assert KsmController(sysfs.root, run_dir, dry_run=True).start() is False
+    assert sysfs.get("run") == 1  # dry run: nothing written ...
+    assert (run_dir / "ksm-original.json").exists()  # ... and nothing forgotten
+    assert KsmController(sysfs.root, run_dir).start() is True
+    assert sysfs.get("run") == 0
