@@ -158,3 +158,24 @@ def test_trace_is_an_observer_only_when_configured(tmp_path: Path) -> None:
         observer.on_tick(_tick(1.0))
     observability.stop()
     assert (tmp_path / "t.jsonl").read_text().count("\n") == 1
+
+
+def test_every_metric_is_documented() -> None:
+    """docs/observability.md lists every metric ebbd exposes, by its exposed name."""
+    docs = (Path(__file__).resolve().parents[4] / "docs" / "observability.md").read_text()
+    metrics = EbbMetrics(_status)
+    metrics.on_tick(_tick(1.0, [{"vm": "vm2", "kind": "deflate", "rule": "need"}], "x:1:1: e"))
+    names = set()
+    for family in text_string_to_metric_families(metrics.text()):
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            for suffix in ("_bucket", "_sum", "_count"):
+                if family.type == "histogram" and sample.name.endswith(suffix):
+                    break
+            else:
+                names.add(sample.name)
+    names.add("ebb_tick_duration_seconds")
+    undocumented = sorted(name for name in names if f"`{name}`" not in docs)
+    assert undocumented == []
+    assert len(names) > 35
