@@ -291,3 +291,15 @@ def test_tick_listing_uses_bulk_stats_that_never_wait(admin: Any) -> None:
         assert sample["mem_free"] == 150 * 1024
     finally:
         hv.stop()
+
+
+def test_metadata_edited_by_an_administrator_is_picked_up(hypervisor: Hypervisor,
+                                                          admin: Any) -> None:
+    dom = admin.start("ebb-unit-virsh-metadata")
+    assert wait_for(lambda: "ebb-unit-virsh-metadata" in hypervisor.running_domains())
+    assert hypervisor.domain_settings("ebb-unit-virsh-metadata").enabled  # now cached
+    # What `virsh metadata VM urn:ebb:policy:1 --key ebb --set '<vm enabled="no"/>' --live`
+    # does; the relist interval is 60 s, so only the metadata-change event can refresh it.
+    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, '<vm enabled="no"/>', "ebb",
+                    "urn:ebb:policy:1", libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    assert wait_for(lambda: not hypervisor.domain_settings("ebb-unit-virsh-metadata").enabled)
