@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=10.0,
         metavar="SECONDS",
-        help="longest wait between attempts to reach an absent host; waits start at 1 s "
-        "and double (default: %(default)s)",
+        help="longest wait between attempts to reach an absent host over a socket or "
+        "serial line; waits start at 1 s and double (a virtio-serial port is checked "
+        "every second) (default: %(default)s)",
     )
     parser.add_argument(
         "--once",
