@@ -240,8 +240,7 @@ class Agent:
         try:
             while not self._stopping:
                 if self._state is ConnectionState.DISCONNECTED:
-                    if not self._connect():
-                        self._wait(self._next_backoff_s())
+                    self._connect()
                     continue
                 self._step()
         finally:
@@ -299,19 +298,20 @@ class Agent:
 
     # --- connecting ---------------------------------------------------------------------
 
-    def _connect(self) -> bool:
+    def _connect(self) -> None:
+        """Open the transport and say hello; on failure, wait the backoff out."""
         self.counters.connect_attempts += 1
         try:
             self.transport.open()
         except TransportError as err:
             self._log_absence("cannot reach the host: %s; retrying", err)
-            return False
+            self._wait(self._next_backoff_s())
+            return
         self.counters.connects += 1
         self._reader.reset()
         self._hello_retry_s = self.config.hello_retry_min_s
         self._set_state(ConnectionState.HELLO_SENT)
-        self._send_hello()
-        return self._state is ConnectionState.HELLO_SENT
+        self._send_hello()  # a failed write has already waited in _lost
 
     def _send_hello(self) -> None:
         """Start a new session: sequence numbers restart at 0 (PROTOCOL.md 4.3)."""

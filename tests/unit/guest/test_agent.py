@@ -6,7 +6,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 
 import msgpack
 import pytest
@@ -80,8 +80,9 @@ def test_reports_follow_the_hosts_interval(
     host.pump(1.0)
     elapsed = time.monotonic() - start
     reports = host.of_type(Report)
-    # One at the welcome, then one per 200 ms: about 6 in the first second.
-    assert 4 <= len(reports) <= 8, (len(reports), elapsed)
+    # One at the welcome, then one per 200 ms: about 6 in the first second (fewer
+    # when the machine is loaded, never a burst).
+    assert 3 <= len(reports) <= 8, (len(reports), elapsed)
     seqs = [r.seq for r in reports]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
@@ -231,7 +232,7 @@ def test_hello_is_repeated_with_backoff_until_welcomed(
     host.pump(1.0)
     # Backoff 0.05, 0.1, 0.2, 0.2 ...: about 6 hellos in a second, not hundreds.
     hellos = len(host.of_type(Hello))
-    assert 3 <= hellos <= 9
+    assert 2 <= hellos <= 9
     host.welcome(200)
     host.wait_for(Report)
 
@@ -432,15 +433,21 @@ def test_a_transport_can_ask_for_quick_reopens(
     """A virtio-serial port is probed every second whatever the backoff (see transport)."""
     import dataclasses
 
+    opened_at: List[float] = []
+
     class QuickProbe(UnixSocketTransport):
         reopen_max_s = 0.1
 
+        def _open_fd(self) -> int:
+            opened_at.append(time.monotonic())
+            return super()._open_fd()
+
     path = tmp_path / "late.sock"
     slow_backoff = dataclasses.replace(FAST_CONFIG, backoff_min_s=0.05, backoff_max_s=30.0)
-    running = start_agent(QuickProbe(str(path)), proc_tree, slow_backoff)
+    start_agent(QuickProbe(str(path)), proc_tree, slow_backoff)
     time.sleep(1.0)  # without the cap the backoff would have reached 0.8 s and growing
-    attempts = running.agent.counters.connect_attempts
-    assert 6 <= attempts <= 14, attempts
+    gaps = [b - a for a, b in zip(opened_at, opened_at[1:])]
+    assert len(gaps) >= 3 and max(gaps[2:]) < 0.3, gaps
     listener = _Listener(path)
     try:
         appeared = time.monotonic()
@@ -450,3 +457,36 @@ def test_a_transport_can_ask_for_quick_reopens(
         host.close()
     finally:
         listener.close()
+
+
+def test_port_without_a_host_is_checked_once_per_wait(
+    proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    """Like a virtio-serial port with nothing on the host side: it opens, then hangs up."""
+    import dataclasses
+
+    from ebb.guest.transport import Transport
+
+    opened_at: List[float] = []
+
+    class HungUpPort(Transport):
+        description = "hung-up port"
+        reopen_max_s = 0.1
+
+        def _open_fd(self) -> int:
+            opened_at.append(time.monotonic())
+            mine, theirs = socket.socketpair()
+            theirs.close()
+            return mine.detach()
+
+    config = dataclasses.replace(FAST_CONFIG, backoff_min_s=0.1, backoff_max_s=10.0)
+    running = start_agent(HungUpPort(), proc_tree, config)
+    cpu_before = time.process_time()
+    time.sleep(1.0)
+    cpu_used = time.process_time() - cpu_before
+    gaps = sorted(b - a for a, b in zip(opened_at, opened_at[1:]))
+    assert len(gaps) >= 3, opened_at
+    # One 0.1 s wait per attempt: not two (0.2 s), not none (a busy loop).
+    assert 0.09 <= gaps[len(gaps) // 2] < 0.18, gaps
+    assert running.agent.state is ConnectionState.DISCONNECTED
+    assert cpu_used < 0.2
