@@ -80,6 +80,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     plot.add_argument("trace", metavar="TRACE", help="trace file (rotated files read too)")
     plot.add_argument("-o", "--output", required=True, metavar="FILE.png", help="PNG to write")
     plot.add_argument("--title", default=None, help="figure title (default: the trace name)")
+    plot.add_argument(
+        "--policy",
+        nargs="+",
+        default=(),
+        metavar="PATH",
+        help="policy file(s) or directory whose pressure_threshold is drawn (default: "
+        "20 %% of MemTotal unless the trace records the policy's)",
+    )
     plot.set_defaults(func=cmd_plot)
 
 
@@ -172,7 +180,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from ebb.host.observe.trace import TraceError
 
     try:
-        summary = plot_trace(args.trace, args.output, title=args.title)
+        summary = plot_trace(args.trace, args.output, title=args.title, policy=args.policy)
     except (TraceError, PlotError) as err:
         print(f"ebbctl plot: {err}", file=sys.stderr)
         return EXIT_FAILURE

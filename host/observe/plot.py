@@ -4,7 +4,8 @@ Four panels sharing the time axis, the kind of figure the MOM article used to
 show its results:
 
 1. host memory: freeable memory (MemFree+Buffers+Cached) and the ballooning
-   threshold (the policy's, when the trace records one; else 20 % of MemTotal);
+   threshold (the policy's: recorded in the trace, or read from the policy
+   given with ``--policy``; else 20 % of MemTotal);
 2. balloons: each VM's current size (solid) and the target ebbd set (dashed,
    same colour);
 3. swap: host swap-in and swap-out, and each guest's swap-in+out, in MiB/s;
@@ -30,10 +31,11 @@ KIB_PER_GIB = 1024 * 1024
 PAGE_KIB = 4
 #: The article's threshold: ballooning starts under 20 % freeable memory.
 DEFAULT_THRESHOLD_SHARE = 0.20
-#: Keys under which a policy can publish its ballooning threshold (SetVar on the
-#: host, recorded in the trace's ``variables``), in KiB or as a share of MemTotal.
+#: Names under which a policy holds its ballooning threshold: host SetVar values
+#: recorded in the trace's ``variables``, or global variables of a policy file
+#: (the packaged policies' ``pressure_threshold``), in KiB or as a share of MemTotal.
 THRESHOLD_KIB_VARIABLES = ("balloon_threshold_kib", "pressure_threshold_kib")
-THRESHOLD_SHARE_VARIABLES = ("balloon_threshold", "pressure_threshold", "threshold")
+THRESHOLD_SHARE_VARIABLES = ("pressure_threshold", "balloon_threshold", "threshold")
 
 PathLike = Union[str, Path]
 
@@ -84,6 +86,38 @@ def _rate(now: Optional[float], before: Optional[float], dt_s: float) -> Optiona
     return (now - before) / dt_s
 
 
+def policy_threshold_share(
+    policy: Sequence[PathLike], state: Mapping[str, Any]
+) -> Optional[float]:
+    """The ballooning threshold a policy defines (a share of MemTotal), or None.
+
+    Evaluates the policy once on ``state`` (a recorded tick's input) with one
+    more top-level expression naming the variable, so whatever the policy
+    computes for it (a ``defvar`` or a ``set``) is what is drawn.
+    """
+    from ebb.host.policy import PolicyError, PolicyInput, PolicyLoadError, PolicyRunner
+    from ebb.host.policy.program import load_policy_texts, policy_files_in
+
+    files: List[Path] = []
+    for raw in policy:
+        path = Path(raw)
+        files.extend(policy_files_in(path) if path.is_dir() else [path])
+    try:
+        sources = [(str(f), f.read_text(encoding="utf-8")) for f in files]
+        inp = PolicyInput.from_json(state)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise PlotError(f"cannot read the policy for its threshold: {err}") from err
+    for name in THRESHOLD_SHARE_VARIABLES:
+        try:
+            program = load_policy_texts([*sources, ("<ebbctl plot>", name)])
+            value = PolicyRunner(program).evaluate(inp).results[-1]
+        except (PolicyLoadError, PolicyError):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
+            return float(value)
+    return None
+
+
 def _threshold_kib(record: Mapping[str, Any], mem_total_kib: Optional[float]) -> Tuple[
         Optional[float], bool]:
     """The ballooning threshold at this tick and whether the policy said so."""
@@ -109,8 +143,14 @@ def _pad(series: Dict[str, List[Optional[float]]], name: str, length: int) -> Li
     return values
 
 
-def extract_series(records: Iterable[Mapping[str, Any]]) -> Series:
-    """Pull the plotted quantities out of decoded trace records (oldest first)."""
+def extract_series(
+    records: Iterable[Mapping[str, Any]], threshold_share: Optional[float] = None
+) -> Series:
+    """Pull the plotted quantities out of decoded trace records (oldest first).
+
+    ``threshold_share`` (from :func:`policy_threshold_share`) is drawn as the
+    threshold unless the trace records the policy's own.
+    """
     out = Series()
     start_ts: Optional[float] = None
     previous: Dict[str, Any] = {}
@@ -131,6 +171,8 @@ def extract_series(records: Iterable[Mapping[str, Any]]) -> Series:
         freeable = _num(host.get("mem_free"))
         out.freeable_gib.append(None if freeable is None else freeable / KIB_PER_GIB)
         threshold, from_policy = _threshold_kib(record, total)
+        if not from_policy and threshold_share is not None and total:
+            threshold, from_policy = threshold_share * total, True
         out.threshold_gib.append(None if threshold is None else threshold / KIB_PER_GIB)
         out.threshold_from_policy = out.threshold_from_policy or from_policy
 
@@ -276,9 +318,26 @@ def save_figure(figure: Any, output: PathLike) -> None:
         raise PlotError(f"cannot write {output}: {err.strerror or err}") from err
 
 
-def plot_trace(trace: PathLike, output: PathLike, title: Optional[str] = None) -> str:
-    """Draw the trace at ``trace`` into ``output``; returns a one-line summary."""
-    series = extract_series(read_trace(trace))
+def plot_trace(
+    trace: PathLike,
+    output: PathLike,
+    title: Optional[str] = None,
+    policy: Sequence[PathLike] = (),
+) -> str:
+    """Draw the trace at ``trace`` into ``output``; returns a one-line summary.
+
+    ``policy`` (files or a directory) supplies the ballooning threshold when
+    the trace does not record it.
+    """
+    share: Optional[float] = None
+    if policy:
+        first = next((r for r in read_trace(trace) if isinstance(r.get("state"), Mapping)), None)
+        if first is not None:
+            share = policy_threshold_share(policy, first["state"])
+            if share is None:
+                LOG.warning("the policy defines none of %s; drawing 20 %% of MemTotal",
+                            ", ".join(THRESHOLD_SHARE_VARIABLES))
+    series = extract_series(read_trace(trace), threshold_share=share)
     if not series.t_s:
         raise PlotError(f"{trace}: no tick with a recorded state to plot")
     figure = build_figure(series, title if title is not None else f"ebb trace {Path(trace).name}")

@@ -9,7 +9,13 @@ from typing import Dict
 
 import pytest
 from ebb.host.cli_ebbctl import main as ebbctl
-from ebb.host.observe.plot import PlotError, build_figure, extract_series, plot_trace
+from ebb.host.observe.plot import (
+    PlotError,
+    build_figure,
+    extract_series,
+    plot_trace,
+    policy_threshold_share,
+)
 from ebb.host.observe.trace import read_trace
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -78,3 +84,26 @@ def test_a_trace_without_states_is_refused(tmp_path: Path) -> None:
     trace.write_text(json.dumps({"tick": 1, "ts": 5.0}) + "\n")
     with pytest.raises(PlotError, match="no tick"):
         plot_trace(trace, tmp_path / "x.png")
+
+
+def test_threshold_read_from_the_policy_given(recorded_trace: Dict[str, Path],
+                                              tmp_path: Path) -> None:
+    # The packaged policies keep theirs in `pressure_threshold`; so can any policy.
+    policy = tmp_path / "p.policy"
+    policy.write_text("(defvar pressure_threshold 0.30)\n")
+    output = tmp_path / "run.png"
+    assert ebbctl(["plot", str(recorded_trace["trace"]), "-o", str(output),
+                   "--policy", str(policy)]) == 0
+    records = list(read_trace(recorded_trace["trace"]))
+    share = policy_threshold_share([policy], records[0]["state"])
+    assert share == pytest.approx(0.30)
+    series = extract_series(records, threshold_share=share)
+    assert {round(v, 3) for v in series.threshold_gib if v is not None} == {2.4}
+
+
+def test_packaged_policy_threshold_is_found(recorded_trace: Dict[str, Path]) -> None:
+    from ebb.host.config import packaged_policy_dir
+
+    records = list(read_trace(recorded_trace["trace"]))
+    share = policy_threshold_share([packaged_policy_dir("cooperative")], records[0]["state"])
+    assert share == pytest.approx(0.20)
