@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Deque, Protocol
 
@@ -472,9 +472,9 @@ class Engine:
                 "host": {"props": dict(host_entity.props), "samples": list(self._host_samples)},
                 "guests": [{"props": dict(g.props), "samples": list(g.samples)} for g in guests],
             },
-            views=[asdict(v) for v in views],
+            views=[_shallow_dict(v) for v in views],
             controls=controls,
-            decisions=[d.to_json() for d in decisions],
+            decisions=[_decision_dict(d) for d in decisions],
             applied=applied,
             policy_error=policy_error,
             paused=paused,
@@ -825,6 +825,18 @@ _AGENT_FIELDS = (
     "major_fault_rate",
     "swap_in_rate",
 )
+
+
+def _shallow_dict(value: Any) -> dict[str, Any]:
+    """A flat dataclass as a dict (``asdict`` deep-copies, which costs a tick dearly)."""
+    return {f.name: getattr(value, f.name) for f in fields(value)}
+
+
+def _decision_dict(decision: Decision) -> dict[str, Any]:
+    """What ``Decision.to_json()`` gives, without the deep copy."""
+    out = _shallow_dict(decision)
+    out["inputs"] = dict(decision.inputs)
+    return out
 
 
 def _manageable(info: DomainInfo) -> bool:

@@ -37,6 +37,9 @@ from .state import ChannelLimits, GuestChannelState, SessionState
 
 LOG = logging.getLogger(__name__)
 
+#: Timers (pings, staleness, reconnects) run at most this often.
+TIMER_GRANULARITY_S = 0.2
+
 #: Opens a connected, non-blocking socket to a channel path; raises OSError.
 Connector = Callable[[str], socket.socket]
 
@@ -101,6 +104,7 @@ class GuestChannels:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._closed = False
+        self._timers_due_mono: Optional[float] = None
 
     # --- API for other threads ----------------------------------------------------
 
@@ -183,9 +187,12 @@ class GuestChannels:
     def step(self, max_wait_s: float) -> None:
         """One turn of the loop: wait for input or a timer, handle it (tests call this)."""
         now = self._clock()
-        wait_s = max(0.0, min(max_wait_s, self._next_timer_mono(now) - now))
+        if self._timers_due_mono is None:
+            self._timers_due_mono = self._next_timer_mono(now)
+        wait_s = max(0.0, min(max_wait_s, self._timers_due_mono - now))
         events = self._selector.select(wait_s)
-        self._run_commands()
+        if self._commands:
+            self._timers_due_mono = float("-inf")  # a new guest may need connecting now
         for key, mask in events:
             ch = key.data
             if ch is None:
@@ -197,7 +204,15 @@ class GuestChannels:
                 with self._lock:
                     self._flush(ch)
         self._run_commands()
-        self._timers(self._clock())
+        now = self._clock()
+        # Timers (connects, pings, staleness, cut-off ends) are looked at when one
+        # is due, at most every TIMER_GRANULARITY_S, not on every report received:
+        # with dozens of guests reporting every second that is most wakeups.
+        if self._timers_due_mono is None or now >= self._timers_due_mono:
+            self._timers(now)
+            self._timers_due_mono = max(
+                self._next_timer_mono(now), now + TIMER_GRANULARITY_S
+            )
 
     # --- commands ----------------------------------------------------------------
 
