@@ -821,6 +821,45 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
 
         return call1
 
+    if nargs == 2:
+        arg0, arg1 = args
+
+        def call2(ctx: Context) -> Any:
+            fn = ctx.funcs.get(name)
+            if fn is None or len(fn.params) != 2:
+                fn = function_of(ctx)
+            value0 = arg0(ctx)
+            value1 = arg1(ctx)
+            steps = ctx.steps + fn.cost
+            depth = ctx.depth
+            if steps > ctx.max_steps or depth >= ctx.max_depth:
+                enter(ctx, fn)  # raises the right error
+            ctx.steps = steps
+            ctx.depth = depth + 1
+            param0, param1 = fn.params
+            variables = ctx.vars
+            stack0 = variables.get(param0)
+            if stack0 is None:
+                variables[param0] = [value0]
+            else:
+                stack0.append(value0)
+            stack1 = variables.get(param1)
+            if stack1 is None:
+                variables[param1] = [value1]
+            else:
+                stack1.append(value1)
+            scope = [param0, param1]
+            scopes = ctx.scopes
+            scopes.append(scope)
+            result = fn.body(ctx)
+            scopes.pop()
+            for bound in scope:
+                variables[bound].pop()
+            ctx.depth = depth
+            return result
+
+        return call2
+
     def call(ctx: Context) -> Any:
         fn = function_of(ctx)
         values = [a(ctx) for a in args]
