@@ -9,6 +9,7 @@ them at fixture trees; libvirt code uses the ``test:///default`` driver.
 from __future__ import annotations
 
 import builtins
+import io
 import os
 from typing import Any
 
@@ -46,8 +47,20 @@ def _no_real_host(monkeypatch: pytest.MonkeyPatch) -> None:
             raise AssertionError(f"unit test touched the real host: os.open({path!r})")
         return _REAL_OS_OPEN(path, *args, **kwargs)
 
+    def guard_path_call(name: str, real: Any) -> Any:
+        def guarded(path: Any = ".", *args: Any, **kwargs: Any) -> Any:
+            if _forbidden(path):
+                raise AssertionError(f"unit test touched the real host: os.{name}({path!r})")
+            return real(path, *args, **kwargs)
+
+        return guarded
+
+    # pathlib opens files through io.open, not builtins.open: guard both.
     monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
     monkeypatch.setattr(os, "open", guarded_os_open)
+    for name in ("listdir", "scandir"):
+        monkeypatch.setattr(os, name, guard_path_call(name, getattr(os, name)))
     try:
         import libvirt  # type: ignore[import-not-found]
     except ImportError:
