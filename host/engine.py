@@ -408,16 +408,23 @@ class Engine:
         with self._wake_lock:
             reasons, self._wake_reasons = self._wake_reasons, []
 
-        domains = self.hypervisor.domain_infos() if self.hypervisor.connected else []
-        self._update_channels(domains)
+        libvirt_up = bool(self.hypervisor.connected)
+        if libvirt_up:
+            domains = self.hypervisor.domain_infos()
+            self._update_channels(domains)
+            self._forget_gone({d.name for d in domains})
+        else:
+            # libvirtd is away (restarting?): keep the guests' channels and what we
+            # knew for status, but decide nothing about guests we cannot see.
+            domains = list(self._domains)
+            reasons.append("libvirt not connected: guests left alone")
         channel_states = self.channels.snapshot()
         assigned_kib = sum(d.max_memory_kib for d in domains)
         host_sample = self.host.collect(vm_assigned_kib=assigned_kib if domains else None)
         self._last_share = host_sample.freeable_share if host_sample.mem_total_kib else None
         self._host_samples.append(dict(host_sample.fields))
 
-        managed = [d for d in domains if _manageable(d)]
-        self._forget_gone({d.name for d in domains})
+        managed = [d for d in domains if _manageable(d)] if libvirt_up else []
         overrides = self.floor_overrides_kib()
         guests: list[Entity] = []
         views: list[GuestView] = []

@@ -356,3 +356,15 @@ def test_repeated_tick_failures_end_the_loop_instead_of_spinning(tmp_path):
     with pytest.raises(RuntimeError):
         rig.engine.run(threading.Event())
     assert rig.engine.tick_count == 0
+
+
+def test_while_libvirt_is_away_guests_keep_their_channels_and_are_left_alone(tmp_path):
+    rig = Rig(tmp_path, [FakeVm("web", channel_path="/run/web.sock")], SHRINK_POLICY)
+    rig.engine.tick()
+    calls = len(rig.hypervisor.balloon_calls)
+    rig.hypervisor.connected = False
+    record = rig.engine.tick()
+    assert rig.channels.paths == {"web": "/run/web.sock"}
+    assert len(rig.hypervisor.balloon_calls) == calls and record.decisions == []
+    assert [row["name"] for row in rig.engine.status_vms()] == ["web"]
+    assert "libvirt not connected: guests left alone" in record.reasons
