@@ -39,7 +39,7 @@ ticks = st.lists(
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(ticks)
 def test_targets_stay_within_limits_whatever_is_proposed(
     seq: List[Tuple[float, Tuple[GuestView, Optional[int]]]],
@@ -73,7 +73,7 @@ def test_targets_stay_within_limits_whatever_is_proposed(
             assert d.kind in ("deflate", "rollback", "hold")
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.lists(guest_tick(), min_size=1, max_size=6, unique_by=lambda t: t[0].name))
 def test_one_decision_per_guest_in_order(batch: List[Tuple[GuestView, Optional[int]]]) -> None:
     gov = Governor()
