@@ -157,6 +157,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from ebb.host.observe.replay import ReplayError, format_report, replay_trace
     from ebb.host.observe.trace import TraceError
 
+    if not getattr(args, "verbose", False):
+        # A replay loads the policy and runs the governor over hours of ticks:
+        # their per-tick INFO lines would bury the report.
+        for name in ("ebb.host.policy", "ebb.host.governor"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         # The same limits as the daemon that recorded the trace, so that the
         # recorded policy reproduces its own decisions.

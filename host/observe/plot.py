@@ -253,14 +253,15 @@ def build_figure(series: Series, title: str = "") -> Any:
     _below = [f is not None and h is not None and f < h
               for f, h in zip(series.freeable_gib, series.threshold_gib)]
     if any(_below):
-        mem_ax.fill_between(t, 0, 1, where=_below, transform=mem_ax.get_xaxis_transform(),
-                            color="tab:red", alpha=0.08, linewidth=0,
-                            label="under threshold")
+        _shade_runs(mem_ax, t, _below, color="tab:red", alpha=0.12, label="under threshold")
     mem_ax.set_ylim(bottom=0)
 
     colours = _colours(len(series.vms))
-    for colour, vm in zip(colours, series.vms):
-        balloon_ax.plot(t, _xs(series.balloon_cur_mib[vm]), color=colour, linewidth=1.8,
+    # Identical guests often sit at the same size: later lines are drawn
+    # thinner on top of earlier ones, so every colour stays visible.
+    widths = _stacked_widths(len(series.vms))
+    for colour, width, vm in zip(colours, widths, series.vms):
+        balloon_ax.plot(t, _xs(series.balloon_cur_mib[vm]), color=colour, linewidth=width,
                         label=f"{vm} balloon")
         balloon_ax.plot(t, _xs(series.balloon_target_mib[vm]), color=colour, linewidth=1.1,
                         linestyle="--", drawstyle="steps-post", label=f"{vm} target")
@@ -272,9 +273,9 @@ def build_figure(series: Series, title: str = "") -> Any:
                  label="host swap-in")
     swap_ax.plot(t, _xs(series.host_swap_out_mib_s), color="grey", linewidth=1.6,
                  linestyle="--", label="host swap-out")
-    for colour, vm in zip(colours, series.vms):
-        swap_ax.plot(t, _xs(series.guest_swap_mib_s.get(vm, [])), color=colour, linewidth=1.1,
-                     alpha=0.85, label=f"{vm} swap in+out")
+    for colour, width, vm in zip(colours, widths, series.vms):
+        swap_ax.plot(t, _xs(series.guest_swap_mib_s.get(vm, [])), color=colour,
+                     linewidth=width * 0.7, label=f"{vm} swap in+out")
     swap_ax.set_ylabel("MiB/s")
     swap_ax.set_title("Swap", loc="left", fontsize=11)
     swap_ax.set_ylim(bottom=0)
@@ -285,8 +286,7 @@ def build_figure(series: Series, title: str = "") -> Any:
                 linestyle="--", label="pages sharing")
     running = [r is not None and r >= 1 for r in series.ksm_run]
     if any(running):
-        ksm_ax.fill_between(t, 0, 1, where=running, transform=ksm_ax.get_xaxis_transform(),
-                            color="tab:green", alpha=0.08, linewidth=0, label="KSM running")
+        _shade_runs(ksm_ax, t, running, color="tab:green", alpha=0.08, label="KSM running")
     ksm_ax.set_ylabel("pages")
     ksm_ax.set_title("KSM", loc="left", fontsize=11)
     ksm_ax.set_ylim(bottom=0)
@@ -298,6 +298,34 @@ def build_figure(series: Series, title: str = "") -> Any:
     if title:
         figure.suptitle(title, fontsize=12)
     return figure
+
+
+def _shade_runs(ax: Any, t: Sequence[float], flags: Sequence[bool], color: str, alpha: float,
+                label: str) -> None:
+    """Shade the spans of ticks where ``flags`` holds (half a tick each side, so one
+    tick alone still shows)."""
+    labelled = False
+    index = 0
+    while index < len(flags):
+        if not flags[index]:
+            index += 1
+            continue
+        end = index
+        while end + 1 < len(flags) and flags[end + 1]:
+            end += 1
+        left = t[index] - (t[index] - t[index - 1]) / 2 if index > 0 else t[index]
+        right = t[end] + (t[end + 1] - t[end]) / 2 if end + 1 < len(t) else t[end]
+        ax.axvspan(left, right, color=color, alpha=alpha, linewidth=0,
+                   label=None if labelled else label)
+        labelled = True
+        index = end + 1
+
+
+def _stacked_widths(count: int, thinnest: float = 1.4, thickest: float = 4.0) -> List[float]:
+    if count <= 1:
+        return [1.8] * count
+    step = (thickest - thinnest) / (count - 1)
+    return [thickest - i * step for i in range(count)]
 
 
 def _colours(count: int) -> List[Any]:
