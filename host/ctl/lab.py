@@ -46,7 +46,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         guests = _lab(args).up(
             count=args.guests, memory_mib=args.memory, kvm=args.kvm, run=args.run,
             agent=not args.no_agent, agent_args=args.agent_args, timeout_s=args.timeout,
-            progress=_progress,
+            floor_mib=args.floor, progress=_progress,
         )
     except LabError as err:
         return _fail(err)
@@ -174,6 +174,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     up.add_argument("--guests", type=int, default=2, metavar="N", help="how many (default 2)")
     up.add_argument("--memory", type=int, default=DEFAULT_MEMORY_MIB, metavar="MIB",
                     help=f"maximum memory of each guest (default {DEFAULT_MEMORY_MIB})")
+    up.add_argument("--floor", type=int, metavar="MIB",
+                    help="ebbd never balloons a guest below this (<ebb:vm floor_mib>; "
+                    "default 3/8 of --memory, at least 128)")
     kvm = up.add_mutually_exclusive_group()
     kvm.add_argument("--kvm", dest="kvm", action="store_true", default=None,
                      help="use KVM (default: only when /dev/kvm works and the CPU has vmx/svm)")

@@ -95,6 +95,16 @@ _STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shut
                 5: "shut off", 6: "crashed", 7: "suspended"}
 
 
+def default_floor_mib(memory_mib: int) -> int:
+    """A lab guest's floor: 3/8 of its memory, at least 128 MiB (192 for 512 MiB).
+
+    The guest runs only its kernel, Python, the agent and the lab's runner (about
+    60 MiB), so most of its memory is the balloon's to move. ebbd's own default
+    floor (512 MiB) would leave a small lab guest nothing to give.
+    """
+    return max(128, memory_mib * 3 // 8)
+
+
 def kvm_usable() -> bool:
     """Whether hardware virtualisation works here (``/dev/kvm`` and vmx/svm in the CPU).
 
@@ -121,6 +131,19 @@ class Lab:
     # -- prerequisites ----------------------------------------------------------
     @property
     def conn(self) -> Any:
+        """The libvirt connection, reopened when libvirtd was restarted under it."""
+        if self._conn is not None:
+            try:
+                # A cheap call: isAlive() still says yes on a socket libvirtd closed.
+                self._conn.getLibVersion()
+                alive = True
+            except Exception:
+                alive = False
+            if not alive:
+                LOG.info("libvirt connection lost; reconnecting to %s", self.settings.uri)
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+                self._conn = None
         if self._conn is None:
             libvirt = _libvirt()
             try:
@@ -247,9 +270,12 @@ class Lab:
     def up(self, count: int = 2, memory_mib: int = DEFAULT_MEMORY_MIB,
            kvm: Optional[bool] = None, run: Optional[str] = None, agent: bool = True,
            agent_args: str = DEFAULT_AGENT_ARGS, timeout_s: float = 180.0, wait_agent: bool = True,
+           floor_mib: Optional[int] = None,
            progress: Optional[Progress] = None) -> List[GuestInfo]:
         """Define and start ``count`` guests; wait until each agent runs (and talks).
 
+        Each guest's ``<ebb:vm floor_mib>`` is ``floor_mib`` (default
+        :func:`default_floor_mib`), so ebbd may balloon it down that far.
         Guests of the same names left by an earlier lab are replaced. Raises
         :class:`LabError` when something is missing or a guest does not come up in
         ``timeout_s``; the guests are left running for inspection then.
@@ -281,6 +307,8 @@ class Lab:
                 python=guest_py.python, bin_dir=guest_py.bin_dir, guest_dir=gdir,
                 state_dir=self.state_dir, domain_type=domain_type, run=run, agent=agent,
                 agent_args=agent_args,
+                ebb_metadata={"floor_mib": str(floor_mib if floor_mib is not None
+                                               else default_floor_mib(memory_mib))},
             )
             (gdir / "domain.xml").write_text(domain_xml.domain_xml(spec))
             try:

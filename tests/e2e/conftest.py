@@ -52,6 +52,13 @@ def host_snapshot(request: pytest.FixtureRequest) -> Iterator[hostmem.HostSnapsh
 def lab(request: pytest.FixtureRequest, host_snapshot: hostmem.HostSnapshot) -> Iterator[Lab]:
     """Two booted lab guests with agents, for the whole session."""
     the_lab = Lab(LabSettings(state_dir=STATE_DIR, prefix=PREFIX))
+    keep = os.environ.get("EBB_E2E_KEEP_LAB") == "1"
+    running = [g for g in the_lab.status() if g.state == "running"]
+    if keep and len(running) == GUEST_COUNT:
+        # While developing tests: reuse the guests a previous run kept.
+        _say(request.config, "reusing the running lab (EBB_E2E_KEEP_LAB=1)")
+        yield the_lab
+        return
     the_lab.down()  # whatever an interrupted earlier run left
     started = time.monotonic()
     try:
@@ -64,7 +71,7 @@ def lab(request: pytest.FixtureRequest, host_snapshot: hostmem.HostSnapshot) -> 
     record("lab_boot_s", round(boot_s, 1))
     _say(request.config, f"lab of {GUEST_COUNT} guests up in {boot_s:.1f} s")
     yield the_lab
-    if os.environ.get("EBB_E2E_KEEP_LAB") != "1":
+    if not keep:
         removed = the_lab.down()
         _say(request.config, "lab removed: " + ", ".join(removed))
 
@@ -98,6 +105,7 @@ def ebbd_factory(request: pytest.FixtureRequest,
     made: List[Ebbd] = []
     base = RESULTS / request.node.name
     shutil.rmtree(base, ignore_errors=True)
+    shutil.rmtree("/run/ebb-e2e", ignore_errors=True)
 
     def make(start: bool = True, **settings: Dict[str, Any]) -> Ebbd:
         workdir = base / f"ebbd-{len(made) + 1}"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 import pytest
+from ebb.host.lab import hostmem
 from ebb.host.lab.errors import LabError
 from ebb.host.lab.guestcmd import CommandResult, GuestShell
 from ebb.host.lab.manager import Lab, LabSettings
@@ -35,6 +36,10 @@ GUEST_COUNT = 2
 #: Lab agents retry the host every 2 s at most, so a restarted ebbd is seen fast.
 AGENT_ARGS = "--backoff-max 2"
 BIN = Path(sys.executable).parent
+#: The cooperative policy's pressure threshold (freeable share of host memory).
+POLICY_THRESHOLD = 0.20
+#: Host memory kept free while shrinking the host (others work on it too).
+KEEP_FREE_MIB = 3072
 RESULTS = Path(os.environ.get("EBB_E2E_RESULTS", STATE_DIR / "e2e-results"))
 
 T = TypeVar("T")
@@ -171,7 +176,8 @@ class Ebbd:
 
     def __init__(self, workdir: Path, settings: Dict[str, Dict[str, Any]]) -> None:
         self.workdir = workdir
-        self.run_dir = workdir / "run"
+        # Unix socket paths must stay under 108 bytes: the run dir is short, under /run.
+        self.run_dir = Path("/run/ebb-e2e") / workdir.name
         self.socket = self.run_dir / "ebbd.sock"
         self.config = workdir / "ebbd.toml"
         self.log = workdir / "ebbd.log"
@@ -263,3 +269,50 @@ def fresh(vm: Dict[str, Any], max_age_s: float = 5.0) -> bool:
     agent = vm.get("agent") or {}
     age = agent.get("last_report_age_s")
     return bool(agent.get("connected")) and age is not None and age < max_age_s
+
+
+# -- host pressure ---------------------------------------------------------------------
+def host_share() -> float:
+    """Freeable memory (MemFree + Buffers + Cached) as a share of MemTotal."""
+    info = hostmem.meminfo_kib()
+    return hostmem.freeable_kib(info) / info["MemTotal"]
+
+
+def squeeze_host(share: float, snapshot: hostmem.HostSnapshot) -> float:
+    """Reserve hugepages until freeable memory is ``share`` of the host; return the share.
+
+    Fails the test when the host cannot be shrunk under the policy's 20 % (too
+    little memory to leave ~3 GiB free, or hugepages refused).
+    """
+    hostmem.squeeze(share, keep_free_mib=KEEP_FREE_MIB)
+    reached = host_share()
+    if reached >= POLICY_THRESHOLD:
+        info = hostmem.meminfo_kib()
+        snapshot.restore()
+        pytest.fail(
+            f"could not bring freeable memory under {POLICY_THRESHOLD:.0%} of "
+            f"{info['MemTotal'] // 1024} MiB while keeping {KEEP_FREE_MIB} MiB free "
+            f"(reached {reached:.1%}, nr_hugepages {info.get('HugePages_Total')})",
+            pytrace=False,
+        )
+    return reached
+
+
+def release_host(snapshot: hostmem.HostSnapshot) -> None:
+    """Give the hugepages back (as they were before the test)."""
+    hostmem.set_hugepages(snapshot.nr_hugepages)
+
+
+def both_fresh(ebbd: Ebbd, names: List[str]) -> Optional[Dict[str, Dict[str, Any]]]:
+    status = ebbd.status()
+    vms = {vm["name"]: vm for vm in status["vms"]}
+    if all(name in vms and fresh(vms[name]) for name in names):
+        return vms
+    return None
+
+
+def wait_agents(ebbd: Ebbd, guests: List[Guest], timeout_s: float = 60.0) -> Dict[str, Any]:
+    names = [g.name for g in guests]
+    return wait_for(lambda: both_fresh(ebbd, names), timeout_s,
+                    "both agents connected with fresh reports",
+                    last=lambda: [ebbd.vm(n) for n in names])

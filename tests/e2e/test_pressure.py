@@ -1,0 +1,133 @@
+"""Scenarios 2 and 3: host pressure inflates balloons; guests' offers and needs are honoured."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional
+
+import pytest
+from e2e_support import (
+    POLICY_THRESHOLD,
+    Guest,
+    host_share,
+    record,
+    release_host,
+    squeeze_host,
+    wait_agents,
+    wait_for,
+)
+from ebb.host.lab import hostmem
+
+pytestmark = pytest.mark.e2e
+
+MIB = 1024
+
+
+def _given(guest: Guest) -> int:
+    """KiB the guest has given up (its maximum minus what libvirt says it has now)."""
+    return guest.max_kib() - guest.actual_kib()
+
+
+@pytest.mark.timeout(600)
+def test_host_pressure_inflates_balloons_and_release_deflates_them(
+    guests: List[Guest], ebbd_factory, host
+) -> None:
+    idle, busy = guests
+    # The busy guest keeps 250 MiB in use, so it has less unused memory and offers less.
+    busy.memknobs("250M:1h")
+    ebbd = ebbd_factory()
+    wait_agents(ebbd, guests)
+    wait_for(lambda: (ebbd.vm(busy.name).get("offer_kib") or 0) + 64 * MIB
+             < (ebbd.vm(idle.name).get("offer_kib") or 0),
+             60, "the busy guest's offer to fall below the idle one's",
+             last=lambda: [ebbd.vm(g.name).get("offer_kib") for g in guests])
+
+    squeezed_at = time.time()
+    share = squeeze_host(0.15, host)
+    ticks_s = 1.0
+
+    def inflated() -> bool:
+        return all(g.actual_kib() < g.max_kib() for g in guests)
+
+    wait_for(inflated, 30, "both balloons to inflate (memoryStats actual below the maximum)",
+             last=lambda: [g.actual_kib() for g in guests])
+    first_action = min(
+        (ebbd.vm(g.name).get("last_action") or {}).get("at", float("inf")) for g in guests
+    )
+    record("pressure_to_first_inflate_s", round(first_action - squeezed_at, 2))
+    assert first_action - squeezed_at <= 2 * ticks_s + 1.0, (
+        f"first inflation {first_action - squeezed_at:.1f} s after the host fell to "
+        f"{share:.0%} freeable (two ticks are {2 * ticks_s:.0f} s)"
+    )
+    # Let the balloons move for a while; the idle guest, with more unused memory and the
+    # bigger offer, gives more.
+    time.sleep(15)
+    given = {g.name: _given(g) for g in guests}
+    assert given[idle.name] > given[busy.name], given
+
+    release_host(host)
+    assert host_share() > POLICY_THRESHOLD
+    released_at = time.monotonic()
+    wait_for(lambda: all(g.actual_kib() >= g.max_kib() for g in guests), 120,
+             "both balloons to deflate back to the maximum after the pressure went",
+             last=lambda: {g.name: g.actual_kib() for g in guests})
+    record("release_to_full_deflate_s", round(time.monotonic() - released_at, 1))
+
+
+def _need_seen(ebbd, name: str) -> Optional[Dict[str, Any]]:
+    vm = ebbd.vm(name)
+    if (vm.get("need_kib") or 0) > 0 or vm.get("need_urgency") not in (None, "none"):
+        vm["_seen_at"] = time.time()
+        return vm
+    return None
+
+
+@pytest.mark.timeout(600)
+def test_offers_are_taken_first_and_needs_met_at_once(
+    guests: List[Guest], ebbd_factory, host
+) -> None:
+    offering, full = guests
+    # The full guest uses most of its memory: no offer. The other idles and offers.
+    full.memknobs("330M:1h")
+    ebbd = ebbd_factory()
+    wait_agents(ebbd, guests)
+    wait_for(lambda: (ebbd.vm(full.name).get("offer_kib") or 0) < 32 * MIB
+             and (ebbd.vm(offering.name).get("offer_kib") or 0) > 200 * MIB,
+             60, "one guest offering and the other not",
+             last=lambda: [ebbd.vm(g.name).get("offer_kib") for g in guests])
+
+    # A small deficit (150 MiB under the threshold) that the offer covers.
+    total_kib = hostmem.meminfo_kib()["MemTotal"]
+    squeeze_host(POLICY_THRESHOLD - 150 * MIB / total_kib, host)
+    wait_for(lambda: _given(offering) >= 64 * MIB, 60,
+             "the offering guest to give 64 MiB",
+             last=lambda: {g.name: g.actual_kib() for g in guests})
+    assert _given(full) == 0, (
+        f"{full.name} (no offer) gave {_given(full) // MIB} MiB while "
+        f"{offering.name}'s offer covered the host's need"
+    )
+
+    # Pressure gone: the offering guest keeps a smaller balloon. Now it needs memory.
+    release_host(host)
+    before = offering.actual_kib()
+    last_action_before = (ebbd.vm(offering.name).get("last_action") or {}).get("at", 0)
+    offering.memknobs(f"{before // MIB + 64}M:1h")
+    vm = wait_for(lambda: _need_seen(ebbd, offering.name), 90,
+                  f"{offering.name} to report a need", interval_s=0.2,
+                  last=lambda: ebbd.vm(offering.name))
+    report_at = vm["_seen_at"] - (vm["agent"]["last_report_age_s"] or 0)
+
+    def deflated() -> Optional[Dict[str, Any]]:
+        action = ebbd.vm(offering.name).get("last_action") or {}
+        if action.get("kind") == "deflate" and action.get("at", 0) > last_action_before:
+            return action
+        return None
+
+    action = wait_for(deflated, 30, f"ebbd to deflate {offering.name}'s balloon",
+                      interval_s=0.2, last=lambda: ebbd.vm(offering.name))
+    delay_s = action["at"] - report_at
+    record("need_report_to_deflate_s", round(delay_s, 2))
+    assert delay_s <= 1.0, f"deflated {delay_s:.2f} s after the need was reported"
+    wait_for(lambda: offering.actual_kib() > before, 30,
+             "libvirt to show the guest with more memory",
+             last=lambda: offering.actual_kib())
