@@ -129,6 +129,7 @@ class ReplayReport:
     ticks_differing: int = 0
     ticks_skipped: int = 0
     ticks_paused: int = 0
+    daemon_restarts: int = 0
     policy_errors_recorded: int = 0
     policy_errors_replayed: int = 0
     first_policy_error: Optional[str] = None
@@ -148,6 +149,7 @@ class ReplayReport:
                 "ticks_differing": self.ticks_differing,
                 "ticks_skipped": self.ticks_skipped,
                 "ticks_paused": self.ticks_paused,
+                "daemon_restarts": self.daemon_restarts,
                 "ticks_host_controls_differing": len(self.host_control_differences),
                 "policy_errors_recorded": self.policy_errors_recorded,
                 "policy_errors_replayed": self.policy_errors_replayed,
@@ -189,11 +191,21 @@ class Replayer:
         self.report = report or ReplayReport(trace="", policy=[])
         self.open_loop = open_loop
         self._shift_kib: Dict[str, int] = {}
+        self._last_tick: Optional[int] = None
+
+    def _restart(self) -> None:
+        """ebbd restarted here (its tick count went back): so do its policy and governor."""
+        self.report.daemon_restarts += 1
+        self.runner = PolicyRunner(self.runner.program)
+        self.governor = Governor(self.governor.config)
 
     def feed(self, record: Mapping[str, Any]) -> None:
         """Replay one trace record (a decoded trace line)."""
         report = self.report
         tick = int(record.get("tick", report.ticks))
+        if self._last_tick is not None and tick <= self._last_tick:
+            self._restart()
+        self._last_tick = tick
         state = record.get("state")
         views_raw = record.get("views")
         if not isinstance(state, Mapping) or not isinstance(views_raw, list):
@@ -408,6 +420,9 @@ def format_report(report: ReplayReport, limit: int = 50) -> str:
                  f"{', '.join(report.policy)}")
     if report.ticks_skipped:
         lines.append(f"skipped {report.ticks_skipped} records without state or views")
+    if report.daemon_restarts:
+        lines.append(f"ebbd restarted {report.daemon_restarts} times in the trace "
+                     "(the replay restarted its policy and governor with it)")
     if report.ticks_paused:
         lines.append(f"{report.ticks_paused} ticks were paused (no decisions to compare)")
     lines.append(f"ticks that differ: {report.ticks_differing} of {report.ticks} "

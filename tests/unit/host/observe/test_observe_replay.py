@@ -120,3 +120,17 @@ def test_a_trace_without_states_cannot_be_replayed(tmp_path: Path,
     trace.write_text('{"tick": 1, "ts": 1.0}\n')
     with pytest.raises(ReplayError, match="no tick with recorded state"):
         _replay(trace, recorded_trace["policy"])
+
+
+def test_a_daemon_restart_in_the_trace_restarts_the_replayed_governor(
+    recorded_trace: Dict[str, Path], tmp_path: Path
+) -> None:
+    # Two runs of ebbd appended to one trace: the second starts again at tick 0,
+    # with a fresh governor, as the synthetic recorder does.
+    records = [json.loads(line) for line in recorded_trace["trace"].read_text().splitlines()]
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text("".join(json.dumps(r) + "\n" for r in records + records))
+    report = _replay(twice, recorded_trace["policy"])
+    assert report.daemon_restarts == 1
+    assert report.ticks == 120
+    assert report.ticks_differing == 0
