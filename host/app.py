@@ -286,7 +286,7 @@ class Daemon:
         if last is None:
             return True
         allowed = max(3 * self.engine.settings.interval_s, 10.0)
-        return time.monotonic() - last <= allowed
+        return bool(time.monotonic() - last <= allowed)
 
     def stop(self) -> None:
         """Stop everything; restore KSM and memtune; balloons stay as they are."""
@@ -451,7 +451,7 @@ class Daemon:
         record = self.engine.last_record
         if record is None:
             return "starting"
-        return record.summary()
+        return str(record.summary())
 
 
 def _empty_host() -> dict[str, Any]:

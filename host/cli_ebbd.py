@@ -13,12 +13,17 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ebb.host.app import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, build_daemon
+from ebb.host.app import build_daemon
 from ebb.host.config import DEFAULT_CONFIG_PATH, LOG_LEVELS, ConfigError, load_config
 from ebb.host.control import ControlError
 from ebb.host.logsetup import configure_logging
 
 LOG = logging.getLogger("ebb.host.ebbd")
+
+# Exit statuses (the same as ebb.host.app's).
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.error("cannot start: %s", err)
         daemon.stop()
         return EXIT_FAILURE
-    return daemon.run_forever()
+    return int(daemon.run_forever())
 
 
 def _once(config, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
