@@ -27,6 +27,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# Packaging (packaging/, tests/packaging): building the .deb and .rpm packages,
+# linting them, and the test that boots the guest package in a debootstrap image.
+PACKAGING_APT_PACKAGES=(
+    debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
+    python3-wheel python3-build python3-installer lintian debootstrap e2fsprogs
+    rpm rpm2cpio rpmlint systemd
+)
+missing=()
+for p in "${PACKAGING_APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing Debian packaging tools: ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
 PY=${EBB_PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     log "creating .venv with $($PY --version)"

@@ -25,4 +25,7 @@ step "unit tests"
 step "end-to-end tests (real libvirtd, real guests)"
 .venv/bin/python -m pytest -q -m e2e tests/e2e || status=1
 
+step "packaging: .deb and .rpm builds, lintian, rpmlint, the guest package booted in a real image"
+.venv/bin/python -m pytest -q tests/packaging || status=1
+
 exit $status
