@@ -13,7 +13,7 @@ unit:
 	.venv/bin/python -m pytest -q tests/unit
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/mypy
+	.venv/bin/ruff check . && ./dev/typecheck.sh
 
 bootstrap:
 	./dev/bootstrap.sh

@@ -12,7 +12,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
 step "ruff"
 .venv/bin/ruff check . || status=1
 step "mypy (strict on protocol/ and guest/)"
-.venv/bin/mypy || status=1
+./dev/typecheck.sh || status=1
 step "vermin: protocol/ and guest/ run on Python 3.8"
 .venv/bin/vermin --no-tips --violations -t=3.8- --backport typing protocol guest || status=1
 
