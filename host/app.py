@@ -172,6 +172,7 @@ class Daemon:
         if components.observability is not None:
             self.engine.observers.extend(components.observability.observers)
         self._engine_thread: threading.Thread | None = None
+        self._started = False
         self.control: ControlServer | None = None
         if control_socket:
             self.control = ControlServer(
@@ -208,6 +209,11 @@ class Daemon:
         """Start every thread; returns after the first tick (or STARTUP_WAIT_S)."""
         if self.dry_run:
             LOG.warning("dry run: decisions are logged, nothing is applied")
+        if self.control is not None:
+            # First, so that a second ebbd stops here, before touching the host
+            # state (saved KSM values) that belongs to the first one.
+            self.control.bind()
+        self._started = True
         self.load_policies()
         if self.c.ksm is not None and not self.dry_run:
             self.c.ksm.start()
@@ -292,6 +298,8 @@ class Daemon:
         """Stop everything; restore KSM and memtune; balloons stay as they are."""
         self.notifier.stopping()
         self.request_stop()
+        if not self._started:
+            return  # nothing of ours to put back
         if self._engine_thread is not None:
             self._engine_thread.join(timeout=2.0)
         if self.control is not None:
@@ -310,6 +318,7 @@ class Daemon:
 
     def run_once(self) -> TickRecord:
         """One tick without the background threads (``ebbd --once``)."""
+        self._started = True
         self.load_policies()
         if self.c.ksm is not None and not self.dry_run:
             self.c.ksm.start()  # a crashed run's saved originals come first

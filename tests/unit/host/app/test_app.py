@@ -307,3 +307,30 @@ def test_ebbd_process_serves_status_reloads_on_sighup_and_stops_on_sigterm(tmp_p
     assert proc.returncode == 0, stderr
     assert "reloaded" in stderr
     assert r.ksm("run") == "0"
+
+
+def test_a_second_ebbd_on_the_same_socket_stops_before_touching_the_host(rig):
+    from ebb.host.control import ControlError
+
+    rig.daemon.start()
+    assert rig.ksm("run") == "1" and (rig.run_dir / "ksm-original.json").exists()
+    second = Daemon(
+        rig.config,
+        Components(
+            hypervisor=FakeHypervisor([FakeVm("web")]),
+            host=HostCollector(rig.proc, rig.sys),
+            channels=RecordingChannels(),
+            runner=PolicyRunner(),
+            governor=Governor(),
+            balloon=BalloonController(FakeHypervisor()),
+            ksm=KsmController(rig.sys, rig.run_dir),
+            memtune=None,
+        ),
+        notifier=SystemdNotifier(environ={}),
+    )
+    with pytest.raises(ControlError, match="already listening"):
+        second.start()
+    second.stop()
+    assert rig.ksm("run") == "1"  # the first ebbd's KSM state is left alone
+    assert (rig.run_dir / "ksm-original.json").exists()
+    assert rig.client().request("ping") == {"pong": True}
