@@ -282,9 +282,13 @@ class GuestChannels:
             )
             ch.next_connect_mono = now + ch.connect_backoff_s
             log = LOG.info if ch.connect_failures == 1 else LOG.debug
+            why = err.strerror or str(err)
+            if err.errno == errno.EAGAIN:
+                # QEMU serves one client per channel and queues the next.
+                why += " (another program, perhaps a second ebbd, holds this channel)"
             log(
                 "guest %s: cannot open agent channel %s: %s; retrying in %.0f s",
-                ch.session.vm, ch.path, err.strerror or err, ch.connect_backoff_s,
+                ch.session.vm, ch.path, why, ch.connect_backoff_s,
             )
             return
         sock.setblocking(False)
