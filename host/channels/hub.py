@@ -435,9 +435,4 @@ class GuestChannels:
                     session.reset_backoff()
 
 
-def describe_errno(err: OSError) -> str:
-    """Short text for an OSError (for logs)."""
-    return err.strerror or errno.errorcode.get(err.errno or 0, str(err))
-
-
-__all__: List[str] = ["Connector", "GuestChannels", "connect_unix", "describe_errno"]
+__all__: List[str] = ["Connector", "GuestChannels", "connect_unix"]

@@ -334,3 +334,15 @@ def test_a_second_ebbd_on_the_same_socket_stops_before_touching_the_host(rig):
     assert rig.ksm("run") == "1"  # the first ebbd's KSM state is left alone
     assert (rig.run_dir / "ksm-original.json").exists()
     assert rig.client().request("ping") == {"pong": True}
+
+
+def test_ebbd_once_json_is_the_tick_record(tmp_path, capsys):
+    r = Rig(tmp_path)
+    assert ebbd_main(["--config", str(r.config_path), "--once", "--dry-run", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert set(record) >= {"ts", "tick", "duration_ms", "state", "views", "controls",
+                           "decisions", "applied", "policy_error"}
+    assert set(record["state"]) == {"host", "guests"}
+    assert record["decisions"][0]["vm"] == "test"
+    assert set(record["decisions"][0]) >= {"vm", "kind", "target_kib", "rule", "reason",
+                                           "inputs"}
