@@ -294,7 +294,16 @@ def build_figure(series: Series, title: str = "") -> Any:
 
     for ax in axes:
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+        handles = None
+        if ax is balloon_ax and series.vms:
+            # One entry per VM and one for "dashed = target" keeps the legend short.
+            from matplotlib.lines import Line2D
+
+            handles = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+            handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1.1,
+                                  label="target (dashed, same colour)"))
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+                  frameon=False)
     if title:
         figure.suptitle(title, fontsize=12)
     return figure
