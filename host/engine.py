@@ -357,11 +357,16 @@ class Engine:
             now = self._clock()
             if now >= next_tick or self._wake.is_set():
                 self._wake.clear()
+                started = self._clock()
                 self._safe_tick()
                 next_tick = self._clock() + self.settings.interval_s
-                # Keep a burst of immediate requests from running ticks back to back.
+                # A burst of immediate requests must not run ticks back to back;
+                # the gap counts from the tick's start, so a request that came
+                # during a tick of normal length is served at once after it.
                 if self._wake.is_set():
-                    stop.wait(self.settings.min_tick_gap_s)
+                    gap_s = started + self.settings.min_tick_gap_s - self._clock()
+                    if gap_s > 0:
+                        stop.wait(gap_s)
                 continue
             wait_s = min(next_tick - now, self.settings.pressure_check_s)
             if self._wake.wait(max(0.0, wait_s)):
@@ -617,7 +622,10 @@ class Engine:
         applied: list[dict[str, Any]] = []
         if paused:
             return applied
-        for decision in decisions:
+        # Giving memory first: a guest that asked for memory (or is being rolled
+        # back) should not wait behind other guests' inflations.
+        ordered = sorted(decisions, key=lambda d: d.kind not in ("deflate", "rollback"))
+        for decision in ordered:
             if decision.target_kib is None:
                 continue
             result = self.balloon.apply(decision.vm, decision.target_kib, decision.reason)

@@ -368,3 +368,16 @@ def test_while_libvirt_is_away_guests_keep_their_channels_and_are_left_alone(tmp
     assert len(rig.hypervisor.balloon_calls) == calls and record.decisions == []
     assert [row["name"] for row in rig.engine.status_vms()] == ["web"]
     assert "libvirt not connected: guests left alone" in record.reasons
+
+
+def test_memory_is_given_before_it_is_taken(tmp_path):
+    vms = [FakeVm("a-big", max_kib=4 * GIB_KIB, cur_kib=4 * GIB_KIB),
+           FakeVm("z-small", max_kib=4 * GIB_KIB, cur_kib=1 * GIB_KIB)]
+    policy = (
+        '(with Guests g (if (< g.balloon_cur (* 2 1048576))'
+        ' (g.Control "balloon_target" (+ g.balloon_cur 262144))'
+        ' (g.Control "balloon_target" (- g.balloon_cur 262144))))\n'
+    )
+    rig = Rig(tmp_path, vms, policy)
+    rig.engine.tick()
+    assert [name for name, _ in rig.hypervisor.balloon_calls] == ["z-small", "a-big"]
