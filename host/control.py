@@ -288,7 +288,11 @@ class ControlServer:
     def bind(self) -> None:
         """Create the socket file with the right owner and mode; listen."""
         directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, exist_ok=True)
+            # Explicitly: under systemd's UMask=0077 makedirs would give 0700, and
+            # members of group ebb could not reach the socket inside.
+            os.chmod(directory, 0o755)
         _remove_stale_socket(self.path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         # Bind under a restrictive umask so there is no moment when the socket

@@ -306,3 +306,17 @@ def test_ebbctl_status_when_ebbd_is_down(tmp_path, capsys):
     path = str(Path(tmp_path) / "ebbd.sock")
     assert ebbctl(["--socket", path, "status"]) == 1
     assert f"cannot reach ebbd at {path}: is ebbd running?" in capsys.readouterr().err
+
+
+def test_socket_directory_is_reachable_even_under_a_strict_umask(tmp_path):
+    path = str(tmp_path / "run" / "ebb" / "ebbd.sock")
+    old = os.umask(0o077)
+    try:
+        srv = ControlServer(path, ControlService(FakeDaemon(), authorizer()), group_name="x-no")
+        srv.bind()
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o755
+    finally:
+        srv.stop()
