@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
@@ -38,7 +39,7 @@ from ebb.host.governor import (
     GuestView,
 )
 from ebb.host.observe.trace import read_trace
-from ebb.host.policy import PolicyError, PolicyInput, PolicyRunner
+from ebb.host.policy import Entity, PolicyError, PolicyInput, PolicyRunner
 
 LOG = logging.getLogger(__name__)
 
@@ -168,6 +169,49 @@ def guest_view_from_dict(data: Mapping[str, Any]) -> GuestView:
     return GuestView(**{k: v for k, v in data.items() if k in _GUEST_VIEW_FIELDS})
 
 
+def policy_input(state: Mapping[str, Any]) -> PolicyInput:
+    """The policy input of a recorded tick.
+
+    Like ``PolicyInput.from_json`` but each sample is checked once, on the
+    line where it is newest, not again on each of the next ticks that keep it
+    in their history (a replay of a large host spends most of its time there
+    otherwise). Raises ValueError naming what is wrong.
+    """
+    def entity(data: Any, where: str) -> Entity:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"state {where} must be an object with 'props' and 'samples'")
+        props, samples = data.get("props", {}), data.get("samples", [])
+        if not isinstance(props, Mapping) or not isinstance(samples, list):
+            raise ValueError(f"state {where} needs 'props' (object) and 'samples' (list)")
+        if samples:
+            newest = samples[-1]
+            if not isinstance(newest, Mapping):
+                raise ValueError(f"state {where}.samples[-1] must be an object")
+            for key, value in newest.items():
+                if value is not None and (isinstance(value, bool)
+                                          or not isinstance(value, (int, float))
+                                          or not math.isfinite(value)):
+                    raise ValueError(f"state {where}.samples[-1].{key} must be a finite number")
+        return Entity(props, samples)
+
+    raw_guests = state.get("guests", [])
+    if not isinstance(raw_guests, list):
+        raise ValueError("state 'guests' must be a list")
+    guests = [entity(g, f"guests[{i}]") for i, g in enumerate(raw_guests)]
+    names = [g.name for g in guests]
+    if "" in names or len(set(names)) != len(names):
+        raise ValueError("state guests need distinct props.name")
+    return PolicyInput(host=entity(state.get("host", {}), "host"), guests=guests)
+
+
+
+def _decision_summary(decision: Decision) -> Dict[str, Any]:
+    """What the replay compares and prints of a decision (``inputs`` left out: it is
+    the costly part of ``Decision.to_json``)."""
+    return {"vm": decision.vm, "target_kib": decision.target_kib, "kind": decision.kind,
+            "rule": decision.rule, "reason": decision.reason}
+
+
 def _decision_dict(decision: Any) -> Dict[str, Any]:
     if isinstance(decision, Mapping):
         return dict(decision)
@@ -215,7 +259,7 @@ class Replayer:
             recorded_views = [guest_view_from_dict(v) for v in views_raw]
             if not self.open_loop:
                 state = self._shift_state(state)
-            inp = PolicyInput.from_json(state)
+            inp = policy_input(state)
             views = [self._shift_view(v) for v in recorded_views]
         except (ValueError, TypeError) as err:
             LOG.warning("tick %s: cannot rebuild its inputs (%s); skipped", tick, err)
@@ -246,7 +290,7 @@ class Replayer:
             # not consult the governor; neither does the replay.
             report.ticks_paused += 1
             return
-        replayed = [d.to_json() for d in self.governor.decide(now_s, views, proposed)]
+        replayed = [_decision_summary(d) for d in self.governor.decide(now_s, views, proposed)]
         recorded = [_decision_dict(d) for d in record.get("decisions") or []]
 
         recorded_cur = {v.name: int(v.balloon_cur_kib) for v in recorded_views}

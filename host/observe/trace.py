@@ -34,7 +34,7 @@ from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Union
 LOG = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-DEFAULT_KEEP_FILES = 3
+DEFAULT_KEEP_FILES = 5  # as [trace] keep_files
 #: A line with every history written in full at least this often (lines).
 KEYFRAME_EVERY = 600
 
