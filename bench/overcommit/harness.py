@@ -1,0 +1,394 @@
+"""One configuration of one scenario on freshly booted guests, measured.
+
+A :class:`Scenario` says which guests to boot (memory, disks), how to prepare
+them, what workload each runs and how to read its output. :func:`run_config`
+boots the guests, shrinks the host to the scenario's budget, starts ebbd with
+the configuration's policy (none: no ebbd), runs the workloads for the same
+duration, samples the host and the balloons every second, and returns the
+figures: host swap operations (/proc/vmstat deltas), guest swap operations
+(each guest's /proc/vmstat), balloon movements (ebbd's trace), KSM sharing, and
+whatever the scenario reads from its workload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from ebb.host.lab.errors import LabError
+from ebb.host.lab.guestcmd import CommandResult, GuestShell
+
+from . import labguests
+from .hostctl import HostMemory, ksm_counters, read_vmstat
+
+LOG = logging.getLogger(__name__)
+
+BENCH_DIR = Path(__file__).resolve().parent.parent
+REPO = BENCH_DIR.parent
+BIN = Path(sys.executable).parent
+#: Policy directory per configuration (None: ebbd does not run).
+POLICIES: Dict[str, Optional[Path]] = {
+    "none": None,
+    "ksm": BENCH_DIR / "overcommit" / "policies" / "ksm",
+    "classic": REPO / "host" / "policies" / "classic",
+    "cooperative": REPO / "host" / "policies" / "cooperative",
+}
+SAMPLE_INTERVAL_S = 1.0
+PAGE_KIB = 4
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Scenario:
+    """What a configuration run boots and runs; subclasses fill the hooks."""
+
+    name: str
+    prefix: str
+    guests: int
+    memory_mib: int
+    floor_mib: int
+    duration_s: float
+    #: MemAvailable left on the host for the guests (the rest is hugepages).
+    host_budget_mib: int
+    host_swap_mib: int
+    images_dir: Path = Path("/var/lib/ebb-lab/bench")
+
+    @property
+    def names(self) -> List[str]:
+        return [f"{self.prefix}-{i}" for i in range(1, self.guests + 1)]
+
+    def disks(self) -> Dict[str, List[labguests.Disk]]:
+        return {}
+
+    def prepare_images(self, say: Progress) -> None:
+        """Create disk images (before guests boot)."""
+
+    def setup_guest(self, index: int, shell: GuestShell) -> Dict[str, Any]:
+        """Prepare one booted guest (swap on, disk mounted); returns facts to record."""
+        return {}
+
+    def workload(self, index: int) -> List[str]:
+        raise NotImplementedError
+
+    def analyse(self, index: int, output: str) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def describe(self) -> Dict[str, Any]:
+        return {"guests": self.guests, "memory_mib": self.memory_mib,
+                "floor_mib": self.floor_mib, "duration_s": self.duration_s,
+                "host_budget_mib": self.host_budget_mib, "host_swap_mib": self.host_swap_mib}
+
+
+class Sampler(threading.Thread):
+    """Host memory, swap counters, KSM and each guest's balloon, every second."""
+
+    def __init__(self, names: Sequence[str], uri: str = "qemu:///system") -> None:
+        super().__init__(daemon=True, name="bench-sampler")
+        self.names = list(names)
+        self.uri = uri
+        self.samples: List[Dict[str, Any]] = []
+        self._halt = threading.Event()
+        self.t0 = time.time()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(10)
+
+    def run(self) -> None:
+        import libvirt
+
+        conn = None
+        while not self._halt.is_set():
+            sample: Dict[str, Any] = {"t_s": round(time.time() - self.t0, 2)}
+            try:
+                meminfo = _meminfo()
+                vmstat = read_vmstat()
+                ksm = ksm_counters()
+                sample["host"] = {
+                    "mem_free_kib": meminfo.get("MemFree", 0),
+                    "freeable_kib": meminfo.get("MemFree", 0) + meminfo.get("Buffers", 0)
+                    + meminfo.get("Cached", 0),
+                    "mem_available_kib": meminfo.get("MemAvailable", 0),
+                    "swap_used_kib": meminfo.get("SwapTotal", 0) - meminfo.get("SwapFree", 0),
+                    "pswpin": vmstat.get("pswpin", 0), "pswpout": vmstat.get("pswpout", 0),
+                    "ksm_run": ksm.get("run"), "ksm_pages_shared": ksm.get("pages_shared", 0),
+                    "ksm_pages_sharing": ksm.get("pages_sharing", 0),
+                }
+            except OSError as err:
+                LOG.warning("host sample: %s", err)
+            guests: Dict[str, Any] = {}
+            try:
+                if conn is None:
+                    conn = libvirt.open(self.uri)
+                for name in self.names:
+                    try:
+                        stats = conn.lookupByName(name).memoryStats()
+                    except libvirt.libvirtError:
+                        continue
+                    guests[name] = {k: int(stats[k]) for k in
+                                    ("actual", "unused", "available", "usable", "swap_in",
+                                     "swap_out", "rss") if k in stats}
+            except libvirt.libvirtError as err:
+                LOG.warning("guest sample: %s", err)
+                conn = None
+            sample["guests"] = guests
+            self.samples.append(sample)
+            self._halt.wait(SAMPLE_INTERVAL_S)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _meminfo() -> Dict[str, int]:
+    values = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts:
+            values[key] = int(parts[0])
+    return values
+
+
+class EbbdProcess:
+    """ebbd (scoped to the benchmark's guests) with its own config, socket and trace."""
+
+    def __init__(self, workdir: Path, policy_dir: Path, prefix: str) -> None:
+        self.workdir = workdir
+        self.run_dir = workdir / "run"
+        self.socket = self.run_dir / "ebbd.sock"
+        self.trace = workdir / "trace.jsonl"
+        self.config = workdir / "ebbd.toml"
+        self.log = workdir / "ebbd.log"
+        self.prefix = prefix
+        self.config.write_text(
+            "[daemon]\n"
+            f'policy_dir = "{policy_dir}"\n'
+            f'run_dir = "{self.run_dir}"\n'
+            f'control_socket = "{self.socket}"\n'
+            "policy_interval_s = 2.0\n"
+            f"[trace]\npath = \"{self.trace}\"\n"
+        )
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("scoped_ebbd.py")),
+                 "--prefix", self.prefix, "--", "--config", str(self.config)],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(REPO),
+                env={**os.environ, "PYTHONPATH": str(BENCH_DIR)},
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise LabError(f"ebbd exited with {self.proc.returncode}; see {self.log}")
+            if self.status() is not None:
+                return
+            time.sleep(0.5)
+        raise LabError(f"ebbd did not answer on {self.socket} in {timeout_s:.0f} s; "
+                       f"see {self.log}")
+
+    def status(self) -> Optional[Dict[str, Any]]:
+        if not self.socket.exists():
+            return None
+        result = subprocess.run([str(BIN / "ebbctl"), "--socket", str(self.socket), "status",
+                                 "--json"], capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            return None
+        try:
+            return json.loads(result.stdout)
+        except ValueError:
+            return None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def balloon_movements(trace: Path) -> Dict[str, Any]:
+    """Balloon changes ebbd applied, from its trace: count, MiB moved, per direction."""
+    from ebb.host.observe.trace import TraceError, read_trace
+
+    count = inflations = deflations = 0
+    moved_kib = 0
+    try:
+        for record in read_trace(trace):
+            for entry in record.get("applied") or []:
+                if "controller" in entry or entry.get("outcome") != "applied":
+                    continue
+                before, target = entry.get("before_kib"), entry.get("target_kib")
+                if before is None or target is None or before == target:
+                    continue
+                count += 1
+                moved_kib += abs(target - before)
+                if target < before:
+                    inflations += 1
+                else:
+                    deflations += 1
+    except TraceError:
+        pass
+    return {"count": count, "moved_mib": round(moved_kib / 1024, 1),
+            "inflations": inflations, "deflations": deflations}
+
+
+def _wait_jobs(shells: Sequence[GuestShell], jobs: Sequence[CommandResult],
+               timeout_s: float) -> List[CommandResult]:
+    deadline = time.monotonic() + timeout_s
+    results: List[Optional[CommandResult]] = [None] * len(jobs)
+    while time.monotonic() < deadline and any(r is None for r in results):
+        for i, (shell, job) in enumerate(zip(shells, jobs)):
+            if results[i] is None:
+                res = shell.result(job.job_id)
+                if res.returncode is not None:
+                    results[i] = res
+        time.sleep(1.0)
+    return [r if r is not None else shell.result(job.job_id)
+            for r, shell, job in zip(results, shells, jobs)]
+
+
+def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
+               say: Progress) -> Dict[str, Any]:
+    """Boot fresh guests, run the workload under ``config``, return the figures."""
+    if config not in POLICIES:
+        raise ValueError(f"unknown configuration {config!r} (known: {', '.join(POLICIES)})")
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    lab = labguests.make_lab(scenario.prefix)
+    names = scenario.names
+    ebbd: Optional[EbbdProcess] = None
+    sampler: Optional[Sampler] = None
+    try:
+        host.unshrink()
+        host.ksm_off()
+        scenario.prepare_images(say)
+        started = time.monotonic()
+        say(f"[{scenario.name}/{config}] booting {len(names)} x {scenario.memory_mib} MiB")
+        labguests.boot_guests(lab, names, scenario.memory_mib, scenario.disks(),
+                              floor_mib=scenario.floor_mib, progress=lambda m: LOG.info(m))
+        say(f"[{scenario.name}/{config}] guests up in {time.monotonic() - started:.0f} s")
+        shells = [lab.shell(n) for n in names]
+        setup = {n: scenario.setup_guest(i, sh) for i, (n, sh) in enumerate(zip(names, shells))}
+        host.ensure_swap()
+        host.shrink_to(scenario.host_budget_mib)
+        policy = POLICIES[config]
+        if policy is not None:
+            ebbd = EbbdProcess(workdir, policy, scenario.prefix + "-")
+            ebbd.start()
+            say(f"[{scenario.name}/{config}] ebbd running with {policy}")
+            agents = _agents_connected(ebbd, names, timeout_s=30.0)
+            if len(agents) < len(names):
+                say(f"[{scenario.name}/{config}] only {len(agents)}/{len(names)} agents "
+                    "connected to ebbd (another ebbd may hold their channels)")
+        guest_before = [labguests.guest_vmstat(sh) for sh in shells]
+        host_before = read_vmstat()
+        sampler = Sampler(names)
+        sampler.start()
+        jobs = [sh.spawn(scenario.workload(i)) for i, sh in enumerate(shells)]
+        t_start = time.monotonic()
+        say(f"[{scenario.name}/{config}] workload running for {scenario.duration_s:.0f} s")
+        results = _wait_jobs(shells, jobs, scenario.duration_s + 120.0)
+        elapsed = time.monotonic() - t_start
+        host_after = read_vmstat()
+        sampler.stop()
+        if ebbd is not None:
+            ebbd.stop()
+        guest_after = [labguests.guest_vmstat(sh) for sh in shells]
+        per_guest = {}
+        for i, (name, res) in enumerate(zip(names, results)):
+            (workdir / f"{name}.out").write_text(res.stdout)
+            figures = scenario.analyse(i, res.stdout)
+            figures["exit"] = res.returncode
+            if res.returncode not in (0, None):
+                figures["stderr"] = res.stderr[-500:]
+            figures["swap_in_pages"] = guest_after[i].get("pswpin", 0) - guest_before[i].get(
+                "pswpin", 0)
+            figures["swap_out_pages"] = guest_after[i].get("pswpout", 0) - guest_before[i].get(
+                "pswpout", 0)
+            figures["setup"] = setup[name]
+            per_guest[name] = figures
+        ksm_sharing = [s["host"]["ksm_pages_sharing"] for s in sampler.samples if "host" in s]
+        ksm_shared = [s["host"]["ksm_pages_shared"] for s in sampler.samples if "host" in s]
+        result: Dict[str, Any] = {
+            "config": config,
+            "elapsed_s": round(elapsed, 1),
+            "host_swap_in_pages": host_after["pswpin"] - host_before["pswpin"],
+            "host_swap_out_pages": host_after["pswpout"] - host_before["pswpout"],
+            "guest_swap_in_pages": sum(g["swap_in_pages"] for g in per_guest.values()),
+            "guest_swap_out_pages": sum(g["swap_out_pages"] for g in per_guest.values()),
+            "ksm_pages_sharing_max": max(ksm_sharing, default=0),
+            "ksm_pages_shared_max": max(ksm_shared, default=0),
+            "balloon": (balloon_movements(ebbd.trace) if ebbd is not None else
+                        {"count": 0, "moved_mib": 0.0, "inflations": 0, "deflations": 0}),
+            "guests": per_guest,
+            "agents_connected": (_agents_connected(ebbd, names, 0.0) if ebbd is not None
+                                 else []),
+        }
+        result["host_swap_ops"] = result["host_swap_in_pages"] + result["host_swap_out_pages"]
+        result["guest_swap_ops"] = result["guest_swap_in_pages"] + result["guest_swap_out_pages"]
+        # Someone else's ebbd could balloon our guests: with no ebbd of ours, any balloon
+        # below the maximum says so.
+        if ebbd is None:
+            low = [n for s in sampler.samples for n, g in s.get("guests", {}).items()
+                   if g.get("actual", scenario.memory_mib * 1024) < scenario.memory_mib * 1024]
+            result["foreign_ballooning"] = sorted(set(low))
+        (workdir / "samples.json").write_text(json.dumps(sampler.samples))
+        (workdir / "result.json").write_text(json.dumps(result, indent=1))
+        return result
+    finally:
+        cleanups: List[Callable[[], Any]] = []
+        if sampler is not None:
+            cleanups.append(sampler.stop)
+        if ebbd is not None:
+            cleanups.append(ebbd.stop)
+        cleanups += [host.unshrink, lambda: _down(scenario.prefix)]
+        for cleanup in cleanups:
+            try:
+                cleanup()
+            except Exception as err:  # every cleanup runs whatever the others do
+                LOG.error("cleanup %s: %s", cleanup, err)
+
+
+def _agents_connected(ebbd: Optional[EbbdProcess], names: Sequence[str],
+                      timeout_s: float) -> List[str]:
+    """Names of our guests whose agent is connected to our ebbd (waiting up to timeout_s)."""
+    deadline = time.monotonic() + timeout_s
+    connected: List[str] = []
+    while ebbd is not None:
+        status = ebbd.status() or {}
+        connected = sorted(vm["name"] for vm in status.get("vms", [])
+                           if vm.get("name") in names and (vm.get("agent") or {}).get("connected"))
+        if len(connected) == len(names) or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    return connected
+
+
+def _down(prefix: str) -> None:
+    """Remove our guests, with a fresh connection (libvirtd may have been restarted)."""
+    for attempt in range(3):
+        try:
+            labguests.make_lab(prefix).down()
+            return
+        except Exception as err:  # libvirt errors of any kind: retry, then report
+            LOG.warning("removing %s-* (attempt %d): %s", prefix, attempt + 1, err)
+            time.sleep(2.0)
+    LOG.error("could not remove the %s-* guests: run ebbctl lab down --prefix %s", prefix,
+              prefix)
