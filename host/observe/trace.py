@@ -215,7 +215,10 @@ class TraceWriter:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across ticks
+        # Owner and group only: a trace names every VM and its memory, like the
+        # metrics (which listen on loopback only).
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        self._file = os.fdopen(fd, "ab")
         self._size = self._file.tell()
         self._histories = None
 

@@ -119,3 +119,13 @@ def test_a_missing_trace_is_an_error_the_user_can_act_on(tmp_path: Path) -> None
 def test_bad_limits_are_refused(tmp_path: Path, kwargs: Dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         TraceWriter(tmp_path / "t", **kwargs)
+
+
+def test_trace_files_are_not_world_readable(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    writer = TraceWriter(path, max_bytes=300, keep_files=1)
+    for tick in range(10):
+        writer.on_tick(_Record(tick, padding=80))
+    writer.close()
+    for file in (path, rotated_path(path, 1)):
+        assert file.stat().st_mode & 0o007 == 0
