@@ -30,6 +30,7 @@ from ebb.protocol import (
     ERR_HELLO_REQUIRED,
     ERR_UNEXPECTED_MESSAGE,
     ERR_UNSUPPORTED_VERSION,
+    URGENCIES,
     Bye,
     Error,
     FrameTooLarge,
@@ -129,6 +130,7 @@ class GuestSession:
         self._bytes = _Window(1.0)
         self._errors = _Window(limits.error_window_s)
         self._hello_required_at = float("-inf")
+        self._need_tick_mono = float("-inf")
         self._connected_mono: Optional[float] = None
 
     # --- connection lifecycle (called by the hub) -------------------------------
@@ -278,7 +280,17 @@ class GuestSession:
                     self.vm, msg.kib, msg.urgency, msg.reason,
                     extra={"VM": self.vm, "ACTION": "need", "REASON": msg.reason},
                 )
-                if self._on_need is not None:
+                # A guest may change its need often; it earns an immediate tick
+                # at most once per need_tick_min_interval_s (a more urgent need
+                # always does), so needs cannot make the engine tick without pause.
+                more_urgent = previous is None or _urgency_rank(msg.urgency) > _urgency_rank(
+                    previous.urgency if previous.kib > 0 else ""
+                )
+                if self._on_need is not None and (
+                    more_urgent
+                    or now_mono - self._need_tick_mono >= self.limits.need_tick_min_interval_s
+                ):
+                    self._need_tick_mono = now_mono
                     self._on_need(self.vm)
 
     def _on_hello(self, hello: Hello, now_mono: float, replies: List[bytes]) -> None:
@@ -387,6 +399,10 @@ class GuestSession:
             sessions=self.sessions,
             dropped_outgoing=self.dropped_outgoing,
         )
+
+
+def _urgency_rank(urgency: str) -> int:
+    return URGENCIES.index(urgency) + 1 if urgency in URGENCIES else 0
 
 
 class _Unexpected(ProtocolError):  # type: ignore[misc,unused-ignore]

@@ -124,4 +124,7 @@ class ChannelLimits:
     max_output_bytes: int = 64 * 1024
     #: Reports kept per guest.
     history_len: int = 16
+    #: A guest's changing need asks for an immediate tick at most this often
+    #: (a need more urgent than the last always does).
+    need_tick_min_interval_s: float = 1.0
 

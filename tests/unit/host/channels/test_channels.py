@@ -324,3 +324,19 @@ def test_runs_in_its_own_thread_and_stops_promptly(connector, needs):
         started = time.monotonic()
         channels.stop()
         assert time.monotonic() - started < 1.0
+
+
+def test_a_guest_cannot_make_the_engine_tick_without_pause(hub, connector, needs, clock):
+    agent = active_agent(hub, connector)
+    for kib in range(1000, 1020):
+        agent.need(kib, urgency="low")
+    turn(hub)
+    assert needs == ["vm1"]  # twenty changing needs, one immediate tick
+    agent.need(5000, urgency="critical")  # more urgent: at once
+    turn(hub)
+    assert needs == ["vm1", "vm1"]
+    clock.advance(1.1)
+    agent.need(6000, urgency="critical")
+    turn(hub)
+    assert needs == ["vm1", "vm1", "vm1"]
+    assert hub.get("vm1").need.need.kib == 6000  # the newest need is what counts
