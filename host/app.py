@@ -376,10 +376,13 @@ class Daemon:
         limits = channel_limits(config)
         current = getattr(self.c.channels, "limits", None)
         if current is not None:
+            interval_changed = current.report_interval_ms != limits.report_interval_ms
             for name in ("report_interval_ms", "heartbeat_interval_s", "stale_after_s",
                          "max_frames_per_s", "cut_off_backoff_s", "cut_off_backoff_max_s",
                          "connect_retry_s"):
                 setattr(current, name, getattr(limits, name))
+            if interval_changed and hasattr(self.c.channels, "welcome_again"):
+                self.c.channels.welcome_again()
         balloon = self.c.balloon
         if hasattr(balloon, "min_change_kib"):
             balloon.min_change_kib = config.balloon.min_change_kib

@@ -126,6 +126,18 @@ class GuestChannels:
         """Send any host message to a guest in session (queued; never blocks)."""
         self._call(lambda: self._send_if(vm, msg, capability=None))
 
+    def welcome_again(self) -> None:
+        """Tell every agent in session the current limits (after a config reload)."""
+
+        def send_all() -> None:
+            with self._lock:
+                for ch in self._channels.values():
+                    frame = ch.session.welcome_again()
+                    if frame is not None:
+                        self._queue(ch, frame)
+
+        self._call(send_all)
+
     def snapshot(self) -> Dict[str, GuestChannelState]:
         """Copies of every known guest's channel state."""
         now = self._clock()

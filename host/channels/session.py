@@ -340,6 +340,20 @@ class GuestSession:
             ", restarted" if restarted else "",
         )
 
+    def welcome_again(self) -> Optional[bytes]:
+        """An unasked ``welcome`` carrying the current report interval (PROTOCOL.md 4.1:
+        the agent applies it at once; it does not start a new session)."""
+        if self.state is not SessionState.ACTIVE or self.protocol_version is None:
+            return None
+        frame: bytes = encode_message(
+            Welcome(
+                protocol_version=self.protocol_version,
+                report_interval_ms=self.limits.report_interval_ms,
+                capabilities=self.capabilities,
+            )
+        )
+        return frame
+
     # --- timers -----------------------------------------------------------------
 
     def due_ping(self, now_mono: float) -> Optional[bytes]:

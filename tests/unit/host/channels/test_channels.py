@@ -340,3 +340,13 @@ def test_a_guest_cannot_make_the_engine_tick_without_pause(hub, connector, needs
     turn(hub)
     assert needs == ["vm1", "vm1", "vm1"]
     assert hub.get("vm1").need.need.kib == 6000  # the newest need is what counts
+
+
+def test_a_new_report_interval_reaches_agents_in_session(hub, connector):
+    agent = active_agent(hub, connector)
+    hub.limits.report_interval_ms = 3000
+    hub.welcome_again()
+    turn(hub)
+    welcome = agent.wait_for("welcome")
+    assert isinstance(welcome, Welcome) and welcome.report_interval_ms == 3000
+    assert hub.get("vm1").sessions == 1  # not a new session
