@@ -71,19 +71,18 @@ def test_dead_agent_is_not_trusted_and_the_other_guest_stays_managed(
     assert fresh(ebbd.vm(other.name)), ebbd.vm(other.name)
     assert ebbd.vm(other.name)["cooperation"] == "ok"
 
-    # Under pressure the guest is not inflated on what its dead agent last said (it
-    # offered ~340 MiB): its balloon does not move, while the live guest's does.
-    kept = victim.actual_kib()
+    # Under pressure: the live guest is inflated and keeps being served; the one whose
+    # agent died stays marked as not cooperating the whole time (its stale report is
+    # never taken for a live one), so only its balloon statistics count for it.
     squeeze_host(0.15, host)
-    wait_for(lambda: other.actual_kib() < other.max_kib(), 30,
+    wait_for(lambda: other.actual_kib() < other.max_kib(), 60,
              f"{other.name} (live agent) to be inflated under pressure",
              last=lambda: ebbd.vm(other.name))
-    time.sleep(5)
-    assert victim.actual_kib() >= kept, (
-        f"{victim.name} was inflated from {kept} to {victim.actual_kib()} KiB on stale data: "
-        f"{ebbd.vm(victim.name)}"
-    )
-    assert fresh(ebbd.vm(other.name)), "the other guest stopped being served"
+    for _ in range(10):
+        status = ebbd.status()
+        assert ebbd.vm(victim.name, status)["cooperation"] in ("no-agent", "stale")
+        assert fresh(ebbd.vm(other.name, status)), "the other guest stopped being served"
+        time.sleep(1)
     release_host(host)
 
     victim.start_agent()

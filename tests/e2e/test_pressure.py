@@ -42,9 +42,10 @@ def test_host_pressure_inflates_balloons_and_release_deflates_them(
              60, "the busy guest's offer to fall below the idle one's",
              last=lambda: [ebbd.vm(g.name).get("offer_kib") for g in guests])
 
-    squeezed_at = time.time()
     share = squeeze_host(0.15, host)
+    squeezed_at = time.time()
     ticks_s = 1.0
+    late: List[str] = []  # requirements missed; reported together at the end
 
     def inflated() -> bool:
         return all(g.actual_kib() < g.max_kib() for g in guests)
@@ -55,10 +56,9 @@ def test_host_pressure_inflates_balloons_and_release_deflates_them(
         (ebbd.vm(g.name).get("last_action") or {}).get("at", float("inf")) for g in guests
     )
     record("pressure_to_first_inflate_s", round(first_action - squeezed_at, 2))
-    assert first_action - squeezed_at <= 2 * ticks_s + 1.0, (
-        f"first inflation {first_action - squeezed_at:.1f} s after the host fell to "
-        f"{share:.0%} freeable (two ticks are {2 * ticks_s:.0f} s)"
-    )
+    if first_action - squeezed_at > 2 * ticks_s + 1.0:
+        late.append(f"first inflation {first_action - squeezed_at:.1f} s after the host fell "
+                    f"to {share:.0%} freeable (two ticks are {2 * ticks_s:.0f} s)")
     # Let the balloons move for a while; the idle guest, with more unused memory and the
     # bigger offer, gives more.
     time.sleep(15)
@@ -72,6 +72,7 @@ def test_host_pressure_inflates_balloons_and_release_deflates_them(
              "both balloons to deflate back to the maximum after the pressure went",
              last=lambda: {g.name: g.actual_kib() for g in guests})
     record("release_to_full_deflate_s", round(time.monotonic() - released_at, 1))
+    assert not late, "; ".join(late)
 
 
 def _need_seen(ebbd, name: str) -> Optional[Dict[str, Any]]:
@@ -96,9 +97,9 @@ def test_offers_are_taken_first_and_needs_met_at_once(
              60, "one guest offering and the other not",
              last=lambda: [ebbd.vm(g.name).get("offer_kib") for g in guests])
 
-    # A small deficit (150 MiB under the threshold) that the offer covers.
+    # A deficit (250 MiB under the threshold) that the ~340 MiB offer covers.
     total_kib = hostmem.meminfo_kib()["MemTotal"]
-    squeeze_host(POLICY_THRESHOLD - 150 * MIB / total_kib, host)
+    squeeze_host(POLICY_THRESHOLD - 250 * MIB / total_kib, host)
     wait_for(lambda: _given(offering) >= 64 * MIB, 60,
              "the offering guest to give 64 MiB",
              last=lambda: {g.name: g.actual_kib() for g in guests})
@@ -107,11 +108,13 @@ def test_offers_are_taken_first_and_needs_met_at_once(
         f"{offering.name}'s offer covered the host's need"
     )
 
-    # Pressure gone: the offering guest keeps a smaller balloon. Now it needs memory.
-    release_host(host)
+    # The host is still below the threshold but has memory above its reserve. The
+    # guest that gave memory now starts a workload that leaves it short: it reports a
+    # need, and ebbd gives memory back at once.
     before = offering.actual_kib()
     last_action_before = (ebbd.vm(offering.name).get("last_action") or {}).get("at", 0)
-    offering.memknobs(f"{before // MIB + 64}M:1h")
+    available_mib = (ebbd.vm(offering.name).get("mem_available_kib") or 0) // MIB
+    offering.memknobs(f"{max(available_mib - 40, 32)}M:1h")
     vm = wait_for(lambda: _need_seen(ebbd, offering.name), 90,
                   f"{offering.name} to report a need", interval_s=0.2,
                   last=lambda: ebbd.vm(offering.name))
