@@ -219,8 +219,19 @@ class TraceWriter:
         # metrics (which listen on loopback only).
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         self._file = os.fdopen(fd, "ab")
-        self._size = self._file.tell()
+        self._size = self._file.seek(0, os.SEEK_END)
         self._histories = None
+        if self._size > 0 and not self._ends_with_newline():
+            # A crash or a full disk left half a line: end it, so that it stays
+            # one bad line that readers skip instead of spoiling the next.
+            self._file.write(b"\n")
+            self._file.flush()
+            self._size += 1
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
 
     def _rotate(self) -> None:
         self._close_quietly()

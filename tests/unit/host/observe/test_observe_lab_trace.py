@@ -1,12 +1,14 @@
 """Replay and plot on a trace recorded by the real ebbd in the lab.
 
 data/lab-pressure/trace.jsonl was written by ebbd (cooperative policy, default
-limits) during the end-to-end host-pressure test: 512 MiB guests under
-libvirt, the host shrunk with hugepages until freeable memory fell under 20 %,
-balloons inflating, then the hugepages released and the balloons deflating. ``policy/`` is the cooperative policy as it was then and
-``ebbd.toml`` pins the governor limits, so the replay does not move when the
-packaged policy or the defaults evolve. (A change of the governor's own rules
-would make the recorded decisions differ: re-record the trace then.)
+limits) during the end-to-end host-pressure test: 512 MiB guests under libvirt,
+the host shrunk with hugepages until freeable memory fell under 20 %, balloons
+inflating, then the hugepages released and the balloons deflating.
+
+``policy/`` is the cooperative policy as it was then and ``ebbd.toml`` pins the
+governor limits, so the replay does not move when the packaged policy or the
+defaults evolve. (A change of the governor's own rules would make the recorded
+decisions differ: re-record the trace then.)
 """
 
 from __future__ import annotations

@@ -129,3 +129,20 @@ def test_trace_files_are_not_world_readable(tmp_path: Path) -> None:
     writer.close()
     for file in (path, rotated_path(path, 1)):
         assert file.stat().st_mode & 0o007 == 0
+
+
+def test_a_line_torn_by_a_crash_does_not_spoil_the_next_run(tmp_path: Path) -> None:
+    path = tmp_path / "trace.jsonl"
+    first = TraceWriter(path)
+    for tick in range(3):
+        first.on_tick({"tick": tick, "state": {"host": {"samples": [{"x": tick}]},
+                                               "guests": []}})
+    first.close()
+    with path.open("ab") as handle:
+        handle.write(b'{"tick": 3, "sta')  # the daemon died mid-line
+    second = TraceWriter(path)
+    for tick in range(4, 6):
+        second.on_tick({"tick": tick, "state": {"host": {"samples": [{"x": tick}]},
+                                                "guests": []}})
+    second.close()
+    assert [r["tick"] for r in read_trace(path)] == [0, 1, 2, 4, 5]
