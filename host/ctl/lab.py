@@ -139,7 +139,7 @@ def cmd_workload(args: argparse.Namespace) -> int:
         return _fail(err)
     print(f"memknobs started in {args.vm} (job {job.job_id}, pid {job.pid}); "
           f"rates in {shell.out_dir}/{job.job_id}.out; stop it with: "
-          f"ebbctl lab run {args.vm} -- kill -TERM -{job.pid}")
+          f"ebbctl lab run {args.vm} -- kill -s TERM -- -{job.pid}")
     return 0
 
 

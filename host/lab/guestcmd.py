@@ -119,7 +119,7 @@ class GuestShell:
         """Send ``signum`` to the process group of a spawned job."""
         if job.pid is None:
             return
-        self.run(["kill", f"-{signum}", f"-{job.pid}"], timeout_s=timeout_s)
+        self.run(["kill", "-s", str(signum), "--", f"-{job.pid}"], timeout_s=timeout_s)
 
     def cleanup(self, job_ids: List[str]) -> None:
         for job_id in job_ids:

@@ -225,9 +225,13 @@ class CpioWriter:
 
 
 def find_busybox() -> Path:
+    """The host's busybox; it must be static, as the initramfs has no libraries."""
     for candidate in BUSYBOX_CANDIDATES:
         path = Path(candidate)
         if path.exists():
+            if shutil.which("file") and not _is_static(path):
+                raise LabError(f"{path} is not statically linked",
+                               hint="apt-get install busybox-static")
             return path
     raise LabError("busybox not found", hint="apt-get install busybox-static")
 
@@ -242,9 +246,6 @@ def build_initramfs(kernel: Kernel, busybox: Optional[Path] = None,
                     modules: Optional[Sequence[Tuple[str, Path]]] = None) -> bytes:
     """The gzip-compressed initramfs for ``kernel``, as bytes."""
     busybox = busybox or find_busybox()
-    if shutil.which("file") and not _is_static(busybox):
-        raise LabError(f"{busybox} is not statically linked",
-                       hint="apt-get install busybox-static")
     modules = list(modules) if modules is not None else resolve_modules(kernel)
     cpio = CpioWriter()
     for folder in ("bin", "dev", "proc", "sys", "host", "lib", "lib/modules"):

@@ -146,7 +146,7 @@ class Guest:
 
     def kill_agent(self, signum: int = signal.SIGKILL) -> None:
         for pid in self.agent_pids():
-            self.run("kill", f"-{int(signum)}", str(pid))
+            self.run("kill", "-s", str(int(signum)), str(pid))
 
     def start_agent(self, *extra: str) -> CommandResult:
         return self.spawn("ebb-agent", *AGENT_ARGS.split(), *extra)
@@ -158,7 +158,7 @@ class Guest:
         for job in self.jobs:
             if job.pid is not None:
                 with contextlib.suppress(LabError):
-                    self.run("kill", "-KILL", f"-{job.pid}", timeout_s=20)
+                    self.run("kill", "-s", "KILL", "--", f"-{job.pid}", timeout_s=20)
         self.jobs.clear()
 
     def reset(self) -> None:

@@ -1,0 +1,52 @@
+"""A lab guest's domain XML has what ebbd needs and what `lab down` recognises."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from ebb.host.lab.domain import EBB_NS, LAB_NS, GuestSpec, domain_xml
+from ebb.host.lab.guestinit import parse_cmdline
+
+
+def _spec(tmp_path: Path, **kwargs) -> GuestSpec:
+    return GuestSpec(
+        name="ebb-lab-1", memory_mib=512, kernel=tmp_path / "vmlinuz",
+        initramfs=tmp_path / "initramfs.img", python=Path("/venv/bin/python3"),
+        bin_dir=tmp_path / "bin", guest_dir=tmp_path / "guests/ebb-lab-1", state_dir=tmp_path,
+        ebb_metadata={"floor_mib": "192"}, **kwargs,
+    )
+
+
+def test_balloon_channel_metadata_and_marker(tmp_path: Path) -> None:
+    root = ET.fromstring(domain_xml(_spec(tmp_path)))
+    assert root.get("type") == "qemu"
+    assert root.find("memory").text == str(512 * 1024)
+    balloon = root.find("devices/memballoon")
+    assert balloon.get("model") == "virtio" and balloon.find("stats").get("period") == "2"
+    channel = root.find("devices/channel")
+    assert channel.find("target").get("name") == "org.ebb.agent.0"
+    assert channel.find("source").get("path") == str(tmp_path / "guests/ebb-lab-1/agent.sock")
+    ebb = root.find(f"metadata/{{{EBB_NS}}}vm")
+    assert ebb.get("enabled") == "yes" and ebb.get("floor_mib") == "192"
+    marker = root.find(f"metadata/{{{LAB_NS}}}guest")
+    assert marker.get("state-dir") == str(tmp_path)
+    shares = {fs.find("target").get("dir"): fs for fs in root.findall("devices/filesystem")}
+    assert shares["hostroot"].find("readonly") is not None
+    assert shares["labshare"].find("readonly") is None
+
+
+def test_command_line_round_trips_to_the_guest(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, run="memknobs --pattern 200M:30s,400M:1m", agent_args="--interval 2")
+    params = parse_cmdline(spec.cmdline())
+    assert params["name"] == "ebb-lab-1"
+    assert params["python"] == "/venv/bin/python3"
+    assert params["run"] == "memknobs --pattern 200M:30s,400M:1m"
+    assert params["agent_args"] == "--interval 2"
+    assert "psi=1" in spec.cmdline().split()
+
+
+def test_double_quotes_cannot_reach_the_command_line(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="double quotes"):
+        _spec(tmp_path, run='sh -c "echo hi"').cmdline()
