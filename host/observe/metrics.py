@@ -36,8 +36,8 @@ StatusSource = Callable[[], Mapping[str, Any]]
 
 BYTES_PER_KIB = 1024
 
-#: Decision kinds that change nothing; they are not counted as actions.
-IDLE_DECISION_KINDS = frozenset({"hold", "none", "keep", "noop", "skip", "unchanged"})
+#: Outcomes of a balloon change that count as an action (``applied`` entries).
+ACTION_OUTCOMES = frozenset({"applied", "dry-run"})
 
 #: Tick duration buckets (seconds): a tick normally takes a few ms; a slow
 #: libvirt makes it take seconds.
@@ -241,9 +241,15 @@ class EbbMetrics:
             buckets=TICK_DURATION_BUCKETS_S,
             registry=self.registry,
         )
+        self.decisions = Counter(
+            "ebb_decisions",
+            "Governor decisions (one per managed VM and tick), by kind and deciding rule.",
+            labelnames=["kind", "rule"],
+            registry=self.registry,
+        )
         self.actions = Counter(
             "ebb_actions",
-            "Governed decisions that change something, by kind and by the rule behind them.",
+            "Balloon targets sent to libvirt (or that would be, in a dry run), by kind and rule.",
             labelnames=["kind", "rule"],
             registry=self.registry,
         )
@@ -271,10 +277,15 @@ class EbbMetrics:
             self.policy_errors.inc()
         for decision in _get(record, "decisions") or ():
             fields = _as_dict(decision)
-            kind = str(fields.get("kind") or "unknown")
-            if kind in IDLE_DECISION_KINDS:
+            self.decisions.labels(kind=str(fields.get("kind") or "unknown"),
+                                  rule=str(fields.get("rule") or "unknown")).inc()
+        for entry in _get(record, "applied") or ():
+            fields = _as_dict(entry)
+            # Balloon entries only (KSM and memtune entries name their controller).
+            if "controller" in fields or fields.get("outcome") not in ACTION_OUTCOMES:
                 continue
-            self.actions.labels(kind=kind, rule=str(fields.get("rule") or "unknown")).inc()
+            self.actions.labels(kind=str(fields.get("kind") or "unknown"),
+                                rule=str(fields.get("rule") or "unknown")).inc()
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric."""

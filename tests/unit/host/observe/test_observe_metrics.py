@@ -31,8 +31,13 @@ def _samples(text: str) -> Samples:
 
 
 def _tick(duration_ms: float, decisions: Any = (), policy_error: Any = None) -> Mapping[str, Any]:
+    """A tick record whose decisions with a target were applied (as ebbd's trace has them)."""
+    applied = [{"vm": d["vm"], "outcome": "applied", "target_kib": d.get("target_kib", 1),
+                "kind": d["kind"], "rule": d["rule"]}
+               for d in decisions if d.get("target_kib", 1) is not None]
+    applied.append({"controller": "ksm", "knob": "run", "outcome": "applied", "value": 1})
     return {"tick": 1, "duration_ms": duration_ms, "decisions": list(decisions),
-            "policy_error": policy_error}
+            "applied": applied, "policy_error": policy_error}
 
 
 def test_host_and_vm_gauges_come_from_the_status_in_bytes() -> None:
@@ -69,7 +74,7 @@ def test_ticks_count_actions_by_kind_and_rule_errors_and_durations() -> None:
     metrics = EbbMetrics()
     metrics.on_tick(_tick(3.0, [
         {"vm": "a", "kind": "inflate", "rule": "cooperative-offer"},
-        {"vm": "b", "kind": "hold", "rule": "steady"},
+        {"vm": "b", "kind": "hold", "rule": "needy", "target_kib": None},
     ]))
     metrics.on_tick(_tick(40.0, [{"vm": "a", "kind": "inflate", "rule": "cooperative-offer"},
                                  {"vm": "b", "kind": "deflate", "rule": "need"}]))
@@ -78,7 +83,14 @@ def test_ticks_count_actions_by_kind_and_rule_errors_and_durations() -> None:
     assert samples[("ebb_ticks_total", ())] == 3
     assert samples[("ebb_actions_total", (("kind", "inflate"), ("rule", "cooperative-offer")))] == 2
     assert samples[("ebb_actions_total", (("kind", "deflate"), ("rule", "need")))] == 1
+    # A hold that sets nothing is a decision, not an action.
+    assert samples[("ebb_decisions_total", (("kind", "hold"), ("rule", "needy")))] == 1
+    inflate = (("kind", "inflate"), ("rule", "cooperative-offer"))
+    assert samples[("ebb_decisions_total", inflate)] == 2
     assert not any(name == "ebb_actions_total" and ("kind", "hold") in labels
+                   for name, labels in samples)
+    # KSM writes are not balloon actions.
+    assert not any(name == "ebb_actions_total" and ("kind", "unknown") in labels
                    for name, labels in samples)
     assert samples[("ebb_policy_errors_total", ())] == 1
     assert samples[("ebb_tick_duration_seconds_count", ())] == 3
