@@ -225,6 +225,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
 
+    # What ebbd itself loads, so that RSS is the daemon's: libvirt, systemd, and
+    # the metrics observer (prometheus-client) that every tick feeds.
+    for module in ("libvirt", "systemd.daemon", "systemd.journal"):
+        try:
+            __import__(module)
+        except ImportError:
+            print(f"  (note: {module} is not installed; RSS is lower than ebbd's)")
+    from ebb.host.config import EbbdConfig
+    from ebb.host.observe import build_observability
+
     names = [f"vm{i:02d}" for i in range(args.guests)]
     pairs = {name: socket.socketpair() for name in names}
     read_fd, write_fd = os.pipe()
@@ -276,11 +286,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         pressure_probe=None,
     )
     holder["engine"] = engine
+    observability = build_observability(EbbdConfig())
+    engine.observers.extend(observability.observers)
     durations_ms: List[float] = []
 
     class Durations:
         def on_tick(self, record: Any) -> None:
             durations_ms.append(record.duration_ms)
+            if record.duration_ms > 100:
+                # Wall time: on a busy machine a tick may wait for a CPU.
+                print(f"  (slow tick {record.tick}: {record.duration_ms:.0f} ms)",
+                      file=sys.stderr)
 
     engine.observers.append(Durations())
     stop = threading.Event()
