@@ -218,9 +218,13 @@ class Daemon:
         if self.c.ksm is not None and not self.dry_run:
             self.c.ksm.start()
         self.c.hypervisor.start()
-        if not self.c.hypervisor.wait_connected(STARTUP_WAIT_S):
-            LOG.warning("libvirt at %s not reachable yet; retrying in the background",
-                        self.c.hypervisor.uri)
+        deadline = time.monotonic() + STARTUP_WAIT_S
+        # Short waits, so that SIGTERM during startup still stops within a second.
+        while not self.c.hypervisor.wait_connected(0.1):
+            if self.stop_event.is_set() or time.monotonic() >= deadline:
+                LOG.warning("libvirt at %s not reachable yet; retrying in the background",
+                            self.c.hypervisor.uri)
+                break
         self.c.channels.start(on_crash=self._thread_died)
         if self.control is not None:
             self.control.start(on_crash=self._thread_died)
