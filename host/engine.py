@@ -471,6 +471,12 @@ class Engine:
         # While paused the governor is not consulted either: it would count the
         # targets nobody applies as guests making no progress (stuck).
         decisions = [] if paused else self.governor.decide(started, views, proposed)
+        if self.dry_run:
+            # Nothing the governor asks for is applied, so it must not judge the
+            # guests' progress (it would find them all stuck, then uncooperative):
+            # in a dry run every tick's decision is a first one.
+            for decision in decisions:
+                self.governor.forget(decision.vm)
         applied = self._apply(decisions, controls, policy_error is None, paused)
 
         now_wall = self._wall()

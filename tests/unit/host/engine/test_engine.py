@@ -381,3 +381,15 @@ def test_memory_is_given_before_it_is_taken(tmp_path):
     rig = Rig(tmp_path, vms, policy)
     rig.engine.tick()
     assert [name for name, _ in rig.hypervisor.balloon_calls] == ["z-small", "a-big"]
+
+
+def test_a_dry_run_does_not_find_guests_uncooperative(tmp_path):
+    rig = Rig(tmp_path, [FakeVm("web")], SHRINK_POLICY, dry_run=True)
+    clock = [1000.0]
+    rig.engine._clock = lambda: clock[0]
+    for _ in range(15):
+        record = rig.engine.tick()
+        clock[0] += 2.0
+    assert rig.engine.governor.guest_state("web") == "ok"
+    assert record.decisions[0]["kind"] == "inflate"
+    assert record.applied[0]["outcome"] == "dry-run"
