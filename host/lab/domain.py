@@ -40,6 +40,8 @@ class GuestSpec:
     agent: bool = True
     agent_args: str = ""
     ebb_metadata: Dict[str, str] = field(default_factory=dict)
+    #: Run this guest's QEMU as root (the project is unreadable to QEMU's user).
+    qemu_as_root: bool = False
 
     @property
     def channel_socket(self) -> Path:
@@ -85,6 +87,13 @@ def ebb_metadata_xml(settings: Dict[str, str]) -> str:
     return f'<ebb:vm xmlns:ebb="{EBB_NS}" {text}/>'
 
 
+def _seclabel(spec: GuestSpec) -> str:
+    if not spec.qemu_as_root:
+        return ""
+    return ("\n  <seclabel type='static' model='dac' relabel='no'>"
+            "<label>+0:+0</label></seclabel>")
+
+
 def domain_xml(spec: GuestSpec) -> str:
     """The full domain XML for ``spec``."""
     kib = spec.memory_mib * 1024
@@ -110,7 +119,7 @@ def domain_xml(spec: GuestSpec) -> str:
     <cmdline>{escape(spec.cmdline())}</cmdline>
   </os>
   <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
+  <on_poweroff>destroy</on_poweroff>{_seclabel(spec)}
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>

@@ -39,10 +39,15 @@ _CHECK_IMPORTS = "import ebb.guest, ebb.protocol, msgpack, psutil"
 
 @dataclass(frozen=True)
 class GuestPython:
-    """How the guest starts Python: ``python`` (a path in the host's tree) and ``bin_dir``."""
+    """How the guest starts Python: ``python`` (a path in the host's tree) and ``bin_dir``.
+
+    ``qemu_as_root``: QEMU's own user cannot read the project (a checkout under
+    ``/root``, say), so the lab's QEMU processes run as root instead.
+    """
 
     python: Path
     bin_dir: Path
+    qemu_as_root: bool = False
 
 
 def qemu_user(conf: Path = QEMU_CONF) -> str:
@@ -129,19 +134,21 @@ def prepare(state_dir: Path, user: Optional[str] = None) -> GuestPython:
     """Make sure a guest can run ebb; return the interpreter and wrapper folder to use."""
     user = user or qemu_user()
     python = _venv_python()
-    problem = runs_as(user, python)
+    as_root = os.environ.get("EBB_LAB_QEMU_AS_ROOT") == "1"
+    problem = None if as_root else runs_as(user, python)
     if problem is not None:
         LOG.info("guest cannot use %s (%s); building a stand-in in %s", python, problem,
                  state_dir / "python")
-        python = _shim(state_dir)
-        problem = runs_as(user, python)
-        if problem is not None:
-            raise LabError(
-                f"user {user} (QEMU) cannot run ebb with {python}: {problem}",
-                hint="every folder from / down to the project and its venv must be "
-                "readable by others (chmod o+rx), or recreate the venv with the system "
-                "Python: EBB_PYTHON=/usr/bin/python3 ./dev/bootstrap.sh",
-            )
+        shim = _shim(state_dir)
+        problem = runs_as(user, shim)
+        if problem is None:
+            python = shim
+        else:
+            # The project itself is out of QEMU's reach (e.g. under /root): the lab's
+            # QEMU runs as root rather than asking the user to change permissions.
+            LOG.warning("user %s (QEMU) cannot run ebb (%s); the lab's QEMU runs as root",
+                        user, problem)
+            as_root = True
     bin_dir = state_dir / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     py = shlex.quote(str(python))
@@ -153,4 +160,4 @@ def prepare(state_dir: Path, user: Optional[str] = None) -> GuestPython:
     for name, module in LAB_COMMANDS.items():
         _write_wrapper(bin_dir / name, f"#!/bin/sh\nexec {py} -m {module} \"$@\"\n")
     _write_wrapper(bin_dir / "python3", f"#!/bin/sh\nexec {py} \"$@\"\n")
-    return GuestPython(python=python, bin_dir=bin_dir)
+    return GuestPython(python=python, bin_dir=bin_dir, qemu_as_root=as_root)

@@ -129,10 +129,12 @@ class HostSnapshot:
                 changed.append(f"KSM {different}")
         except OSError as err:
             LOG.error("cannot restore KSM settings %s: %s", self.ksm, err)
-        for swap in swaps(self.paths):
-            if swap not in self.swaps:
-                subprocess.run(["swapoff", swap], check=False)
-                changed.append(f"swapoff {swap}")
+        # Only swap this run added is turned off: other work on the host may add its own.
+        active = swaps(self.paths)
+        for path in self.added_swap_files:
+            if str(path) in active:
+                subprocess.run(["swapoff", str(path)], check=False)
+                changed.append(f"swapoff {path}")
         for path in self.added_swap_files:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -169,3 +171,30 @@ def squeeze(target_freeable_share: float, keep_free_mib: int = 3072,
         current = set_hugepages(wanted, paths)
         time.sleep(settle_s)
     return current
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m ebb.host.lab.hostmem save`` prints the host's settings as JSON;
+    ``... restore JSON`` puts them back (a shell script's safety net)."""
+    import json
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["save"]:
+        snap = HostSnapshot.take()
+        print(json.dumps({"nr_hugepages": snap.nr_hugepages, "ksm": snap.ksm,
+                          "swaps": snap.swaps}))
+        return 0
+    if args[:1] == ["restore"] and len(args) == 2:
+        saved = json.loads(args[1])
+        snap = HostSnapshot(nr_hugepages=saved["nr_hugepages"], ksm=saved["ksm"],
+                            swaps=saved["swaps"])
+        for change in snap.restore():
+            print(f"host put back: {change}", file=sys.stderr)
+        return 0
+    print("usage: python -m ebb.host.lab.hostmem save | restore JSON", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

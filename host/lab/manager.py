@@ -306,7 +306,7 @@ class Lab:
                 name=name, memory_mib=memory_mib, kernel=kernel_image, initramfs=initrd,
                 python=guest_py.python, bin_dir=guest_py.bin_dir, guest_dir=gdir,
                 state_dir=self.state_dir, domain_type=domain_type, run=run, agent=agent,
-                agent_args=agent_args,
+                agent_args=agent_args, qemu_as_root=guest_py.qemu_as_root,
                 ebb_metadata={"floor_mib": str(floor_mib if floor_mib is not None
                                                else default_floor_mib(memory_mib))},
             )
