@@ -37,7 +37,7 @@ from typing import Any, Deque, Protocol
 
 from ebb.host.channels import GuestChannelState
 from ebb.host.collectors import HostSample
-from ebb.host.controllers.balloon import APPLIED, BalloonResult
+from ebb.host.controllers.balloon import APPLIED, DRY_RUN, FAILED, VM_GONE, BalloonResult
 from ebb.host.governor import Decision, Governor, GuestView
 from ebb.host.hypervisor import DomainInfo, guest_sample
 from ebb.host.policy import GUEST_FIELDS, Entity, PolicyError, PolicyInput, PolicyRunner
@@ -48,6 +48,9 @@ _PAGE_KIB = (os.sysconf("SC_PAGE_SIZE") // 1024) if hasattr(os, "sysconf") else 
 
 #: Need urgency as the policy field ``need_urgency`` reads it (docs/policy.md).
 URGENCY_LEVELS = {"low": 1, "high": 2, "critical": 2}
+
+#: Balloon outcomes meaning the target never reached the guest (the governor is told).
+_NOT_APPLIED = frozenset({DRY_RUN, FAILED, VM_GONE})
 
 #: Cooperation states in ``ebbctl status`` (contracts.md).
 NO_AGENT = "no-agent"
@@ -471,12 +474,6 @@ class Engine:
         # While paused the governor is not consulted either: it would count the
         # targets nobody applies as guests making no progress (stuck).
         decisions = [] if paused else self.governor.decide(started, views, proposed)
-        if self.dry_run:
-            # Nothing the governor asks for is applied, so it must not judge the
-            # guests' progress (it would find them all stuck, then uncooperative):
-            # in a dry run every tick's decision is a first one.
-            for decision in decisions:
-                self.governor.forget(decision.vm)
         applied = self._apply(decisions, controls, policy_error is None, paused)
 
         now_wall = self._wall()
@@ -635,6 +632,11 @@ class Engine:
             if decision.target_kib is None:
                 continue
             result = self.balloon.apply(decision.vm, decision.target_kib, decision.reason)
+            if result.outcome in _NOT_APPLIED:
+                # The guest never saw this target: its balloon not moving toward it
+                # is no sign of anything (a dry run would otherwise find every
+                # guest stuck, then uncooperative).
+                self.governor.not_applied(decision.vm)
             entry = result.to_dict()
             entry["kind"] = decision.kind
             entry["rule"] = decision.rule

@@ -19,6 +19,8 @@ what is actually asked of each guest, whatever the policy said:
   progress toward its target for ``stuck_after_s`` is stuck, for
   ``uncooperative_after_s`` uncooperative; neither is asked for more memory,
   and an uncooperative guest's request is cancelled (target = what it has).
+  Only targets that reached the guest count: the daemon calls
+  :meth:`Governor.not_applied` for the others (dry run, libvirt refused).
 
 Every decision names the rule that decided it, a sentence for people and the
 inputs it used, for logs, the journal and ``ebbctl explain``. The governor is
@@ -28,7 +30,7 @@ pure: the clock is a parameter, nothing here does I/O.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 LOG = logging.getLogger(__name__)
@@ -141,6 +143,17 @@ class _Inflation:
 
 
 @dataclass(slots=True)
+class _Undo:
+    """What a decision changed in a guest's state, to take back when it is not applied."""
+
+    target_kib: Optional[int]
+    direction: int
+    progress_cur_kib: int
+    progress_at_s: float
+    inflation: Optional[_Inflation]
+
+
+@dataclass(slots=True)
 class _State:
     target_kib: Optional[int] = None
     direction: int = 0
@@ -152,6 +165,7 @@ class _State:
     backoff_until_s: float = 0.0
     next_backoff_s: float = 0.0
     last_rollback_s: Optional[float] = None
+    undo: Optional[_Undo] = None
 
 
 def fmt_kib(kib: float) -> str:
@@ -202,6 +216,27 @@ class Governor:
         """Drop a guest's state (it was undefined or restarted)."""
         self._states.pop(vm, None)
 
+    def not_applied(self, vm: str) -> None:
+        """The target of ``vm``'s last decision never reached the guest.
+
+        Call it after :meth:`decide` when the decision's target was not sent (a
+        dry run, libvirt failed, the VM went away). The guest's state goes back
+        to what it was before that decision: a balloon that cannot move is not
+        counted as the guest making no progress (stuck, uncooperative), and an
+        inflation that did not happen is not watched for harm. A target sent
+        earlier stays in force. Unknown VMs and decisions without a target are
+        ignored.
+        """
+        st = self._states.get(vm)
+        if st is None or st.undo is None:
+            return
+        undo, st.undo = st.undo, None
+        st.target_kib = undo.target_kib
+        st.direction = undo.direction
+        st.progress_cur_kib = undo.progress_cur_kib
+        st.progress_at_s = undo.progress_at_s
+        st.inflation = undo.inflation
+
     # -- the decision
 
     def decide(
@@ -226,6 +261,7 @@ class Governor:
         st = self._states.get(g.name)
         if st is None:
             st = self._states[g.name] = _State(next_backoff_s=cfg.backoff_initial_s)
+        st.undo = None
         cur = int(g.balloon_cur_kib)
         ceiling = int(g.balloon_max_kib)
         floor = self.floor_for(g)
@@ -268,6 +304,11 @@ class Governor:
         rollback = None
         if st.inflation is not None or st.last_rollback_s is not None:
             rollback = self._check_rollback(now_s, st, g, cur, floor, ceiling)
+        # What follows is this tick's decision; what came before was observed
+        # (progress, harm) and stays even when the decision is not applied.
+        st.undo = _Undo(
+            st.target_kib, st.direction, st.progress_cur_kib, st.progress_at_s, st.inflation
+        )
         if rollback is not None:
             target, why = rollback
             self._set_target(now_s, st, cur, target)
@@ -317,7 +358,8 @@ class Governor:
                     now_s, cur, g.psi_some_avg10, g.major_fault_rate, g.swap_in_rate_kib
                 )
             else:
-                st.inflation.last_at_s = now_s
+                # A new record, not a change to the old one: ``undo`` holds the old.
+                st.inflation = replace(st.inflation, last_at_s=now_s)
             self._set_target(now_s, st, cur, target)
             return decision(
                 target,

@@ -393,3 +393,23 @@ def test_a_dry_run_does_not_find_guests_uncooperative(tmp_path):
     assert rig.engine.governor.guest_state("web") == "ok"
     assert record.decisions[0]["kind"] == "inflate"
     assert record.applied[0]["outcome"] == "dry-run"
+
+
+def test_a_balloon_target_libvirt_refused_is_not_held_against_the_guest(tmp_path):
+    from ebb.host.hypervisor import HypervisorError
+
+    rig = Rig(tmp_path, [FakeVm("web")], SHRINK_POLICY)
+    clock = [1000.0]
+    rig.engine._clock = lambda: clock[0]
+
+    def refuse(name: str, target_kib: int) -> None:
+        raise HypervisorError(f"cannot set the balloon of {name} (fake)")
+
+    rig.hypervisor.on_balloon_call = refuse
+    for _ in range(15):
+        record = rig.engine.tick()
+        clock[0] += 2.0
+    assert record.applied[0]["outcome"] == "failed"
+    assert record.decisions[0]["kind"] == "inflate"
+    assert rig.engine.governor.guest_state("web") == "ok"
+    assert rig.engine.status_vms()[0]["cooperation"] != "uncooperative"

@@ -187,3 +187,44 @@ def test_decision_is_json_ready() -> None:
     d = one(Governor(), 0, view(), 3 * GiB)
     json.dumps(d.to_json())
     assert set(d.to_json()) == {"vm", "target_kib", "kind", "rule", "reason", "inputs"}
+
+
+def test_a_target_that_was_not_applied_is_not_held_against_the_guest() -> None:
+    # Nothing reached the guest (dry run, libvirt failed): its balloon cannot
+    # move, which must not make it stuck, then uncooperative.
+    gov = Governor(GovernorConfig(stuck_after_s=5, uncooperative_after_s=20))
+    for t in range(0, 60, 2):
+        d = one(gov, t, view(), 4 * GiB - 300 * MiB)
+        assert (d.kind, d.rule) == ("inflate", "policy"), f"at {t} s: {d.rule}: {d.reason}"
+        gov.not_applied("vm")
+    assert gov.guest_state("vm") == "ok"
+
+
+def test_a_target_not_applied_leaves_the_earlier_applied_one_in_force() -> None:
+    gov = Governor(GovernorConfig(stuck_after_s=5, uncooperative_after_s=20))
+    big = view(cur=4 * GiB, maximum=8 * GiB)
+    one(gov, 0, big, 4 * GiB - 300 * MiB)  # applied; the guest never moves
+    d = one(gov, 2, big, 5 * GiB)  # the policy changes its mind, but that is not applied
+    assert d.kind == "deflate"
+    gov.not_applied("vm")
+    # The first target was sent and is still outstanding: it counts from 0 s.
+    one(gov, 4, big, None)
+    assert gov.guest_state("vm") == "ok"
+    one(gov, 21, big, None)
+    assert gov.guest_state("vm") == "uncooperative"
+
+
+def test_an_inflation_not_applied_cannot_be_rolled_back() -> None:
+    gov = Governor()
+    one(gov, 0, view(psi_some_avg10=0.0), 4 * GiB - 300 * MiB)
+    gov.not_applied("vm")
+    # The guest is hurting, but not because of us: nothing to give back.
+    d = one(gov, 2, view(psi_some_avg10=50.0), None)
+    assert (d.kind, d.rule) == ("hold", "no_proposal")
+    assert gov.guest_state("vm") == "ok"
+
+
+def test_not_applied_for_an_unknown_guest_is_harmless() -> None:
+    gov = Governor()
+    gov.not_applied("nobody")
+    assert gov.guest_state("nobody") == "ok"
