@@ -318,8 +318,12 @@ class Engine:
         LOG.warning("paused: decisions are logged but not applied", extra={"ACTION": "pause"})
 
     def resume(self) -> None:
+        """Apply decisions again; the guests' progress is judged afresh from now."""
         with self._lock:
             self._paused = False
+            # While paused nothing was applied, so a guest that did not move had
+            # no reason to: it must not be found stuck or uncooperative at once.
+            self.governor.restart_timers()
         LOG.info("resumed", extra={"ACTION": "resume"})
         self.request_tick("resumed")
 

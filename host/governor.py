@@ -186,6 +186,7 @@ class Governor:
         self.config = config or GovernorConfig()
         self._states: Dict[str, _State] = {}
         self._now_s = 0.0
+        self._restart_timers = False
 
     # -- queries
 
@@ -215,6 +216,17 @@ class Governor:
     def forget(self, vm: str) -> None:
         """Drop a guest's state (it was undefined or restarted)."""
         self._states.pop(vm, None)
+
+    def restart_timers(self) -> None:
+        """Progress timers start again at the next :meth:`decide` (safe from any thread).
+
+        For a resume after a pause: while nothing was applied, a guest had no
+        reason to move, so the time before is not held against it. Outstanding
+        targets stay; a stuck guest is ok again and gets its full
+        ``stuck_after_s`` / ``uncooperative_after_s``. An uncooperative guest
+        stays so until ``uncooperative_retry_s`` has passed, as before.
+        """
+        self._restart_timers = True
 
     def not_applied(self, vm: str) -> None:
         """The target of ``vm``'s last decision never reached the guest.
@@ -250,6 +262,15 @@ class Governor:
         present = {g.name for g in guests}
         for gone in [name for name in self._states if name not in present]:
             del self._states[gone]
+        if self._restart_timers:
+            self._restart_timers = False
+            for guest in guests:
+                st = self._states.get(guest.name)
+                if st is not None:
+                    st.progress_at_s = now_s
+                    st.progress_cur_kib = int(guest.balloon_cur_kib)
+                    if st.status == STUCK:
+                        st.status = OK
         decisions = []
         for guest in guests:
             proposed = proposed_targets.get(guest.name)

@@ -413,3 +413,24 @@ def test_a_balloon_target_libvirt_refused_is_not_held_against_the_guest(tmp_path
     assert record.decisions[0]["kind"] == "inflate"
     assert rig.engine.governor.guest_state("web") == "ok"
     assert rig.engine.status_vms()[0]["cooperation"] != "uncooperative"
+
+
+def test_after_a_long_pause_a_guest_gets_its_full_time_again(tmp_path):
+    vm = FakeVm("web", follows_target=False)  # the balloon never moves
+    rig = Rig(tmp_path, [vm], SHRINK_POLICY)
+    clock = [1000.0]
+    rig.engine._clock = lambda: clock[0]
+    first = rig.engine.tick()
+    assert first.applied[0]["outcome"] == "applied"
+    rig.engine.pause()
+    clock[0] += 600.0  # an hour-long maintenance would do the same
+    rig.engine.tick()
+    rig.engine.resume()
+    record = rig.engine.tick()
+    assert record.decisions[0]["rule"] not in ("stuck", "uncooperative"), record.decisions[0]
+    assert rig.engine.governor.guest_state("web") == "ok"
+    # The timers run again from the resume: 20 s without progress is uncooperative.
+    for _ in range(11):
+        clock[0] += 2.0
+        rig.engine.tick()
+    assert rig.engine.governor.guest_state("web") == "uncooperative"

@@ -228,3 +228,19 @@ def test_not_applied_for_an_unknown_guest_is_harmless() -> None:
     gov = Governor()
     gov.not_applied("nobody")
     assert gov.guest_state("nobody") == "ok"
+
+
+def test_restarted_timers_give_a_guest_its_full_time_again() -> None:
+    gov = Governor(GovernorConfig(stuck_after_s=5, uncooperative_after_s=20))
+    one(gov, 0, view(), 4 * GiB - 300 * MiB)
+    one(gov, 6, view(), None)
+    assert gov.guest_state("vm") == "stuck"
+    gov.restart_timers()  # e.g. ebbd was paused from 6 s to 1000 s
+    d = one(gov, 1000, view(), None)
+    assert d.rule != "uncooperative" and gov.guest_state("vm") == "ok"
+    one(gov, 1004, view(), None)
+    assert gov.guest_state("vm") == "ok"
+    one(gov, 1005, view(), None)
+    assert gov.guest_state("vm") == "stuck"
+    one(gov, 1020, view(), None)
+    assert gov.guest_state("vm") == "uncooperative"
