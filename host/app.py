@@ -73,16 +73,22 @@ def governor_config(config: EbbdConfig) -> GovernorConfig:
         default_floor_kib=section.default_floor_mib * 1024,
         min_floor_kib=min(GovernorConfig.min_floor_kib, section.default_floor_mib * 1024),
         max_inflate_share=section.max_change_share,
-        max_deflate_share=max(section.max_change_share, GovernorConfig.max_deflate_share),
+        max_deflate_share=max(section.max_change_share, section.max_deflate_share),
         min_change_kib=config.balloon.min_change_kib,
+        stall_psi_some_avg10=section.stall_psi_some_avg10,
+        stall_major_fault_rate=section.stall_major_faults_per_s,
+        stall_swap_in_rate_kib=section.stall_swap_in_per_s * page_kib,
         rollback_window_s=section.rollback_window_s,
         rollback_psi_rise=section.rollback_psi_some_avg10,
         rollback_major_fault_rise=section.rollback_major_faults_per_s,
         rollback_swap_in_rise_kib=section.rollback_swap_in_per_s * page_kib,
         backoff_initial_s=section.backoff_initial_s,
+        backoff_growth=section.backoff_growth,
         backoff_max_s=max(section.backoff_max_s, section.backoff_initial_s),
+        backoff_reset_s=section.backoff_reset_s,
         stuck_after_s=section.stuck_after_s,
         uncooperative_after_s=max(section.uncooperative_after_s, section.stuck_after_s),
+        uncooperative_retry_s=section.uncooperative_retry_s,
     )
 
 
@@ -94,6 +100,7 @@ def channel_limits(config: EbbdConfig) -> ChannelLimits:
         heartbeat_interval_s=guests.heartbeat_interval_s,
         stale_after_s=guests.stale_after_s,
         max_frames_per_s=guests.flood_max_frames_per_s,
+        max_bytes_per_s=guests.flood_max_bytes_per_s,
         cut_off_backoff_s=guests.cut_off_backoff_s,
         cut_off_backoff_max_s=max(guests.cut_off_backoff_max_s, guests.cut_off_backoff_s),
         connect_retry_s=guests.connect_retry_s,
@@ -382,8 +389,8 @@ class Daemon:
         if current is not None:
             interval_changed = current.report_interval_ms != limits.report_interval_ms
             for name in ("report_interval_ms", "heartbeat_interval_s", "stale_after_s",
-                         "max_frames_per_s", "cut_off_backoff_s", "cut_off_backoff_max_s",
-                         "connect_retry_s"):
+                         "max_frames_per_s", "max_bytes_per_s", "cut_off_backoff_s",
+                         "cut_off_backoff_max_s", "connect_retry_s"):
                 setattr(current, name, getattr(limits, name))
             if interval_changed and hasattr(self.c.channels, "welcome_again"):
                 self.c.channels.welcome_again()

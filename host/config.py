@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
+from ebb.protocol import MAX_FRAME_BYTES
 
 LOG = logging.getLogger(__name__)
 
@@ -159,6 +160,11 @@ class GuestsConfig:
     heartbeat_interval_s: float = field(default=5.0, metadata=_rule(_positive))
     #: More frames than this per second from one guest cuts it off.
     flood_max_frames_per_s: int = field(default=50, metadata=_rule(_positive))
+    #: More bytes than this per second from one guest cuts it off. At least one
+    #: frame of the largest size, so that no legal message alone is a flood.
+    flood_max_bytes_per_s: int = field(
+        default=256 * 1024, metadata=_rule(_at_least(MAX_FRAME_BYTES))
+    )
     #: First wait before reconnecting to a guest that was cut off; doubles each time.
     cut_off_backoff_s: float = field(default=10.0, metadata=_rule(_positive))
     cut_off_backoff_max_s: float = field(default=300.0, metadata=_rule(_positive))
@@ -172,8 +178,16 @@ class GovernorSection:
 
     #: Floor for a VM whose XML sets none (``<ebb:vm floor-mib=...>`` or min_guarantee).
     default_floor_mib: int = field(default=512, metadata=_rule(_non_negative))
-    #: Largest balloon change per tick, as a share of the VM's maximum memory.
+    #: Largest balloon inflation (memory taken) per tick, as a share of the VM's maximum memory.
     max_change_share: float = field(default=0.10, metadata=_rule(_share))
+    #: Largest balloon deflation (memory given back) per tick, as a share of the
+    #: VM's maximum memory; never less than ``max_change_share``.
+    max_deflate_share: float = field(default=0.25, metadata=_rule(_share))
+    #: A guest at or above any of these is stalling: nothing is taken from it.
+    stall_psi_some_avg10: float = field(default=10.0, metadata=_rule(_positive))
+    stall_major_faults_per_s: float = field(default=1000.0, metadata=_rule(_positive))
+    #: Pages (4 KiB) swapped in per second (256 = 1 MiB/s).
+    stall_swap_in_per_s: float = field(default=256.0, metadata=_rule(_positive))
     #: After an inflation, how long to watch the guest for harm before trusting it.
     rollback_window_s: float = field(default=30.0, metadata=_rule(_positive))
     #: Rise in the guest's major faults per second (over its rate before the inflation)
@@ -185,11 +199,17 @@ class GovernorSection:
     rollback_psi_some_avg10: float = field(default=10.0, metadata=_rule(_positive))
     #: First back-off after a rollback; doubles on each further rollback.
     backoff_initial_s: float = field(default=60.0, metadata=_rule(_positive))
+    #: Each further rollback multiplies the back-off by this.
+    backoff_growth: float = field(default=2.0, metadata=_rule(_at_least(1)))
     backoff_max_s: float = field(default=1800.0, metadata=_rule(_positive))
+    #: No rollback for this long: the next back-off is ``backoff_initial_s`` again.
+    backoff_reset_s: float = field(default=1800.0, metadata=_rule(_positive))
     #: No progress toward the target for this long: the guest is stuck (squeezed: 5 s).
     stuck_after_s: float = field(default=5.0, metadata=_rule(_positive))
     #: No progress for this long: uncooperative, excluded from inflation (squeezed: 20 s).
     uncooperative_after_s: float = field(default=20.0, metadata=_rule(_positive))
+    #: An uncooperative guest is asked for memory again after this long.
+    uncooperative_retry_s: float = field(default=300.0, metadata=_rule(_positive))
 
 
 @dataclass(frozen=True)

@@ -346,3 +346,40 @@ def test_ebbd_once_json_is_the_tick_record(tmp_path, capsys):
     assert record["decisions"][0]["vm"] == "test"
     assert set(record["decisions"][0]) >= {"vm", "kind", "target_kib", "rule", "reason",
                                            "inputs"}
+
+
+def test_guest_and_governor_keys_reach_the_channels_and_the_governor(tmp_path):
+    from ebb.host.app import channel_limits, governor_config
+    from ebb.host.config import config_from_dict
+
+    config = config_from_dict({
+        "guests": {"flood_max_bytes_per_s": 128 * 1024},
+        "governor": {
+            "max_change_share": 0.05, "max_deflate_share": 0.5,
+            "stall_psi_some_avg10": 25.0, "stall_major_faults_per_s": 300.0,
+            "stall_swap_in_per_s": 64.0, "backoff_growth": 3.0, "backoff_reset_s": 900.0,
+            "uncooperative_retry_s": 60.0,
+        },
+    })
+    assert channel_limits(config).max_bytes_per_s == 128 * 1024
+    gov = governor_config(config)
+    assert (gov.max_inflate_share, gov.max_deflate_share) == (0.05, 0.5)
+    assert gov.stall_psi_some_avg10 == 25.0
+    assert gov.stall_major_fault_rate == 300.0
+    assert gov.stall_swap_in_rate_kib == 64.0 * 4  # pages of 4 KiB
+    assert (gov.backoff_growth, gov.backoff_reset_s) == (3.0, 900.0)
+    assert gov.uncooperative_retry_s == 60.0
+    # Memory is never given back more slowly than it is taken.
+    slow_giving = config_from_dict(
+        {"governor": {"max_change_share": 0.3, "max_deflate_share": 0.1}}
+    )
+    assert governor_config(slow_giving).max_deflate_share == 0.3
+
+
+def test_reload_applies_a_new_flood_limit_to_the_running_channels(rig):
+    from ebb.host.channels import ChannelLimits
+
+    rig.channels.limits = ChannelLimits()
+    rig.write_config("[guests]\nflood_max_bytes_per_s = 1048576\n")
+    assert rig.daemon.reload()["config"] == "reloaded"
+    assert rig.channels.limits.max_bytes_per_s == 1048576

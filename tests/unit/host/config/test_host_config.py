@@ -91,6 +91,7 @@ report_interval_ms = 500
 stale_after_s = 3
 heartbeat_interval_s = 10
 flood_max_frames_per_s = 20
+flood_max_bytes_per_s = 131072
 cut_off_backoff_s = 5
 cut_off_backoff_max_s = 60
 connect_retry_s = 1
@@ -98,14 +99,21 @@ connect_retry_s = 1
 [governor]
 default_floor_mib = 768
 max_change_share = 0.25
+max_deflate_share = 0.5
+stall_psi_some_avg10 = 20
+stall_major_faults_per_s = 500
+stall_swap_in_per_s = 64
 rollback_window_s = 45
 rollback_major_faults_per_s = 50
 rollback_swap_in_per_s = 25
 rollback_psi_some_avg10 = 5
 backoff_initial_s = 10
+backoff_growth = 1.5
 backoff_max_s = 100
+backoff_reset_s = 600
 stuck_after_s = 4
 uncooperative_after_s = 16
+uncooperative_retry_s = 120
 
 [balloon]
 min_change_kib = 0
@@ -179,6 +187,13 @@ listen = "127.0.0.1:9677"
         ("[governor]\nuncooperative_after_s = 2\n",
          "governor.uncooperative_after_s: must be >= governor.stuck_after_s"),
         ("[governor]\nmax_change_share = 0\n", "governor.max_change_share: must be a share"),
+        ("[governor]\nmax_deflate_share = 1.5\n", "governor.max_deflate_share: must be a share"),
+        ("[governor]\nbackoff_growth = 0.5\n", "governor.backoff_growth: must be >= 1"),
+        ("[governor]\nstall_psi_some_avg10 = 0\n", "governor.stall_psi_some_avg10: must be > 0"),
+        ("[governor]\nuncooperative_retry_s = -1\n",
+         "governor.uncooperative_retry_s: must be > 0"),
+        ("[guests]\nflood_max_bytes_per_s = 1000\n",
+         "guests.flood_max_bytes_per_s: must be >= 65536"),
         ("[governor]\ndefault_floor_mib = -5\n", "governor.default_floor_mib: must be >= 0"),
         ("[trace]\npath = \"trace.jsonl\"\n", "trace.path: must be an absolute path"),
         ("[metrics]\nlisten = \"9677\"\n", "metrics.listen: must be HOST:PORT"),
