@@ -101,7 +101,8 @@ sys_root = "{self.sys}"
         return (self.sys / "kernel" / "mm" / "ksm" / name).read_text().strip()
 
 
-def wait_until(predicate, timeout_s: float = 3.0) -> bool:
+def wait_until(predicate, timeout_s: float = 15.0) -> bool:
+    """Poll until ``predicate()`` holds; the deadline only matters when it never does."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
@@ -159,17 +160,27 @@ def test_sigterm_stops_within_a_second_and_sighup_reloads(rig):
             return result
 
         rig.daemon.reload = counting_reload  # type: ignore[method-assign]
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGHUP)).start()
-        threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        started = time.monotonic()
+        terminated_at: List[float] = []
+
+        def signals() -> None:
+            # SIGTERM only once the SIGHUP was handled, however slowly a loaded
+            # machine runs the main thread; the main thread must run_forever.
+            os.kill(os.getpid(), signal.SIGHUP)
+            wait_until(lambda: bool(reloads), timeout_s=15.0)
+            terminated_at.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Timer(0.1, signals).start()
         code = rig.daemon.run_forever()
-        elapsed = time.monotonic() - started
+        stopped_at = time.monotonic()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
     assert code == EXIT_OK
-    assert elapsed < 0.6 + 1.0
     assert len(reloads) == 1 and reloads[0]["policy"] == "reloaded"
+    # "Within a second", with room for a loaded machine; waiting out any timer
+    # (the engine join, a reconnect, the watchdog period) would take longer.
+    assert stopped_at - terminated_at[0] < 1.5
     assert any(n.startswith("STATUS=tick") for n in rig.notices)
     assert "WATCHDOG=1" in rig.notices
 
@@ -212,9 +223,11 @@ def test_pause_resume_and_set_floor_through_the_socket(rig):
     client = rig.client()
     client.request("pause")
     assert client.request("status")["daemon"]["paused"] is True
-    time.sleep(0.3)
+    # A tick that began before the pause may still apply; the next one may not.
+    paused_at_tick = rig.daemon.engine.tick_count
+    assert wait_until(lambda: rig.daemon.engine.tick_count >= paused_at_tick + 2)
     calls = len(rig.hypervisor.balloon_calls)
-    time.sleep(0.5)
+    assert wait_until(lambda: rig.daemon.engine.tick_count >= paused_at_tick + 4)
     assert len(rig.hypervisor.balloon_calls) == calls
     client.request("resume")
     result = client.request("set-floor", vm="web", floor_mib=3000)
@@ -292,8 +305,11 @@ def test_ebbd_process_serves_status_reloads_on_sighup_and_stops_on_sigterm(tmp_p
         status = r.client().request("status")
         assert status["daemon"]["pid"] == proc.pid
         assert [vm["name"] for vm in status["vms"]] == ["test"]
+        loaded_at = status["daemon"]["policy"]["loaded_at"]
         proc.send_signal(signal.SIGHUP)
-        time.sleep(0.3)
+        assert wait_until(
+            lambda: r.client().request("status")["daemon"]["policy"]["loaded_at"] != loaded_at
+        )
         assert proc.poll() is None
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)

@@ -44,7 +44,8 @@ DOMAIN_XML = """<domain type='test'>
 BALLOON_WITH_STATS = "<memballoon model='virtio'><stats period='2'/></memballoon>"
 
 
-def wait_for(predicate: Any, timeout_s: float = 3.0) -> bool:
+def wait_for(predicate: Any, timeout_s: float = 15.0) -> bool:
+    """Poll until ``predicate()`` holds; the deadline only matters when it never does."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
