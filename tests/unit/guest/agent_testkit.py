@@ -141,8 +141,12 @@ class HostEnd:
     def of_type(self, cls: Type[M]) -> List[M]:
         return [m for m in self.received if isinstance(m, cls)]
 
-    def wait_for(self, cls: Type[M], timeout_s: float = 3.0, count: int = 1) -> List[M]:
-        """Read until ``count`` messages of ``cls`` arrived; fail after ``timeout_s``."""
+    def wait_for(self, cls: Type[M], timeout_s: float = 15.0, count: int = 1) -> List[M]:
+        """Read until ``count`` messages of ``cls`` arrived; fail after ``timeout_s``.
+
+        The default is generous: it only matters when the message never comes,
+        and a loaded machine may take seconds to schedule the agent thread.
+        """
         deadline = time.monotonic() + timeout_s
         while len(self.of_type(cls)) < count:
             if time.monotonic() > deadline or self.closed:

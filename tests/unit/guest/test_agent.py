@@ -98,8 +98,8 @@ def test_big_change_is_reported_at_once(
 
     proc_tree.write(MemAvailable=2 * GIB_KIB)  # moves by 25 % of MemTotal
     changed_at = time.monotonic()
-    reports = host.wait_for(Report, timeout_s=2.0, count=2)
-    assert time.monotonic() - changed_at < 1.0
+    reports = host.wait_for(Report, timeout_s=8.0, count=2)
+    assert time.monotonic() - changed_at < 5.0  # not the 10 s interval, even under load
     assert reports[-1].mem_available_kib == 2 * GIB_KIB
 
 
@@ -166,7 +166,7 @@ def test_prepare_release_re_offers_at_once(
     _handshake(host, interval_ms=10_000)
     host.wait_for(Offer)
     host.send(Request(kind="prepare_release", kib=GIB_KIB))
-    offers = host.wait_for(Offer, count=2, timeout_s=1.0)
+    offers = host.wait_for(Offer, count=2, timeout_s=5.0)  # the interval is 10 s
     assert offers[-1].kib == offers[0].kib  # the same offer, repeated on request
 
     host.send(Request(kind="defragment", kib=0))
@@ -209,6 +209,7 @@ def test_error_replies_are_rate_limited(
     _handshake(host, interval_ms=1000)
     bad = encode_frame(msgpack.packb({"type": "nonsense"}))
     host.send_raw(bad * 500)
+    host.wait_for(Error)  # however long a loaded machine takes for the first
     host.pump(0.5)
     assert 1 <= len(host.of_type(Error)) <= 20
 
@@ -373,7 +374,7 @@ def test_a_host_that_speaks_before_welcoming_gets_a_hello(
     time.sleep(1.0)  # the nudge is limited to one a second
     host.send(Ping(nonce=5))  # e.g. ebbd started after the agent's hello got lost
     assert host.wait_for(Pong)[0].nonce == 5
-    host.wait_for(Hello, count=2, timeout_s=1.0)
+    host.wait_for(Hello, count=2, timeout_s=10.0)  # the hello retry is 30 s
 
 
 def test_no_offer_or_need_unless_the_host_takes_them(
@@ -404,9 +405,9 @@ def test_unanswered_keepalive_leads_to_a_new_handshake(
     config = dataclasses.replace(FAST_CONFIG, keepalive_s=0.3)
     start_agent(transport, proc_tree, config)
     _handshake(host, interval_ms=200)
-    host.wait_for(Ping, timeout_s=2.0)
+    host.wait_for(Ping, timeout_s=10.0)
     # The host does not answer (a serial line whose other end went away) ...
-    host.wait_for(Hello, count=2, timeout_s=2.0)
+    host.wait_for(Hello, count=2, timeout_s=10.0)
 
 
 def test_unreadable_proc_pauses_reports_and_they_resume(

@@ -157,7 +157,7 @@ class _PtyHost:
     def send(self, data: bytes) -> None:
         os.write(self.master, data)
 
-    def wait_for(self, cls: type, timeout_s: float = 3.0) -> object:
+    def wait_for(self, cls: type, timeout_s: float = 15.0) -> object:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for item in self.received:
