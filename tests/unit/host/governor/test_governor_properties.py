@@ -74,7 +74,9 @@ def test_targets_stay_within_limits_whatever_is_proposed(
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(guest_tick(), min_size=1, max_size=6, unique_by=lambda t: t[0].name))
+# At most 3: there are only three names, and asking for more unique ones makes
+# hypothesis discard draw after draw.
+@given(st.lists(guest_tick(), min_size=1, max_size=3, unique_by=lambda t: t[0].name))
 def test_one_decision_per_guest_in_order(batch: List[Tuple[GuestView, Optional[int]]]) -> None:
     gov = Governor()
     guests = [g for g, _ in batch]
