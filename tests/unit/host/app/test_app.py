@@ -219,6 +219,7 @@ def test_reload_applies_a_new_interval_and_reports_restart_only_keys(rig):
 
 
 def test_pause_resume_and_set_floor_through_the_socket(rig):
+    rig.daemon.engine.settings.interval_s = 0.05  # the ticks below come quicker
     rig.daemon.start()
     client = rig.client()
     client.request("pause")
@@ -237,6 +238,7 @@ def test_pause_resume_and_set_floor_through_the_socket(rig):
 
 def test_dry_run_daemon_touches_nothing(tmp_path):
     r = Rig(tmp_path, dry_run=True)
+    r.daemon.engine.settings.interval_s = 0.05  # three ticks without waiting 0.6 s
     try:
         r.daemon.start()
         assert wait_until(lambda: r.daemon.engine.tick_count >= 3)
