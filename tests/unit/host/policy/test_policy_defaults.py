@@ -285,3 +285,159 @@ def test_cooperative_and_classic_agree_for_guests_without_agents() -> None:
             run("cooperative", {"mem_free": free}, guests).guest_controls
             == run("classic", {"mem_free": free}, guests).guest_controls
         )
+
+
+# ------------------------------------------- reaction time and hysteresis ----
+# ebbd keeps 10 samples per host (EngineSettings.history_len); these states do too.
+
+HISTORY = 10
+
+
+def run_history(name: str, free_shares: List[float], guests: List[Entity]) -> Evaluation:
+    """Evaluate a shipped policy on a host whose freeable share went through ``free_shares``
+    (oldest first; the last one is the newest sample)."""
+    samples = [
+        {
+            "mem_available": HOST_16G,
+            "mem_free": int(share * HOST_16G),
+            "ksm_pages_to_scan": 100,
+            "ksm_shareable": 4 * GiB,
+        }
+        for share in free_shares
+    ]
+    runner = PolicyRunner(load_policy_dir(policy_dir(name)))
+    return runner.evaluate(PolicyInput(Entity({"name": "host"}, samples), list(guests)))
+
+
+def balloon_moves(ev: Evaluation, guests: List[Entity]) -> str:
+    """'inflate' when some guest would be given a smaller target, 'deflate' when some
+    would get more memory, else 'hold'."""
+    cur = {g.props["name"]: g.samples[-1]["balloon_cur"] for g in guests}
+    moves = {
+        "inflate" if t < cur[n] else "deflate"
+        for n, t in ev.proposed_targets().items()
+        if t is not None and t != cur[n]
+    }
+    assert len(moves) <= 1, moves
+    return moves.pop() if moves else "hold"
+
+
+def sliding(levels: List[float], name: str, guests: List[Entity]) -> List[str]:
+    """What the policy does at each tick as the host goes through ``levels``, with the
+    last HISTORY samples kept, as ebbd keeps them."""
+    return [
+        balloon_moves(run_history(name, levels[max(0, i + 1 - HISTORY) : i + 1], guests), guests)
+        for i in range(HISTORY, len(levels))
+    ]
+
+
+def shrinkable() -> List[Entity]:
+    # Both guests have room to give and room to grow (3 of 4 GiB, 1 GiB unused).
+    return [agent("quiet", 3 * GiB, unused=GiB), vm("legacy", 3 * GiB, unused=GiB)]
+
+
+def test_cooperative_inflates_on_the_first_sample_under_the_threshold() -> None:
+    # Nine comfortable samples (50 %) and the newest at 12.5 %: the mean is 46.25 %, but the
+    # host is short now. Each guest is shrunk by the classic rule at the current 12.5 %:
+    # 5 % of 3 GiB at most (wanted: 2 GiB used + 12.5 % of 3 GiB = 2490368 KiB).
+    guests = shrinkable()
+    ev = run_history("cooperative", [0.50] * 9 + [0.125], guests)
+    assert ev.proposed_targets() == {"quiet": 2988441, "legacy": 2988441}
+
+
+def test_cooperative_sizes_what_it_takes_by_the_current_deficit() -> None:
+    # Newest 3 GiB freeable (18.75 %) after nine at 50 %: the deficit is what the host lacks
+    # now, 3355443.2 - 3145728 = 209715.2 KiB, taken from the offer alone.
+    guests = [
+        agent("giver", 4 * GiB, unused=GiB, offer=400 * 1024),
+        agent("quiet", 4 * GiB, 2 * GiB),
+    ]
+    ev = run_history("cooperative", [0.50] * 9 + [3 / 16], guests)
+    assert ev.proposed_targets() == {"giver": int(4 * GiB - 209715.2), "quiet": None}
+
+
+def test_classic_keeps_the_moms_averaging_on_the_same_state() -> None:
+    # Same state: the mean (46.25 %) is above 20 %, so MOM's rule gives memory back.
+    guests = shrinkable()
+    assert balloon_moves(run_history("classic", [0.50] * 9 + [0.125], guests), guests) == "deflate"
+
+
+@pytest.mark.parametrize("newest", [0.21, 0.24])
+def test_cooperative_does_not_deflate_when_the_host_is_barely_back(newest: float) -> None:
+    # One sample under the threshold, then the newest just above it: no pressure any more,
+    # but not comfortable (25 %) either: balloons hold. Classic, on its mean, deflates.
+    guests = shrinkable()
+    levels = [0.50] * 8 + [0.125, newest]
+    assert balloon_moves(run_history("cooperative", levels, guests), guests) == "hold"
+    assert balloon_moves(run_history("classic", levels, guests), guests) == "deflate"
+
+
+def test_cooperative_deflates_only_when_current_and_mean_are_comfortable() -> None:
+    guests = shrinkable()
+    # Newest at 50 % after a long episode at 15 %: the mean (18.5 %) is not comfortable.
+    assert balloon_moves(run_history("cooperative", [0.15] * 9 + [0.50], guests), guests) == "hold"
+    # Mean 26 % and newest 30 %: both above 25 %: memory goes back by the classic rule.
+    ev = run_history("cooperative", [0.25] * 9 + [0.30], guests)
+    assert balloon_moves(ev, guests) == "deflate"
+
+
+def test_cooperative_follows_a_dip_at_once_and_holds_until_the_host_is_comfortable() -> None:
+    # Ten ticks at 50 %, three at 15 %, four at 21 %, then 50 % again.
+    levels = [0.50] * HISTORY + [0.15] * 3 + [0.21] * 4 + [0.50] * 2
+    guests = shrinkable()
+    assert sliding(levels, "cooperative", guests) == (
+        ["inflate"] * 3 + ["hold"] * 4 + ["deflate"] * 2
+    )
+    # MOM's mean never falls under 20 % during that dip: classic never takes anything.
+    assert "inflate" not in sliding(levels, "classic", guests)
+
+
+@pytest.mark.parametrize(
+    ("comfortable", "pressured", "lag_ticks"),
+    # docs/policy.md: classic first inflates on the k-th sample under the threshold,
+    # k = floor(N (c - T) / (c - p)) + 1 with N = 10 samples, T = 20 %.
+    [(0.30, 0.15, 7), (0.25, 0.14, 5), (0.60, 0.15, 9), (0.94, 0.15, 10), (0.205, 0.10, 1)],
+)
+def test_classic_reacts_after_the_averaging_lag(
+    comfortable: float, pressured: float, lag_ticks: int
+) -> None:
+    levels = [comfortable] * HISTORY + [pressured] * HISTORY
+    guests = shrinkable()
+    classic = sliding(levels, "classic", guests)
+    assert classic.index("inflate") + 1 == lag_ticks
+    assert sliding(levels, "cooperative", guests).index("inflate") + 1 == 1
+
+
+def test_after_an_episode_cooperative_holds_then_deflates_and_classic_lags() -> None:
+    # Ten ticks at 15 %, then 60 %. Cooperative: the newest is comfortable at once but the
+    # mean reaches 25 % only on the 3rd sample (ceil(10 * (25 - 15) / (60 - 15)) = 3).
+    # Classic: its mean is still under 20 % on the 1st sample, so it inflates once more,
+    # and deflates from the 2nd (ceil(10 * (20 - 15) / 45) = 2).
+    levels = [0.15] * HISTORY + [0.60] * 4
+    guests = shrinkable()
+    assert sliding(levels, "cooperative", guests) == ["hold", "hold", "deflate", "deflate"]
+    assert sliding(levels, "classic", guests) == ["inflate", "deflate", "deflate", "deflate"]
+
+
+def test_cooperative_rules_for_needy_and_stalling_guests_hold_on_the_newest_sample() -> None:
+    guests = [
+        agent("stalling", 3 * GiB, unused=GiB, offer=GiB, psi_some_avg10=25.0),
+        agent("needy", 3 * GiB, unused=0, need=200 * 1024),
+        agent("quiet", 3 * GiB, unused=GiB),
+    ]
+    # Newest 12.5 % after nine at 50 %: pressure now. The stalling guest's offer is not
+    # taken and it is not squeezed; the needy guest gets its need from the 2.5 % above the
+    # 10 % reserve (419430 KiB); the quiet one is shrunk by 5 %.
+    ev = run_history("cooperative", [0.50] * 9 + [0.125], guests)
+    assert ev.proposed_targets() == {
+        "stalling": None,
+        "needy": 3 * GiB + 200 * 1024,
+        "quiet": 2988441,
+    }
+    # Newest 21 % (between the threshold and the release line): balloons hold, but the
+    # guest that asks is still given memory at once and the stalling one gets memory back.
+    ev = run_history("cooperative", [0.50] * 8 + [0.125, 0.21], guests)
+    t = ev.proposed_targets()
+    assert t["needy"] == 3 * GiB + 200 * 1024
+    assert t["stalling"] is not None and t["stalling"] > 3 * GiB
+    assert t["quiet"] is None
