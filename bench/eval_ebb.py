@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 PREFIX = "ebb-bench"
 OVERCOMMIT_CONFIGS = ("none", "ksm", "classic", "cooperative")
 PAGECACHE_CONFIGS = ("none", "classic", "cooperative")
-WORKDIR = Path("/var/lib/ebb-lab/bench/runs")
+WORKDIR = Path("/var/lib/ebb-bench/runs")
 
 
 def scenarios(short: bool, duration_s: Optional[float]) -> Dict[str, harness.Scenario]:
@@ -197,6 +197,18 @@ def markdown(results: Dict[str, Any]) -> str:
         for t in targets:
             lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |")
         lines.append("")
+    disturbed = [(name, r) for name, runs in results["runs"].items() for r in runs
+                 if r.get("disturbed") or r.get("foreign_ballooning")]
+    if disturbed:
+        lines += ["## Runs disturbed by other work on the host", ""]
+        for name, r in disturbed:
+            why = list(r.get("disturbed") or [])
+            if r.get("foreign_ballooning"):
+                why.append("balloon below maximum without our ebbd: "
+                           + ", ".join(r["foreign_ballooning"]))
+            lines.append(f"- {name}/{r['config']} (repetition {r.get('rep', 0) + 1}): "
+                         + "; ".join(why))
+        lines.append("")
     if results.get("plots"):
         lines += ["## Figures", ""]
         for name in results["plots"]:
@@ -267,6 +279,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="where evaluation.json/.md and the PNGs go (default results/)")
     parser.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",
                         help=f"per-run files: traces, samples, logs (default {WORKDIR})")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the runs already in --results as earlier repetitions and "
+                        "add this run's after them")
+    parser.add_argument("--retries", type=int, default=1, metavar="N",
+                        help="run a configuration again when someone else changed the host's "
+                        "hugepages or swap during it (default 1); kept flagged otherwise")
     parser.add_argument("--lock-timeout", type=float, default=1800.0, metavar="S")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -313,8 +331,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "summary": {},
         "plots": [],
     }
-    _carry_over(results, results_dir / "evaluation.json", plan)
-    done = 0
+    first_rep = _carry_over(results, results_dir / "evaluation.json", plan, args.append)
+    done = completed = 0
 
     def say(message: str) -> None:
         el = time.monotonic() - started
@@ -325,22 +343,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             host.add_swap(max(s.host_swap_mib for n, s in scen.items() if n in plan))
             for name, configs in plan.items():
                 scenario = scen[name]
-                for rep in range(reps):
+                for rep in range(first_rep, first_rep + reps):
                     for config in order_for(configs, rep):
                         done += 1
-                        say(f"({done}/{total}) {name} {config}, repetition {rep + 1}/{reps}")
+                        say(f"({done}/{total}) {name} {config}, repetition {rep + 1}")
                         rundir = workdir / name / f"rep{rep + 1}-{config}"
-                        try:
-                            run = harness.run_config(scenario, config, rundir, host, say)
-                        except LabError as err:
-                            say(f"{name}/{config} failed: {err}")
-                            run = None
+                        run = None
+                        for attempt in range(1 + args.retries):
+                            try:
+                                run = harness.run_config(scenario, config, rundir, host, say)
+                            except LabError as err:
+                                say(f"{name}/{config} failed: {err}")
+                                run = None
+                                continue
+                            if not run.get("disturbed"):
+                                break
+                            say(f"{name}/{config} disturbed: {'; '.join(run['disturbed'])}"
+                                + ("; running it again" if attempt < args.retries else ""))
                         if run is None:
                             continue
                         run["rep"] = rep
+                        completed += 1
                         results["runs"][name].append(run)
                         say(f"{name}/{config}: " + _one_line(name, run))
-                        if rep == 0:
+                        if rep == first_rep and not any(
+                                p.startswith(f"{name}-{config}.") for p in results["plots"]):
                             results["plots"] += _plots(name, config, rundir, results_dir)
                         results["summary"][name] = summarise(name, results["runs"][name])
                         _write(results, results_dir)
@@ -360,24 +387,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _write(results, results_dir)
     print(markdown(results))
     say(f"done; results in {results_dir}")
-    missing = total - sum(len(r) for r in results["runs"].values())
-    return 1 if missing else 0
+    return 1 if completed < total else 0
 
 
-def _carry_over(results: Dict[str, Any], path: Path, plan: Dict[str, List[str]]) -> None:
+def _carry_over(results: Dict[str, Any], path: Path, plan: Dict[str, List[str]],
+                append: bool) -> int:
     """Keep earlier runs (same mode) of the scenario/configurations this run does not redo.
 
     So ``--only overcommit`` and ``--only pagecache`` can run one after the other
-    and still give one results file.
+    and still give one results file. With ``append`` every earlier run is kept and
+    this run's repetitions are numbered after them; returns the first number.
     """
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
-        return
+        return 0
     if old.get("mode") != results["mode"]:
-        return
+        return 0
+    first_rep = 0
     for name, runs in (old.get("runs") or {}).items():
-        keep = [r for r in runs if r.get("config") not in plan.get(name, [])]
+        keep = [r for r in runs if append or r.get("config") not in plan.get(name, [])]
+        if append and name in plan:
+            first_rep = max([first_rep] + [r.get("rep", 0) + 1 for r in keep])
         if not keep:
             continue
         results["runs"].setdefault(name, [])
@@ -388,7 +419,9 @@ def _carry_over(results: Dict[str, Any], path: Path, plan: Dict[str, List[str]])
         results["plots"] += [p for p in old.get("plots") or []
                              if p.startswith(f"{name}-") and
                              p[len(name) + 1:].split("-")[0].split(".")[0] in kept_configs]
-    results.setdefault("earlier", old.get("started"))
+    results["earlier"] = old.get("started")
+    results["reps"] = max(results["reps"], first_rep + results["reps"])
+    return first_rep
 
 
 def _one_line(name: str, run: Dict[str, Any]) -> str:

@@ -63,7 +63,7 @@ class Scenario:
     #: MemAvailable left on the host for the guests (the rest is hugepages).
     host_budget_mib: int
     host_swap_mib: int
-    images_dir: Path = Path("/var/lib/ebb-lab/bench")
+    images_dir: Path = Path("/var/lib/ebb-bench/images")
 
     @property
     def names(self) -> List[str]:
@@ -125,6 +125,7 @@ class Sampler(threading.Thread):
                     "pswpin": vmstat.get("pswpin", 0), "pswpout": vmstat.get("pswpout", 0),
                     "ksm_run": ksm.get("run"), "ksm_pages_shared": ksm.get("pages_shared", 0),
                     "ksm_pages_sharing": ksm.get("pages_sharing", 0),
+                    "hugepages": meminfo.get("HugePages_Total", 0),
                 }
             except OSError as err:
                 LOG.warning("host sample: %s", err)
@@ -149,6 +150,11 @@ class Sampler(threading.Thread):
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def _swaps() -> List[str]:
+    lines = Path("/proc/swaps").read_text().splitlines()[1:]
+    return [line.split()[0] for line in lines if line.strip()]
 
 
 def _meminfo() -> Dict[str, int]:
@@ -276,7 +282,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
     ebbd: Optional[EbbdProcess] = None
     sampler: Optional[Sampler] = None
     try:
-        host.unshrink()
+        host.wait_no_hugepages()  # someone else's test may hold some (without the lock)
         host.ksm_off()
         scenario.prepare_images(say)
         started = time.monotonic()
@@ -287,7 +293,8 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         shells = [lab.shell(n) for n in names]
         setup = {n: scenario.setup_guest(i, sh) for i, (n, sh) in enumerate(zip(names, shells))}
         host.ensure_swap()
-        host.shrink_to(scenario.host_budget_mib)
+        host.wait_no_hugepages()
+        reserved = host.shrink_to(scenario.host_budget_mib)
         policy = POLICIES[config]
         if policy is not None:
             ebbd = EbbdProcess(workdir, policy, scenario.prefix + "-")
@@ -343,6 +350,17 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         }
         result["host_swap_ops"] = result["host_swap_in_pages"] + result["host_swap_out_pages"]
         result["guest_swap_ops"] = result["guest_swap_in_pages"] + result["guest_swap_out_pages"]
+        # Others' tests on this host may change hugepages or swap under us (they do not
+        # all take the lock): say so in the result rather than report a wrong figure.
+        disturbed = []
+        hp = {s["host"].get("hugepages") for s in sampler.samples if "host" in s}
+        if hp - {reserved}:
+            disturbed.append(f"nr_hugepages changed by someone during the run: {sorted(hp)} "
+                             f"(we reserved {reserved})")
+        if str(host.swap_file) not in _swaps():
+            disturbed.append("our host swap file was turned off by someone during the run")
+        result["disturbed"] = disturbed
+        result["hugepages"] = reserved
         # Someone else's ebbd could balloon our guests: with no ebbd of ours, any balloon
         # below the maximum says so.
         if ebbd is None:

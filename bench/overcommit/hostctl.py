@@ -23,7 +23,7 @@ from ebb.host.lab import hostmem
 LOG = logging.getLogger(__name__)
 
 LOCK_PATH = Path("/run/ebb-host-memory.lock")
-SWAP_FILE = Path("/var/lib/ebb-lab/bench/host-swap.img")
+SWAP_FILE = Path("/var/lib/ebb-bench/host-swap.img")
 HUGEPAGE_MIB = 2
 KSM_PATH = Path("/sys/kernel/mm/ksm")
 KSM_KNOBS = ("run", "pages_to_scan", "sleep_millisecs", "merge_across_nodes")
@@ -99,7 +99,7 @@ class HostMemory:
     def __enter__(self) -> HostMemory:
         self._acquire()
         try:
-            self._wait_no_hugepages()
+            self.wait_no_hugepages()
             self.snapshot = hostmem.HostSnapshot.take()
             self._ksm_before = {k: v for k, v in ksm_counters().items() if k in KSM_KNOBS}
             # SIGTERM (and SIGHUP) restore too: turn them into KeyboardInterrupt-like exits.
@@ -110,7 +110,7 @@ class HostMemory:
             raise
         return self
 
-    def _wait_no_hugepages(self) -> None:
+    def wait_no_hugepages(self) -> None:
         """Wait until nobody holds hugepages (a test not using the lock may be running)."""
         deadline = time.monotonic() + self.lock_timeout_s
         next_note = 0.0
@@ -185,6 +185,10 @@ class HostMemory:
         host uses now (other VMs, daemons): the reservation is MemAvailable minus it.
         """
         got = int(Path("/proc/sys/vm/nr_hugepages").read_text().split()[0])
+        # Clean page cache counts as available but the reservation does not always
+        # reclaim it: drop it first (only clean cache; it refills as files are read).
+        with contextlib.suppress(OSError):
+            Path("/proc/sys/vm/drop_caches").write_text("1\n")
         for _attempt in range(20):
             # The kernel reclaims page cache while reserving, but may stop short:
             # measure again and ask for the rest, a few times.

@@ -35,6 +35,13 @@ LOG = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
+#: The benchmark guests' agent channel. Not ``org.ebb.agent.0``: other ebbds on this
+#: shared host (other people's tests) connect to every VM's agent channel and would
+#: take ours; only the benchmark's scoped ebbd (scoped_ebbd.py) looks for this name.
+BENCH_PORT = "org.ebb.bench.0"
+#: The agent in the guest opens that port by name.
+AGENT_ARGS = f"{DEFAULT_AGENT_ARGS} --device /dev/virtio-ports/{BENCH_PORT}"
+
 
 @dataclass
 class Disk:
@@ -104,10 +111,14 @@ def boot_guests(lab: Lab, names: Sequence[str], memory_mib: int,
             name=name, memory_mib=memory_mib, kernel=kernel_image, initramfs=initrd,
             python=guest_py.python, bin_dir=guest_py.bin_dir, guest_dir=gdir,
             state_dir=lab.state_dir, domain_type=domain_type, agent=True,
-            agent_args=DEFAULT_AGENT_ARGS,
-            ebb_metadata={"floor_mib": str(floor_mib)} if floor_mib is not None else {},
+            agent_args=AGENT_ARGS,
+            # enabled="no": other ebbds on this host leave the balloon alone; the
+            # benchmark's scoped ebbd reads our guests as enabled (scoped_ebbd.py).
+            ebb_metadata={"enabled": "no",
+                          **({"floor_mib": str(floor_mib)} if floor_mib is not None else {})},
         )
-        xml = domain_xml.domain_xml(spec)
+        xml = domain_xml.domain_xml(spec).replace(
+            f"name='{domain_xml.AGENT_PORT}'", f"name='{BENCH_PORT}'")
         extra = "".join(d.xml() for d in disks.get(name, []))
         xml = xml.replace("  </devices>", extra + "  </devices>")
         (gdir / "domain.xml").write_text(xml)
@@ -168,8 +179,14 @@ def guest_vmstat(shell: GuestShell) -> Dict[str, int]:
     return values
 
 
+#: The benchmark's own lab state folder: kernel, initramfs, guest Python and the
+#: wrapper scripts live there, so other people's ``lab up`` rewriting the shared
+#: /var/lib/ebb-lab/bin cannot break a run halfway.
+STATE_DIR = Path("/var/lib/ebb-bench/lab")
+
+
 def make_lab(prefix: str) -> Lab:
-    return Lab(LabSettings(prefix=prefix))
+    return Lab(LabSettings(state_dir=STATE_DIR, prefix=prefix))
 
 
 def mkfs_ext4_from_dir(image: Path, source: Path, size_mib: int) -> None:

@@ -21,6 +21,7 @@ from overcommit.harness import Progress, Scenario
 
 READER = Path(__file__).resolve().with_name("reader.py")
 MOUNT = "/run/bench-data"
+PAGES = f"{MOUNT}/pages"
 
 
 @dataclass
@@ -32,7 +33,7 @@ class PageCacheScenario(Scenario):
 
     @property
     def data_image(self) -> Path:
-        return self.images_dir / f"pagecache-{self.files}x{self.file_kib}k.img"
+        return self.images_dir / f"pagecache-{self.files}x{self.file_kib}k-v2.img"
 
     def swap_image(self, name: str) -> Path:
         return self.images_dir / f"{name}-swap.img"
@@ -57,10 +58,10 @@ class PageCacheScenario(Scenario):
             return
         source = self.images_dir / "pagecache-src"
         shutil.rmtree(source, ignore_errors=True)
-        source.mkdir(parents=True)
+        (source / "pages").mkdir(parents=True)
         say(f"building the data disk: {self.files} files x {self.file_kib} KiB")
         for i in range(self.files):
-            (source / f"page-{i:05d}.bin").write_bytes(os.urandom(self.file_kib * 1024))
+            (source / "pages" / f"page-{i:05d}.bin").write_bytes(os.urandom(self.file_kib * 1024))
         size_mib = self.files * self.file_kib // 1024 + 64
         tmp = self.data_image.with_suffix(".tmp")
         labguests.mkfs_ext4_from_dir(tmp, source, size_mib + size_mib // 10)
@@ -70,11 +71,11 @@ class PageCacheScenario(Scenario):
     def setup_guest(self, index: int, shell: GuestShell) -> Dict[str, Any]:
         swap_kib = labguests.enable_swap(shell, "/dev/vda")
         labguests.mount_data(shell, "/dev/vdb", MOUNT)
-        labguests.run_checked(shell, ["sh", "-c", f"cat {MOUNT}/* > /dev/null"], timeout_s=600)
+        labguests.run_checked(shell, ["sh", "-c", f"cat {PAGES}/* > /dev/null"], timeout_s=600)
         return {"guest_swap_kib": swap_kib}
 
     def workload(self, index: int) -> List[str]:
-        return ["python3", str(READER), "--dir", MOUNT, "--rate", f"{self.rate_per_s:g}",
+        return ["python3", str(READER), "--dir", PAGES, "--rate", f"{self.rate_per_s:g}",
                 "--duration", f"{self.duration_s:g}", "--seed", str(index + 1)]
 
     def analyse(self, index: int, output: str) -> Dict[str, Any]:
