@@ -31,4 +31,7 @@ trap '.venv/bin/python -m ebb.host.lab.hostmem restore "$host_before"; .venv/bin
 step "packaging: .deb and .rpm builds, lintian, rpmlint, the guest package booted in a real image"
 .venv/bin/python -m pytest -q tests/packaging || status=1
 
+step "evaluation, short mode (the benchmark runs end to end; figures are not judged)"
+.venv/bin/python bench/eval_ebb.py --short --results /var/lib/ebb-bench/results-short || status=1
+
 exit $status
