@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "engine"))
 from ebb.host.app import EXIT_FAILURE, EXIT_OK, Components, Daemon
 from ebb.host.cli_ebbd import main as ebbd_main
 from ebb.host.collectors import HostCollector
-from ebb.host.control import Authorizer, ControlClient
+from ebb.host.control import Authorizer, ControlClient, DaemonUnreachable
 from ebb.host.controllers import BalloonController, KsmController
 from ebb.host.governor import Governor, GovernorConfig
 from ebb.host.notify import SystemdNotifier
@@ -292,6 +292,14 @@ def test_ebbd_rejects_a_bad_config_naming_the_key(tmp_path, capsys):
     assert "daemon.policy_interval_s" in capsys.readouterr().err
 
 
+def _ticks_or_none(rig: Rig) -> Any:
+    """ebbd's tick count, or None while it does not answer yet (still starting)."""
+    try:
+        return rig.client().request("status")["daemon"]["tick"]["count"]
+    except (DaemonUnreachable, OSError):
+        return None
+
+
 def test_ebbd_process_serves_status_reloads_on_sighup_and_stops_on_sigterm(tmp_path):
     r = Rig(tmp_path)
     env = dict(os.environ)
@@ -303,7 +311,8 @@ def test_ebbd_process_serves_status_reloads_on_sighup_and_stops_on_sigterm(tmp_p
     )
     try:
         assert wait_until(lambda: (r.run_dir / "ebbd.sock").exists(), timeout_s=15)
-        assert wait_until(lambda: r.client().request("status")["daemon"]["tick"]["count"] >= 1)
+        # The socket file appears a moment before ebbd listens on it.
+        assert wait_until(lambda: _ticks_or_none(r) is not None and _ticks_or_none(r) >= 1)
         status = r.client().request("status")
         assert status["daemon"]["pid"] == proc.pid
         assert [vm["name"] for vm in status["vms"]] == ["test"]
