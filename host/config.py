@@ -197,7 +197,7 @@ class GovernorSection:
     rollback_swap_in_per_s: float = field(default=128.0, metadata=_rule(_positive))
     #: Rise in the guest's PSI some avg10 (percentage points) that counts as harm.
     rollback_psi_some_avg10: float = field(default=10.0, metadata=_rule(_positive))
-    #: First back-off after a rollback; doubles on each further rollback.
+    #: First back-off after a rollback; grows by ``backoff_growth`` on each further one.
     backoff_initial_s: float = field(default=60.0, metadata=_rule(_positive))
     #: Each further rollback multiplies the back-off by this.
     backoff_growth: float = field(default=2.0, metadata=_rule(_at_least(1)))

@@ -12,7 +12,9 @@ crosses the threshold, or libvirt reports domains coming or going) the engine:
    error is logged with its file:line:col and the tick goes on with no policy
    proposals, so only the governor's own safety moves (floors, rollbacks) apply;
 4. lets the :class:`~ebb.host.governor.Governor` decide per guest;
-5. applies (balloon, KSM, memtune for uncooperative guests), unless paused;
+5. applies (balloon, KSM, memtune for uncooperative guests), unless paused,
+   and tells the governor which targets never reached their guest (dry run,
+   libvirt refused, VM gone), so that it does not judge guests by them;
 6. tells each guest whose target changed (``decision`` message), records the
    decisions in a bounded per-VM journal (``ebbctl explain``) and hands a
    :class:`TickRecord` to the observers (trace, metrics).
