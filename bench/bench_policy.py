@@ -2,21 +2,33 @@
 
 For 1, 32 and 1000 guests with 10 samples of history each, prints the median
 and 95th percentile time of one tick: policy evaluation (PolicyRunner.evaluate)
-plus the governor (building its views and Governor.decide). Half the guests
-have an agent (some offering, some needing), half have balloon statistics only;
-the host is under pressure so every branch of the policies runs.
-Targets (issue 3): <= 2 ms at 32 guests, <= 50 ms at 1000 guests.
+plus the governor (building its views and Governor.decide), and the two parts
+separately. Half the guests have an agent (some offering, some needing), half
+have balloon statistics only; the host is under pressure so every branch of the
+policies runs. Targets (issue 3): <= 2 ms at 32 guests, <= 50 ms at 1000 guests.
+
+``--compare OLD_TREE`` measures an earlier checkout (for example
+``git worktree add --detach /tmp/ebb-old HEAD~3``) against this one in the same
+run: rounds alternate old and new in fresh processes, so the load of a shared
+machine falls on both alike, and the table gives the ratio old/new.
 
 Run: .venv/bin/python bench/bench_policy.py [--ticks N] [--policy cooperative|classic|both]
+     [--sizes 1,32,1000] [--compare OLD_TREE [--rounds R]]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from typing import List, Tuple
+from pathlib import Path
+from typing import Dict, List, Sequence
 
 from ebb.host.governor import Governor, guest_view_from_entity
 from ebb.host.policies import POLICY_NAMES, policy_dir
@@ -24,6 +36,10 @@ from ebb.host.policy import Entity, PolicyInput, PolicyRunner
 
 GiB = 1024 * 1024
 HISTORY = 10
+SIZES = (1, 32, 1000)
+DEFAULT_TICKS = {1: 500, 32: 200, 1000: 30}
+#: Figures per tick, in seconds of this thread's CPU time (wall: elapsed).
+PARTS = ("cpu", "policy_cpu", "governor_cpu", "wall")
 
 
 def make_input(n_guests: int, seed: int = 1) -> PolicyInput:
@@ -90,53 +106,142 @@ def fresh_input(inp: PolicyInput) -> PolicyInput:
     )
 
 
-def bench(policy: str, n_guests: int, ticks: int) -> Tuple[List[float], List[float]]:
+def bench(policy: str, n_guests: int, ticks: int) -> Dict[str, List[float]]:
+    """Per-tick figures (seconds) for each of PARTS, the first two warm-up ticks left out."""
     runner = PolicyRunner()
     errors = runner.reload(policy_dir(policy))
     assert not errors, errors
     governor = Governor()
     base = make_input(n_guests)
     inputs = [fresh_input(base) for _ in range(ticks + 2)]
-    wall: List[float] = []
-    cpu: List[float] = []
+    out: Dict[str, List[float]] = {part: [] for part in PARTS}
     for k, inp in enumerate(inputs):
         c0 = time.thread_time()
         t0 = time.perf_counter()
         ev = runner.evaluate(inp)
+        c1 = time.thread_time()
         views = [guest_view_from_entity(g) for g in inp.guests]
         governor.decide(float(k), views, ev.proposed_targets())
         dt = time.perf_counter() - t0
-        dc = time.thread_time() - c0
+        c2 = time.thread_time()
         if k >= 2:  # first ticks warm caches
-            wall.append(dt)
-            cpu.append(dc)
-    return wall, cpu
+            out["cpu"].append(c2 - c0)
+            out["policy_cpu"].append(c1 - c0)
+            out["governor_cpu"].append(c2 - c1)
+            out["wall"].append(dt)
+    return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ticks", type=int, default=0, help="ticks per size (default: by size)")
-    parser.add_argument("--policy", choices=[*POLICY_NAMES, "both"], default="both")
-    args = parser.parse_args()
-    policies = POLICY_NAMES if args.policy == "both" else (args.policy,)
+def med_ms(values: Sequence[float]) -> float:
+    return statistics.median(values) * 1000
+
+
+def p95_ms(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1000
+
+
+def run_all(policies: Sequence[str], sizes: Sequence[int], ticks: int) -> Dict[str, object]:
+    results: Dict[str, object] = {}
+    for policy in policies:
+        for n in sizes:
+            results[f"{policy}/{n}"] = bench(policy, n, ticks or DEFAULT_TICKS.get(n, 30))
+    return results
+
+
+def print_table(results: Dict[str, Dict[str, List[float]]]) -> None:
     print("time per tick = policy evaluation + governor; CPU = this thread's CPU time")
     print("(on a shared machine the wall figures include waiting for a core)")
     print(
         f"{'policy':<12} {'guests':>6} {'ticks':>6} {'CPU med ms':>11} {'CPU p95 ms':>11} "
-        f"{'wall med ms':>12} {'us/guest':>9}"
+        f"{'policy ms':>10} {'governor ms':>12} {'wall med ms':>12} {'us/guest':>9}"
     )
-    for policy in policies:
-        for n in (1, 32, 1000):
-            ticks = args.ticks or {1: 500, 32: 200, 1000: 30}[n]
-            wall, cpu = bench(policy, n, ticks)
-            cpu_sorted = sorted(cpu)
-            med = statistics.median(cpu) * 1000
-            p95 = cpu_sorted[min(len(cpu) - 1, int(len(cpu) * 0.95))] * 1000
-            wall_med = statistics.median(wall) * 1000
+    for key, r in results.items():
+        policy, n = key.split("/")
+        med = med_ms(r["cpu"])
+        print(
+            f"{policy:<12} {n:>6} {len(r['cpu']):>6} {med:>11.3f} {p95_ms(r['cpu']):>11.3f} "
+            f"{med_ms(r['policy_cpu']):>10.3f} {med_ms(r['governor_cpu']):>12.3f} "
+            f"{med_ms(r['wall']):>12.3f} {med * 1000 / int(n):>9.1f}"
+        )
+
+
+def package_tree(old_tree: Path, into: Path) -> Path:
+    """A directory that makes ``import ebb.*`` load an old checkout's sources."""
+    root = into / "pkgs"
+    (root / "ebb").mkdir(parents=True)
+    for pkg in ("protocol", "guest", "host"):
+        source = old_tree / pkg
+        if not source.is_dir():
+            raise SystemExit(f"{old_tree} is not an ebb checkout (no {pkg}/); give a worktree")
+        (root / "ebb" / pkg).symlink_to(source.resolve())
+    return root
+
+
+def measure_in_child(argv: List[str], pythonpath: str) -> Dict[str, Dict[str, List[float]]]:
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--json", *argv]
+    done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+    data: Dict[str, Dict[str, List[float]]] = json.loads(done.stdout)
+    return data
+
+
+def compare(old_tree: Path, argv: List[str], rounds: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-policy-") as tmp:
+        old_path = str(package_tree(old_tree, Path(tmp)))
+        runs: Dict[str, Dict[str, Dict[str, List[float]]]] = {"old": {}, "new": {}}
+        for i in range(rounds):
+            # Alternate which goes first so drifting load does not favour one side.
+            order = [("old", old_path), ("new", "")]
+            for side, path in order if i % 2 == 0 else order[::-1]:
+                for key, r in measure_in_child(argv, path).items():
+                    merged = runs[side].setdefault(key, {part: [] for part in PARTS})
+                    for part in PARTS:
+                        merged[part].extend(r[part])
+    print(f"old = {old_tree}, new = this checkout; {rounds} alternating rounds")
+    print("medians of this thread's CPU time per tick (ms); ratio = old / new")
+    print(
+        f"{'policy':<12} {'guests':>6} {'part':<13} {'old ms':>9} {'new ms':>9} "
+        f"{'ratio':>6} {'new p95':>9}"
+    )
+    for key in runs["new"]:
+        policy, n = key.split("/")
+        for part in ("cpu", "policy_cpu", "governor_cpu"):
+            old = med_ms(runs["old"][key][part])
+            new = med_ms(runs["new"][key][part])
+            label = {"cpu": "tick", "policy_cpu": "policy", "governor_cpu": "governor"}[part]
             print(
-                f"{policy:<12} {n:>6} {ticks:>6} {med:>11.3f} {p95:>11.3f} "
-                f"{wall_med:>12.3f} {med * 1000 / n:>9.1f}"
+                f"{policy:<12} {n:>6} {label:<13} {old:>9.3f} {new:>9.3f} "
+                f"{old / new if new else float('nan'):>6.2f} {p95_ms(runs['new'][key][part]):>9.3f}"
             )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--ticks", type=int, default=0, help="ticks per size (default: by size)")
+    parser.add_argument("--policy", choices=[*POLICY_NAMES, "both"], default="both")
+    parser.add_argument(
+        "--sizes", default=",".join(map(str, SIZES)), help="guest counts, comma-separated"
+    )
+    parser.add_argument(
+        "--compare", metavar="OLD_TREE", type=Path, help="an earlier checkout to measure too"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (--compare)")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    policies = POLICY_NAMES if args.policy == "both" else (args.policy,)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.compare is not None:
+        argv = ["--policy", args.policy, "--sizes", args.sizes, "--ticks", str(args.ticks)]
+        compare(args.compare, argv, args.rounds)
+        return
+    results = run_all(policies, sizes, args.ticks)
+    if args.json:
+        json.dump(results, sys.stdout)
+        return
+    print_table(results)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
