@@ -31,6 +31,7 @@ from e2e_support import (
     _say,
     record,
     require_host,
+    stop_pressure_keeper,
 )
 from ebb.host.lab import hostmem
 from ebb.host.lab.errors import LabError
@@ -81,6 +82,7 @@ def host(host_snapshot: hostmem.HostSnapshot) -> Iterator[hostmem.HostSnapshot]:
     """A snapshot of the host restored after this test (hugepages, KSM, swap)."""
     snapshot = hostmem.HostSnapshot.take()
     yield snapshot
+    stop_pressure_keeper()
     snapshot.restore()
 
 

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, TypeVar
@@ -295,11 +296,44 @@ def squeeze_host(share: float, snapshot: hostmem.HostSnapshot) -> float:
             f"(reached {reached:.1%}, nr_hugepages {info.get('HugePages_Total')})",
             pytrace=False,
         )
+    global _keeper
+    stop_pressure_keeper()
+    _keeper = _PressureKeeper(share)
+    _keeper.start()
     return reached
 
 
+class _PressureKeeper(threading.Thread):
+    """Keeps the host squeezed: other work on a shared machine may release hugepages
+    (``nr_hugepages`` is host-wide), which would end the pressure mid-test."""
+
+    def __init__(self, share: float) -> None:
+        super().__init__(name="pressure-keeper", daemon=True)
+        self.share = share
+        self.stop_event = threading.Event()
+        self.resqueezed = 0
+
+    def run(self) -> None:
+        while not self.stop_event.wait(1.0):
+            if host_share() >= POLICY_THRESHOLD:
+                hostmem.squeeze(self.share, keep_free_mib=KEEP_FREE_MIB, settle_s=0.2)
+                self.resqueezed += 1
+
+
+_keeper: Optional[_PressureKeeper] = None
+
+
+def stop_pressure_keeper() -> None:
+    global _keeper
+    if _keeper is not None:
+        _keeper.stop_event.set()
+        _keeper.join(10)
+        _keeper = None
+
+
 def release_host(snapshot: hostmem.HostSnapshot) -> None:
-    """Give the hugepages back (as they were before the test)."""
+    """End the pressure: hugepages back to what they were before the test."""
+    stop_pressure_keeper()
     hostmem.set_hugepages(snapshot.nr_hugepages)
 
 
