@@ -88,6 +88,9 @@ def _libvirt() -> Any:
             hint="./dev/bootstrap.sh (or: apt-get install libvirt-dev pkg-config gcc && "
             ".venv/bin/pip install libvirt-python)",
         ) from err
+    # Errors reach the lab as exceptions with their message; without this libvirt
+    # also prints each one to stderr.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     return libvirt
 
 
