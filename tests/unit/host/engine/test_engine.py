@@ -323,7 +323,7 @@ def test_a_need_from_a_guest_triggers_an_immediate_tick_and_a_deflation(tmp_path
     finally:
         stop.set()
         rig.engine.stop_waiting()
-        thread.join(2)
+        thread.join(10)
         channels.stop()
     assert not thread.is_alive()
 
@@ -345,7 +345,7 @@ def test_host_pressure_crossing_the_threshold_triggers_a_tick(tmp_path):
     finally:
         stop.set()
         rig.engine.stop_waiting()
-        thread.join(2)
+        thread.join(10)
 
 
 def test_stop_ends_the_loop_at_once(tmp_path):
