@@ -64,7 +64,7 @@ def scenarios(short: bool, duration_s: Optional[float]) -> Dict[str, harness.Sce
                               host_budget_mib=2048, host_swap_mib=4096, slot_s=40,
                               guest_swap_mib=1024)
         pc = PageCacheScenario(name="pagecache", prefix=f"{PREFIX}-pc", guests=3,
-                               memory_mib=512, floor_mib=128, duration_s=duration_s or 120,
+                               memory_mib=512, floor_mib=128, duration_s=duration_s or 90,
                                host_budget_mib=1024, host_swap_mib=4096, files=600,
                                file_kib=512, guest_swap_mib=512)
     return {"overcommit": oc, "pagecache": pc}
@@ -103,6 +103,7 @@ def figures_of(scenario: str, run: Dict[str, Any]) -> Dict[str, float]:
         "host_swap_out_pages": run["host_swap_out_pages"],
         "host_swap_ops": run["host_swap_ops"],
         "guest_swap_ops": run["guest_swap_ops"],
+        "total_swap_ops": run["host_swap_ops"] + run["guest_swap_ops"],
         "balloon_moves": run["balloon"]["count"],
         "balloon_moved_mib": run["balloon"]["moved_mib"],
         "ksm_pages_sharing_max": run["ksm_pages_sharing_max"],
@@ -153,8 +154,9 @@ def markdown(results: Dict[str, Any]) -> str:
         lines += ["## Memknobs total average throughput (the article's Table 1, plus rows)", "",
                   "| configuration | total average throughput (MB/s) | vs none | host swap-in "
                   "(pages) | host swap-out (pages) | host swap ops vs none | guest swap ops "
-                  "(pages) | balloon moves (count / MiB) | KSM pages sharing (max) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "(pages) | host + guest swap ops vs none | balloon moves (count / MiB) | "
+                  "KSM pages sharing (max) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         labels = {"none": "None", "ksm": "KSM only", "classic": "KSM and ballooning (classic)",
                   "cooperative": "ebb cooperative"}
         for config in OVERCOMMIT_CONFIGS:
@@ -167,7 +169,9 @@ def markdown(results: Dict[str, Any]) -> str:
                 f"{_pct(ratio.get('throughput_mb_s')) if config != 'none' else '-'} | "
                 f"{med['host_swap_in_pages']:.0f} | {med['host_swap_out_pages']:.0f} | "
                 f"{_pct(ratio.get('host_swap_ops')) if config != 'none' else '-'} | "
-                f"{med['guest_swap_ops']:.0f} | {med['balloon_moves']:.0f} / "
+                f"{med['guest_swap_ops']:.0f} | "
+                f"{_pct(ratio.get('total_swap_ops')) if config != 'none' else '-'} | "
+                f"{med['balloon_moves']:.0f} / "
                 f"{med['balloon_moved_mib']:.0f} | {med['ksm_pages_sharing_max']:.0f} |")
         lines.append("")
     pc = results["summary"].get("pagecache")
@@ -273,7 +277,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--reps", type=int, default=None, metavar="N",
                         help="repetitions (default 1 short, 3 full)")
     parser.add_argument("--duration", type=float, default=None, metavar="S",
-                        help="workload seconds per configuration (default 240/120 full, "
+                        help="workload seconds per configuration (default 240/90 full, "
                         "40/30 short)")
     parser.add_argument("--results", default=str(REPO / "results"), metavar="DIR",
                         help="where evaluation.json/.md and the PNGs go (default results/)")
@@ -285,9 +289,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--retries", type=int, default=1, metavar="N",
                         help="run a configuration again when someone else changed the host's "
                         "hugepages or swap during it (default 1); kept flagged otherwise")
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite evaluation.md (summaries, targets) from the "
+                        "evaluation.json in --results; runs nothing")
     parser.add_argument("--lock-timeout", type=float, default=1800.0, metavar="S")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.report:
+        return _report(Path(args.results))
     if os.geteuid() != 0:
         print("eval_ebb: needs root (lab guests, hugepages, swap, KSM)", file=sys.stderr)
         return 2
@@ -388,6 +397,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(markdown(results))
     say(f"done; results in {results_dir}")
     return 1 if completed < total else 0
+
+
+def _report(results_dir: Path) -> int:
+    path = results_dir / "evaluation.json"
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        print(f"eval_ebb: cannot read {path}: {err}", file=sys.stderr)
+        return 2
+    results["summary"] = {n: summarise(n, runs) for n, runs in results["runs"].items() if runs}
+    results["targets"] = targets(results["summary"])
+    _write(results, results_dir)
+    print(markdown(results))
+    return 0
 
 
 def _carry_over(results: Dict[str, Any], path: Path, plan: Dict[str, List[str]],
