@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import operator
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -116,6 +117,13 @@ class Function:
     body: Code
     cost: int
     node: Node
+    #: Whether the body may bind with defvar, and so needs a scope of its own
+    #: (most functions do not: a call then only pushes and pops its parameters).
+    scoped: bool = True
+    arity: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.arity = len(self.params)
 
 
 @dataclass
@@ -123,6 +131,27 @@ class Compiled:
     """A compiled program: top-level expressions with their node and step cost."""
 
     exprs: List[Tuple[Code, int, Node]] = field(default_factory=list)
+
+
+#: Closures that return a constant, and their value: operators built on a
+#: constant operand use the value directly instead of calling for it.
+_CONSTANTS: weakref.WeakKeyDictionary[Code, Any] = weakref.WeakKeyDictionary()
+#: Closures that read ``head.attr`` (a field or property), with (head, attr).
+_DOTS: weakref.WeakKeyDictionary[Code, Tuple[str, str]] = weakref.WeakKeyDictionary()
+NO_VALUE: Any = object()
+
+
+def _constant(value: Any) -> Code:
+    def constant(ctx: Context) -> Any:
+        return value
+
+    _CONSTANTS[constant] = value
+    return constant
+
+
+def constant_value(code: Code) -> Any:
+    """The value a closure always returns, or NO_VALUE when it is not a constant."""
+    return _CONSTANTS.get(code, NO_VALUE)
 
 
 def type_name(value: Any) -> str:
@@ -180,8 +209,7 @@ class Compiler:
     def expr(self, node: Node) -> Code:
         kind = node.kind
         if kind in (INT, FLOAT, STR):
-            value = node.value
-            return lambda ctx: value
+            return _constant(node.value)
         if kind == SYM:
             return self.symbol(node)
         if kind == BLOCK:
@@ -208,7 +236,7 @@ class Compiler:
     def symbol(self, node: Node) -> Code:
         name: str = node.value
         if name == "nil":
-            return lambda ctx: None
+            return _constant(None)
         if name in F.METHODS or name in _OPERATORS or name in SPECIAL_FORMS:
             raise node.error(f"'{name}' is a function, not a value; call it as ({name} ...)")
         if "." not in name:
@@ -231,7 +259,7 @@ class Compiler:
     def block(self, node: Node, items: Sequence[Node]) -> Code:
         codes = self.exprs(items)
         if not codes:
-            return lambda ctx: None
+            return _constant(None)
         if len(codes) == 1:
             return codes[0]
         if len(codes) == 2:
@@ -384,7 +412,14 @@ class Compiler:
                 raise p.error(f"{form} {fname}: parameter '{p.value}' appears twice")
             params.append(p.value)
         body = self.block(node, body_nodes)
-        fn = Function(fname, tuple(params), body, sum(size(b) for b in body_nodes) + 1, name_node)
+        fn = Function(
+            fname,
+            tuple(params),
+            body,
+            sum(size(b) for b in body_nodes) + 1,
+            name_node,
+            scoped=binds_variables(body_nodes),
+        )
 
         def define(ctx: Context) -> Any:
             ctx.funcs[fname] = fn
@@ -409,6 +444,27 @@ class Compiler:
             seen.add(bname)
             bindings.append((bname, self.expr(b.value[1])))
         body = self.block(node, body_nodes)
+        if not binds_variables(body_nodes) and not any(
+            binds_variables([b.value[1]]) for b in bindings_node.value
+        ):
+            names = [bname for bname, _ in bindings]
+
+            # Nothing inside binds in this scope: push and pop the bindings only.
+            def let_unscoped(ctx: Context) -> Any:
+                variables = ctx.vars
+                for bname, code in bindings:
+                    val = code(ctx)
+                    stack = variables.get(bname)
+                    if stack is None:
+                        variables[bname] = [val]
+                    else:
+                        stack.append(val)
+                result = body(ctx)
+                for bname in names:
+                    variables[bname].pop()
+                return result
+
+            return let_unscoped
 
         def let(ctx: Context) -> Any:
             scope: List[str] = []
@@ -437,6 +493,21 @@ class Compiler:
                 f"(if condition then else) needs exactly 3 arguments, given {len(args)}"
             )
         cond, yes, no = self.exprs(args)
+        # (if c x 0) is the common shape: a constant branch costs no call.
+        no_value = constant_value(no)
+        if no_value is not NO_VALUE:
+
+            def if_else_constant(ctx: Context) -> Any:
+                return yes(ctx) if cond(ctx) else no_value
+
+            return if_else_constant
+        yes_value = constant_value(yes)
+        if yes_value is not NO_VALUE:
+
+            def if_then_constant(ctx: Context) -> Any:
+                return yes_value if cond(ctx) else no(ctx)
+
+            return if_then_constant
 
         def if_(ctx: Context) -> Any:
             return yes(ctx) if cond(ctx) else no(ctx)
@@ -453,6 +524,30 @@ class Compiler:
         items = self.expr(list_node)
         body = self.block(node, body_nodes)
         cost = sum(size(b) for b in body_nodes) + 1
+        if not binds_variables(body_nodes):
+            # The body binds nothing in its scope: push and pop the item only.
+            def with_unscoped(ctx: Context) -> Any:
+                seq = items(ctx)
+                if not isinstance(seq, list):
+                    raise list_node.error(
+                        f"with: expected a list such as Guests, got {type_name(seq)}"
+                    )
+                results = []
+                stack = ctx.vars.get(var)
+                if stack is None:
+                    ctx.vars[var] = stack = []
+                max_steps = ctx.max_steps
+                for item in seq:
+                    steps = ctx.steps + cost
+                    if steps > max_steps:
+                        raise head.error(f"evaluation exceeded {max_steps} steps")
+                    ctx.steps = steps
+                    stack.append(item)
+                    results.append(body(ctx))
+                    stack.pop()
+                return results
+
+            return with_unscoped
 
         def with_(ctx: Context) -> Any:
             seq = items(ctx)
@@ -492,6 +587,25 @@ class Compiler:
         if name in _OPERATORS or name in SPECIAL_FORMS:
             raise node.error(f"{form}: '{name}' is a built-in function name")
         return name
+
+
+def binds_variables(nodes: Sequence[Node]) -> bool:
+    """Whether evaluating ``nodes`` may run a defvar in the scope they are evaluated in.
+
+    Conservative: any defvar anywhere below counts (also one inside a nested
+    let or with, which binds in a scope of its own). Code without one needs
+    no scope of its own: nothing in it reads or adds to the innermost scope.
+    """
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if node.kind not in (LIST, BLOCK):
+            continue
+        items = node.value
+        if node.kind == LIST and items and items[0].kind == SYM and items[0].value == "defvar":
+            return True
+        stack.extend(items)
+    return False
 
 
 def size(node: Node) -> int:
@@ -588,6 +702,7 @@ def _dot(node: Node, head: str, attr: str) -> Code:
             raise node.error(f"'{full}': {view.describe()} has no field '{attr}'")
         raise node.error(f"'{full}': '{head}' is {type_name(view)}, not the host or a guest")
 
+    _DOTS[dot] = (head, attr)
     return dot
 
 
@@ -752,8 +867,8 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
             raise node.error(
                 f"function '{name}' is called before its (def {name} ...) was evaluated"
             )
-        if len(fn.params) != nargs:
-            raise node.error(f"'{name}' takes {len(fn.params)} argument(s), given {nargs}")
+        if fn.arity != nargs:
+            raise node.error(f"'{name}' takes {fn.arity} argument(s), given {nargs}")
         return fn
 
     def enter(ctx: Context, fn: Function) -> None:
@@ -764,23 +879,33 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
         if ctx.depth >= ctx.max_depth:
             raise node.error(f"calls nested deeper than {ctx.max_depth} (runaway recursion?)")
 
+    def run_scoped(ctx: Context, fn: Function, scope: List[str]) -> Any:
+        # The body may defvar: give it a scope, and unbind what it bound.
+        ctx.scopes.append(scope)
+        result = fn.body(ctx)
+        ctx.scopes.pop()
+        variables = ctx.vars
+        for bound in scope:
+            variables[bound].pop()
+        return result
+
     # The common arities get their own closure: calls are the hottest path.
+    # A body without defvar (fn.scoped false) gets no scope: its parameters
+    # are pushed and popped directly.
     if nargs == 0:
 
         def call0(ctx: Context) -> Any:
             fn = ctx.funcs.get(name)
-            if fn is None or fn.params:
+            if fn is None or fn.arity:
                 fn = function_of(ctx)
-            enter(ctx, fn)
-            ctx.depth += 1
-            scope: List[str] = []
-            ctx.scopes.append(scope)
-            result = fn.body(ctx)
-            ctx.scopes.pop()
-            variables = ctx.vars
-            for bound in scope:
-                variables[bound].pop()
-            ctx.depth -= 1
+            steps = ctx.steps + fn.cost
+            depth = ctx.depth
+            if steps > ctx.max_steps or depth >= ctx.max_depth:
+                enter(ctx, fn)  # raises the right error
+            ctx.steps = steps
+            ctx.depth = depth + 1
+            result = run_scoped(ctx, fn, []) if fn.scoped else fn.body(ctx)
+            ctx.depth = depth
             return result
 
         return call0
@@ -790,7 +915,7 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
 
         def call1(ctx: Context) -> Any:
             fn = ctx.funcs.get(name)
-            if fn is None or len(fn.params) != 1:
+            if fn is None or fn.arity != 1:
                 fn = function_of(ctx)
             value = arg0(ctx)
             steps = ctx.steps + fn.cost
@@ -806,16 +931,11 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
                 variables[param] = stack = [value]
             else:
                 stack.append(value)
-            scope = [param]
-            scopes = ctx.scopes
-            scopes.append(scope)
-            result = fn.body(ctx)
-            scopes.pop()
-            if len(scope) == 1:
-                stack.pop()
+            if fn.scoped:
+                result = run_scoped(ctx, fn, [param])
             else:
-                for bound in scope:
-                    variables[bound].pop()
+                result = fn.body(ctx)
+                stack.pop()
             ctx.depth = depth
             return result
 
@@ -826,7 +946,7 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
 
         def call2(ctx: Context) -> Any:
             fn = ctx.funcs.get(name)
-            if fn is None or len(fn.params) != 2:
+            if fn is None or fn.arity != 2:
                 fn = function_of(ctx)
             value0 = arg0(ctx)
             value1 = arg1(ctx)
@@ -840,21 +960,20 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
             variables = ctx.vars
             stack0 = variables.get(param0)
             if stack0 is None:
-                variables[param0] = [value0]
+                variables[param0] = stack0 = [value0]
             else:
                 stack0.append(value0)
             stack1 = variables.get(param1)
             if stack1 is None:
-                variables[param1] = [value1]
+                variables[param1] = stack1 = [value1]
             else:
                 stack1.append(value1)
-            scope = [param0, param1]
-            scopes = ctx.scopes
-            scopes.append(scope)
-            result = fn.body(ctx)
-            scopes.pop()
-            for bound in scope:
-                variables[bound].pop()
+            if fn.scoped:
+                result = run_scoped(ctx, fn, [param0, param1])
+            else:
+                result = fn.body(ctx)
+                stack0.pop()
+                stack1.pop()
             ctx.depth = depth
             return result
 
@@ -872,12 +991,7 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
                 variables[p] = [v]
             else:
                 stack.append(v)
-        scope = list(fn.params)
-        ctx.scopes.append(scope)
-        result = fn.body(ctx)
-        ctx.scopes.pop()
-        for bound in scope:
-            variables[bound].pop()
+        result = run_scoped(ctx, fn, list(fn.params))
         ctx.depth -= 1
         return result
 
@@ -961,6 +1075,9 @@ def _shift(op: str, left: bool) -> Callable[[Node, List[Code]], Code]:
 def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Code]], Code]:
     def build(node: Node, codes: List[Code]) -> Code:
         a, b = codes
+        k = constant_value(b)
+        if k is not NO_VALUE:
+            return _compare_constant(node, op, a, k)
 
         def compare(ctx: Context) -> Any:
             x = a(ctx)
@@ -977,9 +1094,61 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
     return build
 
 
+def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
+    """``(op x K)`` with a constant K: the comparison inline, no call for K."""
+
+    def fail(x: Any) -> PolicyError:
+        return node.error(f"'{op}' cannot compare {show(x)} with {show(k)}")
+
+    if op == "<":
+
+        def lt(ctx: Context) -> Any:
+            x = a(ctx)
+            try:
+                return x < k
+            except TypeError:
+                raise fail(x) from None
+
+        return lt
+    if op == ">":
+
+        def gt(ctx: Context) -> Any:
+            x = a(ctx)
+            try:
+                return x > k
+            except TypeError:
+                raise fail(x) from None
+
+        return gt
+    if op == "<=":
+
+        def le(ctx: Context) -> Any:
+            x = a(ctx)
+            try:
+                return x <= k
+            except TypeError:
+                raise fail(x) from None
+
+        return le
+
+    def ge(ctx: Context) -> Any:
+        x = a(ctx)
+        try:
+            return x >= k
+        except TypeError:
+            raise fail(x) from None
+
+    return ge
+
+
 def _build_eq(negate: bool) -> Callable[[Node, List[Code]], Code]:
     def build(node: Node, codes: List[Code]) -> Code:
         a, b = codes
+        k = constant_value(b)
+        if k is not NO_VALUE:
+            if negate:
+                return lambda ctx: a(ctx) != k
+            return lambda ctx: a(ctx) == k
         if negate:
             return lambda ctx: a(ctx) != b(ctx)
         return lambda ctx: a(ctx) == b(ctx)
@@ -1010,6 +1179,24 @@ def _build_and(node: Node, codes: List[Code]) -> Code:
 def _build_or(node: Node, codes: List[Code]) -> Code:
     if len(codes) == 2:
         a, b = codes
+        dot = _DOTS.get(a)
+        default = constant_value(b)
+        if dot is not None and default is not NO_VALUE:
+            head, attr = dot
+
+            # (or g.field 0), the policies' way to read a field that may be
+            # missing, in one call: the read is done inline when the variable
+            # holds a view with that field, else by the dot closure (which
+            # reads a property or raises the right error).
+            def or_field(ctx: Context) -> Any:
+                stack = ctx.vars.get(head)
+                if stack:
+                    view = stack[-1]
+                    if view.__class__ is View and attr in view.field_names:
+                        return view.latest.get(attr) or default
+                return a(ctx) or default
+
+            return or_field
 
         def or2(ctx: Context) -> Any:
             return a(ctx) or b(ctx)
@@ -1083,11 +1270,45 @@ def _is_null(value: Any) -> bool:
 
 
 def _build_null(node: Node, codes: List[Code]) -> Code:
-    return lambda ctx: all(_is_null(c(ctx)) for c in codes)
+    def null(ctx: Context) -> Any:
+        # A loop, not all(generator): no generator frame on every evaluation.
+        for c in codes:  # noqa: SIM110
+            if not _is_null(c(ctx)):
+                return False
+        return True
+
+    return null
 
 
 def _build_valid(node: Node, codes: List[Code]) -> Code:
-    return lambda ctx: all(c(ctx) is not None for c in codes)
+    dots = [_DOTS.get(c) for c in codes]
+    if all(d is not None for d in dots):
+        reads = [(d[0], d[1], c) for d, c in zip(dots, codes) if d is not None]
+
+        # (valid g.a g.b ...): the field reads inline (see _build_or).
+        def valid_fields(ctx: Context) -> Any:
+            variables = ctx.vars
+            for head, attr, code in reads:
+                stack = variables.get(head)
+                if stack:
+                    view = stack[-1]
+                    if view.__class__ is View and attr in view.field_names:
+                        if view.latest.get(attr) is None:
+                            return False
+                        continue
+                if code(ctx) is None:
+                    return False
+            return True
+
+        return valid_fields
+
+    def valid(ctx: Context) -> Any:
+        for c in codes:  # noqa: SIM110 (as in null)
+            if c(ctx) is None:
+                return False
+        return True
+
+    return valid
 
 
 def _build_debug(node: Node, codes: List[Code]) -> Code:
