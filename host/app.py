@@ -493,6 +493,7 @@ _RESTART_KEYS = (
     ("host", "proc_root"), ("host", "sys_root"), ("hypervisor", "stats_period_s"),
     ("hypervisor", "qemu_run_dir"), ("ksm", "enabled"), ("memtune", "soft_limit_uncooperative"),
     ("trace", "path"), ("trace", "max_bytes"), ("trace", "keep_files"), ("metrics", "listen"),
+    ("metrics", "allow_remote"),
 )
 
 

@@ -248,6 +248,9 @@ class MetricsConfig:
     """``[metrics]``: the Prometheus endpoint (off when ``listen`` is empty)."""
 
     listen: str = field(default="", metadata=_rule(_listen_address))
+    #: The endpoint has no authentication: an address that is not loopback must
+    #: be allowed explicitly.
+    allow_remote: bool = False
 
 
 @dataclass(frozen=True)

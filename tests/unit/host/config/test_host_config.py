@@ -131,6 +131,7 @@ keep_files = 2
 
 [metrics]
 listen = "127.0.0.1:9677"
+allow_remote = true
 """)
     cfg = load_config(path)
     assert cfg.source == path

@@ -191,3 +191,15 @@ def test_every_metric_is_documented() -> None:
     undocumented = sorted(name for name in names if f"`{name}`" not in docs)
     assert undocumented == []
     assert len(names) > 35
+
+
+def test_allow_remote_in_the_config_file_opens_a_non_loopback_listen() -> None:
+    from ebb.host.config import config_from_dict
+
+    refused = config_from_dict({"metrics": {"listen": "0.0.0.0:9677"}})
+    assert refused.metrics.allow_remote is False
+    with pytest.raises(MetricsListenError, match="allow_remote"):
+        build_observability(refused)
+    allowed = config_from_dict({"metrics": {"listen": "0.0.0.0:9677", "allow_remote": True}})
+    server = build_observability(allowed).server
+    assert server is not None and (server.address, server.port) == ("0.0.0.0", 9677)
