@@ -202,11 +202,15 @@ def markdown(results: Dict[str, Any]) -> str:
             lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |")
         lines.append("")
     disturbed = [(name, r) for name, runs in results["runs"].items() for r in runs
-                 if r.get("disturbed") or r.get("foreign_ballooning")]
+                 if r.get("disturbed") or r.get("foreign_ballooning")
+                 or r.get("ksm_on_by_others")]
     if disturbed:
         lines += ["## Runs disturbed by other work on the host", ""]
         for name, r in disturbed:
             why = list(r.get("disturbed") or [])
+            if r.get("ksm_on_by_others"):
+                why.append("KSM was running (run=1) although no ebbd of ours ran: another "
+                           "ebbd on the host turned it on")
             if r.get("foreign_ballooning"):
                 why.append("balloon below maximum without our ebbd: "
                            + ", ".join(r["foreign_ballooning"]))
@@ -406,6 +410,21 @@ def _report(results_dir: Path) -> int:
     except (OSError, ValueError) as err:
         print(f"eval_ebb: cannot read {path}: {err}", file=sys.stderr)
         return 2
+    for name, runs in results["runs"].items():
+        for run in runs:
+            if "ksm_run_seen" in run:
+                continue
+            # Runs from before the KSM check: read it from their samples if still there.
+            samples_path = WORKDIR / name / f"rep{run.get('rep', 0) + 1}-{run['config']}" / \
+                "samples.json"
+            try:
+                samples = json.loads(samples_path.read_text())
+            except (OSError, ValueError):
+                continue
+            seen = sorted({s["host"].get("ksm_run") for s in samples if "host" in s} - {None})
+            run["ksm_run_seen"] = seen
+            if run["config"] == "none" and 1 in seen:
+                run["ksm_on_by_others"] = True
     results["summary"] = {n: summarise(n, runs) for n, runs in results["runs"].items() if runs}
     results["targets"] = targets(results["summary"])
     _write(results, results_dir)
@@ -465,8 +484,15 @@ def _plots(name: str, config: str, rundir: Path, results_dir: Path) -> List[str]
         if name == "overcommit":
             guest_lines[out.stem] = plots.memknobs_lines(out.read_text())
     if name == "pagecache":
-        guest_lines = {}
-        rate_key, label = ("", "")
+        # The request loop's p95 latency per 10 s window, per guest.
+        try:
+            guests = json.loads((rundir / "result.json").read_text())["guests"]
+        except (OSError, ValueError, KeyError):
+            guests = {}
+        guest_lines = {g: [{"t_s": 10 * k + 5, "p95_ms": v}
+                           for k, v in enumerate(fig.get("p95_per_10s_ms") or [])]
+                       for g, fig in guests.items()}
+        rate_key, label = ("p95_ms", "p95 latency ms (10 s)")
     try:
         plots.plot_run(rundir, png, f"{name}: {config}", guest_lines, rate_key, label)
         made.append(png.name)

@@ -361,6 +361,12 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
             disturbed.append("our host swap file was turned off by someone during the run")
         result["disturbed"] = disturbed
         result["hugepages"] = reserved
+        ksm_runs = sorted({s["host"].get("ksm_run") for s in sampler.samples if "host" in s}
+                          - {None})
+        result["ksm_run_seen"] = ksm_runs
+        if ebbd is None and any(v == 1 for v in ksm_runs):
+            # Not run again (it would be again while another ebbd runs): flagged.
+            result["ksm_on_by_others"] = True
         # Someone else's ebbd could balloon our guests: with no ebbd of ours, any balloon
         # below the maximum says so.
         if ebbd is None:
