@@ -286,7 +286,14 @@ class ControlServer:
     # -- lifecycle
 
     def bind(self) -> None:
-        """Create the socket file with the right owner and mode; listen."""
+        """Create the socket file with the right owner and mode, already listening.
+
+        The socket is bound under a temporary name in the same directory, set
+        listening and given its mode and group, then renamed into place: a
+        client never finds the file before ebbd accepts on it (no "connection
+        refused" while ebbd starts). A live socket at ``path`` (another ebbd)
+        stops this before anything is created.
+        """
         directory = os.path.dirname(self.path) or "."
         if not os.path.isdir(directory):
             os.makedirs(directory, exist_ok=True)
@@ -294,22 +301,34 @@ class ControlServer:
             # members of group ebb could not reach the socket inside.
             os.chmod(directory, 0o755)
         _remove_stale_socket(self.path)
+        temporary = os.path.join(
+            directory, f".{os.path.basename(self.path)}.{os.getpid()}.tmp"
+        )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # left by a crash of a process with our pid
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        # Bind under a restrictive umask so there is no moment when the socket
-        # is more open than it will be.
-        old_umask = os.umask(0o177)
         try:
-            listener.bind(self.path)
-        finally:
-            os.umask(old_umask)
-        gid = _group_gid(self._group_name)
-        mode = self._mode
-        if mode is None:
-            mode = 0o660 if gid is not None else 0o600
-        if gid is not None and os.geteuid() == 0:
-            os.chown(self.path, 0, gid)
-        os.chmod(self.path, mode)
-        listener.listen(16)
+            # Bind under a restrictive umask so there is no moment when the socket
+            # is more open than it will be.
+            old_umask = os.umask(0o177)
+            try:
+                listener.bind(temporary)
+            finally:
+                os.umask(old_umask)
+            gid = _group_gid(self._group_name)
+            mode = self._mode
+            if mode is None:
+                mode = 0o660 if gid is not None else 0o600
+            if gid is not None and os.geteuid() == 0:
+                os.chown(temporary, 0, gid)
+            os.chmod(temporary, mode)
+            listener.listen(16)
+            os.rename(temporary, self.path)
+        except BaseException:
+            listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
         listener.setblocking(False)
         self._listener = listener
         self._selector.register(listener, selectors.EVENT_READ, None)

@@ -320,3 +320,36 @@ def test_socket_directory_is_reachable_even_under_a_strict_umask(tmp_path):
         assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o755
     finally:
         srv.stop()
+
+
+def test_the_socket_file_appears_only_once_ebbd_listens(tmp_path, monkeypatch):
+    # A client starting with ebbd (ebbctl, systemd's ExecStartPost) must never
+    # find the socket file and get "connection refused" from it.
+    path = str(tmp_path / "ebbd.sock")
+    seen: List[str] = []
+    real_chmod = os.chmod
+
+    def chmod_then_try_the_socket(target: Any, mode: int, *args: Any, **kwargs: Any) -> None:
+        real_chmod(target, mode, *args, **kwargs)
+        if os.path.lexists(path):
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(path)
+                seen.append("listening")
+            except OSError as err:
+                seen.append(f"refused: {err}")
+            finally:
+                probe.close()
+
+    monkeypatch.setattr(os, "chmod", chmod_then_try_the_socket)
+    srv = ControlServer(path, ControlService(FakeDaemon(), authorizer()), group_name="x-none")
+    srv.bind()
+    try:
+        assert all(s == "listening" for s in seen), seen
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert os.listdir(tmp_path) == ["ebbd.sock"]  # no temporary name left behind
+        srv.start()
+        assert ControlClient(path).request("ping") == {"pong": True}
+    finally:
+        srv.stop()
+    assert os.listdir(tmp_path) == []
