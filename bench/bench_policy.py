@@ -188,33 +188,42 @@ def measure_in_child(argv: List[str], pythonpath: str) -> Dict[str, Dict[str, Li
     return data
 
 
-def compare(old_tree: Path, argv: List[str], rounds: int) -> None:
+def compare(
+    old_tree: Path, policies: Sequence[str], sizes: Sequence[int], ticks: int, rounds: int
+) -> None:
+    runs: Dict[str, Dict[str, Dict[str, List[float]]]] = {"old": {}, "new": {}}
     with tempfile.TemporaryDirectory(prefix="bench-policy-") as tmp:
         old_path = str(package_tree(old_tree, Path(tmp)))
-        runs: Dict[str, Dict[str, Dict[str, List[float]]]] = {"old": {}, "new": {}}
-        for i in range(rounds):
-            # Alternate which goes first so drifting load does not favour one side.
-            order = [("old", old_path), ("new", "")]
-            for side, path in order if i % 2 == 0 else order[::-1]:
-                for key, r in measure_in_child(argv, path).items():
-                    merged = runs[side].setdefault(key, {part: [] for part in PARTS})
-                    for part in PARTS:
-                        merged[part].extend(r[part])
-    print(f"old = {old_tree}, new = this checkout; {rounds} alternating rounds")
-    print("medians of this thread's CPU time per tick (ms); ratio = old / new")
+        for policy in policies:
+            for n in sizes:
+                argv = ["--policy", policy, "--sizes", str(n), "--ticks", str(ticks)]
+                for i in range(rounds):
+                    # Short alternating runs, the order swapped every round, so
+                    # the machine's changing load falls on both sides alike.
+                    order = [("old", old_path), ("new", "")]
+                    for side, path in order if i % 2 == 0 else order[::-1]:
+                        for key, r in measure_in_child(argv, path).items():
+                            merged = runs[side].setdefault(key, {part: [] for part in PARTS})
+                            for part in PARTS:
+                                merged[part].extend(r[part])
+    print(f"old = {old_tree}, new = this checkout; {rounds} alternating rounds per size")
+    print("this thread's CPU time per tick (ms), median and minimum; ratio = old / new")
+    print("(the governor is the same code on both sides unless it changed: a control)")
     print(
-        f"{'policy':<12} {'guests':>6} {'part':<13} {'old ms':>9} {'new ms':>9} "
-        f"{'ratio':>6} {'new p95':>9}"
+        f"{'policy':<12} {'guests':>6} {'part':<9} {'old med':>9} {'new med':>9} {'ratio':>6} "
+        f"{'old min':>9} {'new min':>9} {'ratio':>6}"
     )
+    labels = {"cpu": "tick", "policy_cpu": "policy", "governor_cpu": "governor"}
     for key in runs["new"]:
         policy, n = key.split("/")
-        for part in ("cpu", "policy_cpu", "governor_cpu"):
-            old = med_ms(runs["old"][key][part])
-            new = med_ms(runs["new"][key][part])
-            label = {"cpu": "tick", "policy_cpu": "policy", "governor_cpu": "governor"}[part]
+        for part, label in labels.items():
+            old, new = runs["old"][key][part], runs["new"][key][part]
+            old_med, new_med = med_ms(old), med_ms(new)
+            old_min, new_min = min(old) * 1000, min(new) * 1000
             print(
-                f"{policy:<12} {n:>6} {label:<13} {old:>9.3f} {new:>9.3f} "
-                f"{old / new if new else float('nan'):>6.2f} {p95_ms(runs['new'][key][part]):>9.3f}"
+                f"{policy:<12} {n:>6} {label:<9} {old_med:>9.3f} {new_med:>9.3f} "
+                f"{old_med / new_med:>6.2f} {old_min:>9.3f} {new_min:>9.3f} "
+                f"{old_min / new_min:>6.2f}"
             )
 
 
@@ -228,14 +237,15 @@ def main() -> None:
     parser.add_argument(
         "--compare", metavar="OLD_TREE", type=Path, help="an earlier checkout to measure too"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (--compare)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="alternating rounds per size (--compare)"
+    )
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     policies = POLICY_NAMES if args.policy == "both" else (args.policy,)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.compare is not None:
-        argv = ["--policy", args.policy, "--sizes", args.sizes, "--ticks", str(args.ticks)]
-        compare(args.compare, argv, args.rounds)
+        compare(args.compare, policies, sizes, args.ticks, args.rounds)
         return
     results = run_all(policies, sizes, args.ticks)
     if args.json:

@@ -138,6 +138,8 @@ class Compiled:
 _CONSTANTS: weakref.WeakKeyDictionary[Code, Any] = weakref.WeakKeyDictionary()
 #: Closures that read ``head.attr`` (a field or property), with (head, attr).
 _DOTS: weakref.WeakKeyDictionary[Code, Tuple[str, str]] = weakref.WeakKeyDictionary()
+#: Closures that read a variable, with its name.
+_VARIABLES: weakref.WeakKeyDictionary[Code, str] = weakref.WeakKeyDictionary()
 NO_VALUE: Any = object()
 
 
@@ -672,6 +674,7 @@ def _variable(node: Node, name: str) -> Code:
         except (KeyError, IndexError):
             raise node.error(f"undefined variable '{name}'") from None
 
+    _VARIABLES[var] = name
     return var
 
 
@@ -724,7 +727,21 @@ def _m_stat(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
         view = _entity_of(ctx, node, obj)
         return view.latest.get(_field_arg(node, view, name, arg(ctx)))
 
-    return stat
+    field_name = constant_value(arg)
+    if field_name.__class__ is not str:
+        return stat
+
+    # (g.Stat "field"): the common case inline; anything else (not a view,
+    # no such field here) goes through the general closure for its error.
+    def stat_field(ctx: Context) -> Any:
+        stack = ctx.vars.get(obj)
+        if stack:
+            view = stack[-1]
+            if view.__class__ is View and field_name in view.field_names:
+                return view.latest.get(field_name)
+        return stat(ctx)
+
+    return stat_field
 
 
 def _m_stat_avg(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
@@ -734,7 +751,20 @@ def _m_stat_avg(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
         view = _entity_of(ctx, node, obj)
         return view.entity.stat_avg(_field_arg(node, view, name, arg(ctx)))
 
-    return stat_avg
+    field_name = constant_value(arg)
+    if field_name.__class__ is not str:
+        return stat_avg
+
+    # (g.StatAvg "field"), as in _m_stat.
+    def stat_avg_field(ctx: Context) -> Any:
+        stack = ctx.vars.get(obj)
+        if stack:
+            view = stack[-1]
+            if view.__class__ is View and field_name in view.field_names:
+                return view.entity.stat_avg(field_name)
+        return stat_avg(ctx)
+
+    return stat_avg_field
 
 
 def _m_prop(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
@@ -771,21 +801,37 @@ def _control_name(node: Node, view: View, method: str, value: Any) -> str:
 def _m_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
     key_code, value_code = codes
 
-    def control(ctx: Context) -> Any:
-        view = _entity_of(ctx, node, obj)
-        key = _control_name(node, view, name, key_code(ctx))
-        value = value_code(ctx)
+    def set_control(view: View, key: str, value: Any) -> Any:
         if value.__class__ not in _NUM_TYPES:
             raise node.error(f"{name} {key!r}: value must be a number, got {show(value)}")
         if value.__class__ is float and not math.isfinite(value):
             raise node.error(f"{name} {key!r}: value must be finite, got {value}")
         # Every control is a whole number (KiB, pages, ms, a mode); the
         # controllers take integers, as MOM's did.
-        value = int(value)  # type: ignore[call-overload]
+        value = int(value)
         view.controls[key] = value
         return value
 
-    return control
+    def control(ctx: Context) -> Any:
+        view = _entity_of(ctx, node, obj)
+        key = _control_name(node, view, name, key_code(ctx))
+        return set_control(view, key, value_code(ctx))
+
+    constant_key = constant_value(key_code)
+    if constant_key.__class__ is not str:
+        return control
+
+    # (g.Control "name" value): the checks of the name inline, the general
+    # closure for the errors.
+    def control_key(ctx: Context) -> Any:
+        stack = ctx.vars.get(obj)
+        if stack:
+            view = stack[-1]
+            if view.__class__ is View and constant_key in view.control_names:
+                return set_control(view, constant_key, value_code(ctx))
+        return control(ctx)
+
+    return control_key
 
 
 def _m_get_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
@@ -910,6 +956,42 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
 
         return call0
 
+    if nargs == 1 and args[0] in _VARIABLES:
+        (arg0,) = args
+        arg_name = _VARIABLES[arg0]
+
+        # (f g), the usual call: the argument read inline.
+        def call1_variable(ctx: Context) -> Any:
+            fn = ctx.funcs.get(name)
+            if fn is None or fn.arity != 1:
+                fn = function_of(ctx)
+            variables = ctx.vars
+            try:
+                value = variables[arg_name][-1]
+            except (KeyError, IndexError):
+                value = arg0(ctx)  # raises the right error
+            steps = ctx.steps + fn.cost
+            depth = ctx.depth
+            if steps > ctx.max_steps or depth >= ctx.max_depth:
+                enter(ctx, fn)  # raises the right error
+            ctx.steps = steps
+            ctx.depth = depth + 1
+            param = fn.params[0]
+            stack = variables.get(param)
+            if stack is None:
+                variables[param] = stack = [value]
+            else:
+                stack.append(value)
+            if fn.scoped:
+                result = run_scoped(ctx, fn, [param])
+            else:
+                result = fn.body(ctx)
+                stack.pop()
+            ctx.depth = depth
+            return result
+
+        return call1_variable
+
     if nargs == 1:
         (arg0,) = args
 
@@ -1011,6 +1093,48 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
     def build(node: Node, codes: List[Code]) -> Code:
         if len(codes) == 2:
             a, b = codes
+            k = constant_value(b)
+            if k.__class__ in _NUM_TYPES:
+
+                def arith_constant(ctx: Context) -> Any:
+                    x = a(ctx)
+                    if x.__class__ in _NUM_TYPES:
+                        return fn(x, k)
+                    return _num(node, op, x)
+
+                return arith_constant
+            k = constant_value(a)
+            if k.__class__ in _NUM_TYPES:
+
+                def constant_arith(ctx: Context) -> Any:
+                    y = b(ctx)
+                    if y.__class__ in _NUM_TYPES:
+                        return fn(k, y)
+                    return _num(node, op, y)
+
+                return constant_arith
+            if op == "+":
+
+                def add2(ctx: Context) -> Any:
+                    x = a(ctx)
+                    y = b(ctx)
+                    if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
+                        return x + y
+                    _num(node, op, x)
+                    return _num(node, op, y)
+
+                return add2
+            if op == "*":
+
+                def mul2(ctx: Context) -> Any:
+                    x = a(ctx)
+                    y = b(ctx)
+                    if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
+                        return x * y
+                    _num(node, op, x)
+                    return _num(node, op, y)
+
+                return mul2
 
             def arith2(ctx: Context) -> Any:
                 x = a(ctx)
@@ -1078,6 +1202,21 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
         k = constant_value(b)
         if k is not NO_VALUE:
             return _compare_constant(node, op, a, k)
+        second = _VARIABLES.get(b)
+        if second is not None:
+            # (op x name): the variable read inline.
+            def compare_variable(ctx: Context) -> Any:
+                x = a(ctx)
+                try:
+                    y = ctx.vars[second][-1]
+                except (KeyError, IndexError):
+                    y = b(ctx)  # raises the right error
+                try:
+                    return fn(x, y)
+                except TypeError:
+                    raise node.error(f"'{op}' cannot compare {show(x)} with {show(y)}") from None
+
+            return compare_variable
 
         def compare(ctx: Context) -> Any:
             x = a(ctx)
@@ -1229,6 +1368,32 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
 
         if len(codes) == 2:
             a, b = codes
+            # (max 0 x), (min x 1): a constant operand costs no call. Ties
+            # keep the first operand, as Python's min/max do.
+            k = constant_value(a)
+            if k.__class__ in _NUM_TYPES:
+
+                def constant_first(ctx: Context) -> Any:
+                    y: Any = b(ctx)
+                    if y.__class__ not in _NUM_TYPES:
+                        raise bad([k, y])
+                    if smaller:
+                        return y if y < k else k
+                    return y if y > k else k
+
+                return constant_first
+            k = constant_value(b)
+            if k.__class__ in _NUM_TYPES:
+
+                def constant_second(ctx: Context) -> Any:
+                    x: Any = a(ctx)
+                    if x.__class__ not in _NUM_TYPES:
+                        raise bad([x, k])
+                    if smaller:
+                        return k if k < x else x
+                    return k if k > x else x
+
+                return constant_second
 
             def extreme2(ctx: Context) -> Any:
                 x: Any = a(ctx)

@@ -54,8 +54,14 @@ class Entity:
             return self._avg_cache[field_name]
         except KeyError:
             pass
-        values = [v for v in [sample.get(field_name) for sample in self.samples] if v is not None]
-        result = sum(values) / len(values) if values else None
+        total: float = 0
+        count = 0
+        for sample in self.samples:
+            value = sample.get(field_name)
+            if value is not None:
+                total += value
+                count += 1
+        result = total / count if count else None
         self._avg_cache[field_name] = result
         return result
 
