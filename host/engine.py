@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -148,6 +149,12 @@ class TickRecord:
     paused: bool = False
     dry_run: bool = False
     reasons: list[str] = field(default_factory=list)
+    #: The governor's clock for this tick (``time.monotonic``): what replay times
+    #: rollback windows and back-offs by, immune to wall-clock steps.
+    mono: float | None = None
+    #: The policy's ``SetVar`` values kept after this tick:
+    #: ``{"host": {...}, "guests": {VM: {...}}}`` (JSON-friendly).
+    variables: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,6 +215,19 @@ class _VmMemory:
     sample_monos: Deque[float]
     last_sent_target_kib: int | None = None
     last_action: dict[str, Any] | None = None
+
+
+def _json_friendly(value: Any) -> Any:
+    """``value`` with only JSON types (policy values may be any Python object)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_friendly(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_friendly(v) for v in value]
+    return str(value)
 
 
 def read_freeable_share(proc_root: Path | str = "/proc") -> float | None:
@@ -501,6 +521,8 @@ class Engine:
             paused=paused,
             dry_run=self.dry_run,
             reasons=reasons,
+            mono=started,
+            variables=self._policy_variables(),
         )
         self._journal_decisions(record, decisions, applied)
         with self._lock:
@@ -689,6 +711,18 @@ class Engine:
         return results
 
     # --- journal -------------------------------------------------------------------------
+
+    def _policy_variables(self) -> dict[str, Any] | None:
+        """The runner's kept SetVar values for the trace (None when it keeps none)."""
+        variables = getattr(self.runner, "variables", None)
+        if not callable(variables):
+            return None
+        try:
+            kept = _json_friendly(variables())
+        except Exception:  # the trace must not cost a tick
+            LOG.exception("cannot read the policy's variables for the tick record")
+            return None
+        return kept if isinstance(kept, dict) else None
 
     def _journal_decisions(
         self,

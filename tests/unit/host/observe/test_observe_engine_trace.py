@@ -41,28 +41,34 @@ HOST_KIB = 16 * GIB_KIB
 class _Clock:
     """Monotonic and wall clocks moving together, one tick interval per tick."""
 
-    def __init__(self) -> None:
+    def __init__(self, wall_step_at_mono_s: float | None = None, wall_step_s: float = 0.0) -> None:
         self.mono_s = 1000.0
+        #: A wall-clock step (NTP, an administrator) from this monotonic time on.
+        self.wall_step_at_mono_s = wall_step_at_mono_s
+        self.wall_step_s = wall_step_s
 
     def mono(self) -> float:
         return self.mono_s
 
     def wall(self) -> float:
-        return 1_764_000_000.0 + self.mono_s
+        stepped = self.wall_step_at_mono_s is not None and self.mono_s >= self.wall_step_at_mono_s
+        return 1_764_000_000.0 + self.mono_s + (self.wall_step_s if stepped else 0.0)
 
 
 def _run_engine(
-    tmp_path: Path, policy: Path, ticks: int, max_bytes: int = 1_000_000
+    tmp_path: Path, policy: Path, ticks: int, max_bytes: int = 1_000_000,
+    clock: _Clock | None = None, beta_follows_target: bool = True,
 ) -> Dict[str, Any]:
     proc, sys_root = make_host_tree(tmp_path / "host", total_kib=HOST_KIB)
     hypervisor = FakeHypervisor([FakeVm("alpha", max_kib=4 * GIB_KIB, cur_kib=4 * GIB_KIB),
-                                 FakeVm("beta", max_kib=4 * GIB_KIB, cur_kib=4 * GIB_KIB)])
+                                 FakeVm("beta", max_kib=4 * GIB_KIB, cur_kib=4 * GIB_KIB,
+                                        follows_target=beta_follows_target)])
     runner = PolicyRunner()
     assert runner.reload(policy) == []
     trace_path = tmp_path / "ebbd-trace.jsonl"
     writer = TraceWriter(trace_path, max_bytes=max_bytes, keep_files=3)
     observer = RecordingObserver()
-    clock = _Clock()
+    clock = clock or _Clock()
     engine = Engine(
         EngineSettings(interval_s=2.0),
         host=HostCollector(proc, sys_root),
@@ -138,3 +144,40 @@ def test_every_rotated_file_reads_on_its_own(tmp_path: Path) -> None:
     alone = list(read_trace(older))
     first = alone[0]["tick"]
     assert alone == run["records"][first - 1:first - 1 + len(alone)]
+
+
+def test_trace_records_the_governors_clock_and_replay_follows_it(tmp_path: Path) -> None:
+    policy = write_policy(tmp_path, 0.20)
+    # The wall clock jumps an hour ahead early in the pressure episode (NTP),
+    # while beta ignores its balloon: by the wall clock beta would be stuck and
+    # uncooperative at once; ebbd's governor runs on the monotonic clock and
+    # gives it its full time.
+    clock = _Clock(wall_step_at_mono_s=1000.0 + 2 * 6, wall_step_s=3600.0)
+    run = _run_engine(tmp_path, policy, ticks=30, clock=clock, beta_follows_target=False)
+    records = list(read_trace(run["trace"]))
+    assert [r["mono"] for r in records] == [1000.0 + 2 * i for i in range(30)]
+    assert records[6]["ts"] - records[5]["ts"] > 3600
+
+    same = replay_trace(run["trace"], policy, governor_config=DAEMON_LIMITS)
+    assert same.ticks_differing == 0, same.differences[:3]
+
+
+def test_trace_records_the_policys_variables_and_plot_draws_its_threshold(
+    tmp_path: Path,
+) -> None:
+    policy = tmp_path / "setvar.policy"
+    policy.write_text(
+        write_policy(tmp_path, 0.25).read_text()
+        + '(Host.SetVar "balloon_threshold" threshold)\n'
+        + '(Host.SetVar "ticks" (+ 1 (if (Host.GetVar "ticks") (Host.GetVar "ticks") 0)))\n'
+    )
+    run = _run_engine(tmp_path, policy, ticks=3)
+    records = list(read_trace(run["trace"]))
+    assert [r["variables"]["host"] for r in records] == [
+        {"balloon_threshold": 0.25, "ticks": n} for n in (1, 2, 3)]
+    assert all(r["variables"]["guests"] == {} for r in records)
+
+    series = extract_series(records)
+    assert series.threshold_from_policy
+    total_gib = HOST_KIB / (1024 * 1024)
+    assert series.threshold_gib == [0.25 * total_gib] * 3
