@@ -1,11 +1,13 @@
-"""Write packaging/ebbd.toml, the /etc/ebb/ebbd.toml that ebb-host ships.
+"""Make /etc/ebb/ebbd.toml, the configuration file that ebb-host ships.
 
 The file shows every key of ebbd's configuration, commented out with its
 default and the comment the key has in ebb.host.config, so that it changes
-nothing as shipped and always matches the daemon. Run it after changing a key
-in host/config.py (tests/packaging checks that the file is current):
+nothing as shipped and always matches the daemon it comes with. The package
+builds run it on the freshly built ebb.host (debian/rules, ebb.spec):
 
-    .venv/bin/python packaging/make_ebbd_toml.py
+    python3 packaging/make_ebbd_toml.py [OUTPUT]     (default: standard output)
+
+with ebb importable (PYTHONPATH at the build's site-packages, or the venv).
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import textwrap
 from pathlib import Path
 from typing import Any, Dict, List
 
-OUTPUT = Path(__file__).resolve().parent / "ebbd.toml"
-
 HEADER = """\
 # /etc/ebb/ebbd.toml: configuration of ebbd, the ebb host daemon.
 #
@@ -29,7 +29,8 @@ HEADER = """\
 # `systemctl restart ebbd`. docs/configuration.md describes each key; ebbd
 # refuses to start with a clear message when a key or value is wrong.
 #
-# (Made by packaging/make_ebbd_toml.py from ebb.host.config.)
+# (Made from ebb.host.config by packaging/make_ebbd_toml.py when the package
+# was built.)
 """
 
 #: Values shown for the installed system where the default depends on where
@@ -96,11 +97,15 @@ def render() -> str:
     return "\n".join(out) + "\n"
 
 
-def main() -> int:
-    OUTPUT.write_text(render())
-    print(f"wrote {OUTPUT}")
+def main(argv: List[str]) -> int:
+    text = render()
+    if argv:
+        Path(argv[0]).parent.mkdir(parents=True, exist_ok=True)
+        Path(argv[0]).write_text(text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
