@@ -32,7 +32,7 @@ fi
 PACKAGING_APT_PACKAGES=(
     debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
     python3-wheel python3-build python3-installer lintian debootstrap e2fsprogs
-    rpm rpm2cpio rpmlint systemd
+    rpm rpm2cpio rpmlint systemd python3-msgpack
 )
 missing=()
 for p in "${PACKAGING_APT_PACKAGES[@]}"; do
