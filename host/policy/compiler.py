@@ -54,6 +54,8 @@ class View:
         "controls",
         "entity",
         "field_names",
+        "guest_latest",
+        "host_latest",
         "is_host",
         "latest",
         "name",
@@ -67,6 +69,9 @@ class View:
         self.is_host = is_host
         self.name: str = str(entity.props.get("name", ""))
         self.latest = entity.latest
+        # The fields of one kind only (None on the other kind), for fast paths.
+        self.host_latest = self.latest if is_host else None
+        self.guest_latest = None if is_host else self.latest
         self.props = entity.props
         self.field_names = _HOST_FIELDS if is_host else _GUEST_FIELDS
         self.prop_names = F.HOST_PROPS if is_host else F.GUEST_PROPS
@@ -137,6 +142,13 @@ class Compiled:
 #: constant operand use the value directly instead of calling for it.
 _CONSTANTS: weakref.WeakKeyDictionary[Code, Any] = weakref.WeakKeyDictionary()
 #: Closures that read ``head.attr`` (a field or property), with (head, attr).
+_PURE_METHODS = frozenset({"Stat", "StatAvg", "Prop", "GetVar", "GetControl"})
+
+
+def _bad() -> Any:
+    raise ValueError("not a number")  # caught by the fast path: the closure decides
+
+
 _DOTS: weakref.WeakKeyDictionary[Code, Tuple[str, str]] = weakref.WeakKeyDictionary()
 #: Closures that read a variable, with its name.
 _VARIABLES: weakref.WeakKeyDictionary[Code, str] = weakref.WeakKeyDictionary()
@@ -194,6 +206,14 @@ class Compiler:
         #: name -> set of arities of every (def ...) in the whole program.
         self.functions = functions
         self.errors: List[PolicyError] = []
+        #: Pure closures (no side effects, no steps) and the Python expression
+        #: that computes the same value; see wrap().
+        self.sources: Dict[Code, str] = {}
+        #: Pure closures built from pure operands (worth a fast path of their own).
+        self.compound: Set[Code] = set()
+        #: Globals of the generated fast paths: the closures and constants they use.
+        self.env: Dict[str, Any] = {"_N": _NUM_TYPES, "_bad": _bad}
+        self._serial = 0
 
     # -- entry points
 
@@ -209,21 +229,32 @@ class Compiler:
     # -- dispatch
 
     def expr(self, node: Node) -> Code:
+        """The closure for a node, with a fast path when it is a pure expression."""
+        return self.wrap(self.raw(node))
+
+    def raw(self, node: Node) -> Code:
+        """The closure for a node; a pure one is left for its parent to fuse."""
         kind = node.kind
         if kind in (INT, FLOAT, STR):
-            return _constant(node.value)
+            code = _constant(node.value)
+            value = node.value
+            if kind == INT and value >= 0:
+                self.sources[code] = repr(value)
+            else:
+                self.sources[code] = self.global_name("k", value)
+            return code
         if kind == SYM:
             return self.symbol(node)
         if kind == BLOCK:
             return self.block(node, node.value)
         return self.call(node)
 
-    def exprs(self, nodes: Sequence[Node]) -> List[Code]:
+    def exprs(self, nodes: Sequence[Node], raw: bool = False) -> List[Code]:
         codes: List[Code] = []
         failed: Optional[PolicyError] = None
         for n in nodes:
             try:
-                codes.append(self.expr(n))
+                codes.append(self.raw(n) if raw else self.expr(n))
             except PolicyError as err:
                 # Keep going so one load reports every independent error.
                 if failed is not None:
@@ -233,17 +264,105 @@ class Compiler:
             raise failed
         return codes
 
+    # -- fast paths for pure expressions
+    #
+    # A tree of pure operations (arithmetic, comparisons, and/or/not, if,
+    # min/max, valid, reads of variables, fields, Stat/StatAvg/Prop/GetVar/
+    # GetControl) is also written out as one Python expression, compiled once,
+    # so evaluating it is one call instead of one per node. The text is made
+    # only from the operators' own symbols, allow-listed attribute names and
+    # repr() of names: no policy text is ever executed. The closure tree stays
+    # the reference: when the fast path raises anything, the closure is
+    # evaluated instead and gives the value or the exact error (it may run
+    # again because a pure expression changes nothing). The fast path returns
+    # normally only where the closure returns the same value; where a closure
+    # checks types (arithmetic, min/max) the result's type is checked.
+
+    def global_name(self, prefix: str, value: Any) -> str:
+        self._serial += 1
+        name = f"{prefix}{self._serial}"
+        self.env[name] = value
+        return name
+
+    def leaf(self, code: Code) -> Code:
+        """Mark a pure closure that a fast path calls as it is."""
+        self.sources[code] = f"{self.global_name('c', code)}(ctx)"
+        return code
+
+    def checked(self, text: str) -> str:
+        """``text``, failing (to the closure) unless its value is a number."""
+        self._serial += 1
+        t = f"_t{self._serial}"
+        return f"({t} if ({t} := {text}).__class__ in _N else _bad())"
+
+    def operator_source(self, name: str, codes: Sequence[Code]) -> Optional[str]:
+        if not all(c in self.sources for c in codes):
+            return None
+        src = [self.sources[c] for c in codes]
+        if name in ("+", "*") or (name == "-" and len(src) == 2):
+            return self.checked("(" + f" {name} ".join(src) + ")")
+        if name == "-":
+            return f"(-{src[0]})"
+        if name in ("/", "<", ">", "<=", ">=", "==", "!="):
+            return f"({src[0]} {name} {src[1]})"
+        if name in ("and", "or"):
+            return "(" + f" {name} ".join(src) + ")"
+        if name == "not":
+            return f"(not {src[0]})"
+        if name == "abs":
+            return f"abs({src[0]})"
+        if name == "valid":
+            # A literal number is never nil (and "1 is not None" draws a warning).
+            tests = ["True" if x.isdigit() else f"{x} is not None" for x in src]
+            return "(" + " and ".join(tests) + ")"
+        if name in ("min", "max") and len(src) == 2:
+            # Ties keep the first operand, as the closure does.
+            self._serial += 1
+            a, b = f"_a{self._serial}", f"_b{self._serial}"
+            cmp = "<" if name == "min" else ">"
+            return self.checked(f"({b} if ({b} := {src[1]}) {cmp} ({a} := {src[0]}) else {a})")
+        return None
+
+    def wrap(self, code: Code) -> Code:
+        """A pure compound closure with its fast path; anything else unchanged."""
+        if code not in self.compound:
+            return code
+        plain = self.global_name("p", code)
+        fast = self.global_name("f", None)
+        text = (
+            f"def {fast}(ctx):\n"
+            "    V = ctx.vars\n"
+            "    try:\n"
+            f"        return {self.sources[code]}\n"
+            "    except Exception:\n"
+            f"        return {plain}(ctx)\n"
+        )
+        exec(compile(text, "<policy fast path>", "exec"), self.env)
+        wrapped: Code = self.env[fast]
+        return wrapped
+
+    def pure(self, code: Code, source: Optional[str]) -> Code:
+        """Record that ``code`` is pure, computed by ``source``."""
+        if source is not None:
+            self.sources[code] = source
+            self.compound.add(code)
+        return code
+
     # -- atoms
 
     def symbol(self, node: Node) -> Code:
         name: str = node.value
         if name == "nil":
-            return _constant(None)
+            code = _constant(None)
+            self.sources[code] = "None"
+            return code
         if name in F.METHODS or name in _OPERATORS or name in SPECIAL_FORMS:
             raise node.error(f"'{name}' is a function, not a value; call it as ({name} ...)")
         if "." not in name:
             check_variable_name(node, name)
-            return _variable(node, name)
+            code = _variable(node, name)
+            self.sources[code] = f"V[{name!r}][-1]"
+            return code
         head, _, attr = name.partition(".")
         check_variable_name(node, head)
         if "." in attr:
@@ -254,7 +373,19 @@ class Compiler:
             raise node.error(
                 f"unknown field '{attr}' in '{name}' (fields are listed in docs/policy.md)"
             )
-        return _dot(node, head, attr)
+        code = _dot(node, head, attr)
+        view = f"V[{head!r}][-1]"
+        if attr in _HOST_FIELDS and attr in _GUEST_FIELDS:
+            self.sources[code] = f"{view}.latest.get({attr!r})"
+        elif attr in _GUEST_FIELDS:
+            self.sources[code] = f"{view}.guest_latest.get({attr!r})"
+        elif attr in _HOST_FIELDS:
+            self.sources[code] = f"{view}.host_latest.get({attr!r})"
+        elif attr in F.HOST_PROPS and attr in F.GUEST_PROPS:
+            self.sources[code] = f"{view}.props.get({attr!r})"
+        else:
+            self.leaf(code)
+        return code
 
     # -- lists
 
@@ -308,7 +439,11 @@ class Compiler:
         if op is not None:
             lo, hi, build = op
             check_arity(head, name, len(args), lo, hi)
-            return build(head, self.exprs(args))
+            codes = self.exprs(args, raw=True)
+            source = self.operator_source(name, codes)
+            if source is None:
+                codes = [self.wrap(c) for c in codes]
+            return self.pure(build(head, codes), source)
         if "." in name:
             return self.method_call(node, head, name, args)
         arities = self.functions.get(name)
@@ -346,7 +481,10 @@ class Compiler:
         elif args and args[0].kind in (INT, FLOAT, LIST, BLOCK) and method != "SetVar":
             pass  # checked at run time: may still evaluate to a string
         codes = self.exprs(args)
-        return _METHOD_BUILDERS[method](head, obj, name, codes)
+        code = _METHOD_BUILDERS[method](head, obj, name, codes)
+        if method in _PURE_METHODS and all(c in self.sources for c in codes):
+            self.leaf(code)
+        return code
 
     # -- special forms
 
@@ -494,7 +632,17 @@ class Compiler:
             raise head.error(
                 f"(if condition then else) needs exactly 3 arguments, given {len(args)}"
             )
-        cond, yes, no = self.exprs(args)
+        codes = self.exprs(args, raw=True)
+        source = None
+        if all(c in self.sources for c in codes):
+            c, y, n = (self.sources[c] for c in codes)
+            source = f"({y} if {c} else {n})"
+        else:
+            codes = [self.wrap(c) for c in codes]
+        return self.pure(self.if_code(codes), source)
+
+    def if_code(self, codes: Sequence[Code]) -> Code:
+        cond, yes, no = codes
         # (if c x 0) is the common shape: a constant branch costs no call.
         no_value = constant_value(no)
         if no_value is not NO_VALUE:
