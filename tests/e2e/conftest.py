@@ -23,12 +23,14 @@ from e2e_support import (
     AGENT_ARGS,
     GUEST_COUNT,
     GUEST_MEMORY_MIB,
+    POLICY_THRESHOLD,
     PREFIX,
     RESULTS,
     STATE_DIR,
     Ebbd,
     Guest,
     _say,
+    host_share,
     record,
     require_host,
     stop_pressure_keeper,
@@ -36,6 +38,9 @@ from e2e_support import (
 from ebb.host.lab import hostmem
 from ebb.host.lab.errors import LabError
 from ebb.host.lab.manager import Lab, LabSettings
+
+#: How long a test waits for someone else's memory pressure on the host to end.
+QUIET_HOST_WAIT_S = 300.0
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +94,19 @@ def host(host_snapshot: hostmem.HostSnapshot) -> Iterator[hostmem.HostSnapshot]:
 @pytest.fixture
 def guests(lab: Lab, host: hostmem.HostSnapshot) -> Iterator[List[Guest]]:
     """Both guests reset to a known state before the test and cleaned after it."""
+    # These tests decide when the host is short of memory. On a shared machine someone
+    # else may be shrinking it (hugepages are host-wide): wait for that to end, and say
+    # so plainly if it does not, rather than fail later in a confusing way.
+    deadline = time.monotonic() + QUIET_HOST_WAIT_S
+    while host_share() < POLICY_THRESHOLD + 0.1:
+        if time.monotonic() > deadline:
+            info = hostmem.meminfo_kib()
+            pytest.fail(
+                f"the host is already short of memory before the test: freeable "
+                f"{host_share():.0%} of {info['MemTotal'] // 1024} MiB, nr_hugepages "
+                f"{info.get('HugePages_Total')} (something else on this machine is "
+                f"shrinking it); waited {QUIET_HOST_WAIT_S:.0f} s", pytrace=False)
+        time.sleep(5)
     pair = [Guest(lab, name) for name in lab.guest_names(GUEST_COUNT)]
     for guest in pair:
         if not guest.dom.isActive():
