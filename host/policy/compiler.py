@@ -956,7 +956,7 @@ def _m_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
             raise node.error(f"{name} {key!r}: value must be finite, got {value}")
         # Every control is a whole number (KiB, pages, ms, a mode); the
         # controllers take integers, as MOM's did.
-        value = int(value)
+        value = int(value)  # type: ignore[call-overload]
         view.controls[key] = value
         return value
 
@@ -1264,10 +1264,10 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
             if op == "+":
 
                 def add2(ctx: Context) -> Any:
-                    x = a(ctx)
-                    y = b(ctx)
+                    x: Any = a(ctx)
+                    y: Any = b(ctx)
                     if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
-                        return x + y
+                        return x + y  # type: ignore[operator]
                     _num(node, op, x)
                     return _num(node, op, y)
 
@@ -1275,10 +1275,10 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
             if op == "*":
 
                 def mul2(ctx: Context) -> Any:
-                    x = a(ctx)
-                    y = b(ctx)
+                    x: Any = a(ctx)
+                    y: Any = b(ctx)
                     if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
-                        return x * y
+                        return x * y  # type: ignore[operator]
                     _num(node, op, x)
                     return _num(node, op, y)
 
@@ -1538,8 +1538,8 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
                     if x.__class__ not in _NUM_TYPES:
                         raise bad([x, k])
                     if smaller:
-                        return k if k < x else x
-                    return k if k > x else x
+                        return k if k < x else x  # type: ignore[operator]
+                    return k if k > x else x  # type: ignore[operator]
 
                 return constant_second
 
