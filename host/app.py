@@ -41,6 +41,7 @@ from ebb.host.controllers import BalloonController, KsmController, MemtuneContro
 from ebb.host.engine import Engine, EngineSettings, TickRecord, read_freeable_share
 from ebb.host.governor import Governor, GovernorConfig
 from ebb.host.hypervisor import Hypervisor
+from ebb.host.hypervisor.connection import domain_matches
 from ebb.host.logsetup import set_level
 from ebb.host.notify import SystemdNotifier
 from ebb.host.policy import PolicyRunner
@@ -397,6 +398,20 @@ class Daemon:
         balloon = self.c.balloon
         if hasattr(balloon, "min_change_kib"):
             balloon.min_change_kib = config.balloon.min_change_kib
+        self._apply_domain_scope(config.hypervisor.domains)
+
+    def _apply_domain_scope(self, patterns: tuple[str, ...]) -> None:
+        """``[hypervisor] domains`` changed: hand VMs leaving the scope back as they are."""
+        set_patterns = getattr(self.c.hypervisor, "set_domain_patterns", None)
+        if set_patterns is None:
+            return
+        if self.c.memtune is not None:
+            # The engine forgets a VM it no longer sees as if it had stopped; this
+            # one still runs, so the soft limit ebbd put on it must come off.
+            for vm in list(self.c.memtune.limited()):
+                if not domain_matches(vm, patterns):
+                    self.c.memtune.release(vm, "no longer in hypervisor.domains")
+        set_patterns(patterns)
 
     # --- control commands (DaemonControl) ------------------------------------------------
 
@@ -522,6 +537,7 @@ def build_components(
         reconnect_initial_s=hv.reconnect_initial_s,
         reconnect_max_s=hv.reconnect_max_s,
         qemu_run_dir=hv.qemu_run_dir,
+        domains=hv.domains,
         on_change=on_domains_changed,
     )
     observability = None

@@ -105,6 +105,14 @@ def _listen_address(value: Any) -> str | None:
     return None
 
 
+def _domain_patterns(value: Any) -> str | None:
+    if not value:
+        return "must name at least one pattern (\"*\" is every VM)"
+    if not all(value):
+        return f"patterns must not be empty, got {list(value)!r}"
+    return None
+
+
 def _rule(check: Check) -> dict[str, Check]:
     """Field metadata carrying a key's range/choice check."""
     return {"check": check}
@@ -149,6 +157,9 @@ class HypervisorConfig:
     reconnect_max_s: float = field(default=30.0, metadata=_rule(_positive))
     #: Where libvirt's QEMU driver writes ``NAME.pid`` (qemu:///system).
     qemu_run_dir: Path = field(default=Path("/run/libvirt/qemu"), metadata=_rule(_absolute_path))
+    #: Shell-style patterns (fnmatch) of the domain names ebbd manages; others
+    #: are ignored entirely (no balloon, no agent channel, not in status).
+    domains: tuple[str, ...] = field(default=("*",), metadata=_rule(_domain_patterns))
 
 
 @dataclass(frozen=True)
@@ -275,7 +286,7 @@ class EbbdConfig:
         for name, section_type in SECTIONS.items():
             section = getattr(self, name)
             out[name] = {
-                f.name: (str(v) if isinstance(v, Path) else v)
+                f.name: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                 for f in dataclasses.fields(section_type)
                 for v in [getattr(section, f.name)]
             }
@@ -362,8 +373,13 @@ def _build_section(name: str, section_type: type, table: Mapping[str, Any], wher
     return section_type(**values)
 
 
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-               Path: "a path string"}
+#: The type of keys holding a list of strings (a tuple, so that sections stay hashable).
+STRINGS = tuple[str, ...]
+
+_TYPE_WORDS: dict[Any, str] = {
+    bool: "true or false", int: "an integer", float: "a number", str: "a string",
+    Path: "a path string", STRINGS: "a list of strings",
+}
 
 
 def _convert(dotted: str, f: dataclasses.Field[Any], value: Any, where: str) -> Any:
@@ -377,6 +393,8 @@ def _convert(dotted: str, f: dataclasses.Field[Any], value: Any, where: str) -> 
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok and not math.isfinite(value):
             raise ConfigError(f"{where}: {dotted}: must be a finite number, got {value!r}")
+    elif kind == STRINGS:
+        ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
     else:
         ok = isinstance(value, str)
     if not ok:
@@ -392,6 +410,8 @@ def _convert(dotted: str, f: dataclasses.Field[Any], value: Any, where: str) -> 
         return float(value)
     if kind is Path:
         return Path(value)
+    if kind == STRINGS:
+        return tuple(value)
     if f.name == "log_level":
         return value.lower()
     return value

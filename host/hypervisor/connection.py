@@ -17,10 +17,11 @@ of reach; both derive from :class:`HypervisorError`.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,15 @@ class DomainInfo:
     sampled_at: float = field(default_factory=time.time)
 
 
+def _patterns(domains: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(domains, str):
+        raise TypeError("domains must be a list of patterns, not one string")
+    patterns = tuple(domains)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"domains must be non-empty patterns, got {patterns!r}")
+    return patterns
+
+
 def memory_stats_from_bulk(bulk: Mapping[str, Any]) -> dict[str, int]:
     """``getAllDomainStats`` ``balloon.*`` fields under ``memoryStats()``'s names.
 
@@ -103,6 +113,11 @@ def memory_stats_from_bulk(bulk: Mapping[str, Any]) -> dict[str, int]:
         name = {"current": "actual", "last-update": "last_update"}.get(name, name)
         stats[name] = int(value)
     return stats
+
+
+def domain_matches(name: str, patterns: Iterable[str]) -> bool:
+    """Whether a domain name matches one of the shell-style ``patterns`` (case matters)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def _libvirt() -> Any:
@@ -122,6 +137,10 @@ class Hypervisor:
     ``on_change(names)`` is called (from a libvirt thread: keep it short) with the
     new set of active domain names whenever it changes; ``changed`` is a
     :class:`threading.Event` set at the same moment, for an engine that waits on it.
+
+    Only domains whose names match one of ``domains`` (shell-style patterns,
+    ``[hypervisor] domains``) exist for it: the others are never listed, so
+    nothing built on it (engine, channels, status) sees them.
     """
 
     def __init__(
@@ -133,6 +152,7 @@ class Hypervisor:
         reconnect_initial_s: float = 1.0,
         reconnect_max_s: float = 30.0,
         qemu_run_dir: Path | str = Path("/run/libvirt/qemu"),
+        domains: Iterable[str] = ("*",),
         on_change: Callable[[frozenset[str]], None] | None = None,
         opener: Callable[[str], Any] | None = None,
     ) -> None:
@@ -142,6 +162,7 @@ class Hypervisor:
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
         self.qemu_run_dir = Path(qemu_run_dir)
+        self._patterns: tuple[str, ...] = _patterns(domains)
         self.changed = threading.Event()
         self._on_change = on_change
         self._opener = opener or _default_opener
@@ -202,6 +223,43 @@ class Hypervisor:
 
     def refresh(self) -> None:
         """Ask the supervisor for a full listing now (e.g. after SIGHUP)."""
+        self._wake.set()
+
+    @property
+    def domain_patterns(self) -> tuple[str, ...]:
+        """The patterns of the domain names managed (``[hypervisor] domains``)."""
+        with self._lock:
+            return self._patterns
+
+    def manages(self, name: str) -> bool:
+        """Whether the domain ``name`` is in scope (matches a pattern)."""
+        return domain_matches(name, self.domain_patterns)
+
+    def set_domain_patterns(self, domains: Iterable[str]) -> None:
+        """Change the scope (on reload): domains leaving it are dropped at once,
+        those entering it are listed now when connected (else at the next listing)."""
+        patterns = _patterns(domains)
+        with self._lock:
+            if patterns == self._patterns:
+                return
+            self._patterns = patterns
+            kept = {n: u for n, u in self._domains.items() if domain_matches(n, patterns)}
+            dropped = set(self._domains) - set(kept)
+            for name in dropped:
+                self._settings_cache.pop(name, None)
+                self._stats_period_set.discard(self._domains[name])
+            self._domains = kept
+            names = frozenset(kept)
+        LOG.info("managing domains matching %s", ", ".join(patterns))
+        if dropped:
+            LOG.info("no longer managed: %s", ", ".join(sorted(dropped)))
+            self._notify(names)
+        if self.connected:
+            try:
+                self._relist()
+                return
+            except HypervisorError as err:
+                LOG.warning("listing domains failed: %s", err)
         self._wake.set()
 
     # --- queries ----------------------------------------------------------------
@@ -578,7 +636,9 @@ class Hypervisor:
         conn = self._connection()
         try:
             domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-            current = {dom.name(): dom.UUIDString() for dom in domains}
+            patterns = self.domain_patterns
+            current = {dom.name(): dom.UUIDString() for dom in domains
+                       if domain_matches(dom.name(), patterns)}
         except libvirt.libvirtError as err:
             if not self._connection_alive():
                 self._mark_lost(err.get_error_message())
@@ -607,6 +667,8 @@ class Hypervisor:
         except Exception:  # a domain that vanished mid-callback
             self._wake.set()
             return
+        if not self.manages(name):
+            return  # out of scope ([hypervisor] domains): not even worth a log line
         LOG.debug("VM %s: lifecycle event %d detail %d", name, event, detail)
         with self._lock:
             self._settings_cache.pop(name, None)

@@ -410,3 +410,61 @@ def test_reload_applies_a_new_flood_limit_to_the_running_channels(rig):
     rig.write_config("[guests]\nflood_max_bytes_per_s = 1048576\n")
     assert rig.daemon.reload()["config"] == "reloaded"
     assert rig.channels.limits.max_bytes_per_s == 1048576
+
+
+def test_hypervisor_domains_scope_what_ebbd_manages(tmp_path, capsys):
+    r = Rig(tmp_path)
+    r.write_config('[hypervisor]\ndomains = ["ebb-unit-none-*"]\n')
+    assert ebbd_main(["--config", str(r.config_path), "--once", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("tick 1: dry run; 0 VM(s) managed")
+    r.write_config('[hypervisor]\ndomains = ["ebb-unit-none-*", "te?t"]\n')
+    assert ebbd_main(["--config", str(r.config_path), "--once", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("tick 1: dry run; 1 VM(s) managed")
+
+
+def test_reload_applies_new_hypervisor_domains(tmp_path):
+    from ebb.host.app import build_daemon
+    from ebb.host.config import load_config
+
+    r = Rig(tmp_path)
+    r.write_config('[hypervisor]\ndomains = ["ebb-unit-none-*"]\n')
+    daemon = build_daemon(load_config(r.config_path), config_path=r.config_path, dry_run=True,
+                          control_socket=False, observability=False)
+    daemon.c.hypervisor.connect_now()
+    try:
+        daemon.engine.tick()
+        assert daemon.status()["vms"] == []
+        r.write_config('[hypervisor]\ndomains = ["test"]\n')
+        result = daemon.reload()
+        assert result["config"] == "reloaded" and result["restart_needed"] == []
+        daemon.engine.tick()
+        assert [vm["name"] for vm in daemon.status()["vms"]] == ["test"]
+    finally:
+        daemon.c.hypervisor.stop()
+        daemon.c.channels.close()
+
+
+def test_a_vm_leaving_the_domains_on_reload_gets_its_own_soft_limit_back(tmp_path):
+    from ebb.host.controllers import MemtuneController
+
+    class ScopedHypervisor(FakeHypervisor):
+        patterns: Any = None
+
+        def set_domain_patterns(self, patterns: Any) -> None:
+            self.patterns = tuple(patterns)
+
+    r = Rig(tmp_path, vms=[FakeVm("web-1"), FakeVm("db-1")])
+    hypervisor = ScopedHypervisor([FakeVm("web-1"), FakeVm("db-1")])
+    hypervisor.soft_limits = {"web-1": None, "db-1": None}
+    memtune = MemtuneController(hypervisor)
+    memtune.limit("web-1", 1024 * 1024)
+    memtune.limit("db-1", 1024 * 1024)
+    r.components.hypervisor = hypervisor
+    r.components.memtune = memtune
+    daemon = Daemon(r.config, r.components, config_path=r.config_path,
+                    notifier=SystemdNotifier(environ={}), control_socket=False)
+    r.write_config('[hypervisor]\ndomains = ["web-*"]\n')
+    assert daemon.reload()["config"] == "reloaded"
+    assert hypervisor.patterns == ("web-*",)
+    assert memtune.limited() == {"web-1": 1024 * 1024}
+    assert hypervisor.soft_limits["db-1"] is None  # its own value (unlimited) again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_missing_default_file_gives_all_defaults() -> None:
     cfg = load_config(None)
     assert cfg == EbbdConfig()
+    assert cfg.hypervisor.domains == ("*",)  # every VM, as MOM does
     assert cfg.daemon.libvirt_uri == "qemu:///system"
     assert cfg.daemon.policy_interval_s == 2.0
     assert cfg.daemon.run_dir == Path("/run/ebb")
@@ -85,6 +87,7 @@ relist_interval_s = 60
 reconnect_initial_s = 0.5
 reconnect_max_s = 10
 qemu_run_dir = "/var/run/libvirt/qemu"
+domains = ["web-*", "db[0-9]"]
 
 [guests]
 report_interval_ms = 500
@@ -145,6 +148,7 @@ allow_remote = true
     assert cfg.host.proc_root == Path("/fixture/proc")
     assert cfg.host.pressure_tick_threshold == 0.1
     assert cfg.hypervisor.stats_period_s == 5
+    assert cfg.hypervisor.domains == ("web-*", "db[0-9]")
     assert cfg.guests.report_interval_ms == 500
     assert cfg.governor.default_floor_mib == 768
     assert cfg.governor.uncooperative_after_s == 16.0
@@ -200,6 +204,14 @@ allow_remote = true
         ("[metrics]\nlisten = \"9677\"\n", "metrics.listen: must be HOST:PORT"),
         ("[metrics]\nlisten = \"127.0.0.1:99999\"\n", "metrics.listen: must be HOST:PORT"),
         ("[daemon]\npolicy_interval_s = nan\n", "daemon.policy_interval_s: must be a finite"),
+        ("[hypervisor]\ndomains = \"web-*\"\n",
+         "hypervisor.domains: must be a list of strings, got 'web-*'"),
+        ("[hypervisor]\ndomains = []\n",
+         "hypervisor.domains: must name at least one pattern"),
+        ("[hypervisor]\ndomains = [\"web-*\", 3]\n",
+         "hypervisor.domains: must be a list of strings, got ['web-*', 3]"),
+        ("[hypervisor]\ndomains = [\"web-*\", \"\"]\n",
+         "hypervisor.domains: patterns must not be empty, got ['web-*', '']"),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -222,6 +234,7 @@ def test_to_dict_is_plain_json() -> None:
     data = load_config(None).to_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["daemon"]["control_socket"] == "/run/ebb/ebbd.sock"
+    assert data["hypervisor"]["domains"] == ["*"]
 
 
 def test_configuration_doc_lists_every_key_with_its_default() -> None:
@@ -239,6 +252,8 @@ def test_configuration_doc_lists_every_key_with_its_default() -> None:
                 shown_text = "true" if value else "false"
             elif isinstance(value, (str, Path)):
                 shown_text = f'"{value}"'
+            elif isinstance(value, tuple):
+                shown_text = json.dumps(list(value))  # as written in TOML
             else:
                 shown_text = str(value)
             assert f"`{shown_text}`" in row.group(1), (

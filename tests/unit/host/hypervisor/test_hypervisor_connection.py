@@ -304,3 +304,33 @@ def test_metadata_edited_by_an_administrator_is_picked_up(hypervisor: Hypervisor
     dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, '<vm enabled="no"/>', "ebb",
                     "urn:ebb:policy:1", libvirt.VIR_DOMAIN_AFFECT_LIVE)
     assert wait_for(lambda: not hypervisor.domain_settings("ebb-unit-virsh-metadata").enabled)
+
+
+def test_only_domains_matching_the_patterns_are_seen(admin: Any) -> None:
+    admin.start("ebb-unit-scope-a")
+    admin.start("ebb-unit-other")
+    hv = Hypervisor(URI, relist_interval_s=60.0, reconnect_initial_s=0.01,
+                    reconnect_max_s=0.05, qemu_run_dir="/nonexistent",
+                    domains=["ebb-unit-scope-*"])
+    hv.start()
+    try:
+        assert hv.wait_connected(5.0)
+        assert set(hv.running_domains()) == {"ebb-unit-scope-a"}
+        assert [d.name for d in hv.domain_infos()] == ["ebb-unit-scope-a"]
+        # Started later: the lifecycle events of other VMs are ignored too. Events
+        # arrive in order, so once scope-b is seen, other-late was passed over.
+        admin.start("ebb-unit-other-late")
+        admin.start("ebb-unit-scope-b")
+        assert wait_for(lambda: "ebb-unit-scope-b" in hv.running_domains())
+        assert set(hv.running_domains()) == {"ebb-unit-scope-a", "ebb-unit-scope-b"}
+
+        # A new scope (SIGHUP) drops what left it at once and lists what entered it.
+        seen: list[frozenset[str]] = []
+        hv._on_change = seen.append
+        hv.set_domain_patterns(["ebb-unit-other*", "ebb-unit-scope-[b]"])
+        scope = {"ebb-unit-other", "ebb-unit-other-late", "ebb-unit-scope-b"}
+        assert set(hv.running_domains()) == scope
+        assert hv.domain_patterns == ("ebb-unit-other*", "ebb-unit-scope-[b]")
+        assert seen and seen[-1] == frozenset(scope)
+    finally:
+        hv.stop()
