@@ -10,6 +10,13 @@ the sandbox.
 Variables are dynamically scoped (a function sees its caller's variables, as in
 MOM). The context keeps one stack of values per name ("shallow binding"), so a
 variable read is one dictionary lookup however deep the call chain is.
+
+Speed (bench/bench_policy.py): the cost of a tick is mostly the number of
+Python calls, so common shapes get closures of their own (constant operands,
+``(or g.field 0)``, calls with a variable argument, bodies without defvar that
+need no scope), and a tree of pure operations is also compiled to one Python
+expression whose result is checked against the closures' rules (see
+``Compiler.wrap``); the closures remain the reference for values and errors.
 """
 
 from __future__ import annotations
