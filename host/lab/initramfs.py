@@ -57,7 +57,7 @@ for arg in $(cat /proc/cmdline); do
 done
 [ -n "$PY" ] || fail "no ebb.python= on the kernel command line"
 mkdir -p /host
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host \
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host \
     || fail "cannot mount the host root (9p tag hostroot)"
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail "tmpfs /tmp"
 mount -t tmpfs -o mode=755 tmpfs /host/run || fail "tmpfs /run"

@@ -165,7 +165,9 @@ class Guest:
     def reset(self) -> None:
         """Agent running (exactly one), balloon at the maximum, no workload left."""
         self.stop_jobs()
-        self.run("sh", "-c", "pkill -KILL -f 'ebb.host.lab.(memknobs|hostile)' || true")
+        # pgrep -f run directly (not under sh -c, whose own command line would match).
+        for pid in self.run("pgrep", "-f", "ebb[.]host[.]lab[.](memknobs|hostile)").stdout.split():
+            self.run("kill", "-s", "KILL", pid)
         self.set_balloon(self.max_kib())
         if not self.agent_pids():
             self.start_agent()

@@ -86,7 +86,8 @@ def test_dead_agent_is_not_trusted_and_the_other_guest_stays_managed(
     release_host(host)
 
     victim.start_agent()
-    wait_for(lambda: ebbd.vm(victim.name).get("cooperation") == "ok", 30,
+    # Python starts slowly in an emulated guest on a busy host (15-30 s).
+    wait_for(lambda: ebbd.vm(victim.name).get("cooperation") == "ok", 120,
              f"{victim.name}'s restarted agent to be back", last=lambda: ebbd.vm(victim.name))
 
 
@@ -137,21 +138,25 @@ def test_hostile_guest_is_cut_off_and_the_other_is_served(
     wait_agents(ebbd, guests)
     hostile.kill_agent()
     time.sleep(1)
-    hostile.spawn("python3", "-m", "ebb.host.lab.hostile", "--seconds", "25")
+    hostile.spawn("python3", "-m", "ebb.host.lab.hostile", "--seconds", "90")
     worst_age = 0.0
-    cut_off_seen = False
+    cut_off_seen_at = None
     errors = 0
-    end = time.monotonic() + 25
+    # Until 15 s after the cut-off (the hostile process takes a while to start).
+    end = time.monotonic() + 120
     while time.monotonic() < end:
         status = ebbd.status()
         bad = ebbd.vm(hostile.name, status)
         agent = bad.get("agent") or {}
         errors = max(errors, agent.get("protocol_errors") or 0)
-        cut_off_seen = cut_off_seen or agent.get("cut_off_until") is not None
+        if cut_off_seen_at is None and agent.get("cut_off_until") is not None:
+            cut_off_seen_at = time.monotonic()
+            end = min(end, cut_off_seen_at + 15)
         age = (ebbd.vm(good.name, status).get("agent") or {}).get("last_report_age_s")
         assert age is not None, "the good guest lost its agent session"
         worst_age = max(worst_age, age)
         time.sleep(0.5)
+    cut_off_seen = cut_off_seen_at is not None
     record("hostile_good_guest_worst_report_age_s", round(worst_age, 2))
     assert errors > 0, "ebbd counted no protocol errors from the hostile guest"
     assert cut_off_seen, "the hostile guest was never cut off"
