@@ -412,6 +412,9 @@ def _report(results_dir: Path) -> int:
         return 2
     for name, runs in results["runs"].items():
         for run in runs:
+            rundir = WORKDIR / name / f"rep{run.get('rep', 0) + 1}-{run['config']}"
+            if run["config"] != "none" and not run.get("agents_connected"):
+                run["agents_connected"] = _agents_in_trace(rundir / "trace.jsonl")
             if "ksm_run_seen" in run:
                 continue
             # Runs from before the KSM check: read it from their samples if still there.
@@ -430,6 +433,22 @@ def _report(results_dir: Path) -> int:
     _write(results, results_dir)
     print(markdown(results))
     return 0
+
+
+def _agents_in_trace(trace: Path) -> List[str]:
+    """Guests whose agent ebbd saw connected at some tick of its trace."""
+    from ebb.host.observe.trace import TraceError, read_trace
+
+    seen = set()
+    try:
+        for record in read_trace(trace):
+            for guest in (record.get("state") or {}).get("guests") or []:
+                samples = guest.get("samples") or [{}]
+                if samples[-1].get("agent_connected") == 1:
+                    seen.add((guest.get("props") or {}).get("name"))
+    except TraceError:
+        return []
+    return sorted(n for n in seen if n)
 
 
 def _carry_over(results: Dict[str, Any], path: Path, plan: Dict[str, List[str]],
