@@ -141,6 +141,8 @@ class Sampler(threading.Thread):
                     try:
                         stats = conn.lookupByName(name).memoryStats()
                     except libvirt.libvirtError:
+                        if not conn.isAlive():  # libvirtd restarted: reconnect next time
+                            raise
                         continue
                     guests[name] = {k: int(stats[k]) for k in
                                     ("actual", "unused", "available", "usable", "swap_in",
