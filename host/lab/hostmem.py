@@ -82,11 +82,17 @@ def swaps(paths: Optional[HostPaths] = None) -> List[str]:
     return [line.split()[0] for line in lines if line.strip()]
 
 
+#: The last nr_hugepages this process set (None: it never set one).
+_last_set_hugepages: Optional[int] = None
+
+
 def set_hugepages(count: int, paths: Optional[HostPaths] = None) -> int:
     """Ask for ``count`` hugepages; return how many the kernel really reserved."""
+    global _last_set_hugepages
     paths = paths or HostPaths()
     paths.nr_hugepages.write_text(f"{count}\n")
-    return int(paths.nr_hugepages.read_text().split()[0])
+    _last_set_hugepages = int(paths.nr_hugepages.read_text().split()[0])
+    return _last_set_hugepages
 
 
 @dataclass
@@ -116,7 +122,11 @@ class HostSnapshot:
         changed = []
         try:
             now = int(self.paths.nr_hugepages.read_text().split()[0])
-            if now != self.nr_hugepages:
+            if now != self.nr_hugepages and _last_set_hugepages not in (None, now):
+                # Someone else set it after us (hugepages are host-wide): theirs to undo.
+                LOG.warning("nr_hugepages is %d, set by something else since; left alone",
+                            now)
+            elif now != self.nr_hugepages:
                 set_hugepages(self.nr_hugepages, self.paths)
                 changed.append(f"nr_hugepages {now} -> {self.nr_hugepages}")
         except OSError as err:
