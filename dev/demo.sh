@@ -95,6 +95,9 @@ run_dir = "$RUN"
 control_socket = "$SOCK"
 policy_interval_s = 1.0
 
+[hypervisor]
+domains = ["$PREFIX-*"]     # the demo's guests only, never other VMs on this host
+
 [trace]
 path = "$WORK/trace.jsonl"
 EOF

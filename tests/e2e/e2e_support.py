@@ -189,6 +189,8 @@ class Ebbd:
             "daemon": {"run_dir": str(self.run_dir), "control_socket": str(self.socket),
                        "policy_interval_s": 1.0, "log_level": "debug"},
             "trace": {"path": str(self.trace)},
+            # Only the test's own guests: other VMs on the machine are none of its business.
+            "hypervisor": {"domains": [f"{PREFIX}-*"]},
         }
         for section, values in settings.items():
             sections.setdefault(section, {}).update(values)
