@@ -98,6 +98,13 @@ _STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shut
                 5: "shut off", 6: "crashed", 7: "suspended"}
 
 
+def _as_float(value: object) -> float:
+    """A number the guest wrote in its status file; anything else reads as 0."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return 0.0
+
+
 def default_floor_mib(memory_mib: int) -> int:
     """A lab guest's floor: 3/8 of its memory, at least 128 MiB (192 for 512 MiB).
 
@@ -438,9 +445,9 @@ class Lab:
                 guest_status = self.shell(name).status()
                 if guest_status:
                     # The guest writes status every second: older than 10 s means it's stuck.
-                    age = time.time() - float(guest_status.get("time", 0))
+                    age = time.time() - _as_float(guest_status.get("time"))
                     info.agent_running = bool(guest_status.get("agent_running"))
-                    info.uptime_s = float(guest_status.get("uptime_s", 0))
+                    info.uptime_s = _as_float(guest_status.get("uptime_s"))
                     info.extra["status_age_s"] = age
             result.append(info)
         return result
