@@ -52,6 +52,24 @@ RUN=/run/ebb-demo
 SOCK=$RUN/ebbd.sock
 mkdir -p "$WORK" "$RUN"
 
+# Hugepages, swap and KSM are host-wide: hold the host-memory lock (the one the
+# e2e tests and the benchmark take) from before reading them until after they are
+# put back, so two harnesses never shrink the host at once. fd 9 stays open in
+# this shell until it exits; ebbd does not inherit it.
+HOST_LOCK=/run/ebb-host-memory.lock
+LOCK_TIMEOUT_S=${EBB_HOST_LOCK_TIMEOUT_S:-1800}
+exec 9<>"$HOST_LOCK"
+if ! flock -n 9; then
+    read -r HOLDER_PID HOLDER_NAME < "$HOST_LOCK" || true
+    HOLDER="pid ${HOLDER_PID:-unknown} (${HOLDER_NAME:-})"
+    log "waiting for $HOST_LOCK held by $HOLDER (it is changing the host's memory; up to $LOCK_TIMEOUT_S s)"
+    if ! flock -w "$LOCK_TIMEOUT_S" 9; then
+        log "$HOST_LOCK is still held by $HOLDER after $LOCK_TIMEOUT_S s: wait for it to finish (or stop it), then run again"
+        exit 1
+    fi
+fi
+echo "$$ $PREFIX" > "$HOST_LOCK"
+
 # What the demo changes, as it was before.
 ORIG_HUGEPAGES=$(cat /proc/sys/vm/nr_hugepages)
 ORIG_KSM_RUN=$(cat /sys/kernel/mm/ksm/run)
@@ -80,6 +98,7 @@ cleanup() {
         $EBBCTL lab down --prefix "$PREFIX" || true
     fi
     rm -rf "$RUN"
+    : > "$HOST_LOCK" || true  # no stale pid; the lock itself goes with this shell
     log "host put back: nr_hugepages $(cat /proc/sys/vm/nr_hugepages), KSM run $(cat /sys/kernel/mm/ksm/run); ebbd's log and trace are in $WORK"
     exit $rc
 }
@@ -102,7 +121,7 @@ domains = ["$PREFIX-*"]     # the demo's guests only, never other VMs on this ho
 path = "$WORK/trace.jsonl"
 EOF
 log "starting ebbd (log: $WORK/ebbd.log)"
-.venv/bin/ebbd --config "$WORK/ebbd.toml" > "$WORK/ebbd.log" 2>&1 &
+.venv/bin/ebbd --config "$WORK/ebbd.toml" > "$WORK/ebbd.log" 2>&1 9>&- &
 EBBD_PID=$!
 for _ in $(seq 1 100); do
     [ -S "$SOCK" ] && $EBBCTL --socket "$SOCK" status >/dev/null 2>&1 && break

@@ -5,23 +5,109 @@ The MOM article shrank its host by reserving hugepages; the lab does the same
 once). Everything here is undone by :meth:`HostSnapshot.restore`, which the
 end-to-end tests and ``dev/demo.sh`` call on every exit path, so no run leaves
 the host smaller, with KSM retuned or with extra swap.
+
+Hugepages, swap and KSM are host-wide, so every harness that changes them
+(the e2e tests, ``dev/demo.sh``, the benchmark's ``bench/overcommit/hostctl.py``)
+first takes an exclusive ``flock`` on :data:`LOCK_PATH` for its whole run
+(:func:`host_memory_lock`); the holder writes ``PID NAME`` into the file, so
+whoever waits can say who it waits for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
+
+from ebb.host.lab.errors import LabError
 
 LOG = logging.getLogger(__name__)
 
 HUGEPAGE_KIB = 2048
 KSM_SETTINGS = ("run", "pages_to_scan", "sleep_millisecs")
+
+#: The lock every harness that changes hugepages, swap or KSM holds for its whole run
+#: (the same path as ``bench/overcommit/hostctl.py``).
+LOCK_PATH = Path("/run/ebb-host-memory.lock")
+
+
+def lock_holder(path: Path = LOCK_PATH) -> str:
+    """Who holds (or last held) the host-memory lock, from the file: ``pid N (NAME)``."""
+    try:
+        words = path.read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        words = []
+    if not words:
+        return "a process that did not write its pid"
+    name = f" ({' '.join(words[1:])})" if len(words) > 1 else ""
+    return f"pid {words[0]}{name}"
+
+
+@contextlib.contextmanager
+def host_memory_lock(
+    name: str,
+    path: Path = LOCK_PATH,
+    timeout_s: float = 1800.0,
+    say: Optional[Callable[[str], None]] = None,
+    poll_s: float = 1.0,
+    say_every_s: float = 30.0,
+) -> Iterator[Path]:
+    """Hold the exclusive host-memory lock for the ``with`` block.
+
+    Waits up to ``timeout_s`` for another holder (saying "waiting for PATH held
+    by pid N (NAME)" through ``say``, or the log, at once and every
+    ``say_every_s``), then writes ``PID NAME`` into the file. Raises
+    :class:`LabError` when the lock stays held, naming the holder. The lock is
+    released when the block ends, also on errors (and by the kernel if the
+    process dies), and is not inherited by programs this process starts.
+    """
+    tell = say or LOG.warning
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise LabError(f"cannot open the host-memory lock {path}: {err.strerror}",
+                       "run as root (it lives in /run), or pass another path") from err
+    try:
+        deadline = time.monotonic() + timeout_s
+        next_note = 0.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+            now = time.monotonic()
+            if now >= deadline:
+                raise LabError(
+                    f"{path} is still held by {lock_holder(path)} after {timeout_s:g} s: "
+                    "another harness is changing the host's hugepages, swap or KSM",
+                    "wait for it to finish (or stop it), then run again",
+                )
+            if now >= next_note:
+                tell(f"waiting for {path} held by {lock_holder(path)} "
+                     f"(it is changing the host's memory; up to {timeout_s:g} s)")
+                next_note = now + say_every_s
+            time.sleep(min(poll_s, max(0.0, deadline - now)))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {name}\n".encode(), 0)
+        LOG.info("holding %s for %s", path, name)
+        try:
+            yield path
+        finally:
+            # Leave no stale pid behind: an empty file means nobody holds it.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -6,6 +6,12 @@ own ebbd (``ebbd_factory``), guests reset to a known state (agent running,
 balloon at the maximum, no workload), and a host snapshot that is restored
 after the test whatever happens: hugepages, KSM settings, swap.
 
+Hugepages, swap and KSM are host-wide: the whole session holds the host-memory
+lock (``hostmem.host_memory_lock``, the one the benchmark takes too), so two
+harnesses on one machine never shrink the host at the same time. A session that
+finds it held waits (``EBB_E2E_LOCK_TIMEOUT_S``, default 30 minutes), saying
+for whom.
+
 Missing prerequisites (root, qemu, libvirtd, a kernel) fail the tests with
 what is missing and how to get it; they are never skipped.
 """
@@ -42,11 +48,26 @@ from ebb.host.lab.manager import Lab, LabSettings
 #: How long a test waits for someone else's memory pressure on the host to end.
 QUIET_HOST_WAIT_S = 300.0
 
+#: How long the session waits for another harness's host-memory lock.
+HOST_LOCK_TIMEOUT_S = float(os.environ.get("EBB_E2E_LOCK_TIMEOUT_S", "1800"))
+
 
 @pytest.fixture(scope="session")
-def host_snapshot(request: pytest.FixtureRequest) -> Iterator[hostmem.HostSnapshot]:
-    """The host as it was before the whole run; put back at the very end too."""
+def host_lock(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The host-memory lock, held from before the first change to after the last restore."""
     require_host()
+    try:
+        with hostmem.host_memory_lock(PREFIX, timeout_s=HOST_LOCK_TIMEOUT_S,
+                                      say=lambda m: _say(request.config, m)):
+            yield
+    except LabError as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def host_snapshot(request: pytest.FixtureRequest,
+                  host_lock: None) -> Iterator[hostmem.HostSnapshot]:
+    """The host as it was before the whole run; put back at the very end too."""
     snapshot = hostmem.HostSnapshot.take()
     yield snapshot
     changed = snapshot.restore()

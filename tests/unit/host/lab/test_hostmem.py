@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from pathlib import Path
 
+import pytest
 from ebb.host.lab import hostmem
+from ebb.host.lab.errors import LabError
 
 
 def _tree(tmp_path: Path) -> hostmem.HostPaths:
@@ -43,3 +48,60 @@ def test_someone_elses_hugepages_are_left_alone(tmp_path: Path) -> None:
 
 def test_freeable_is_free_plus_buffers_plus_cached(tmp_path: Path) -> None:
     assert hostmem.freeable_kib(hostmem.meminfo_kib(_tree(tmp_path))) == 750
+
+
+# -------------------------------------------------------- the host-memory lock ----
+
+
+def _hold(path: Path, content: str) -> int:
+    """Another harness holding the lock (two open files conflict, even in one process)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, content.encode())
+    return fd
+
+
+def test_the_lock_is_held_for_the_block_with_our_pid_and_released_after(tmp_path: Path) -> None:
+    lock = tmp_path / "ebb-host-memory.lock"
+    with hostmem.host_memory_lock("ebb-e2e", path=lock, timeout_s=1.0) as held:
+        assert held == lock
+        assert lock.read_text() == f"{os.getpid()} ebb-e2e\n"
+        # A second harness cannot take it meanwhile.
+        other = hostmem.host_memory_lock("other", path=lock, timeout_s=0.0, say=lambda m: None)
+        with pytest.raises(LabError), other:
+            pass
+    assert lock.read_text() == ""  # no stale pid left behind
+    os.close(_hold(lock, "1 next"))  # and free for the next one
+
+
+def test_a_held_lock_is_waited_for_naming_the_holder_then_fails_clearly(tmp_path: Path) -> None:
+    lock = tmp_path / "ebb-host-memory.lock"
+    fd = _hold(lock, "4242 ebb-bench\n")
+    said: list = []
+    try:
+        waiting = hostmem.host_memory_lock("ebb-e2e", path=lock, timeout_s=0.3,
+                                           say=said.append, poll_s=0.05)
+        with pytest.raises(LabError) as failure, waiting:
+            pytest.fail("the block ran without the lock")
+    finally:
+        os.close(fd)
+    assert said and said[0].startswith(f"waiting for {lock} held by pid 4242 (ebb-bench)")
+    assert "held by pid 4242 (ebb-bench) after 0.3 s" in str(failure.value)
+    assert lock.read_text() == "4242 ebb-bench\n"  # the holder's file is not touched
+
+
+def test_the_lock_is_taken_as_soon_as_the_holder_lets_go(tmp_path: Path) -> None:
+    lock = tmp_path / "ebb-host-memory.lock"
+    fd = _hold(lock, "4242 ebb-bench\n")
+    threading.Timer(0.2, os.close, args=(fd,)).start()
+    said: list = []
+    with hostmem.host_memory_lock("ebb-demo", path=lock, timeout_s=10.0, say=said.append,
+                                  poll_s=0.05):
+        assert lock.read_text() == f"{os.getpid()} ebb-demo\n"
+    assert len(said) == 1 and "pid 4242" in said[0]
+
+
+def test_the_lock_fails_early_when_it_cannot_be_opened(tmp_path: Path) -> None:
+    lock = hostmem.host_memory_lock("x", path=tmp_path / "missing" / "lock", timeout_s=0.0)
+    with pytest.raises(LabError, match="cannot open the host-memory lock"), lock:
+        pass
