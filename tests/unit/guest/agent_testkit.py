@@ -5,7 +5,9 @@ Imported by the test modules; the fixtures that use them are in conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import socket
 import threading
 import time
@@ -103,10 +105,26 @@ class HostEnd:
         self.closed = False
 
     def send(self, msg: Message) -> None:
-        self.sock.sendall(encode_message(msg))
+        self.send_raw(encode_message(msg))
 
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
+    def send_raw(self, data: bytes, deadline_s: float = 15.0) -> None:
+        """Send everything, reading what the agent says meanwhile.
+
+        A large send fills the socket buffer; the agent may at that moment be
+        writing to us, so we must keep reading or both ends wait on each other.
+        The deadline is generous: only a failing test waits it out on a loaded machine.
+        """
+        view = memoryview(data)
+        deadline = time.monotonic() + deadline_s
+        while view:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"agent did not take {len(view)} more bytes in {deadline_s} s")
+            readable, writable, _ = select.select([self.sock], [self.sock], [], 0.05)
+            if readable:
+                self._read_once()
+            if writable:
+                with contextlib.suppress(BlockingIOError, socket.timeout):
+                    view = view[self.sock.send(view) :]
 
     def welcome(
         self, interval_ms: int = 1000, capabilities: Tuple[str, ...] = CAPABILITIES
