@@ -19,6 +19,12 @@ BEFORE = {"run": 0, "pages_to_scan": 123, "sleep_millisecs": 37}
 def test_ksm_runs_under_pressure_stops_without_and_is_restored(
     guests: List[Guest], ebbd_factory, host
 ) -> None:
+    # Pages merged earlier (by another test's ebbd, or before the run) stay merged
+    # while KSM is stopped; unmerge them (run=2) so this test sees its own sharing.
+    hostmem.set_ksm({"run": 2})
+    wait_for(lambda: hostmem.ksm_values()["pages_sharing"] == 0, 120,
+             "KSM to unmerge the pages merged before this test", interval_s=1.0,
+             last=hostmem.ksm_values)
     hostmem.set_ksm(BEFORE)
     ebbd = ebbd_factory()
     wait_agents(ebbd, guests)
