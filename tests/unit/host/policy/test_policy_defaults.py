@@ -233,9 +233,21 @@ def test_cooperative_never_takes_from_needy_or_stalling_guests() -> None:
 
 
 def test_cooperative_gives_a_need_at_once_while_the_host_has_spare() -> None:
-    # spare = 8 GiB freeable - 10 % reserve (1.6 GiB) = 6.4 GiB: 700 MiB given in one tick.
-    ev = run("cooperative", {"mem_free": 8 * GiB}, [agent("a", 2 * GiB, unused=0, need=700 * 1024)])
+    # Host at 20-25 %: holding, not comfortable. spare = 3.5 GiB freeable - 10 %
+    # reserve (1.6 GiB) = 1.9 GiB: the 700 MiB asked for are given in one tick.
+    ev = run("cooperative", {"mem_free": int(3.5 * GiB)},
+             [agent("a", 2 * GiB, unused=0, need=700 * 1024)])
     assert ev.proposed_targets() == {"a": 2 * GiB + 700 * 1024}
+
+
+def test_cooperative_a_small_need_on_a_comfortable_host_still_gets_the_refill() -> None:
+    # Seen in the lab: after pressure ended, a guest kept asking for 1 MiB and got
+    # exactly that (too small to apply) while the other guest went back to its maximum.
+    cur, maximum = 239616, 524288
+    g = agent("a", cur, unused=100 * 1024, need=1024, maximum=maximum)
+    ev = run("cooperative", {"mem_free": 8 * GiB}, [g])
+    target = ev.proposed_targets()["a"]
+    assert target is not None and target >= cur + 0.05 * cur
 
 
 def test_cooperative_shares_the_spare_between_needy_guests_in_order() -> None:
