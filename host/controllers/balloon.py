@@ -105,7 +105,8 @@ class BalloonController:
             LOG.warning("VM %s: not changing the balloon: %s", vm, err)
             return self._result(vm, FAILED, target_kib, None, str(err))
 
-        if abs(before_kib - target_kib) <= self.min_change_kib:
+        # A change of exactly min_change_kib is made: an agent's smallest need is 1 MiB.
+        if abs(before_kib - target_kib) < self.min_change_kib:
             # The guest is there (or the situation changed since the decision).
             return self._result(vm, UNCHANGED, target_kib, before_kib,
                                 f"balloon already at {before_kib} KiB")

@@ -52,6 +52,14 @@ def test_target_within_epsilon_of_the_balloon_is_not_sent() -> None:
     assert result.outcome == "unchanged" and not result.changed
 
 
+def test_a_change_of_exactly_the_epsilon_is_sent() -> None:
+    # A guest asking for 1 MiB (the agent's smallest need) gets it.
+    hv = FakeHypervisor(vm1=2048 * MiB)
+    result = BalloonController(hv, min_change_kib=1024).apply("vm1", 2048 * MiB + 1024)
+    assert hv.set_calls == [("vm1", 2048 * MiB + 1024)]
+    assert result.outcome == "applied"
+
+
 def test_rereads_the_balloon_right_before_acting() -> None:
     # The decision was made when the guest was at 2 GiB; by now it has already
     # moved to the target on its own (e.g. an agent gave memory back).
