@@ -83,6 +83,20 @@ def _need_seen(ebbd, name: str) -> Optional[Dict[str, Any]]:
     return None
 
 
+def _settled_actual_kib(guest: Guest, still_s: float = 3.0, timeout_s: float = 60.0) -> int:
+    """The guest's balloon once it has not moved for ``still_s`` seconds."""
+    seen: List[int] = []
+
+    def still() -> bool:
+        seen.append(guest.actual_kib())
+        need = int(still_s) + 1
+        return len(seen) >= need and len(set(seen[-need:])) == 1
+
+    wait_for(still, timeout_s, f"{guest.name}'s balloon to settle", interval_s=1.0,
+             last=lambda: seen[-5:])
+    return seen[-1]
+
+
 @pytest.mark.timeout(600)
 def test_offers_are_taken_first_and_needs_met_at_once(
     guests: List[Guest], ebbd_factory, host
@@ -110,8 +124,10 @@ def test_offers_are_taken_first_and_needs_met_at_once(
 
     # The host is still below the threshold but has memory above its reserve. The
     # guest that gave memory now starts a workload that leaves it short: it reports a
-    # need, and ebbd gives memory back at once.
-    before = offering.actual_kib()
+    # need, and ebbd gives memory back at once. First let the balloon settle: it
+    # may still be inflating toward the offer, and "more memory" means more than
+    # where it came to rest.
+    before = _settled_actual_kib(offering)
     last_action_before = (ebbd.vm(offering.name).get("last_action") or {}).get("at", 0)
     available_mib = (ebbd.vm(offering.name).get("mem_available_kib") or 0) // MIB
     offering.memknobs(f"{max(available_mib - 40, 32)}M:1h")

@@ -52,3 +52,14 @@ def test_without_a_recent_need_an_offer_is_taken_at_once() -> None:
     runner = PolicyRunner(load_policy_dir(policy_dir("cooperative")))
     target = runner.evaluate(_state(need=0, offer=300 * 1024)).proposed_targets()["vm1"]
     assert target is not None and target < 2 * GiB
+
+
+def test_a_need_that_got_nothing_starts_no_quiet_spell() -> None:
+    # At boot a guest at its maximum may report a need; nothing can be given, and
+    # the next pressure must still take its offer at once.
+    runner = PolicyRunner(load_policy_dir(policy_dir("cooperative")))
+    at_max = _state(need=256 * 1024, offer=0)
+    at_max.guests[0].samples[-1]["balloon_cur"] = 4 * GiB  # type: ignore[index]
+    runner.evaluate(at_max)
+    target = runner.evaluate(_state(need=0, offer=300 * 1024)).proposed_targets()["vm1"]
+    assert target is not None and target < 2 * GiB
