@@ -62,11 +62,18 @@ class GuestSpec:
             f"ebb.name={self.name}", f"ebb.python={self.python}", f"ebb.bin={self.bin_dir}",
             f"ebb.agent={1 if self.agent else 0}",
         ]
+        if PROJECT_DIR.is_relative_to("/tmp") and " " not in str(PROJECT_DIR):
+            # The guest mounts a tmpfs over /tmp; its init binds the project back.
+            words.append(f"ebb.keep={PROJECT_DIR}")
         if self.agent_args:
             words.append(_quoted("ebb.agent_args", self.agent_args))
         if self.run:
             words.append(_quoted("ebb.run", self.run))
         return " ".join(words)
+
+
+#: The checkout (or installation) the guest runs ebb from, through the host root.
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 def _quoted(key: str, value: str) -> str:

@@ -49,17 +49,27 @@ for m in $(cat /modules.order); do
     insmod "/lib/modules/$m" || say "insmod $m failed"
 done
 PY=""
+KEEP=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         ebb.python=*) PY="${arg#ebb.python=}" ;;
         ebb.name=*) hostname "${arg#ebb.name=}" ;;
+        ebb.keep=/tmp/*) KEEP="${arg#ebb.keep=}" ;;
     esac
 done
 [ -n "$PY" ] || fail "no ebb.python= on the kernel command line"
 mkdir -p /host
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host \
     || fail "cannot mount the host root (9p tag hostroot)"
+# The guest gets its own /tmp; a checkout under the host's /tmp (ebb.keep) is
+# bound back through so the guest still sees the project it runs.
+mkdir -p /hosttmp
+mount --bind /host/tmp /hosttmp
 mount -t tmpfs -o mode=1777 tmpfs /host/tmp || fail "tmpfs /tmp"
+if [ -n "$KEEP" ]; then
+    mkdir -p "/host$KEEP"
+    mount --bind "/hosttmp${KEEP#/tmp}" "/host$KEEP" || fail "cannot bind $KEEP"
+fi
 mount -t tmpfs -o mode=755 tmpfs /host/run || fail "tmpfs /run"
 mount --bind /proc /host/proc
 mount --bind /sys /host/sys

@@ -50,3 +50,17 @@ def test_command_line_round_trips_to_the_guest(tmp_path: Path) -> None:
 def test_double_quotes_cannot_reach_the_command_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="double quotes"):
         _spec(tmp_path, run='sh -c "echo hi"').cmdline()
+
+
+def test_a_checkout_under_tmp_is_bound_back_into_the_guest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The guest's init mounts a tmpfs over /tmp: a checkout there would vanish.
+    from ebb.host.lab import domain, initramfs
+
+    monkeypatch.setattr(domain, "PROJECT_DIR", Path("/tmp/ci/main"))
+    assert "ebb.keep=/tmp/ci/main" in _spec(tmp_path).cmdline().split()
+    assert 'mount --bind "/hosttmp${KEEP#/tmp}" "/host$KEEP"' in initramfs.INIT_SCRIPT
+
+    monkeypatch.setattr(domain, "PROJECT_DIR", Path("/work/main"))
+    assert not any(w.startswith("ebb.keep=") for w in _spec(tmp_path).cmdline().split())
