@@ -15,6 +15,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from ebb.host.control import ControlClient, ControlError
+from ebb.host.fmt import duration
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -122,20 +123,6 @@ def _age(seconds: Any) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
 def format_status(status: Dict[str, Any], now: Optional[float] = None) -> str:
     """The human form of ``ebbctl status``."""
     now = time.time() if now is None else now
@@ -153,7 +140,7 @@ def format_status(status: Dict[str, Any], now: Optional[float] = None) -> str:
     last_ms = tick.get("last_duration_ms")
     lines.append(
         f"ebbd {daemon.get('version', '?')} pid {daemon.get('pid', '?')}, "
-        f"up {_duration(float(daemon.get('uptime_s') or 0))}, "
+        f"up {duration(daemon.get('uptime_s'))}, "
         f"tick {tick.get('count', 0)} every {tick.get('interval_s', '?')} s"
         + (f" (last took {float(last_ms):.0f} ms)" if last_ms is not None else "")
         + (f"  [{', '.join(flags)}]" if flags else "")

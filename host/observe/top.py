@@ -19,6 +19,7 @@ import time
 import tty
 from typing import Any, Callable, List, Mapping, Optional, TextIO
 
+from ebb.host.fmt import duration
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
@@ -54,20 +55,6 @@ def _num(value: Any, fmt: str = "{:.1f}") -> str:
     return fmt.format(value)
 
 
-def _duration(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)):
-        return "-"
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s"
-
-
 def _age(seconds: Any) -> str:
     if not isinstance(seconds, (int, float)):
         return ""
@@ -100,7 +87,7 @@ def _header(status: Status, width: int) -> Text:
     parts: List[Any] = [
         ("ebbd", "bold"),
         f" {daemon.get('version', '?')} pid {daemon.get('pid', '?')}"
-        f" up {_duration(daemon.get('uptime_s'))}"
+        f" up {duration(daemon.get('uptime_s'))}"
         f"  tick {tick.get('count', '?')} /{_num(tick.get('interval_s'))}s"
         f" {_num(tick.get('last_duration_ms'))}ms  ",
     ]
