@@ -8,13 +8,13 @@
 #
 # What happens: guests boot (ebb-agent in each); ebbd starts on them; one guest
 # runs memknobs (a memory-touching workload whose size changes over time); every
-# PHASE seconds the host is shrunk by reserving hugepages (as the MOM article's
-# evaluation did) and then given its memory back. Under pressure the balloons
+# PHASE seconds the host is shrunk by a ballast process that takes and locks
+# memory until only 15 % of it is freeable, and then given its memory back. Under pressure the balloons
 # inflate (the idle guest, with most unused memory and the biggest offer, gives
 # most) and KSM starts; without, they deflate and KSM stops.
 #
-# Everything is put back on exit, Ctrl-C or error: ebbd stopped, hugepages and
-# KSM settings as they were, the demo's guests and files removed.
+# Everything is put back on exit, Ctrl-C or error: ebbd stopped, the ballast
+# gone (it also dies with the demo), hugepages and KSM settings as they were, the demo's guests and files removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -134,13 +134,17 @@ $EBBCTL lab workload --prefix "$PREFIX" "$PREFIX-$GUESTS" --pattern "120M:40s,$(
 
 # Host pressure on and off, every PHASE seconds, in the background.
 pressure_loop() {
-    trap 'exit 0' TERM
+    local holder=""
+    trap '[ -n "$holder" ] && kill "$holder" 2>/dev/null; exit 0' TERM
     while true; do
-        sleep "$PHASE"
-        $PY -c 'from ebb.host.lab import hostmem; hostmem.squeeze(0.15, keep_free_mib=3072)'
-        echo "$(date +%T) host shrunk to 15% freeable memory (nr_hugepages $(cat /proc/sys/vm/nr_hugepages))" >> "$WORK/phases.log"
-        sleep "$PHASE"
-        echo "$ORIG_HUGEPAGES" > /proc/sys/vm/nr_hugepages
+        sleep "$PHASE" & wait $!
+        # Holds the memory until killed (and dies with this shell if it is killed).
+        $PY -m ebb.host.lab.hostmem hold 0.15 3072 2>> "$WORK/phases.log" &
+        holder=$!
+        echo "$(date +%T) host being shrunk to 15% freeable memory (ballast pid $holder)" >> "$WORK/phases.log"
+        sleep "$PHASE" & wait $!
+        kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null || true
+        holder=""
         echo "$(date +%T) host memory given back" >> "$WORK/phases.log"
     done
 }

@@ -140,8 +140,9 @@ class HostConfig:
 
     proc_root: Path = field(default=Path("/proc"), metadata=_rule(_absolute_path))
     sys_root: Path = field(default=Path("/sys"), metadata=_rule(_absolute_path))
-    #: Share of MemTotal: when freeable memory (MemFree+Buffers+Cached) crosses it,
-    #: the engine ticks at once instead of waiting for the next interval.
+    #: Share of host memory (MemTotal less hugepages): when freeable memory
+    #: (MemFree+Buffers+Cached) crosses it, the engine ticks at once instead of
+    #: waiting for the next interval.
     pressure_tick_threshold: float = field(default=0.20, metadata=_rule(_share))
 
 

@@ -40,6 +40,7 @@ from typing import Any, Deque, Protocol
 
 from ebb.host.channels import GuestChannelState
 from ebb.host.collectors import HostSample
+from ebb.host.collectors.procfs import freeable_share, parse_meminfo
 from ebb.host.controllers.balloon import APPLIED, DRY_RUN, FAILED, VM_GONE, BalloonResult
 from ebb.host.governor import Decision, Governor, GuestView
 from ebb.host.hypervisor import DomainInfo, guest_sample
@@ -192,7 +193,8 @@ class EngineSettings:
     history_len: int = 10
     #: Floor for VMs whose XML sets none (the governor enforces its own too).
     default_floor_kib: int = 256 * 1024
-    #: Share of MemTotal; freeable memory crossing it triggers a tick at once.
+    #: Share of host memory (MemTotal less hugepages); freeable memory crossing it
+    #: triggers a tick at once.
     pressure_threshold_share: float = 0.20
     #: How often host pressure is probed between ticks.
     pressure_check_s: float = 0.5
@@ -231,23 +233,15 @@ def _json_friendly(value: Any) -> Any:
 
 
 def read_freeable_share(proc_root: Path | str = "/proc") -> float | None:
-    """(MemFree + Buffers + Cached) / MemTotal from meminfo: the article's pressure measure.
+    """Freeable memory as a share of the host's (as the collector computes it).
 
     Cheap enough to probe twice a second between ticks; None when unreadable.
     """
-    wanted = {"MemTotal:": 0, "MemFree:": 0, "Buffers:": 0, "Cached:": 0}
     try:
-        with open(Path(proc_root) / "meminfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                parts = line.split()
-                if parts and parts[0] in wanted:
-                    wanted[parts[0]] = int(parts[1])
-    except (OSError, ValueError, IndexError):
+        text = (Path(proc_root) / "meminfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
         return None
-    total = wanted["MemTotal:"]
-    if total <= 0:
-        return None
-    return (wanted["MemFree:"] + wanted["Buffers:"] + wanted["Cached:"]) / total
+    return freeable_share(parse_meminfo(text))
 
 
 class Engine:

@@ -8,8 +8,10 @@ returns a :class:`HostSample`: the policy's host fields (names as in
 
 Semantics worth knowing (docs/policy.md has the table):
 
-- ``mem_available`` is MemTotal and ``mem_free`` is MemFree+Buffers+Cached, as in
-  MOM (the kernel's own MemAvailable is ``HostSample.mem_available_kib``).
+- ``mem_available`` is MemTotal less reserved hugepages (MOM uses MemTotal, which
+  counts them), and ``mem_free`` is MemFree+Buffers+Cached, as in MOM (the
+  kernel's own MemAvailable is ``HostSample.mem_available_kib``). The pressure
+  share is freeable memory over that total.
 - ``swap_in``/``swap_out`` are cumulative pages (pswpin/pswpout); policies that
   want activity use ``swap_in_rate``/``swap_out_rate`` (pages/s over the last
   interval, measured with the host's monotonic clock; 0 on the first sample).
@@ -32,6 +34,8 @@ from typing import Any
 
 from ebb.host.collectors.procfs import (
     clock_ticks_per_s,
+    host_memory_kib,
+    hugetlb_kib,
     parse_meminfo,
     parse_pressure,
     parse_stat_cpu_ticks,
@@ -56,6 +60,7 @@ class HostSample:
     taken_at: float
     #: Policy host fields (KiB unless the field table says otherwise); None = unavailable.
     fields: dict[str, Any]
+    #: MemTotal less reserved hugepages (see :func:`host_memory_kib`).
     mem_total_kib: int
     mem_free_kib: int
     #: MemFree + Buffers + Cached (the article's "freeable" memory).
@@ -70,16 +75,19 @@ class HostSample:
     psi_full_avg10: float | None
     #: The KSM files that exist, by file name (run, pages_to_scan, ...); empty without KSM.
     ksm: dict[str, int] = field(default_factory=dict)
+    #: Memory reserved as hugepages (already left out of ``mem_total_kib``).
+    hugetlb_kib: int = 0
 
     @property
     def freeable_share(self) -> float:
-        """Freeable memory as a share of MemTotal (the article's pressure measure)."""
+        """Freeable memory as a share of the host's memory (the article's pressure measure)."""
         return self.freeable_kib / self.mem_total_kib if self.mem_total_kib else 0.0
 
     def status_dict(self) -> dict[str, Any]:
         """The ``host`` object of ``ebbctl status --json`` (shared/contracts)."""
         return {
             "mem_total_kib": self.mem_total_kib,
+            "hugetlb_kib": self.hugetlb_kib,
             "mem_free_kib": self.mem_free_kib,
             "freeable_kib": self.freeable_kib,
             "mem_available_kib": self.mem_available_kib,
@@ -146,7 +154,7 @@ class HostCollector:
         ksmd_cpu = self._ksmd_cpu_usage(interval_s) if ksm else None
         self._previous_at = now
 
-        mem_total = meminfo.get("MemTotal", 0)
+        mem_total = host_memory_kib(meminfo)
         mem_free = meminfo.get("MemFree", 0)
         freeable = mem_free + meminfo.get("Buffers", 0) + meminfo.get("Cached", 0)
         swap_total = meminfo.get("SwapTotal", 0)
@@ -193,6 +201,7 @@ class HostCollector:
             psi_some_avg10=psi_some,
             psi_full_avg10=psi_full,
             ksm=ksm,
+            hugetlb_kib=hugetlb_kib(meminfo),
         )
 
     def qemu_rss_kib(self, pid: int) -> int | None:

@@ -44,6 +44,35 @@ def parse_meminfo(text: str) -> dict[str, int]:
     return values
 
 
+def hugetlb_kib(meminfo: dict[str, int]) -> int:
+    """Memory reserved as hugepages, KiB: the ``Hugetlb`` line (every page size, kernels
+    5.x and later) or else ``HugePages_Total`` x ``Hugepagesize``."""
+    if "Hugetlb" in meminfo:
+        return max(0, meminfo["Hugetlb"])
+    return max(0, meminfo.get("HugePages_Total", 0) * meminfo.get("Hugepagesize", 0))
+
+
+def host_memory_kib(meminfo: dict[str, int]) -> int:
+    """The host's memory as ebb counts it: MemTotal without reserved hugepages.
+
+    Hugepages, once reserved, are neither free nor freeable for anything that is
+    not hugepage-backed, and a balloon cannot return them: counting them would make
+    a host that reserves most of its memory look comfortable (or, as a share, under
+    pressure forever).
+    """
+    return max(0, meminfo.get("MemTotal", 0) - hugetlb_kib(meminfo))
+
+
+def freeable_share(meminfo: dict[str, int]) -> float | None:
+    """(MemFree + Buffers + Cached) / :func:`host_memory_kib`: the article's pressure
+    measure; None when the total is unknown."""
+    total = host_memory_kib(meminfo)
+    if total <= 0:
+        return None
+    freeable = meminfo.get("MemFree", 0) + meminfo.get("Buffers", 0) + meminfo.get("Cached", 0)
+    return freeable / total
+
+
 def parse_vmstat(text: str) -> dict[str, int]:
     """``/proc/vmstat`` -> {counter: value}."""
     values: dict[str, int] = {}

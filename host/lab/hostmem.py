@@ -1,10 +1,19 @@
-"""Making the host short of memory, and putting it back: hugepages, KSM, swap.
+"""Making the host short of memory, and putting it back: ballast, hugepages, KSM, swap.
 
-The MOM article shrank its host by reserving hugepages; the lab does the same
-(``/proc/sys/vm/nr_hugepages``: each 2 MiB page reserved leaves MemFree at
-once). Everything here is undone by :meth:`HostSnapshot.restore`, which the
-end-to-end tests and ``dev/demo.sh`` call on every exit path, so no run leaves
-the host smaller, with KSM retuned or with extra swap.
+Two ways to shrink the host:
+
+- A :class:`Ballast`: memory this process allocates and locks. The host (and
+  ebbd, which counts the host as MemTotal less reserved hugepages) sees it as
+  used, so freeable memory falls as it grows. It is freed when the process ends,
+  however it ends. The end-to-end tests and ``dev/demo.sh`` use it, through
+  :func:`squeeze` (``python -m ebb.host.lab.hostmem hold SHARE`` from a shell).
+- Hugepages (``/proc/sys/vm/nr_hugepages``), as the MOM article shrank its host:
+  the reserved pages leave the host's memory altogether, so the host is simply
+  smaller. The benchmark (``bench/overcommit/hostctl.py``) does this.
+
+Everything else is undone by :meth:`HostSnapshot.restore`, which the end-to-end
+tests and ``dev/demo.sh`` call on every exit path, so no run leaves the host
+smaller, with KSM retuned or with extra swap.
 
 Hugepages, swap and KSM are host-wide, so every harness that changes them
 (the e2e tests, ``dev/demo.sh``, the benchmark's ``bench/overcommit/hostctl.py``)
@@ -16,21 +25,29 @@ whoever waits can say who it waits for.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import logging
+import mmap
 import os
+import signal
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
+from ebb.host.collectors.procfs import freeable_share, host_memory_kib
 from ebb.host.lab.errors import LabError
 
 LOG = logging.getLogger(__name__)
 
 HUGEPAGE_KIB = 2048
+PR_SET_PDEATHSIG = 1
 KSM_SETTINGS = ("run", "pages_to_scan", "sleep_millisecs")
 
 #: The lock every harness that changes hugepages, swap or KSM holds for its whole run
@@ -143,6 +160,13 @@ def freeable_kib(info: Dict[str, int]) -> int:
     return info.get("MemFree", 0) + info.get("Buffers", 0) + info.get("Cached", 0)
 
 
+def host_share(paths: Optional[HostPaths] = None) -> float:
+    """Freeable memory as a share of the host's, exactly as ebbd computes it."""
+    paths = paths or HostPaths()
+    share = freeable_share(meminfo_kib(paths))
+    return 1.0 if share is None else share
+
+
 def ksm_values(paths: Optional[HostPaths] = None) -> Dict[str, int]:
     """Every readable integer of ``/sys/kernel/mm/ksm``."""
     paths = paths or HostPaths()
@@ -245,35 +269,112 @@ class HostSnapshot:
         subprocess.run(["swapon", str(path)], check=True)
 
 
-def squeeze(target_freeable_share: float, keep_free_mib: int = 3072,
-            paths: Optional[HostPaths] = None, settle_s: float = 1.0) -> int:
-    """Reserve hugepages until freeable memory is about ``target_freeable_share`` of total.
+class Ballast:
+    """Memory held and locked by this process, to make the host short of memory.
 
-    Never leaves less than ``keep_free_mib`` freeable (other work on the host
-    needs memory too). Adds to hugepages already reserved. Returns the new
-    ``nr_hugepages``. Reserving can fall short (fragmentation): the caller
-    checks :func:`freeable_kib` if it must be exact.
+    Grown and shrunk in chunks of ``chunk_kib`` (each its own mapping, so shrinking
+    gives memory back at once); locked with ``mlock`` so the host cannot swap it
+    out (without the privilege to lock, every page is written instead, and a host
+    with swap may page it out). Released by :meth:`release`, on ``with`` exit, and
+    by the kernel when the process ends in any way.
+    """
+
+    def __init__(self, chunk_kib: int = 64 * 1024) -> None:
+        self.chunk_bytes = chunk_kib * 1024
+        self._chunks: List[int] = []
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self._libc.mmap.restype = ctypes.c_void_p
+        self._libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                                    ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        self._libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self._libc.mlock.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self._libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self._warned_unlocked = False
+
+    @property
+    def kib(self) -> int:
+        return len(self._chunks) * self.chunk_bytes // 1024
+
+    def resize(self, kib: int) -> int:
+        """Hold about ``kib`` (rounded down to whole chunks); return what is held."""
+        wanted = max(0, kib) * 1024 // self.chunk_bytes
+        while len(self._chunks) > wanted:
+            self._libc.munmap(self._chunks.pop(), self.chunk_bytes)
+        while len(self._chunks) < wanted:
+            self._chunks.append(self._new_chunk())
+        return self.kib
+
+    def release(self) -> None:
+        self.resize(0)
+
+    def __enter__(self) -> Ballast:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _new_chunk(self) -> int:
+        addr = self._libc.mmap(None, self.chunk_bytes, mmap.PROT_READ | mmap.PROT_WRITE,
+                               mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            err = ctypes.get_errno()
+            raise LabError(f"cannot allocate {self.chunk_bytes >> 20} MiB of ballast: "
+                           f"{os.strerror(err)} (held so far: {self.kib // 1024} MiB)")
+        # Transparent hugepages where allowed: about 3x faster to fill than 4 KiB pages.
+        self._libc.madvise(addr, self.chunk_bytes, getattr(mmap, "MADV_HUGEPAGE", 14))
+        if self._libc.mlock(addr, self.chunk_bytes) != 0:
+            if not self._warned_unlocked:
+                LOG.warning("cannot lock ballast memory (%s): writing it instead; the host "
+                            "may swap it out", os.strerror(ctypes.get_errno()))
+                self._warned_unlocked = True
+            ctypes.memset(addr, 1, self.chunk_bytes)
+        return int(addr)
+
+
+def squeeze(target_freeable_share: float, ballast: Ballast, keep_free_mib: int = 3072,
+            paths: Optional[HostPaths] = None, settle_s: float = 0.5) -> int:
+    """Grow or shrink ``ballast`` until freeable memory is about ``target_freeable_share``
+    of the host's memory (MemTotal less reserved hugepages, as ebbd counts it).
+
+    Never leaves less than ``keep_free_mib`` freeable (other work on the host needs
+    memory too). Returns the ballast's size in KiB; the caller checks
+    :func:`host_share` if the share must be reached.
     """
     paths = paths or HostPaths()
-    info = meminfo_kib(paths)
-    total = info["MemTotal"]
+    total = host_memory_kib(meminfo_kib(paths))
     target_kib = max(int(total * target_freeable_share), keep_free_mib * 1024)
-    current = int(paths.nr_hugepages.read_text().split()[0])
-    for _attempt in range(3):
+    for _attempt in range(4):
         excess_kib = freeable_kib(meminfo_kib(paths)) - target_kib
-        if abs(excess_kib) < 64 * 1024:
+        if abs(excess_kib) < ballast.chunk_bytes // 1024:
             break
-        wanted = max(0, current + excess_kib // HUGEPAGE_KIB)
-        current = set_hugepages(wanted, paths)
+        ballast.resize(ballast.kib + excess_kib)
         time.sleep(settle_s)
-    return current
+    return ballast.kib
+
+
+def hold(share: float, keep_free_mib: int = 3072) -> int:
+    """Squeeze the host to ``share`` and hold it until SIGTERM or SIGINT (for shells)."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    # Die with the parent (a demo script killed hard must not leave the memory held).
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:
+        return 0
+    with Ballast() as ballast:
+        held = squeeze(share, ballast, keep_free_mib=keep_free_mib)
+        print(f"holding {held // 1024} MiB: freeable memory is {host_share():.0%} of the "
+              f"host's", file=sys.stderr, flush=True)
+        stop.wait()
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m ebb.host.lab.hostmem save`` prints the host's settings as JSON;
-    ``... restore JSON`` puts them back (a shell script's safety net)."""
+    ``... restore JSON`` puts them back (a shell script's safety net); ``... hold
+    SHARE`` squeezes the host with a ballast until it is stopped."""
     import json
-    import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["save"]:
@@ -281,6 +382,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps({"nr_hugepages": snap.nr_hugepages, "ksm": snap.ksm,
                           "swaps": snap.swaps}))
         return 0
+    if args[:1] == ["hold"] and len(args) in (2, 3):
+        return hold(float(args[1]), int(args[2]) if len(args) == 3 else 3072)
     if args[:1] == ["restore"] and len(args) == 2:
         saved = json.loads(args[1])
         snap = HostSnapshot(nr_hugepages=saved["nr_hugepages"], ksm=saved["ksm"],
@@ -288,7 +391,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for change in snap.restore():
             print(f"host put back: {change}", file=sys.stderr)
         return 0
-    print("usage: python -m ebb.host.lab.hostmem save | restore JSON", file=sys.stderr)
+    print("usage: python -m ebb.host.lab.hostmem save | restore JSON | "
+          "hold SHARE [KEEP_FREE_MIB]", file=sys.stderr)
     return 2
 
 

@@ -60,7 +60,8 @@ def _bytes(kib: Any) -> Optional[float]:
 
 # (metric name, help, path into the status document, converter)
 _HOST_GAUGES: Tuple[Tuple[str, str, Tuple[str, ...], Callable[[Any], Optional[float]]], ...] = (
-    ("ebb_host_memory_total_bytes", "Host MemTotal.", ("mem_total_kib",), _bytes),
+    ("ebb_host_memory_total_bytes", "Host memory: MemTotal less reserved hugepages.",
+     ("mem_total_kib",), _bytes),
     ("ebb_host_memory_free_bytes", "Host MemFree.", ("mem_free_kib",), _bytes),
     ("ebb_host_memory_freeable_bytes", "Host MemFree+Buffers+Cached (the article's "
      "freeable memory).", ("freeable_kib",), _bytes),

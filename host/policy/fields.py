@@ -18,7 +18,7 @@ from typing import Dict, FrozenSet
 #: Host sample fields: name -> description (KiB unless stated).
 HOST_FIELDS: Dict[str, str] = {
     # MOM names
-    "mem_available": "MemTotal of the host",
+    "mem_available": "MemTotal of the host less reserved hugepages",
     "mem_unused": "MemFree",
     "mem_free": "freeable memory: MemFree + Buffers + Cached",
     "swap_in": "pages swapped in (cumulative, /proc/vmstat pswpin)",

@@ -36,10 +36,11 @@ from e2e_support import (
     Ebbd,
     Guest,
     _say,
+    host_memory_kib,
     host_share,
     record,
+    release_host,
     require_host,
-    stop_pressure_keeper,
 )
 from ebb.host.lab import hostmem
 from ebb.host.lab.errors import LabError
@@ -108,7 +109,7 @@ def host(host_snapshot: hostmem.HostSnapshot) -> Iterator[hostmem.HostSnapshot]:
     """A snapshot of the host restored after this test (hugepages, KSM, swap)."""
     snapshot = hostmem.HostSnapshot.take()
     yield snapshot
-    stop_pressure_keeper()
+    release_host(snapshot)
     snapshot.restore()
 
 
@@ -124,7 +125,7 @@ def guests(lab: Lab, host: hostmem.HostSnapshot) -> Iterator[List[Guest]]:
             info = hostmem.meminfo_kib()
             pytest.fail(
                 f"the host is already short of memory before the test: freeable "
-                f"{host_share():.0%} of {info['MemTotal'] // 1024} MiB, nr_hugepages "
+                f"{host_share():.0%} of {host_memory_kib() // 1024} MiB, nr_hugepages "
                 f"{info.get('HugePages_Total')} (something else on this machine is "
                 f"shrinking it); waited {QUIET_HOST_WAIT_S:.0f} s", pytrace=False)
         time.sleep(5)

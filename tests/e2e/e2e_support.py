@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 import pytest
+from ebb.host.collectors import procfs
 from ebb.host.lab import hostmem
 from ebb.host.lab.errors import LabError
 from ebb.host.lab.guestcmd import CommandResult, GuestShell
@@ -278,49 +279,61 @@ def fresh(vm: Dict[str, Any], max_age_s: float = 5.0) -> bool:
 
 # -- host pressure ---------------------------------------------------------------------
 def host_share() -> float:
-    """Freeable memory (MemFree + Buffers + Cached) as a share of MemTotal."""
-    info = hostmem.meminfo_kib()
-    return hostmem.freeable_kib(info) / info["MemTotal"]
+    """Freeable memory as a share of the host's memory, as ebbd computes it."""
+    return hostmem.host_share()
+
+
+def host_memory_kib() -> int:
+    """The host's memory as ebbd counts it (MemTotal less reserved hugepages)."""
+    return procfs.host_memory_kib(hostmem.meminfo_kib())
+
+
+_ballast: Optional[hostmem.Ballast] = None
 
 
 def squeeze_host(share: float, snapshot: hostmem.HostSnapshot) -> float:
-    """Reserve hugepages until freeable memory is ``share`` of the host; return the share.
+    """Take memory (a locked ballast in this process) until freeable memory is ``share``
+    of the host; return the share reached.
 
-    Fails the test when the host cannot be shrunk under the policy's 20 % (too
-    little memory to leave ~3 GiB free, or hugepages refused).
+    Fails the test when the host cannot be brought under the policy's 20 % while
+    keeping ~3 GiB free.
     """
-    hostmem.squeeze(share, keep_free_mib=KEEP_FREE_MIB)
+    global _ballast, _keeper
+    stop_pressure_keeper()
+    if _ballast is None:
+        _ballast = hostmem.Ballast()
+    hostmem.squeeze(share, _ballast, keep_free_mib=KEEP_FREE_MIB)
     reached = host_share()
     if reached >= POLICY_THRESHOLD:
-        info = hostmem.meminfo_kib()
-        snapshot.restore()
+        held_mib = _ballast.kib // 1024
+        release_host(snapshot)
         pytest.fail(
             f"could not bring freeable memory under {POLICY_THRESHOLD:.0%} of "
-            f"{info['MemTotal'] // 1024} MiB while keeping {KEEP_FREE_MIB} MiB free "
-            f"(reached {reached:.1%}, nr_hugepages {info.get('HugePages_Total')})",
+            f"{host_memory_kib() // 1024} MiB while keeping {KEEP_FREE_MIB} MiB free "
+            f"(reached {reached:.1%} holding {held_mib} MiB of ballast)",
             pytrace=False,
         )
-    global _keeper
-    stop_pressure_keeper()
-    _keeper = _PressureKeeper(share)
+    _keeper = _PressureKeeper(share, _ballast)
     _keeper.start()
     return reached
 
 
 class _PressureKeeper(threading.Thread):
-    """Keeps the host squeezed: other work on a shared machine may release hugepages
-    (``nr_hugepages`` is host-wide), which would end the pressure mid-test."""
+    """Keeps the host squeezed: memory freed elsewhere on the host (other work ending,
+    page cache dropped) would otherwise end the pressure mid-test."""
 
-    def __init__(self, share: float) -> None:
+    def __init__(self, share: float, ballast: hostmem.Ballast) -> None:
         super().__init__(name="pressure-keeper", daemon=True)
         self.share = share
+        self.ballast = ballast
         self.stop_event = threading.Event()
         self.resqueezed = 0
 
     def run(self) -> None:
         while not self.stop_event.wait(1.0):
             if host_share() >= POLICY_THRESHOLD:
-                hostmem.squeeze(self.share, keep_free_mib=KEEP_FREE_MIB, settle_s=0.2)
+                hostmem.squeeze(self.share, self.ballast, keep_free_mib=KEEP_FREE_MIB,
+                                settle_s=0.2)
                 self.resqueezed += 1
 
 
@@ -336,8 +349,10 @@ def stop_pressure_keeper() -> None:
 
 
 def release_host(snapshot: hostmem.HostSnapshot) -> None:
-    """End the pressure: hugepages back to what they were before the test."""
+    """End the pressure: the ballast freed, hugepages back to what they were."""
     stop_pressure_keeper()
+    if _ballast is not None:
+        _ballast.release()
     hostmem.set_hugepages(snapshot.nr_hugepages)
 
 

@@ -9,6 +9,7 @@ import pytest
 from e2e_support import (
     POLICY_THRESHOLD,
     Guest,
+    host_memory_kib,
     host_share,
     record,
     release_host,
@@ -16,7 +17,6 @@ from e2e_support import (
     wait_agents,
     wait_for,
 )
-from ebb.host.lab import hostmem
 
 pytestmark = pytest.mark.e2e
 
@@ -122,8 +122,7 @@ def test_offers_are_taken_first_and_needs_met_at_once(
              last=lambda: [ebbd.vm(g.name).get("offer_kib") for g in guests])
 
     # A deficit (250 MiB under the threshold) that the ~340 MiB offer covers.
-    total_kib = hostmem.meminfo_kib()["MemTotal"]
-    squeeze_host(POLICY_THRESHOLD - 250 * MIB / total_kib, host)
+    squeeze_host(POLICY_THRESHOLD - 250 * MIB / host_memory_kib(), host)
     wait_for(lambda: _given(offering) >= 64 * MIB, 60,
              "the offering guest to give 64 MiB",
              last=lambda: {g.name: g.actual_kib() for g in guests})

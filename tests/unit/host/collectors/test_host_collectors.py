@@ -96,7 +96,7 @@ def tree(tmp_path: Path) -> Tree:
 def test_fields_follow_mom_semantics(tree: Tree) -> None:
     sample = HostCollector(tree.proc, tree.sys).collect(vm_assigned_kib=4_000_000)
     f = sample.fields
-    assert f["mem_available"] == 16384000  # MemTotal, as MOM
+    assert f["mem_available"] == 16384000  # MemTotal (no hugepages reserved here)
     assert f["mem_unused"] == 4000000  # MemFree
     assert f["mem_free"] == 4000000 + 100000 + 2000000  # MemFree + Buffers + Cached
     assert f["anon_pages"] == 6000000
@@ -174,6 +174,7 @@ def test_status_dict_has_the_contract_keys(tree: Tree) -> None:
     status = HostCollector(tree.proc, tree.sys).collect().status_dict()
     assert status == {
         "mem_total_kib": 16384000,
+        "hugetlb_kib": 0,
         "mem_free_kib": 4000000,
         "freeable_kib": 6100000,
         "mem_available_kib": 9000000,
@@ -205,3 +206,33 @@ def test_qemu_rss_from_statm(tree: Tree) -> None:
     assert qemu_rss_kib(4242, tree.proc) == 25000 * page_kib
     assert HostCollector(tree.proc, tree.sys).qemu_rss_kib(4242) == 25000 * page_kib
     assert qemu_rss_kib(4243, tree.proc) is None
+
+
+def test_reserved_hugepages_are_not_host_memory(tree: Tree) -> None:
+    """Hugepages reserved on the host cannot hold a ballooned guest's memory, and a
+    balloon cannot give them back: the host's total and pressure leave them out."""
+    tree.write("meminfo", MEMINFO.replace("HugePages_Total:       0",
+                                          "HugePages_Total:    5000"))
+    sample = HostCollector(tree.proc, tree.sys).collect()
+    usable = 16384000 - 5000 * 2048
+    assert sample.fields["mem_available"] == usable
+    assert sample.hugetlb_kib == 5000 * 2048
+    assert sample.freeable_share == pytest.approx(6100000 / usable)
+    assert sample.status_dict()["hugetlb_kib"] == 5000 * 2048
+
+
+def test_hugetlb_line_counts_pages_of_every_size(tree: Tree) -> None:
+    # Kernels from 5.x add "Hugetlb:" (all sizes, KiB); it wins over the default-size count.
+    tree.write("meminfo", MEMINFO.replace("HugePages_Total:       0",
+                                          "HugePages_Total:    1000\nHugetlb:     3096576 kB"))
+    sample = HostCollector(tree.proc, tree.sys).collect()
+    assert sample.fields["mem_available"] == 16384000 - 3096576
+
+
+def test_pressure_probe_agrees_with_the_collector(tree: Tree) -> None:
+    from ebb.host.engine import read_freeable_share
+
+    tree.write("meminfo", MEMINFO.replace("HugePages_Total:       0",
+                                          "HugePages_Total:    5000"))
+    sample = HostCollector(tree.proc, tree.sys).collect()
+    assert read_freeable_share(tree.proc) == pytest.approx(sample.freeable_share)

@@ -105,3 +105,46 @@ def test_the_lock_fails_early_when_it_cannot_be_opened(tmp_path: Path) -> None:
     lock = hostmem.host_memory_lock("x", path=tmp_path / "missing" / "lock", timeout_s=0.0)
     with pytest.raises(LabError, match="cannot open the host-memory lock"), lock:
         pass
+
+
+# -------------------------------------------------------------- squeezing ----
+
+
+class _MeminfoBallast:
+    """A ballast whose size the fixture meminfo reflects (MemFree falls as it grows)."""
+
+    chunk_bytes = 1024 * 1024
+
+    def __init__(self, paths: hostmem.HostPaths, free_kib: int, extra: str = "") -> None:
+        self.paths, self.free_kib, self.extra, self.kib = paths, free_kib, extra, 0
+        self.resize(0)
+
+    def resize(self, kib: int) -> int:
+        self.kib = max(0, kib) // 1024 * 1024
+        (self.paths.proc / "meminfo").write_text(
+            f"MemTotal: 8388608 kB\nMemFree: {self.free_kib - self.kib} kB\n"
+            f"Buffers: 0 kB\nCached: 0 kB\n{self.extra}")
+        return self.kib
+
+
+def test_squeeze_reaches_the_share_ebbd_sees(tmp_path: Path) -> None:
+    paths = _tree(tmp_path)
+    # 8 GiB, 4 GiB of it reserved as hugepages: ebbd counts 4 GiB of host memory.
+    ballast = _MeminfoBallast(paths, free_kib=3 * 1024 * 1024,
+                              extra="HugePages_Total: 2048\nHugepagesize: 2048 kB\n")
+    hostmem.squeeze(0.15, ballast, keep_free_mib=100, paths=paths, settle_s=0)  # type: ignore[arg-type]
+    assert hostmem.host_share(paths) == pytest.approx(0.15, abs=0.01)
+
+
+def test_squeeze_keeps_memory_free_for_the_host(tmp_path: Path) -> None:
+    paths = _tree(tmp_path)
+    ballast = _MeminfoBallast(paths, free_kib=6 * 1024 * 1024)
+    hostmem.squeeze(0.01, ballast, keep_free_mib=2048, paths=paths, settle_s=0)  # type: ignore[arg-type]
+    assert hostmem.freeable_kib(hostmem.meminfo_kib(paths)) >= 2048 * 1024
+
+
+def test_ballast_grows_shrinks_and_releases() -> None:
+    with hostmem.Ballast(chunk_kib=1024) as ballast:
+        assert ballast.resize(3 * 1024 + 500) == 3 * 1024  # whole chunks
+        assert ballast.resize(1024) == 1024
+    assert ballast.kib == 0
