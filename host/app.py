@@ -477,7 +477,7 @@ class Daemon:
         floor_kib = None if floor_mib is None else int(floor_mib * 1024)
         self.engine.set_floor(vm, floor_kib)
         return {"vm": vm, "floor_kib": floor_kib,
-                "note": "until ebbd restarts; set floor-mib in the VM's <ebb:vm> to keep it"}
+                "note": "until ebbd restarts; set floor_mib in the VM's <ebb:vm> to keep it"}
 
     def metrics(self) -> str:
         if self.c.observability is None:

@@ -188,7 +188,7 @@ class GuestsConfig:
 class GovernorSection:
     """``[governor]``: the safety limits no policy can bypass."""
 
-    #: Floor for a VM whose XML sets none (``<ebb:vm floor-mib=...>`` or min_guarantee).
+    #: Floor for a VM whose XML sets none (``<ebb:vm floor_mib=...>`` or min_guarantee).
     default_floor_mib: int = field(default=512, metadata=_rule(_non_negative))
     #: Largest balloon inflation (memory taken) per tick, as a share of the VM's maximum memory.
     max_change_share: float = field(default=0.10, metadata=_rule(_share))

@@ -26,8 +26,10 @@ HEADER = """\
 #
 # Every key is optional: the values shown (commented out) are the defaults, so
 # this file as shipped changes nothing. Uncomment a line to change it, then
-# `systemctl restart ebbd`. docs/configuration.md describes each key; ebbd
-# refuses to start with a clear message when a key or value is wrong.
+# `systemctl reload ebbd` (or `ebbctl reload`); the few keys that need a restart
+# say so in docs/configuration.md and ebbd.toml(5). ebbd refuses to start with a
+# clear message when a key or value is wrong, and a reload with one keeps the
+# running configuration.
 #
 # (Made from ebb.host.config by packaging/make_ebbd_toml.py when the package
 # was built.)

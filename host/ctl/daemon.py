@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="set a VM's floor (MiB it always keeps) until ebbd restarts",
         description="Override VM's floor: the governor never leaves it with less than MIB "
         "MiB. 'default' removes the override. Lasts until ebbd restarts; to keep it, set "
-        "floor-mib in the VM's <ebb:vm> metadata (docs/vm-xml.md).",
+        "floor_mib in the VM's <ebb:vm> metadata (docs/vm-xml.md).",
     )
     floor.add_argument("vm", metavar="VM", help="domain name")
     floor.add_argument("mib", metavar="MIB", help="floor in MiB, or 'default'")
