@@ -203,6 +203,10 @@ def test_debs_split_host_and_guest_code(debs: Dict[str, Path]) -> None:
 
     assert "usr/bin/ebb-agent" in files["ebb-guest"]
     assert {"usr/bin/ebbd", "usr/bin/ebbctl"} <= set(files["ebb-host"])
+    # `man ebbd` works wherever the command is installed.
+    assert "usr/share/man/man8/ebb-agent.8.gz" in files["ebb-guest"]
+    assert {"usr/share/man/man8/ebbd.8.gz", "usr/share/man/man8/ebbctl.8.gz",
+            "usr/share/man/man5/ebbd.toml.5.gz"} <= set(files["ebb-host"])
     for name, system_files in DEB_SYSTEM_FILES.items():
         for other, other_files in files.items():
             for path in system_files:
@@ -275,6 +279,7 @@ def test_lintian_reports_no_errors(debs: Dict[str, Path]) -> None:
     )  # fmt: skip
     errors = [line for line in proc.stdout.splitlines() if line.startswith("E:")]
     assert errors == [], proc.stdout
+    assert "no-manual-page" not in proc.stdout, proc.stdout
     print("\nlintian:\n" + proc.stdout)
 
 
@@ -289,6 +294,8 @@ def test_rpms_split_and_ship_the_same_units(rpms: Dict[str, Path], tmp_path: Pat
     }
     assert "/usr/bin/ebb-agent" in listing["ebb-guest"]
     assert "/usr/bin/ebbd" in listing["ebb-host"]
+    assert any(p.startswith("/usr/share/man/man8/ebb-agent.8") for p in listing["ebb-guest"])
+    assert any(p.startswith("/usr/share/man/man8/ebbd.8") for p in listing["ebb-host"])
     for path in listing["ebb-guest"]:
         assert "/ebb/host/" not in path and "ebbd" not in path, path
     for path in listing["ebb-host"]:
