@@ -8,13 +8,14 @@
 #
 # What happens: guests boot (ebb-agent in each); ebbd starts on them; one guest
 # runs memknobs (a memory-touching workload whose size changes over time); every
-# PHASE seconds the host is shrunk by a ballast process that takes and locks
-# memory until only 15 % of it is freeable, and then given its memory back. Under pressure the balloons
-# inflate (the idle guest, with most unused memory and the biggest offer, gives
-# most) and KSM starts; without, they deflate and KSM stops.
+# PHASE seconds a ballast process takes and locks host memory until only 15 % of
+# it is freeable, and then gives it back. Under pressure the balloons inflate
+# (the idle guest, with most unused memory and the biggest offer, gives most)
+# and KSM starts; without, they deflate and KSM stops.
 #
 # Everything is put back on exit, Ctrl-C or error: ebbd stopped, the ballast
-# gone (it also dies with the demo), hugepages and KSM settings as they were, the demo's guests and files removed.
+# gone (it also dies with the demo), hugepages and KSM settings as they were,
+# the demo's guests and files removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
