@@ -113,3 +113,16 @@ def test_under_pressure_a_small_need_takes_no_more_than_the_deficit() -> None:
     taken = 2 * GiB - (targets["idle"] or 2 * GiB)
     deficit = int(0.20 * HOST_16G) - int(0.15 * HOST_16G)
     assert taken == pytest.approx(deficit, abs=MiB)
+
+
+def test_a_need_served_over_several_ticks_counts_what_was_given_once() -> None:
+    # The balloon takes a few seconds to reach a new target; meanwhile the guest still
+    # reports its need and the policy gives again from where the balloon is. What is
+    # protected afterwards is what the guest got (256 MiB), not the sum of the targets.
+    runner = PolicyRunner(load_policy_dir(policy_dir("cooperative")))
+    first = runner.evaluate(_state(need=256 * MiB, offer=0)).proposed_targets()["vm1"]
+    again = runner.evaluate(_state(need=256 * MiB, offer=0)).proposed_targets()["vm1"]
+    assert first == again == 2 * GiB + 256 * MiB
+    served = 2 * GiB + 256 * MiB
+    target = runner.evaluate(_state(need=0, offer=400 * MiB, cur=served)).proposed_targets()
+    assert target["vm1"] == served - (400 - 256) * MiB
