@@ -351,8 +351,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         el = time.monotonic() - started
         print(f"[{el / 60:5.1f} min] {message}", flush=True)
 
+    holding = False  # the host-memory lock; until then the guests are not ours to remove
     try:
         with HostMemory(lock_timeout_s=args.lock_timeout, progress=say) as host:
+            holding = True
             host.add_swap(max(s.host_swap_mib for n, s in scen.items() if n in plan))
             for name, configs in plan.items():
                 scenario = scen[name]
@@ -388,12 +390,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"eval_ebb: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if not holding:
+            say("interrupted while waiting for the host: nothing was changed")
+            return 130
         say("interrupted: host put back, guests removed; partial results written")
         _write(results, results_dir)
         return 130
     finally:
-        for scenario in scen.values():
-            harness._down(scenario.prefix)
+        # Another run that holds the lock may be booting guests of the same names.
+        if holding:
+            for scenario in scen.values():
+                harness._down(scenario.prefix)
     results["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC")
     results["targets"] = targets(results["summary"])
