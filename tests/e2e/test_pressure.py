@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
@@ -93,6 +95,22 @@ def _need_seen(ebbd, name: str) -> Optional[Dict[str, Any]]:
     return None
 
 
+def _tick_at(trace: Path, ts: float) -> Optional[Dict[str, Any]]:
+    """The record of the tick at ``ts`` in ebbd's trace, once written."""
+    try:
+        lines = trace.read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if abs(record.get("ts", 0) - ts) < 1e-6:
+            return dict(record)
+    return None
+
+
 def _settled_actual_kib(guest: Guest, still_s: float = 3.0, timeout_s: float = 60.0) -> int:
     """The guest's balloon once it has not moved for ``still_s`` seconds."""
     seen: List[int] = []
@@ -153,9 +171,16 @@ def test_offers_are_taken_first_and_needs_met_at_once(
 
     action = wait_for(deflated, 30, f"ebbd to deflate {offering.name}'s balloon",
                       interval_s=0.2, last=lambda: ebbd.vm(offering.name))
-    delay_s = action["at"] - report_at
-    record("need_report_to_deflate_s", round(delay_s, 2))
-    assert delay_s <= 1.0, f"deflated {delay_s:.2f} s after the need was reported"
+    # "At once" means on the tick the need report itself triggers, not on the next
+    # regular tick. (How long that takes is a figure, recorded, not asserted: the
+    # first report may ask for less than a balloon step and a larger one follow.)
+    tick = wait_for(lambda: _tick_at(ebbd.trace, action["at"]), 10,
+                    "the deflating tick in ebbd's trace")
+    record("need_report_to_deflate_s", round(action["at"] - report_at, 2))
+    assert f"need from {offering.name}" in tick.get("reasons", []), (
+        f"{offering.name} was deflated on a tick run for {tick.get('reasons') or 'the timer'}"
+        f", not on the one its need triggered"
+    )
     wait_for(lambda: offering.actual_kib() > before, 30,
              "libvirt to show the guest with more memory",
              last=lambda: offering.actual_kib())
