@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from ebb.host.collectors.procfs import freeable_kib
 from ebb.host.lab.errors import LabError
 from ebb.host.lab.guestcmd import CommandResult, GuestShell
 
@@ -122,8 +123,7 @@ class Sampler(threading.Thread):
                 ksm = ksm_counters()
                 sample["host"] = {
                     "mem_free_kib": meminfo.get("MemFree", 0),
-                    "freeable_kib": meminfo.get("MemFree", 0) + meminfo.get("Buffers", 0)
-                    + meminfo.get("Cached", 0),
+                    "freeable_kib": freeable_kib(meminfo),
                     "mem_available_kib": meminfo.get("MemAvailable", 0),
                     "swap_used_kib": meminfo.get("SwapTotal", 0) - meminfo.get("SwapFree", 0),
                     "pswpin": vmstat.get("pswpin", 0), "pswpout": vmstat.get("pswpout", 0),

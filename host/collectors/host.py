@@ -34,6 +34,7 @@ from typing import Any
 
 from ebb.host.collectors.procfs import (
     clock_ticks_per_s,
+    freeable_kib,
     host_memory_kib,
     hugetlb_kib,
     parse_meminfo,
@@ -156,7 +157,7 @@ class HostCollector:
 
         mem_total = host_memory_kib(meminfo)
         mem_free = meminfo.get("MemFree", 0)
-        freeable = mem_free + meminfo.get("Buffers", 0) + meminfo.get("Cached", 0)
+        freeable = freeable_kib(meminfo)
         swap_total = meminfo.get("SwapTotal", 0)
         swap_used = max(0, swap_total - meminfo.get("SwapFree", 0))
         psi_some = pressure.get("psi_some_avg10") if pressure else None

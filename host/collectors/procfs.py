@@ -63,14 +63,16 @@ def host_memory_kib(meminfo: dict[str, int]) -> int:
     return max(0, meminfo.get("MemTotal", 0) - hugetlb_kib(meminfo))
 
 
+def freeable_kib(meminfo: dict[str, int]) -> int:
+    """MemFree + Buffers + Cached: the article's (and the policy's) freeable memory."""
+    return meminfo.get("MemFree", 0) + meminfo.get("Buffers", 0) + meminfo.get("Cached", 0)
+
+
 def freeable_share(meminfo: dict[str, int]) -> float | None:
-    """(MemFree + Buffers + Cached) / :func:`host_memory_kib`: the article's pressure
-    measure; None when the total is unknown."""
+    """:func:`freeable_kib` / :func:`host_memory_kib`: the article's pressure measure;
+    None when the total is unknown."""
     total = host_memory_kib(meminfo)
-    if total <= 0:
-        return None
-    freeable = meminfo.get("MemFree", 0) + meminfo.get("Buffers", 0) + meminfo.get("Cached", 0)
-    return freeable / total
+    return freeable_kib(meminfo) / total if total > 0 else None
 
 
 def parse_vmstat(text: str) -> dict[str, int]:

@@ -41,7 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
-from ebb.host.collectors.procfs import freeable_share, host_memory_kib
+from ebb.host.collectors.procfs import (
+    freeable_kib,
+    freeable_share,
+    host_memory_kib,
+    parse_meminfo,
+)
 from ebb.host.lab.errors import LabError
 
 LOG = logging.getLogger(__name__)
@@ -146,18 +151,7 @@ class HostPaths:
 def meminfo_kib(paths: Optional[HostPaths] = None) -> Dict[str, int]:
     """``/proc/meminfo`` as ``{field: KiB}`` (HugePages_* are page counts)."""
     paths = paths or HostPaths()
-    values = {}
-    for line in (paths.proc / "meminfo").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts:
-            values[name] = int(parts[0])
-    return values
-
-
-def freeable_kib(info: Dict[str, int]) -> int:
-    """MemFree + Buffers + Cached: the article's (and the policy's) freeable memory."""
-    return info.get("MemFree", 0) + info.get("Buffers", 0) + info.get("Cached", 0)
+    return parse_meminfo((paths.proc / "meminfo").read_text())
 
 
 def host_share(paths: Optional[HostPaths] = None) -> float:
