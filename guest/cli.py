@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MIB",
         help="memory the guest always keeps and never offers (default: the larger of "
-        "64 MiB and 5%% of MemTotal); needs start below twice this much available",
+        "64 MiB and 5%% of MemTotal); needs start below twice this much available, "
+        "offers keep 2.5 times it",
     )
     parser.add_argument(
         "--backoff-max",

@@ -6,10 +6,14 @@ docs/agent.md ("Offer and need"); keep the two in step.
 Offer (KiB the guest can give now without harm)::
 
     reserve   = reserve_kib if configured else max(64 MiB, 5 % of MemTotal)
+    keep      = 2 * reserve + reserve / 2      # the need watermark, plus headroom
     clean     = max(0, Inactive(file) - Dirty - Writeback)       # clean, inactive file cache
     cheap     = MemFree + clean
-    offer     = max(0, min(cheap, MemAvailable) - reserve)        # 0 while there is a need
+    offer     = max(0, min(cheap, MemAvailable) - keep)          # 0 while there is a need
     offer     = offer rounded down to a whole MiB
+
+A guest that gives its whole offer keeps half a reserve above the point where it
+would ask for memory, so giving an offer never by itself turns into a need.
 
 Need (KiB wanted, with urgency) from two consecutive samples ``elapsed_s`` apart::
 
@@ -21,6 +25,7 @@ Need (KiB wanted, with urgency) from two consecutive samples ``elapsed_s`` apart
                 PSI full avg10 >= 10 %                          critical (>= 2 %: high)
                 major faults >= 200/s                           low   (>= 1000/s: high)
                 swap-in >= 256 pages/s                          low   (>= 2560/s: high)
+                swap-out >= 256 pages/s                         low   (>= 2560/s: high)
     urgency   = the highest level of any trigger
     kib       = max(2 * reserve - MemAvailable,                  # back to the low watermark
                     reserve * {low: 1, high: 2, critical: 4}[urgency])   # when stalling
@@ -59,6 +64,8 @@ class YieldConfig:
     majfault_high_per_s: float = 1000.0
     swapin_low_pages_per_s: float = 256.0
     swapin_high_pages_per_s: float = 2560.0
+    swapout_low_pages_per_s: float = 256.0
+    swapout_high_pages_per_s: float = 2560.0
 
     def __post_init__(self) -> None:
         if self.reserve_kib is not None and self.reserve_kib < 0:
@@ -101,10 +108,25 @@ def clean_cache_kib(sample: MemorySample) -> int:
     return max(0, sample.inactive_file_kib - sample.dirty_kib - sample.writeback_kib)
 
 
+def need_watermark_kib(reserve: int) -> int:
+    """MemAvailable below this is a need (twice the reserve)."""
+    return 2 * reserve
+
+
+def offer_floor_kib(reserve: int) -> int:
+    """MemAvailable an offer never goes below: the need watermark and half a reserve.
+
+    Offering down to the reserve alone would leave a guest that gave its whole offer
+    below the need watermark, asking for part of it back at once.
+    """
+    return need_watermark_kib(reserve) + reserve // 2
+
+
 def compute_offer_kib(sample: MemorySample, config: YieldConfig) -> int:
     """KiB the guest can give back now without harm (0 when it has nothing to spare)."""
     cheap_kib = sample.mem_free_kib + clean_cache_kib(sample)
-    spare_kib = min(cheap_kib, sample.mem_available_kib) - reserve_kib(sample.mem_total_kib, config)
+    keep_kib = offer_floor_kib(reserve_kib(sample.mem_total_kib, config))
+    spare_kib = min(cheap_kib, sample.mem_available_kib) - keep_kib
     if spare_kib <= 0:
         return 0
     return spare_kib - spare_kib % MIB_KIB
@@ -140,7 +162,7 @@ def compute_need(
     first one: rates are then taken as zero and only MemAvailable and PSI count).
     """
     reserve = reserve_kib(current.mem_total_kib, config)
-    low_watermark_kib = 2 * reserve
+    low_watermark_kib = need_watermark_kib(reserve)
     level = 0
     reasons: List[str] = []
 
@@ -184,6 +206,15 @@ def compute_need(
         if swap_level:
             stalling = max(stalling, swap_level)
             reasons.append(f"pswpin={swapin_rate:.0f}/s")
+        # A guest swapping out is making room by pushing memory it will want back
+        # out to disk: short of memory although MemAvailable may look fine.
+        swapout_rate = _rate_per_s(previous.pswpout, current.pswpout, elapsed_s)
+        swapout_level = _level(
+            swapout_rate, config.swapout_low_pages_per_s, config.swapout_high_pages_per_s
+        )
+        if swapout_level:
+            stalling = max(stalling, swapout_level)
+            reasons.append(f"pswpout={swapout_rate:.0f}/s")
 
     level = max(level, stalling)
     if level == 0:

@@ -13,6 +13,7 @@ from ebb.guest.yielding import (
     compute_offer_kib,
     need_changed,
     offer_changed,
+    offer_floor_kib,
     reserve_kib,
 )
 
@@ -30,11 +31,28 @@ def test_reserve_defaults_to_64_mib_or_5_percent() -> None:
     assert reserve_kib(16 * GIB_KIB, YieldConfig(reserve_kib=300 * MIB_KIB)) == 300 * MIB_KIB
 
 
-def test_offer_is_free_plus_clean_inactive_cache_above_the_reserve(proc_tree: ProcTree) -> None:
+def test_offer_is_free_plus_clean_inactive_cache_above_the_floor(proc_tree: ProcTree) -> None:
     sample = _sample(proc_tree)  # 2 GiB free, 512 MiB inactive file, 1 MiB dirty
     reserve = reserve_kib(sample.mem_total_kib, CONFIG)  # 4 GiB * 5 % = 204.8 MiB
-    expected = 2 * GIB_KIB + 512 * MIB_KIB - MIB_KIB - reserve
+    # The floor is the need watermark (2 x reserve) and half a reserve of headroom.
+    expected = 2 * GIB_KIB + 512 * MIB_KIB - MIB_KIB - (2 * reserve + reserve // 2)
     assert compute_offer_kib(sample, CONFIG) == expected - expected % MIB_KIB
+
+
+def test_giving_the_whole_offer_leaves_no_need(proc_tree: ProcTree) -> None:
+    # A 512 MiB guest with 400 MiB available, all of it free or clean cache.
+    reserve = 64 * MIB_KIB
+    before = _sample(proc_tree, mem_total_kib=512 * MIB_KIB, mem_free_kib=300 * MIB_KIB,
+                     inactive_file_kib=100 * MIB_KIB, dirty_kib=0, writeback_kib=0,
+                     mem_available_kib=400 * MIB_KIB)
+    offer = compute_offer_kib(before, CONFIG)
+    assert offer == 400 * MIB_KIB - 2 * reserve - reserve // 2
+    # The balloon takes the whole offer, and the guest's cache churns by a few MiB.
+    after = dataclasses.replace(before, mem_free_kib=before.mem_free_kib - offer,
+                                mem_available_kib=before.mem_available_kib - offer - 8 * MIB_KIB)
+    assert after.mem_available_kib >= offer_floor_kib(reserve) - 8 * MIB_KIB
+    assert compute_need(before, after, 1.0, CONFIG) is None
+    assert compute_offer_kib(after, CONFIG) == 0
 
 
 def test_dirty_pages_and_shmem_are_not_offered(proc_tree: ProcTree) -> None:
@@ -48,7 +66,8 @@ def test_dirty_pages_and_shmem_are_not_offered(proc_tree: ProcTree) -> None:
 def test_offer_never_exceeds_what_the_kernel_calls_available(proc_tree: ProcTree) -> None:
     sample = _sample(proc_tree, mem_available_kib=1 * GIB_KIB)
     reserve = reserve_kib(sample.mem_total_kib, CONFIG)
-    assert compute_offer_kib(sample, CONFIG) <= GIB_KIB - reserve
+    assert compute_offer_kib(sample, CONFIG) == GIB_KIB - offer_floor_kib(reserve) - (
+        (GIB_KIB - offer_floor_kib(reserve)) % MIB_KIB)
 
 
 def test_nothing_to_offer_below_the_reserve(proc_tree: ProcTree) -> None:
@@ -56,6 +75,14 @@ def test_nothing_to_offer_below_the_reserve(proc_tree: ProcTree) -> None:
         proc_tree, mem_free_kib=50 * MIB_KIB, inactive_file_kib=10 * MIB_KIB,
         mem_available_kib=300 * MIB_KIB,
     )
+    assert compute_offer_kib(sample, CONFIG) == 0
+
+
+def test_nothing_to_offer_just_above_the_need_watermark(proc_tree: ProcTree) -> None:
+    # Above twice the reserve (no need) but within the headroom: no offer either.
+    sample = _sample(proc_tree, mem_total_kib=512 * MIB_KIB, mem_free_kib=150 * MIB_KIB,
+                     mem_available_kib=150 * MIB_KIB)
+    assert compute_need(None, sample, 0.0, CONFIG) is None
     assert compute_offer_kib(sample, CONFIG) == 0
 
 
@@ -110,6 +137,23 @@ def test_major_fault_and_swap_in_rates_use_elapsed_time(proc_tree: ProcTree) -> 
     swapping = dataclasses.replace(before, pswpin=before.pswpin + 3000)
     need = compute_need(before, swapping, 1.0, CONFIG)
     assert need is not None and need.urgency == "high" and "pswpin" in need.reason
+
+
+def test_swapping_out_is_a_need_although_memory_looks_available(proc_tree: ProcTree) -> None:
+    before = _sample(proc_tree)
+    # 150 pages in 0.5 s is 300/s: the guest is pushing memory out to make room.
+    after = dataclasses.replace(before, pswpout=before.pswpout + 150)
+    need = compute_need(before, after, 0.5, CONFIG)
+    assert need is not None and need.urgency == "low" and "pswpout=300/s" in need.reason
+    assert need.kib == reserve_kib(before.mem_total_kib, CONFIG) // MIB_KIB * MIB_KIB + (
+        MIB_KIB if reserve_kib(before.mem_total_kib, CONFIG) % MIB_KIB else 0)
+    assert assess(before, after, 0.5, CONFIG).offer_kib == 0
+    heavy = dataclasses.replace(before, pswpout=before.pswpout + 3000)
+    need_heavy = compute_need(before, heavy, 1.0, CONFIG)
+    assert need_heavy is not None and need_heavy.urgency == "high"
+    # A trickle (100 pages/s) is not.
+    assert compute_need(before, dataclasses.replace(before, pswpout=before.pswpout + 100),
+                        1.0, CONFIG) is None
 
 
 def test_counter_reset_is_not_activity(proc_tree: ProcTree) -> None:
