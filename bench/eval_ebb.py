@@ -112,7 +112,17 @@ def figures_of(scenario: str, run: Dict[str, Any]) -> Dict[str, float]:
         out["throughput_mb_s"] = total_throughput(run)
     else:
         out.update(pagecache_figures(run))
+    out.update(cpu_figures(run))
     return out
+
+
+#: CPU figures of a run (runs from before they were measured have none).
+CPU_KEYS = ("host_cpu_busy_pct", "qemu_cpu_pct", "ebbd_cpu_pct", "agent_cpu_pct_mean")
+
+
+def cpu_figures(run: Dict[str, Any]) -> Dict[str, float]:
+    cpu = run.get("cpu") or {}
+    return {k: float(cpu[k]) for k in CPU_KEYS if cpu.get(k) is not None}
 
 
 def summarise(scenario: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -123,7 +133,8 @@ def summarise(scenario: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         fig = figures_of(scenario, run)
         by_config.setdefault(run["config"], []).append(fig)
         by_rep.setdefault(run["rep"], {})[run["config"]] = fig
-    medians = {c: {k: statistics.median(f[k] for f in figs) for k in figs[0]}
+    medians = {c: {k: statistics.median(f[k] for f in figs if k in f)
+                   for k in sorted({k for f in figs for k in f})}
                for c, figs in by_config.items()}
     ratios: Dict[str, Dict[str, Optional[float]]] = {}
     for config in by_config:
@@ -132,7 +143,7 @@ def summarise(scenario: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
             if "none" not in rep_figs or config not in rep_figs:
                 continue
             for key, value in rep_figs[config].items():
-                base = rep_figs["none"][key]
+                base = rep_figs["none"].get(key)
                 if base:
                     per_key.setdefault(key, []).append(value / base)
         ratios[config] = {k: round(statistics.median(v), 3) for k, v in per_key.items()}
@@ -195,6 +206,7 @@ def markdown(results: Dict[str, Any]) -> str:
                 f" | {med['host_swap_ops']:.0f} | {med['guest_swap_ops']:.0f} | "
                 f"{med['balloon_moves']:.0f} / {med['balloon_moved_mib']:.0f} |")
         lines.append("")
+    lines += cpu_table(results["summary"])
     targets = results.get("targets") or []
     if targets:
         lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
@@ -223,6 +235,30 @@ def markdown(results: Dict[str, Any]) -> str:
             lines.append(f"- [{name}]({name})")
         lines.append("")
     return "\n".join(lines)
+
+
+def cpu_table(summary: Dict[str, Any]) -> List[str]:
+    """What the host, the guests, ebbd and the agents used while the workloads ran."""
+    rows = []
+    for name, configs in (("overcommit", OVERCOMMIT_CONFIGS), ("pagecache", PAGECACHE_CONFIGS)):
+        scenario = summary.get(name) or {}
+        for config in configs:
+            med = (scenario.get("medians") or {}).get(config)
+            if not med or "host_cpu_busy_pct" not in med:
+                continue
+
+            cells = [f"{med[k]:.{d}f}" if k in med else "-"
+                     for k, d in zip(CPU_KEYS, (1, 1, 2, 2))]
+            rows.append(f"| {name} | {config} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["## CPU while the workloads ran", "",
+            "Medians. Host busy is a share of all the host's CPUs; the others are "
+            "shares of one core: all the guests' QEMU processes together, ebbd, and one "
+            "guest's ebb-agent (mean over the guests, measured inside the guest).", "",
+            "| scenario | configuration | host busy (%) | QEMU, all guests (% of a core) | "
+            "ebbd (% of a core) | agent per guest (% of its vCPU) |",
+            "|---|---|---:|---:|---:|---:|", *rows, ""]
 
 
 def targets(summary: Dict[str, Any]) -> List[Dict[str, Any]]:

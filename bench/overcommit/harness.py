@@ -31,6 +31,7 @@ from ebb.host.lab.errors import LabError
 from ebb.host.lab.guestcmd import CommandResult, GuestShell
 
 from . import labguests
+from .cpu import CpuMeter
 from .hostctl import HostMemory, ksm_counters, read_vmstat
 
 LOG = logging.getLogger(__name__)
@@ -337,12 +338,15 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         host.ensure_swap()
         sampler = Sampler(names, hold_hugepages=reserved)
         sampler.start()
+        cpu = CpuMeter(names, ebbd.proc.pid if ebbd is not None and ebbd.proc else None)
+        cpu.start(shells)
         jobs = [sh.spawn(scenario.workload(i)) for i, sh in enumerate(shells)]
         t_start = time.monotonic()
         say(f"[{scenario.name}/{config}] workload running for {scenario.duration_s:.0f} s")
         results = _wait_jobs(shells, jobs, scenario.duration_s + 120.0)
         elapsed = time.monotonic() - t_start
         host_after = read_vmstat()
+        cpu_used = cpu.stop(shells)
         sampler.stop()
         if ebbd is not None:
             ebbd.stop()
@@ -376,6 +380,8 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
             "guests": per_guest,
             # Agents in session with our ebbd when the workload started.
             "agents_connected": agents,
+            # What the host, the guests, ebbd and the agents used while the workload ran.
+            "cpu": cpu_used,
         }
         result["host_swap_ops"] = result["host_swap_in_pages"] + result["host_swap_out_pages"]
         result["guest_swap_ops"] = result["guest_swap_in_pages"] + result["guest_swap_out_pages"]

@@ -43,3 +43,36 @@ def test_a_run_waiting_for_the_host_removes_no_guests(
     assert code in (2, 130)
     assert removed == [], "a run that never held the host removed guests of the run that does"
     assert (tmp_path / "evaluation.json").read_text() == "{}", "earlier results overwritten"
+
+
+def _run(config: str, rep: int, p95: float, cpu: Any = None) -> Any:
+    run = {"config": config, "rep": rep, "host_swap_in_pages": 0, "host_swap_out_pages": 0,
+           "host_swap_ops": 0, "guest_swap_ops": 0, "ksm_pages_sharing_max": 0,
+           "balloon": {"count": 0, "moved_mib": 0.0},
+           "guests": {"g1": {"latency_p95_ms": p95, "rate_per_s": 16.0,
+                             "throughput_kib_s": 8000.0}}}
+    if cpu is not None:
+        run["cpu"] = cpu
+    return run
+
+
+def test_cpu_used_is_summarised_and_shown_next_to_the_latency() -> None:
+    runs = [
+        _run("none", 0, 5.0, {"host_cpu_busy_pct": 60.0, "qemu_cpu_pct": 110.0,
+                              "ebbd_cpu_pct": None, "agent_cpu_pct_mean": 0.5}),
+        _run("cooperative", 0, 6.0, {"host_cpu_busy_pct": 70.0, "qemu_cpu_pct": 125.0,
+                                     "ebbd_cpu_pct": 3.25, "agent_cpu_pct_mean": 2.75}),
+        # A run from before CPU was measured still counts for latency.
+        _run("cooperative", 1, 8.0),
+        _run("none", 1, 6.0),
+    ]
+    summary = eval_ebb.summarise("pagecache", runs)
+    coop = summary["medians"]["cooperative"]
+    assert coop["latency_p95_ms"] == 7.0
+    assert coop["ebbd_cpu_pct"] == 3.25 and coop["agent_cpu_pct_mean"] == 2.75
+    assert "ebbd_cpu_pct" not in summary["medians"]["none"]
+    assert summary["ratios_to_none"]["cooperative"]["agent_cpu_pct_mean"] == 5.5
+
+    table = "\n".join(eval_ebb.cpu_table({"pagecache": summary}))
+    assert "| pagecache | none | 60.0 | 110.0 | - | 0.50 |" in table
+    assert "| pagecache | cooperative | 70.0 | 125.0 | 3.25 | 2.75 |" in table

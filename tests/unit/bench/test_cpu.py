@@ -1,0 +1,24 @@
+"""bench/overcommit/cpu.py: CPU shares from /proc (a fixture tree here)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from overcommit import cpu  # noqa: E402
+
+
+def test_host_busy_excludes_idle_and_iowait(tmp_path: Path) -> None:
+    (tmp_path / "stat").write_text("cpu  100 5 45 800 50 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8\n")
+    assert cpu.host_cpu_ticks(tmp_path) == (150, 1000)
+
+
+def test_process_cpu_is_user_plus_system_even_with_spaces_in_its_name(tmp_path: Path) -> None:
+    (tmp_path / "42").mkdir()
+    fields = ["S"] + ["0"] * 10 + [str(3 * cpu.CLK_TCK), str(cpu.CLK_TCK)] + ["0"] * 30
+    (tmp_path / "42" / "stat").write_text("42 (qemu (x) y) " + " ".join(fields) + "\n")
+    assert cpu.process_cpu_s(42, tmp_path) == 4.0
+    assert cpu.process_cpu_s(43, tmp_path) is None
