@@ -91,6 +91,8 @@ class AgentConfig:
     #: Report interval until the host's welcome sets one.
     default_interval_s: float = 1.0
     #: Sample at least this often between reports, to report big changes at once.
+    #: While the guest is calm (see ``calm_change_fraction``) the watch runs at half
+    #: this rate: under emulation each sample costs the guest milliseconds of CPU.
     watch_interval_s: float = 0.5
     #: Wait before reopening a transport the host is absent from: doubles from min to max.
     backoff_min_s: float = 1.0
@@ -107,6 +109,9 @@ class AgentConfig:
     big_change_fraction: float = 0.05
     #: ... or PSI some avg10 rose by this many percentage points since the last report.
     psi_rise_pct: float = 5.0
+    #: Calm: no need, no memory stall (PSI some avg10 0), no swapping, and MemAvailable
+    #: moved by less than this fraction of MemTotal since the previous sample.
+    calm_change_fraction: float = 0.01
     #: At most this many error replies per second (garbage must not make us chatty).
     error_replies_per_s: float = 10.0
     #: Sent in the hello, for the host's logs.
@@ -549,8 +554,22 @@ class Agent:
                 # Fell behind (a stalled guest): restart the schedule instead of bursting.
                 self._next_report_at = now + self.interval_s
         self._send_offer_need(sample, assessment)
-        watch_s = min(self.interval_s, self.config.watch_interval_s)
-        self._next_sample_at = min(self._next_report_at, now + watch_s)
+        watch_s = self.config.watch_interval_s
+        if self._calm(previous, sample, assessment):
+            watch_s *= 2
+        self._next_sample_at = min(self._next_report_at, now + min(self.interval_s, watch_s))
+
+    def _calm(self, previous: Optional[MemorySample], sample: MemorySample,
+              assessment: Assessment) -> bool:
+        """Nothing is moving: the watch between reports may slow down."""
+        if previous is None or assessment.need is not None:
+            return False
+        if sample.psi_some_avg10:
+            return False
+        if sample.pswpin != previous.pswpin or sample.pswpout != previous.pswpout:
+            return False
+        moved_kib = abs(sample.mem_available_kib - previous.mem_available_kib)
+        return moved_kib < self.config.calm_change_fraction * sample.mem_total_kib
 
     def _changed_a_lot(self, sample: MemorySample) -> bool:
         last = self._last_reported

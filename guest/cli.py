@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         metavar="SECONDS",
         help="sample at least this often between reports, so a big change (MemAvailable "
-        "moving by more than 5%% of MemTotal, PSI rising) is reported at once "
-        "(default: %(default)s)",
+        "moving by more than 5%% of MemTotal, PSI rising) is reported at once; twice "
+        "this while the guest is calm (default: %(default)s)",
     )
     parser.add_argument(
         "--reserve-mib",

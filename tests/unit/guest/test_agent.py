@@ -491,3 +491,43 @@ def test_port_without_a_host_is_checked_once_per_wait(
     assert 0.09 <= gaps[len(gaps) // 2] < 0.18, gaps
     assert running.agent.state is ConnectionState.DISCONNECTED
     assert cpu_used < 0.2
+
+
+def test_a_calm_guest_is_sampled_half_as_often(proc_tree: ProcTree) -> None:
+    # Under emulation every sample costs the guest milliseconds of CPU, so while
+    # nothing moves the watch between reports slows down; any sign of trouble
+    # brings it back. Driven with a fake clock: the schedule is the behaviour.
+    from ebb.guest.agent import Agent
+    from ebb.guest.collect import MemoryCollector
+
+    guest_sock, host_sock = socket.socketpair()
+    now = [0.0]
+    agent = Agent(SocketTransport(guest_sock), MemoryCollector(str(proc_tree.root)),
+                  FAST_CONFIG, clock=lambda: now[0])
+    agent.transport.open()
+    watch = FAST_CONFIG.watch_interval_s
+    agent.interval_s = 10.0  # reports far apart: only the watch samples in between
+
+    def gap_after_sample() -> float:
+        agent._sample_and_send(now[0])
+        gap = agent._next_sample_at - now[0]
+        now[0] = agent._next_sample_at
+        return round(gap, 6)
+
+    try:
+        assert gap_after_sample() == watch  # the first sample: nothing to compare yet
+        assert gap_after_sample() == 2 * watch  # calm
+        proc_tree.vmstat["pswpout"] += 500
+        proc_tree.write()
+        assert gap_after_sample() == watch  # swapping out
+        assert gap_after_sample() == 2 * watch  # stopped
+        proc_tree.pressure = (3.0, 0.0, 5000, 500)
+        proc_tree.write()
+        assert gap_after_sample() == watch  # a memory stall, however small
+        proc_tree.pressure = (0.0, 0.0, 5000, 500)
+        proc_tree.write(MemAvailable=3 * GIB_KIB - 100 * 1024)  # 2.4 % of MemTotal
+        assert gap_after_sample() == watch
+        assert gap_after_sample() == 2 * watch
+    finally:
+        agent.close()
+        host_sock.close()
