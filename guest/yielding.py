@@ -194,27 +194,23 @@ def compute_need(
             stalling = max(stalling, full_level)
             reasons.append(f"psi_full_avg10={current.psi_full_avg10:.1f}%")
     if previous is not None:
-        majfault_rate = _rate_per_s(previous.pgmajfault, current.pgmajfault, elapsed_s)
-        fault_level = _level(majfault_rate, config.majfault_low_per_s, config.majfault_high_per_s)
-        if fault_level:
-            stalling = max(stalling, fault_level)
-            reasons.append(f"pgmajfault={majfault_rate:.0f}/s")
-        swapin_rate = _rate_per_s(previous.pswpin, current.pswpin, elapsed_s)
-        swap_level = _level(
-            swapin_rate, config.swapin_low_pages_per_s, config.swapin_high_pages_per_s
+        # Rates of counters that show the guest short of memory. Swap-out counts: a
+        # guest making room by pushing memory it will want back out to disk is short
+        # although MemAvailable, refilled by that reclaim, may look fine.
+        rates = (
+            ("pgmajfault", previous.pgmajfault, current.pgmajfault,
+             config.majfault_low_per_s, config.majfault_high_per_s),
+            ("pswpin", previous.pswpin, current.pswpin,
+             config.swapin_low_pages_per_s, config.swapin_high_pages_per_s),
+            ("pswpout", previous.pswpout, current.pswpout,
+             config.swapout_low_pages_per_s, config.swapout_high_pages_per_s),
         )
-        if swap_level:
-            stalling = max(stalling, swap_level)
-            reasons.append(f"pswpin={swapin_rate:.0f}/s")
-        # A guest swapping out is making room by pushing memory it will want back
-        # out to disk: short of memory although MemAvailable may look fine.
-        swapout_rate = _rate_per_s(previous.pswpout, current.pswpout, elapsed_s)
-        swapout_level = _level(
-            swapout_rate, config.swapout_low_pages_per_s, config.swapout_high_pages_per_s
-        )
-        if swapout_level:
-            stalling = max(stalling, swapout_level)
-            reasons.append(f"pswpout={swapout_rate:.0f}/s")
+        for name, before, after, low, high in rates:
+            rate = _rate_per_s(before, after, elapsed_s)
+            rate_level = _level(rate, low, high)
+            if rate_level:
+                stalling = max(stalling, rate_level)
+                reasons.append(f"{name}={rate:.0f}/s")
 
     level = max(level, stalling)
     if level == 0:
