@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ebb.host.collectors.procfs import freeable_kib
+from ebb.host.lab import hostmem
 from ebb.host.lab.errors import LabError
 from ebb.host.lab.guestcmd import CommandResult, GuestShell
 
@@ -119,7 +120,7 @@ class Sampler(threading.Thread):
         while not self._halt.is_set():
             sample: Dict[str, Any] = {"t_s": round(time.time() - self.t0, 2)}
             try:
-                meminfo = _meminfo()
+                meminfo = hostmem.meminfo_kib()
                 vmstat = read_vmstat()
                 ksm = ksm_counters()
                 sample["host"] = {
@@ -183,16 +184,6 @@ class Sampler(threading.Thread):
 def _swaps() -> List[str]:
     lines = Path("/proc/swaps").read_text().splitlines()[1:]
     return [line.split()[0] for line in lines if line.strip()]
-
-
-def _meminfo() -> Dict[str, int]:
-    values = {}
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts:
-            values[key] = int(parts[0])
-    return values
 
 
 class EbbdProcess:
