@@ -33,6 +33,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Protocol, Set
 
+from .threads import join_thread, start_thread
+
 LOG = logging.getLogger(__name__)
 
 DEFAULT_SOCKET_PATH = "/run/ebb/ebbd.sock"
@@ -345,16 +347,7 @@ class ControlServer:
         if self._listener is None:
             self.bind()
 
-        def run() -> None:
-            try:
-                self.serve()
-            except BaseException as err:
-                LOG.exception("control socket thread died")
-                if on_crash is not None:
-                    on_crash(err)
-
-        self._thread = threading.Thread(target=run, name="ebbd-control", daemon=True)
-        self._thread.start()
+        self._thread = start_thread("ebbd-control", self.serve, LOG, "control socket", on_crash)
 
     @property
     def thread(self) -> Optional[threading.Thread]:
@@ -365,8 +358,7 @@ class ControlServer:
         self._stop.set()
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
+        join_thread(self._thread)
         self._close_all()
 
     def _close_all(self) -> None:

@@ -32,6 +32,7 @@ from typing import Callable, Deque, Dict, List, Mapping, Optional
 
 from ebb.protocol import Decision, Message, encode_message
 
+from ..threads import join_thread, start_thread
 from .session import CutOff, GuestSession
 from .state import ChannelLimits, GuestChannelState, SessionState
 
@@ -159,17 +160,11 @@ class GuestChannels:
     def start(self, on_crash: Optional[Callable[[BaseException], None]] = None) -> None:
         """Serve every channel in a background thread until :meth:`stop`."""
 
-        def run() -> None:
-            try:
-                while not self._stop.is_set():
-                    self.step(1.0)
-            except BaseException as err:
-                LOG.exception("guest channel thread died")
-                if on_crash is not None:
-                    on_crash(err)
+        def serve() -> None:
+            while not self._stop.is_set():
+                self.step(1.0)
 
-        self._thread = threading.Thread(target=run, name="ebbd-channels", daemon=True)
-        self._thread.start()
+        self._thread = start_thread("ebbd-channels", serve, LOG, "guest channel", on_crash)
 
     @property
     def thread(self) -> Optional[threading.Thread]:
@@ -179,8 +174,7 @@ class GuestChannels:
         """Stop the thread and close every socket (the agents reconnect later)."""
         self._stop.set()
         self._wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
+        join_thread(self._thread)
         self.close()
 
     def close(self) -> None:
