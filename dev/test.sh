@@ -32,6 +32,7 @@ step "packaging: .deb and .rpm builds, lintian, rpmlint, the guest package boote
 .venv/bin/python -m pytest -q tests/packaging || status=1
 
 step "evaluation, short mode (the benchmark runs end to end; figures are not judged)"
-.venv/bin/python bench/eval_ebb.py --short --results /var/lib/ebb-bench/results-short || status=1
+.venv/bin/python bench/eval_ebb.py --short --results /var/lib/ebb-bench/results-short \
+    --workdir /var/lib/ebb-bench/runs-short || status=1
 
 exit $status
