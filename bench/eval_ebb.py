@@ -246,7 +246,6 @@ def cpu_table(summary: Dict[str, Any]) -> List[str]:
             med = (scenario.get("medians") or {}).get(config)
             if not med or "host_cpu_busy_pct" not in med:
                 continue
-
             cells = [f"{med[k]:.{d}f}" if k in med else "-"
                      for k, d in zip(CPU_KEYS, (1, 1, 2, 2))]
             rows.append(f"| {name} | {config} | " + " | ".join(cells) + " |")

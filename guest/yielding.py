@@ -17,7 +17,7 @@ would ask for memory, so giving an offer never by itself turns into a need.
 
 Need (KiB wanted, with urgency) from two consecutive samples ``elapsed_s`` apart::
 
-    rates     = delta(pgmajfault) / elapsed_s, delta(pswpin) / elapsed_s
+    rates     = delta(pgmajfault), delta(pswpin), delta(pswpout), each / elapsed_s
     triggers  = MemAvailable < 2 * reserve                      low   (< reserve: high,
                                                                       < reserve / 2: critical)
                 PSI some avg10 >= 10 %                          low   (>= 25 %: high,
