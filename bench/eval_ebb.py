@@ -43,7 +43,7 @@ from pagecache.scenario import PageCacheScenario
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "ebb-bench"
-OVERCOMMIT_CONFIGS = ("none", "ksm", "classic", "cooperative")
+OVERCOMMIT_CONFIGS = ("none", "ksm", "classic", "cooperative", "unconstrained")
 PAGECACHE_CONFIGS = ("none", "classic", "cooperative")
 WORKDIR = Path("/var/lib/ebb-bench/runs")
 
@@ -169,7 +169,8 @@ def markdown(results: Dict[str, Any]) -> str:
                   "KSM pages sharing (max) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         labels = {"none": "None", "ksm": "KSM only", "classic": "KSM and ballooning (classic)",
-                  "cooperative": "ebb cooperative"}
+                  "cooperative": "ebb cooperative",
+                  "unconstrained": "Host not shrunk (reference)"}
         for config in OVERCOMMIT_CONFIGS:
             med = oc["medians"].get(config)
             if med is None:

@@ -43,6 +43,10 @@ BIN = Path(sys.executable).parent
 #: Policy directory per configuration (None: ebbd does not run).
 POLICIES: Dict[str, Optional[Path]] = {
     "none": None,
+    # A reference, not a contender: no ebbd and the host not shrunk, so the guests
+    # never wait for host memory. It measures what the workload gets when memory is
+    # not short, the ceiling that no policy can beat.
+    "unconstrained": None,
     "ksm": BENCH_DIR / "overcommit" / "policies" / "ksm",
     "classic": REPO / "host" / "policies" / "classic",
     "cooperative": REPO / "host" / "policies" / "cooperative",
@@ -314,7 +318,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         setup = {n: scenario.setup_guest(i, sh) for i, (n, sh) in enumerate(zip(names, shells))}
         host.ensure_swap()
         host.wait_no_hugepages()
-        reserved = host.shrink_to(scenario.host_budget_mib)
+        reserved = 0 if config == "unconstrained" else host.shrink_to(scenario.host_budget_mib)
         policy = POLICIES[config]
         if policy is not None:
             ebbd = EbbdProcess(workdir, policy, scenario.prefix + "-")

@@ -76,3 +76,23 @@ def test_cpu_used_is_summarised_and_shown_next_to_the_latency() -> None:
     table = "\n".join(eval_ebb.cpu_table({"pagecache": summary}))
     assert "| pagecache | none | 60.0 | 110.0 | - | 0.50 |" in table
     assert "| pagecache | cooperative | 70.0 | 125.0 | 3.25 | 2.75 |" in table
+
+
+def _memknobs_run(config: str, rep: int, mb_per_s: float) -> Any:
+    return {"config": config, "rep": rep, "host_swap_in_pages": 10, "host_swap_out_pages": 90,
+            "host_swap_ops": 100, "guest_swap_ops": 0, "ksm_pages_sharing_max": 0,
+            "balloon": {"count": 0, "moved_mib": 0.0},
+            "guests": {"g1": {"mb_per_s": mb_per_s}}}
+
+
+def test_the_unshrunk_host_is_a_reference_row_and_no_target() -> None:
+    runs = [_memknobs_run("none", 0, 100.0), _memknobs_run("unconstrained", 0, 150.0),
+            _memknobs_run("cooperative", 0, 90.0)]
+    summary = {"overcommit": eval_ebb.summarise("overcommit", runs)}
+    text = eval_ebb.markdown({"mode": "full", "started": "s", "finished": "f", "host": "h",
+                              "reps": 1, "summary": summary, "targets": [], "plots": [],
+                              "runs": {"overcommit": runs}})
+
+    row = next(line for line in text.splitlines() if line.startswith("| Host not shrunk"))
+    assert "| 150.0 | +50 % |" in row, row
+    assert all("unconstrained" not in t["target"] for t in eval_ebb.targets(summary))
