@@ -7,8 +7,10 @@ One command runs it all (as root; it boots lab guests and shrinks the host)::
     sudo .venv/bin/python bench/eval_ebb.py --only overcommit:classic --reps 1
 
 Scenarios: ``overcommit`` (Memknobs guests whose demand shifts between them;
-configurations none, ksm, classic, cooperative) and ``pagecache`` (guests
-reading a working set of files from a virtio disk; none, classic, cooperative).
+configurations none, ksm, classic, cooperative, and unconstrained: the host not
+shrunk, a reference for what the workload gets when memory is not short) and
+``pagecache`` (guests reading a working set of files from a virtio disk; none,
+classic, cooperative).
 Every configuration runs on freshly booted guests, with the same pattern and
 duration; repetitions alternate the order of the configurations. Results go to
 ``--results`` (default ``results/``): ``evaluation.json``, ``evaluation.md`` and
@@ -319,6 +321,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--duration", type=float, default=None, metavar="S",
                         help="workload seconds per configuration (default 240/90 full, "
                         "40/30 short)")
+    parser.add_argument("--host-budget", type=int, default=None, metavar="MIB",
+                        help="host MemAvailable left to the guests, for every scenario run "
+                        "(default 2048 overcommit, 1024 pagecache; 700/600 short): how far "
+                        "the host is overcommitted")
     parser.add_argument("--results", default=str(REPO / "results"), metavar="DIR",
                         help="where evaluation.json/.md and the PNGs go (default results/)")
     parser.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",
@@ -342,6 +348,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
     scen = scenarios(args.short, args.duration)
+    if args.host_budget is not None:
+        if args.host_budget <= 0:
+            parser.error(f"--host-budget {args.host_budget}: must be a positive MiB count")
+        for scenario in scen.values():
+            scenario.host_budget_mib = args.host_budget
     reps = args.reps or (1 if args.short else 3)
     plan: Dict[str, List[str]] = {}
     if args.short:
@@ -510,6 +521,13 @@ def _carry_over(results: Dict[str, Any], path: Path, plan: Dict[str, List[str]],
         return 0
     first_rep = 0
     for name, runs in (old.get("runs") or {}).items():
+        was = (old.get("scenarios") or {}).get(name)
+        if name in plan and was is not None and was != results["scenarios"].get(name):
+            # Another set-up (host budget, duration, guests): its runs measured something
+            # else and would not mix with this run's.
+            print(f"eval_ebb: the {name} runs in {path} used another set-up; not kept",
+                  file=sys.stderr)
+            continue
         keep = [r for r in runs if append or r.get("config") not in plan.get(name, [])]
         if append and name in plan:
             first_rep = max([first_rep] + [r.get("rep", 0) + 1 for r in keep])

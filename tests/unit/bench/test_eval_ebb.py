@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, List
@@ -96,3 +97,22 @@ def test_the_unshrunk_host_is_a_reference_row_and_no_target() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| Host not shrunk"))
     assert "| 150.0 | +50 % |" in row, row
     assert all("unconstrained" not in t["target"] for t in eval_ebb.targets(summary))
+
+
+def test_runs_of_another_set_up_are_not_mixed_in(tmp_path: Path) -> None:
+    scen = eval_ebb.scenarios(short=False, duration_s=None)["overcommit"]
+    old = {"mode": "full", "started": "then", "scenarios": {"overcommit": scen.describe()},
+           "runs": {"overcommit": [_memknobs_run("classic", 0, 90.0)]}, "plots": []}
+    (tmp_path / "evaluation.json").write_text(json.dumps(old))
+
+    def fresh(budget: int) -> Any:
+        scen.host_budget_mib = budget
+        return {"mode": "full", "reps": 1, "scenarios": {"overcommit": scen.describe()},
+                "runs": {"overcommit": []}, "summary": {}, "plots": []}
+
+    same = fresh(2048)
+    eval_ebb._carry_over(same, tmp_path / "evaluation.json", {"overcommit": ["none"]}, False)
+    assert [r["config"] for r in same["runs"]["overcommit"]] == ["classic"]
+    tighter = fresh(1536)
+    eval_ebb._carry_over(tighter, tmp_path / "evaluation.json", {"overcommit": ["none"]}, False)
+    assert tighter["runs"]["overcommit"] == [], "runs with another host budget mixed in"
