@@ -9,6 +9,8 @@ what is actually asked of each guest, whatever the policy said:
   A guest found below its floor is given memory back up to the floor.
 - ``max_step``: one tick changes a guest by at most a share of its maximum
   memory (``max_inflate_share`` when taking, ``max_deflate_share`` when giving).
+  What a guest's agent offers (a report at most ``offer_max_age_s`` old) may be
+  taken in one tick, even when it is more: the guest said it does not need it.
 - ``needy`` / ``stalling``: no memory is taken from a guest that reports a need
   or memory stalls (PSI, major faults, swap-in above thresholds).
 - ``rollback``: when, within ``rollback_window_s`` after taking memory, the
@@ -57,6 +59,7 @@ class GovernorConfig:
     max_inflate_share: float = 0.10
     max_deflate_share: float = 0.25
     min_change_kib: int = 1024
+    offer_max_age_s: float = 10.0
     stall_psi_some_avg10: float = 10.0
     stall_major_fault_rate: float = 1000.0
     stall_swap_in_rate_kib: float = 1024.0
@@ -363,9 +366,13 @@ class Governor:
                 block_rule, why = blocked
                 return decision(None, HOLD, block_rule, f"policy asked {fmt_kib(want)}; {why}")
             step = int(cfg.max_inflate_share * ceiling)
+            offered = self._fresh_offer_kib(g)
+            if offered > step:
+                step = offered
             if cur - target > step:
                 target, rule = max(cur - step, floor), "max_step"
-                notes.append(f"at most {fmt_kib(step)} taken per tick")
+                notes.append(f"at most {fmt_kib(step)} taken per tick"
+                             + (" (what the guest offers)" if step == offered else ""))
             if cur - target < cfg.min_change_kib:
                 return decision(
                     None,
@@ -416,6 +423,13 @@ class Governor:
         return decision(None, HOLD, "at_target", f"already at {fmt_kib(cur)}")
 
     # -- rules
+
+    def _fresh_offer_kib(self, g: GuestView) -> int:
+        """What the guest's agent offers now; 0 without an agent or with an old report."""
+        age = g.report_age_s
+        if not g.agent_connected or age is None or age > self.config.offer_max_age_s:
+            return 0
+        return max(0, int(g.offer_kib))
 
     def _inflation_blocker(
         self, now_s: float, st: _State, g: GuestView

@@ -36,6 +36,24 @@ def test_limits_inflation_per_tick() -> None:
     assert "at most" in d.reason
 
 
+def test_what_the_agent_offers_is_taken_in_one_tick() -> None:
+    offering = view(agent_connected=True, report_age_s=1.0, offer_kib=1 * GiB)
+    d = one(Governor(), 0, offering, 4 * GiB - 1 * GiB)
+    assert (d.kind, d.rule, d.target_kib) == ("inflate", "policy", 3 * GiB)
+    # More than the offer is still limited, to the offer.
+    d = one(Governor(), 0, offering, 1 * GiB)
+    assert (d.rule, d.target_kib) == ("max_step", 3 * GiB)
+    assert "offers" in d.reason
+
+
+@pytest.mark.parametrize("how", [dict(agent_connected=False, report_age_s=1.0),
+                                 dict(agent_connected=True, report_age_s=None),
+                                 dict(agent_connected=True, report_age_s=60.0)])
+def test_an_offer_without_a_live_agent_takes_one_step(how: Any) -> None:
+    d = one(Governor(), 0, view(offer_kib=1 * GiB, **how), 4 * GiB - 1 * GiB)
+    assert (d.rule, d.target_kib) == ("max_step", 4 * GiB - int(0.10 * 4 * GiB))
+
+
 def test_limits_deflation_per_tick() -> None:
     d = one(Governor(), 0, view(cur=2 * GiB, maximum=8 * GiB), 8 * GiB)
     assert (d.kind, d.rule, d.target_kib) == ("deflate", "max_step", 2 * GiB + 2 * GiB)
