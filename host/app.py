@@ -74,6 +74,7 @@ def governor_config(config: EbbdConfig) -> GovernorConfig:
         default_floor_kib=section.default_floor_mib * 1024,
         min_floor_kib=min(GovernorConfig.min_floor_kib, section.default_floor_mib * 1024),
         max_inflate_share=section.max_change_share,
+        take_offers_at_once=section.take_offers_at_once,
         max_deflate_share=max(section.max_change_share, section.max_deflate_share),
         min_change_kib=config.balloon.min_change_kib,
         stall_psi_some_avg10=section.stall_psi_some_avg10,

@@ -192,6 +192,8 @@ class GovernorSection:
     default_floor_mib: int = field(default=512, metadata=_rule(_non_negative))
     #: Largest balloon inflation (memory taken) per tick, as a share of the VM's maximum memory.
     max_change_share: float = field(default=0.10, metadata=_rule(_share))
+    #: What a guest's agent offers may be taken in one tick, beyond ``max_change_share``.
+    take_offers_at_once: bool = True
     #: Largest balloon deflation (memory given back) per tick, as a share of the
     #: VM's maximum memory; never less than ``max_change_share``.
     max_deflate_share: float = field(default=0.25, metadata=_rule(_share))

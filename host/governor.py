@@ -10,7 +10,8 @@ what is actually asked of each guest, whatever the policy said:
 - ``max_step``: one tick changes a guest by at most a share of its maximum
   memory (``max_inflate_share`` when taking, ``max_deflate_share`` when giving).
   What a guest's agent offers (a report at most ``offer_max_age_s`` old) may be
-  taken in one tick, even when it is more: the guest said it does not need it.
+  taken in one tick, even when it is more: the guest said it does not need it
+  (``take_offers_at_once``, on by default).
 - ``needy`` / ``stalling``: no memory is taken from a guest that reports a need
   or memory stalls (PSI, major faults, swap-in above thresholds).
 - ``rollback``: when, within ``rollback_window_s`` after taking memory, the
@@ -59,6 +60,7 @@ class GovernorConfig:
     max_inflate_share: float = 0.10
     max_deflate_share: float = 0.25
     min_change_kib: int = 1024
+    take_offers_at_once: bool = True
     offer_max_age_s: float = 10.0
     stall_psi_some_avg10: float = 10.0
     stall_major_fault_rate: float = 1000.0
@@ -427,7 +429,8 @@ class Governor:
     def _fresh_offer_kib(self, g: GuestView) -> int:
         """What the guest's agent offers now; 0 without an agent or with an old report."""
         age = g.report_age_s
-        if not g.agent_connected or age is None or age > self.config.offer_max_age_s:
+        if (not self.config.take_offers_at_once or not g.agent_connected or age is None
+                or age > self.config.offer_max_age_s):
             return 0
         return max(0, int(g.offer_kib))
 

@@ -102,6 +102,7 @@ connect_retry_s = 1
 [governor]
 default_floor_mib = 768
 max_change_share = 0.25
+take_offers_at_once = false
 max_deflate_share = 0.5
 stall_psi_some_avg10 = 20
 stall_major_faults_per_s = 500

@@ -54,6 +54,13 @@ def test_an_offer_without_a_live_agent_takes_one_step(how: Any) -> None:
     assert (d.rule, d.target_kib) == ("max_step", 4 * GiB - int(0.10 * 4 * GiB))
 
 
+def test_offers_can_be_held_to_the_step_too() -> None:
+    gov = Governor(GovernorConfig(take_offers_at_once=False))
+    offering = view(agent_connected=True, report_age_s=1.0, offer_kib=1 * GiB)
+    d = one(gov, 0, offering, 4 * GiB - 1 * GiB)
+    assert (d.rule, d.target_kib) == ("max_step", 4 * GiB - int(0.10 * 4 * GiB))
+
+
 def test_limits_deflation_per_tick() -> None:
     d = one(Governor(), 0, view(cur=2 * GiB, maximum=8 * GiB), 8 * GiB)
     assert (d.kind, d.rule, d.target_kib) == ("deflate", "max_step", 2 * GiB + 2 * GiB)
