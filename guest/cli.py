@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from types import FrameType
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import __version__
 from .agent import Agent, AgentConfig
@@ -206,6 +206,29 @@ def _print_human(result: Dict[str, Any]) -> None:
     print("\n".join(lines))
 
 
+class StopSignals:
+    """SIGTERM and SIGINT ask the agent to stop.
+
+    The handler only records the signal and wakes the agent (a flag and a pipe
+    write). It must not log: a signal can land while the main thread is inside a
+    logging call, and a second write to stderr's buffered writer from the handler
+    raises "reentrant call", which took the clean stop down with it.
+    """
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self._stop = stop
+        self.received: Optional[signal.Signals] = None
+
+    def __call__(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum)
+        self._stop()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self)
+        signal.signal(signal.SIGINT, self)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``ebb-agent``; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -245,17 +268,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     agent = Agent(transport, collector, config, notify=notify)
 
-    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
-        LOG.info("received %s; saying bye to the host", signal.Signals(signum).name)
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_signals = StopSignals(agent.stop)
+    stop_signals.install()
     LOG.info("ebb-agent %s starting on %s", __version__, transport.description)
     try:
         agent.run()
     finally:
         agent.close()
+    if stop_signals.received is not None:
+        LOG.info("received %s; said bye to the host", stop_signals.received.name)
     return EXIT_OK
 
 

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from ebb.host.channels import ChannelLimits, GuestChannels
@@ -45,6 +46,7 @@ from ebb.host.hypervisor.connection import domain_matches
 from ebb.host.logsetup import set_level
 from ebb.host.notify import SystemdNotifier
 from ebb.host.policy import PolicyRunner
+from ebb.host.threads import Waker
 
 LOG = logging.getLogger(__name__)
 
@@ -158,8 +160,9 @@ class Daemon:
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         self.stop_event = threading.Event()
-        self._main_wake = threading.Event()
+        self._main_wake = Waker()
         self._reload_requested = False
+        self._stop_signalled = False
         self._reload_lock = threading.Lock()
         self.crash: BaseException | None = None
         self.policy_errors: list[str] = []
@@ -267,16 +270,26 @@ class Daemon:
         """Ask every loop to end (signal handlers, control, crashes)."""
         self.stop_event.set()
         self.engine.stop_waiting()
-        self._main_wake.set()
+        self._main_wake.wake()
 
     def request_reload(self) -> None:
         self._reload_requested = True
-        self._main_wake.set()
+        self._main_wake.wake()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop, SIGHUP reloads (main thread only)."""
-        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
-        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        """SIGTERM/SIGINT stop, SIGHUP reloads (main thread only).
+
+        The handlers only set a flag and wake the main loop, which does the work: a
+        handler that set an Event or logged could need a lock the interrupted main
+        thread holds (see :class:`Waker`).
+        """
+
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self._stop_signalled = True
+            self._main_wake.wake()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
 
     def run_forever(self) -> int:
@@ -285,7 +298,9 @@ class Daemon:
         last_reported_tick = -1
         while not self.stop_event.is_set():
             self._main_wake.wait(min(watchdog_s or 1.0, 1.0))
-            self._main_wake.clear()
+            if self._stop_signalled:
+                LOG.info("asked to stop by a signal")
+                break
             if self.stop_event.is_set():
                 break
             if self._reload_requested:

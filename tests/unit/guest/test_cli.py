@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -10,11 +11,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import List
 
 import ebb.guest
 import pytest
 from agent_testkit import GIB_KIB, HostEnd, ProcTree
-from ebb.guest.cli import build_parser, main
+from ebb.guest.cli import StopSignals, build_parser, main
 from ebb.guest.sdnotify import notify
 from ebb.protocol.messages import Bye, Hello, Report
 
@@ -146,3 +148,43 @@ def test_sigterm_says_bye_and_exits_cleanly(proc_tree: ProcTree, tmp_path: Path)
             proc.stderr.close()
         listener.close()
         notify_sock.close()
+
+
+def test_a_stop_signal_landing_inside_a_log_call_does_not_log() -> None:
+    """A signal that arrives while the agent writes a log line must not write one itself.
+
+    The handler runs between two bytecodes of whatever the main thread does; when that
+    is a write to stderr, a log call from the handler re-enters the buffered writer.
+    """
+    stops: List[str] = []
+    stop_signals = StopSignals(lambda: stops.append("stop"))
+    reentered: List[str] = []
+
+    class SignalMidWrite(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writing = False
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if self.writing:
+                reentered.append(record.getMessage())
+                return
+            self.writing = True
+            try:
+                stop_signals(signal.SIGTERM, None)  # what the interpreter does mid-write
+            finally:
+                self.writing = False
+
+    handler = SignalMidWrite()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        logging.getLogger("ebb.guest.agent").warning("lost the host; reconnecting")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    assert reentered == []
+    assert stops == ["stop"]
+    assert stop_signals.received is signal.SIGTERM

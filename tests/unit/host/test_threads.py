@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
+import time
 from typing import List
 
 import pytest
-from ebb.host.threads import join_thread, start_thread
+from ebb.host.threads import Waker, join_thread, start_thread
 
 LOG = logging.getLogger("ebb.test.threads")
 
@@ -40,3 +42,31 @@ def test_a_service_may_stop_itself() -> None:
     known.set()
     assert done.wait(5.0)
     join_thread(holder[0])
+
+
+def test_a_waker_times_out_unwoken_and_keeps_an_early_wake() -> None:
+    waker = Waker()
+    assert waker.wait(0.01) is False
+    waker.wake()
+    waker.wake()  # several wake-ups before a wait are one
+    assert waker.wait(5.0) is True
+    assert waker.wait(0.01) is False
+
+
+def test_a_waker_is_woken_by_another_thread() -> None:
+    waker = Waker()
+    threading.Timer(0.05, waker.wake).start()
+    assert waker.wait(10.0) is True
+
+
+def test_a_signal_handler_wakes_a_waiting_main_thread() -> None:
+    waker = Waker()
+    old = signal.signal(signal.SIGALRM, lambda *_: waker.wake())
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        started = time.monotonic()
+        assert waker.wait(30.0) is True
+        assert time.monotonic() - started < 20.0  # woken, not timed out
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

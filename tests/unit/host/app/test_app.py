@@ -147,6 +147,28 @@ def test_balloons_stay_where_they_are_at_stop(rig):
     assert rig.hypervisor.vms["web"].cur_kib == calls[-1][1]
 
 
+def test_signal_handlers_take_no_lock(rig, monkeypatch):
+    """A handler runs on the main thread between two bytecodes, perhaps while that thread
+    holds a lock inside Event.wait(); a handler taking the same lock would hang ebbd."""
+    signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    rig.daemon.install_signal_handlers()
+    try:
+        handlers = {sig: signal.getsignal(sig) for sig in signals}
+    finally:
+        for sig in signals:
+            signal.signal(sig, signal.SIG_DFL)
+
+    def no_lock(self: Any, *args: Any) -> None:
+        raise AssertionError("a signal handler took a lock")
+
+    monkeypatch.setattr(threading.Condition, "__enter__", no_lock)
+    for sig, handler in handlers.items():
+        assert callable(handler)
+        handler(sig, None)
+    monkeypatch.undo()
+    assert rig.daemon.run_forever() == EXIT_OK  # the SIGTERM was not lost
+
+
 def test_sigterm_stops_within_a_second_and_sighup_reloads(rig):
     rig.daemon.start()
     rig.daemon.install_signal_handlers()
