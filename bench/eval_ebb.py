@@ -157,11 +157,26 @@ def _pct(ratio: Optional[float]) -> str:
     return "n/a" if ratio is None else f"{(ratio - 1) * 100:+.0f} %"
 
 
+def setup_line(setup: Dict[str, Any]) -> str:
+    """One scenario's set-up in words (from :meth:`harness.Scenario.describe`)."""
+    words = (f"{setup['guests']} guests x {setup['memory_mib']} MiB, host budget "
+             f"{setup['host_budget_mib']} MiB, host swap {setup['host_swap_mib']} MiB, "
+             f"{setup['duration_s']:.0f} s of workload")
+    if setup.get("disk_iops"):
+        words += f", the guests sharing {setup['disk_iops']} IOPS on the host disk"
+    return words
+
+
 def markdown(results: Dict[str, Any]) -> str:
     lines = [f"# ebb evaluation results ({results['mode']} mode)", "",
              f"Run {results['started']} .. {results.get('finished', '(running)')} on "
              f"{results['host']}; repetitions: {results['reps']}. Medians over repetitions; "
              "ratios are medians of the ratio to `none` measured in the same repetition.", ""]
+    for name, setup in (results.get("scenarios") or {}).items():
+        if setup:
+            lines.append(f"- {name}: {setup_line(setup)}")
+    if results.get("scenarios"):
+        lines.append("")
     oc = results["summary"].get("overcommit")
     if oc:
         lines += ["## Memknobs total average throughput (the article's Table 1, plus rows)", "",
@@ -325,6 +340,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="host MemAvailable left to the guests, for every scenario run "
                         "(default 2048 overcommit, 1024 pagecache; 700/600 short): how far "
                         "the host is overcommitted")
+    parser.add_argument("--disk-iops", type=int, default=None, metavar="N",
+                        help="the guests' QEMU processes together may do at most N reads and N "
+                        "writes a second on the host disk (host swap-ins and guest disk I/O "
+                        "alike), as one disk of the article's era would; default: unlimited")
     parser.add_argument("--results", default=str(REPO / "results"), metavar="DIR",
                         help="where evaluation.json/.md and the PNGs go (default results/)")
     parser.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",
@@ -353,6 +372,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--host-budget {args.host_budget}: must be a positive MiB count")
         for scenario in scen.values():
             scenario.host_budget_mib = args.host_budget
+    if args.disk_iops is not None:
+        if args.disk_iops <= 0:
+            parser.error(f"--disk-iops {args.disk_iops}: must be a positive count")
+        for scenario in scen.values():
+            scenario.disk_iops = args.disk_iops
     reps = args.reps or (1 if args.short else 3)
     plan: Dict[str, List[str]] = {}
     if args.short:

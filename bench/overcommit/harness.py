@@ -71,6 +71,9 @@ class Scenario:
     host_budget_mib: int
     host_swap_mib: int
     images_dir: Path = Path("/var/lib/ebb-bench/images")
+    #: Reads and writes a second the guests' QEMU processes together may do on the
+    #: host disk (host swap-ins and guest disk I/O); None: the disk as it is.
+    disk_iops: Optional[int] = None
 
     @property
     def names(self) -> List[str]:
@@ -95,7 +98,8 @@ class Scenario:
     def describe(self) -> Dict[str, Any]:
         return {"guests": self.guests, "memory_mib": self.memory_mib,
                 "floor_mib": self.floor_mib, "duration_s": self.duration_s,
-                "host_budget_mib": self.host_budget_mib, "host_swap_mib": self.host_swap_mib}
+                "host_budget_mib": self.host_budget_mib, "host_swap_mib": self.host_swap_mib,
+                **({"disk_iops": self.disk_iops} if self.disk_iops else {})}
 
 
 class Sampler(threading.Thread):
@@ -305,6 +309,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
     ebbd: Optional[EbbdProcess] = None
     sampler: Optional[Sampler] = None
     agents: List[str] = []
+    disk: Optional[labguests.DiskLimit] = None
     try:
         host.wait_no_hugepages()  # someone else's test may hold some (without the lock)
         host.ksm_off()
@@ -317,6 +322,13 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         shells = [lab.shell(n) for n in names]
         setup = {n: scenario.setup_guest(i, sh) for i, (n, sh) in enumerate(zip(names, shells))}
         host.ensure_swap()
+        if scenario.disk_iops:
+            disk = labguests.DiskLimit(scenario.prefix, labguests.whole_disk(host.swap_file),
+                                       scenario.disk_iops)
+            for name in names:
+                disk.add(labguests.qemu_pid(name))
+            say(f"[{scenario.name}/{config}] the guests share {disk.iops} read and "
+                f"{disk.iops} write IOPS on {disk.device}")
         host.wait_no_hugepages()
         reserved = 0 if config == "unconstrained" else host.shrink_to(scenario.host_budget_mib)
         policy = POLICIES[config]
@@ -330,6 +342,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
                     "connected to ebbd (another ebbd may hold their channels)")
         guest_before = [labguests.guest_vmstat(sh) for sh in shells]
         host_before = read_vmstat()
+        disk_before = disk.ios() if disk is not None else None
         host.ensure_swap()
         sampler = Sampler(names, hold_hugepages=reserved)
         sampler.start()
@@ -341,6 +354,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         results = _wait_jobs(shells, jobs, scenario.duration_s + 120.0)
         elapsed = time.monotonic() - t_start
         host_after = read_vmstat()
+        disk_after = disk.ios() if disk is not None else None
         cpu_used = cpu.stop(shells)
         sampler.stop()
         if ebbd is not None:
@@ -378,6 +392,9 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
             # What the host, the guests, ebbd and the agents used while the workload ran.
             "cpu": cpu_used,
         }
+        if disk_before is not None and disk_after is not None:
+            # What the guests did on the limited disk while the workload ran.
+            result["disk_ios"] = {k: disk_after[k] - disk_before[k] for k in disk_after}
         result["host_swap_ops"] = result["host_swap_in_pages"] + result["host_swap_out_pages"]
         result["guest_swap_ops"] = result["guest_swap_in_pages"] + result["guest_swap_out_pages"]
         # Others' tests on this host may change hugepages or swap under us (they do not
@@ -419,6 +436,8 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         if ebbd is not None:
             cleanups.append(ebbd.stop)
         cleanups += [host.unshrink, lambda: _down(scenario.prefix)]
+        if disk is not None:
+            cleanups.append(disk.close)
         for cleanup in cleanups:
             try:
                 cleanup()

@@ -200,3 +200,77 @@ def mkfs_ext4_from_dir(image: Path, source: Path, size_mib: int) -> None:
 
 def conn_domain(lab: Lab, name: str) -> Any:
     return lab.conn.lookupByName(name)
+
+
+def whole_disk(path: Path) -> str:
+    """The device node of the whole disk holding ``path`` (blkio limits apply to disks)."""
+    st = os.stat(path)
+    sysdir = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+    if not sysdir.exists():
+        raise LabError(f"{path} is not on a block device ({sysdir} is missing)",
+                       hint="put the host swap file and the images on a local disk")
+    sysdir = sysdir.resolve()
+    if (sysdir / "partition").exists():
+        sysdir = sysdir.parent
+    for line in (sysdir / "uevent").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "DEVNAME":
+            return f"/dev/{value}"
+    raise LabError(f"no DEVNAME in {sysdir / 'uevent'}")
+
+
+BLKIO_ROOT = Path("/sys/fs/cgroup/blkio")
+
+
+def qemu_pid(name: str) -> int:
+    """The pid of a running guest's QEMU (libvirt's pid file)."""
+    path = Path(f"/run/libvirt/qemu/{name}.pid")
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError) as err:
+        raise LabError(f"{name}: no QEMU pid in {path}: {err}") from err
+
+
+class DiskLimit:
+    """One slow disk shared by the guests: their QEMU processes go into one blkio cgroup
+    that may do at most ``iops`` reads and ``iops`` writes a second on ``device``.
+
+    That covers the host swap-ins a guest's memory faults in (the faulting QEMU thread
+    reads them) and the guests' own disk I/O; the host's swap-out, done by kswapd, is not
+    limited. The cgroup is removed by :meth:`close`, once the guests are gone.
+    """
+
+    def __init__(self, name: str, device: str, iops: int) -> None:
+        st = os.stat(device)
+        self.device = device
+        self.devno = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        self.iops = iops
+        self.path = BLKIO_ROOT / name
+        if not (BLKIO_ROOT / "blkio.throttle.read_iops_device").exists():
+            raise LabError(f"no blkio throttling here ({BLKIO_ROOT} has no "
+                           "blkio.throttle.read_iops_device)",
+                           hint="--disk-iops needs the cgroup v1 blkio controller")
+        self.path.mkdir(exist_ok=True)
+        for knob in ("blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device"):
+            (self.path / knob).write_text(f"{self.devno} {iops}\n")
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(f"{pid}\n")
+
+    def ios(self) -> Dict[str, int]:
+        """Reads and writes done on the device by the guests so far."""
+        done = {"read": 0, "write": 0}
+        for line in (self.path / "blkio.throttle.io_serviced").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == self.devno and parts[1].lower() in done:
+                done[parts[1].lower()] = int(parts[2])
+        return done
+
+    def close(self) -> None:
+        """Move whatever is left back to the root group and remove the cgroup."""
+        if not self.path.exists():
+            return
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                (BLKIO_ROOT / "cgroup.procs").write_text(f"{pid}\n")
+        self.path.rmdir()

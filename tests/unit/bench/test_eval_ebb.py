@@ -116,3 +116,51 @@ def test_runs_of_another_set_up_are_not_mixed_in(tmp_path: Path) -> None:
     tighter = fresh(1536)
     eval_ebb._carry_over(tighter, tmp_path / "evaluation.json", {"overcommit": ["none"]}, False)
     assert tighter["runs"]["overcommit"] == [], "runs with another host budget mixed in"
+
+
+def test_a_disk_limit_is_part_of_the_set_up_and_shown(tmp_path: Path) -> None:
+    scen = eval_ebb.scenarios(short=False, duration_s=None)["overcommit"]
+    assert "disk_iops" not in scen.describe()  # results of before the option still match
+    old = {"mode": "full", "started": "then", "scenarios": {"overcommit": scen.describe()},
+           "runs": {"overcommit": [_memknobs_run("classic", 0, 90.0)]}, "plots": []}
+    (tmp_path / "evaluation.json").write_text(json.dumps(old))
+    scen.disk_iops = 200
+    limited = {"mode": "full", "reps": 1, "scenarios": {"overcommit": scen.describe()},
+               "runs": {"overcommit": []}, "summary": {}, "plots": []}
+    eval_ebb._carry_over(limited, tmp_path / "evaluation.json", {"overcommit": ["none"]}, False)
+    assert limited["runs"]["overcommit"] == [], "runs on an unlimited disk mixed in"
+
+    text = eval_ebb.markdown({"mode": "full", "started": "s", "finished": "f", "host": "h",
+                              "reps": 1, "summary": {}, "targets": [], "plots": [],
+                              "runs": {}, "scenarios": {"overcommit": scen.describe()}})
+    assert ("- overcommit: 4 guests x 768 MiB, host budget 2048 MiB, host swap 4096 MiB, "
+            "240 s of workload, the guests sharing 200 IOPS on the host disk") in text
+
+
+
+def test_a_disk_limit_sets_both_knobs_and_counts_the_guests_ios(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from overcommit import labguests
+
+    root = tmp_path / "blkio"
+    root.mkdir()
+    (root / "blkio.throttle.read_iops_device").write_text("")
+    monkeypatch.setattr(labguests, "BLKIO_ROOT", root)
+    disk = labguests.DiskLimit("ebb-bench-oc", "/dev/null", 100)  # 1:3, a device node
+    assert (root / "ebb-bench-oc/blkio.throttle.read_iops_device").read_text() == "1:3 100\n"
+    assert (root / "ebb-bench-oc/blkio.throttle.write_iops_device").read_text() == "1:3 100\n"
+    disk.add(4242)
+    assert (root / "ebb-bench-oc/cgroup.procs").read_text() == "4242\n"
+    (root / "ebb-bench-oc/blkio.throttle.io_serviced").write_text(
+        "254:0 Read 7\n1:3 Read 1088\n1:3 Write 45\n1:3 Sync 1133\n1:3 Total 1133\nTotal 1140\n")
+    assert disk.ios() == {"read": 1088, "write": 45}
+
+
+def test_a_disk_limit_says_when_there_is_no_blkio_throttling(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ebb.host.lab.errors import LabError
+    from overcommit import labguests
+
+    monkeypatch.setattr(labguests, "BLKIO_ROOT", tmp_path)
+    with pytest.raises(LabError, match="no blkio throttling"):
+        labguests.DiskLimit("ebb-bench-oc", "/dev/null", 100)
