@@ -252,17 +252,38 @@ def test_cooperative_a_small_need_on_a_comfortable_host_still_gets_the_refill() 
     assert target is not None and target >= cur + 0.05 * cur
 
 
-def test_cooperative_shares_the_spare_between_needy_guests_in_order() -> None:
-    # freeable 2 GiB, reserve 1.6 GiB: 0.4 GiB = 419430.4 KiB to share.
-    guests = [
+def test_cooperative_shares_the_spare_between_needy_guests_by_what_they_ask() -> None:
+    # freeable 2 GiB, reserve 1.6 GiB: 0.4 GiB = 419430.4 KiB to share; asked 400 MiB
+    # in all: each gets all it asked.
+    enough = run("cooperative", {"mem_free": 2 * GiB}, [
         agent("first", 2 * GiB, unused=0, need=300 * 1024),
-        agent("second", 2 * GiB, unused=0, need=300 * 1024),
-    ]
-    ev = run("cooperative", {"mem_free": 2 * GiB}, guests)
-    assert ev.proposed_targets() == {
-        "first": 2 * GiB + 300 * 1024,
-        "second": int(2 * GiB + 419430.4 - 300 * 1024),
+        agent("second", 2 * GiB, unused=0, need=100 * 1024),
+    ])
+    assert enough.proposed_targets() == {"first": 2 * GiB + 300 * 1024,
+                                         "second": 2 * GiB + 100 * 1024}
+    # Asked 800 MiB: each gets 419430.4 / 819200 of what it asked, whatever its place.
+    short = run("cooperative", {"mem_free": 2 * GiB}, [
+        agent("first", 2 * GiB, unused=0, need=300 * 1024),
+        agent("second", 2 * GiB, unused=0, need=100 * 1024),
+        agent("last", 2 * GiB, unused=0, need=400 * 1024),
+    ])
+    scale = 419430.4 / (800 * 1024)
+    assert short.proposed_targets() == {
+        "first": int(2 * GiB + scale * 300 * 1024),
+        "second": int(2 * GiB + scale * 100 * 1024),
+        "last": int(2 * GiB + scale * 400 * 1024),
     }
+
+
+def test_cooperative_the_last_needy_guest_is_not_starved() -> None:
+    # Seen in the evaluation: with the spare short of the needs, the guest last in
+    # the list got nothing for two minutes while it swapped and the others were served.
+    guests = [agent(name, 2 * GiB, unused=0, need=256 * 1024, swap_in_rate=4096)
+              for name in ("oc-1", "oc-2", "oc-3", "oc-4")]
+    ev = run("cooperative", {"mem_free": int(1.7 * GiB)}, guests)  # 100 MiB above the reserve
+    targets = ev.proposed_targets()
+    assert targets["oc-4"] is not None and targets["oc-4"] > 2 * GiB
+    assert len(set(targets.values())) == 1, targets
 
 
 def test_cooperative_gives_nothing_when_the_host_is_at_its_reserve() -> None:
