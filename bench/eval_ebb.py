@@ -340,6 +340,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="host MemAvailable left to the guests, for every scenario run "
                         "(default 2048 overcommit, 1024 pagecache; 700/600 short): how far "
                         "the host is overcommitted")
+    parser.add_argument("--guests", type=int, default=None, metavar="N",
+                        help="guests per scenario (default 4 overcommit, 3 pagecache; 2 short); "
+                        "with fewer guests than CPUs a guest that waits for memory leaves its "
+                        "CPU idle instead of to the other guests (pair with --host-budget)")
     parser.add_argument("--disk-iops", type=int, default=None, metavar="N",
                         help="the guests' QEMU processes together may do at most N reads and N "
                         "writes a second on the host disk (host swap-ins and guest disk I/O "
@@ -372,6 +376,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--host-budget {args.host_budget}: must be a positive MiB count")
         for scenario in scen.values():
             scenario.host_budget_mib = args.host_budget
+    if args.guests is not None:
+        if args.guests < 2:
+            parser.error(f"--guests {args.guests}: at least 2 (demand shifts between guests)")
+        for scenario in scen.values():
+            scenario.guests = args.guests
     if args.disk_iops is not None:
         if args.disk_iops <= 0:
             parser.error(f"--disk-iops {args.disk_iops}: must be a positive count")
