@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, List
 
+from ebb.host.lab.domain import DEFAULT_TB_CACHE_MIB
 from ebb.host.lab.errors import LabError
 from ebb.host.lab.manager import (
     DEFAULT_AGENT_ARGS,
@@ -25,6 +26,17 @@ from ebb.host.lab.manager import (
     Lab,
     LabSettings,
 )
+
+
+def _tb_cache(text: str) -> int:
+    """``--tb-cache``: a MiB count, 0 for QEMU's default; QEMU needs at least 1 MiB."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be 0 (QEMU's default) or more")
+    return value
 
 
 def _lab(args: argparse.Namespace) -> Lab:
@@ -46,7 +58,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         guests = _lab(args).up(
             count=args.guests, memory_mib=args.memory, kvm=args.kvm, run=args.run,
             agent=not args.no_agent, agent_args=args.agent_args, timeout_s=args.timeout,
-            floor_mib=args.floor, progress=_progress,
+            floor_mib=args.floor, tb_cache_mib=args.tb_cache, progress=_progress,
         )
     except LabError as err:
         return _fail(err)
@@ -182,6 +194,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                      help="use KVM (default: only when /dev/kvm works and the CPU has vmx/svm)")
     kvm.add_argument("--no-kvm", dest="kvm", action="store_false",
                      help="use software emulation (domain type qemu)")
+    up.add_argument("--tb-cache", type=_tb_cache, default=DEFAULT_TB_CACHE_MIB, metavar="MIB",
+                    help="software emulation only: QEMU's translated-code cache per guest, "
+                    "host memory no balloon can take back (default "
+                    f"{DEFAULT_TB_CACHE_MIB}; 0: QEMU's default, 1 GiB, filled as guest code runs)")
     up.add_argument("--run", metavar="CMD",
                     help='a command each guest starts at boot, e.g. "memknobs --pattern 200M:60s"')
     up.add_argument("--no-agent", action="store_true", help="do not start ebb-agent in guests")

@@ -280,12 +280,14 @@ class Lab:
     def up(self, count: int = 2, memory_mib: int = DEFAULT_MEMORY_MIB,
            kvm: Optional[bool] = None, run: Optional[str] = None, agent: bool = True,
            agent_args: str = DEFAULT_AGENT_ARGS, timeout_s: float = 180.0, wait_agent: bool = True,
-           floor_mib: Optional[int] = None,
+           floor_mib: Optional[int] = None, tb_cache_mib: int = domain_xml.DEFAULT_TB_CACHE_MIB,
            progress: Optional[Progress] = None) -> List[GuestInfo]:
         """Define and start ``count`` guests; wait until each agent runs (and talks).
 
         Each guest's ``<ebb:vm floor_mib>`` is ``floor_mib`` (default
-        :func:`default_floor_mib`), so ebbd may balloon it down that far.
+        :func:`default_floor_mib`), so ebbd may balloon it down that far. Under
+        software emulation QEMU's translated-code cache is ``tb_cache_mib``
+        (0: QEMU's own default, 1 GiB).
         Guests of the same names left by an earlier lab are replaced. Raises
         :class:`LabError` when something is missing or a guest does not come up in
         ``timeout_s``; the guests are left running for inspection then.
@@ -317,6 +319,7 @@ class Lab:
                 python=guest_py.python, bin_dir=guest_py.bin_dir, guest_dir=gdir,
                 state_dir=self.state_dir, domain_type=domain_type, run=run, agent=agent,
                 agent_args=agent_args, qemu_as_root=guest_py.qemu_as_root,
+                tb_cache_mib=tb_cache_mib,
                 ebb_metadata={"floor_mib": str(floor_mib if floor_mib is not None
                                                else default_floor_mib(memory_mib))},
             )

@@ -64,3 +64,19 @@ def test_a_checkout_under_tmp_is_bound_back_into_the_guest(
 
     monkeypatch.setattr(domain, "PROJECT_DIR", Path("/work/main"))
     assert not any(w.startswith("ebb.keep=") for w in _spec(tmp_path).cmdline().split())
+
+
+def test_an_emulated_guest_has_a_bounded_translation_cache(tmp_path: Path) -> None:
+    # QEMU's default reserves 1 GiB per guest and fills it as new code runs:
+    # host memory outside the guest that no balloon can take back.
+    cache = ET.fromstring(domain_xml(_spec(tmp_path))).find("features/tcg/tb-cache")
+    assert cache is not None and cache.get("unit") == "MiB" and cache.text == "128"
+    sized = ET.fromstring(domain_xml(_spec(tmp_path, tb_cache_mib=256)))
+    assert sized.find("features/tcg/tb-cache").text == "256"
+
+
+def test_qemu_default_cache_and_kvm_guests_carry_no_tcg_element(tmp_path: Path) -> None:
+    for spec in (_spec(tmp_path, tb_cache_mib=0), _spec(tmp_path, domain_type="kvm")):
+        root = ET.fromstring(domain_xml(spec))
+        assert root.find("features/acpi") is not None
+        assert root.find("features/tcg") is None
