@@ -73,6 +73,7 @@ class CpuMeter:
     _agents: Dict[str, Optional[float]] = field(default_factory=dict)
     _procs_at: float = 0.0
     _agents_at: float = 0.0
+    _end: Optional[Tuple[Tuple[int, int], Dict[str, Optional[float]], float]] = None
 
     def _read_procs(self) -> Dict[str, Optional[float]]:
         out: Dict[str, Optional[float]] = {}
@@ -90,15 +91,24 @@ class CpuMeter:
         self._host = host_cpu_ticks()
         self._procs = self._read_procs()
 
+    def end(self) -> None:
+        """Read the host and the processes now, at the workload's end (:meth:`stop`
+        then only reads the agents, so ebbd may be stopped in between)."""
+        self._end = (host_cpu_ticks(), self._read_procs(),
+                     max(time.monotonic() - self._procs_at, 1e-6))
+
     def stop(self, shells: Sequence[GuestShell]) -> Dict[str, object]:
         """Shares of one core (%), except ``host_cpu_busy_pct``: of all the host's CPUs.
 
-        The agents are read through the guests' shells, which takes a moment: their
-        share is over the span between the two readings, not the workload's.
+        The host and the processes are read at :meth:`end` (now if it was not
+        called). The agents are read through the guests' shells, which takes a
+        moment: their share is over the span between the two readings, not the
+        workload's.
         """
-        busy, total = host_cpu_ticks()
-        procs = self._read_procs()
-        procs_s = max(time.monotonic() - self._procs_at, 1e-6)
+        if self._end is None:
+            self.end()
+        assert self._end is not None
+        (busy, total), procs, procs_s = self._end
         agents = {sh.name: agent_cpu_s(sh) for sh in shells}
         agents_s = max(time.monotonic() - self._agents_at, 1e-6)
 

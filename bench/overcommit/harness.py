@@ -256,14 +256,21 @@ class EbbdProcess:
             self.proc.wait(10)
 
 
-def balloon_movements(trace: Path) -> Dict[str, Any]:
-    """Balloon changes ebbd applied, from its trace: count, MiB moved, per direction."""
+def balloon_movements(trace: Path, until: Optional[float] = None) -> Dict[str, Any]:
+    """Balloon changes ebbd applied, from its trace: count, MiB moved, per direction.
+
+    Only ticks up to ``until`` (wall-clock time, the end of the workload) count:
+    what ebbd does while the benchmark reads its figures afterwards changes
+    nothing the run measured.
+    """
     from ebb.host.observe.trace import TraceError, read_trace
 
     count = inflations = deflations = 0
     moved_kib = 0
     try:
         for record in read_trace(trace):
+            if until is not None and record.get("ts", 0.0) > until:
+                break
             for entry in record.get("applied") or []:
                 if "controller" in entry or entry.get("outcome") != "applied":
                     continue
@@ -280,6 +287,16 @@ def balloon_movements(trace: Path) -> Dict[str, Any]:
         pass
     return {"count": count, "moved_mib": round(moved_kib / 1024, 1),
             "inflations": inflations, "deflations": deflations}
+
+
+def freeable_during(samples: Sequence[Dict[str, Any]], start_s: float,
+                    end_s: float) -> Dict[str, Optional[int]]:
+    """The host's freeable memory (MiB) while the workload ran: median and least."""
+    values = sorted(s["host"]["freeable_kib"] // 1024 for s in samples
+                    if "host" in s and start_s <= s["t_s"] <= end_s)
+    if not values:
+        return {"median": None, "min": None}
+    return {"median": values[len(values) // 2], "min": values[0]}
 
 
 def _wait_jobs(shells: Sequence[GuestShell], jobs: Sequence[CommandResult],
@@ -351,14 +368,20 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         jobs = [sh.spawn(scenario.workload(i)) for i, sh in enumerate(shells)]
         t_start = time.monotonic()
         say(f"[{scenario.name}/{config}] workload running for {scenario.duration_s:.0f} s")
+        t_start_wall = time.time()
         results = _wait_jobs(shells, jobs, scenario.duration_s + 120.0)
         elapsed = time.monotonic() - t_start
+        t_end_wall = time.time()
         host_after = read_vmstat()
         disk_after = disk.ios() if disk is not None else None
-        cpu_used = cpu.stop(shells)
+        # The run is over: stop sampling and ebbd before reading anything in the
+        # guests (every command started there is new code for QEMU to translate,
+        # host memory ebbd would react to).
+        cpu.end()
         sampler.stop()
         if ebbd is not None:
             ebbd.stop()
+        cpu_used = cpu.stop(shells)
         guest_after = [labguests.guest_vmstat(sh) for sh in shells]
         per_guest = {}
         for i, (name, res) in enumerate(zip(names, results)):
@@ -384,7 +407,12 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
             "guest_swap_out_pages": sum(g["swap_out_pages"] for g in per_guest.values()),
             "ksm_pages_sharing_max": max(ksm_sharing, default=0),
             "ksm_pages_shared_max": max(ksm_shared, default=0),
-            "balloon": (balloon_movements(ebbd.trace) if ebbd is not None else
+            # Seconds of samples.json (its t_s) between which the workload ran.
+            "workload_window_s": [round(t_start_wall - sampler.t0, 2),
+                                  round(t_end_wall - sampler.t0, 2)],
+            "host_freeable_mib": freeable_during(sampler.samples, t_start_wall - sampler.t0,
+                                                 t_end_wall - sampler.t0),
+            "balloon": (balloon_movements(ebbd.trace, until=t_end_wall) if ebbd is not None else
                         {"count": 0, "moved_mib": 0.0, "inflations": 0, "deflations": 0}),
             "guests": per_guest,
             # Agents in session with our ebbd when the workload started.

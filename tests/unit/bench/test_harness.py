@@ -1,0 +1,54 @@
+"""bench/overcommit/harness.py: what a run's figures count, and over which span."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import ebb.host.observe.trace  # noqa: E402,F401 - imported here: prometheus_client reads /proc
+from overcommit import cpu  # noqa: E402
+from overcommit.harness import balloon_movements, freeable_during  # noqa: E402
+
+
+def _tick(ts: float, before_kib: int, target_kib: int) -> dict:
+    return {"ts": ts, "tick": int(ts), "state": {"host": {"samples": []}, "guests": []},
+            "applied": [{"vm": "g1", "before_kib": before_kib, "target_kib": target_kib,
+                         "outcome": "applied"}]}
+
+
+def test_balloon_moves_after_the_workload_are_not_counted(tmp_path: Path) -> None:
+    # ebbd keeps ticking while the benchmark reads its figures in the guests;
+    # what it does then changes nothing the run measured.
+    trace = tmp_path / "trace.jsonl"
+    ticks = [_tick(100.0, 524288, 500000), _tick(102.0, 500000, 480000),
+             _tick(130.0, 480000, 400000)]
+    trace.write_text("".join(json.dumps(t) + "\n" for t in ticks))
+    everything = balloon_movements(trace)
+    assert everything["count"] == 3
+    during = balloon_movements(trace, until=120.0)
+    assert during == {"count": 2, "moved_mib": round((524288 - 480000) / 1024, 1),
+                      "inflations": 2, "deflations": 0}
+
+
+def test_freeable_memory_is_read_over_the_workload_window_only() -> None:
+    samples = [{"t_s": t, "host": {"freeable_kib": mib * 1024}}
+               for t, mib in ((0.0, 1200), (10.0, 700), (20.0, 650), (30.0, 600), (40.0, 100))]
+    assert freeable_during(samples, 10.0, 30.0) == {"median": 650, "min": 600}
+    assert freeable_during(samples, 50.0, 60.0) == {"median": None, "min": None}
+
+
+def test_cpu_shares_end_when_the_workload_ends(tmp_path: Path, monkeypatch) -> None:
+    # The host and the processes are read at end(); stop() may come later (after
+    # ebbd is stopped) and must not count what happened in between.
+    ticks = iter([(100, 1000), (150, 1100), (190, 1200)])
+    monkeypatch.setattr(cpu, "host_cpu_ticks", lambda: next(ticks))
+    monkeypatch.setattr(cpu, "qemu_pid", lambda name: None)
+    monkeypatch.setattr(cpu, "agent_cpu_s", lambda shell: None)
+    meter = cpu.CpuMeter(names=["g1"])
+    meter.start([])
+    meter.end()
+    assert meter.stop([])["host_cpu_busy_pct"] == 50.0
