@@ -110,6 +110,10 @@ def figures_of(scenario: str, run: Dict[str, Any]) -> Dict[str, float]:
         "balloon_moved_mib": run["balloon"]["moved_mib"],
         "ksm_pages_sharing_max": run["ksm_pages_sharing_max"],
     }
+    freeable = (run.get("host_freeable_mib") or {}).get("median")
+    if freeable is not None:
+        # How short the host was while the workload ran (runs before 2026-12-05 lack it).
+        out["host_freeable_mib"] = freeable
     if scenario == "overcommit":
         out["throughput_mb_s"] = total_throughput(run)
     else:
@@ -151,6 +155,10 @@ def summarise(scenario: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         ratios[config] = {k: round(statistics.median(v), 3) for k, v in per_key.items()}
     return {"medians": medians, "ratios_to_none": ratios,
             "repetitions": {c: len(f) for c, f in by_config.items()}}
+
+
+def _mib(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _pct(ratio: Optional[float]) -> str:
@@ -208,8 +216,9 @@ def markdown(results: Dict[str, Any]) -> str:
         lines += ["## Page-cache workload (the article's Table 2 shape)", "",
                   "| configuration | p95 latency (ms, mean over guests) | vs none | worst guest "
                   "p95 (ms) | requests/s per guest | throughput (KiB/s per guest) | vs none | "
-                  "host swap ops | guest swap ops | balloon moves (count / MiB) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "host swap ops | guest swap ops | balloon moves (count / MiB) | "
+                  "host freeable while it ran (MiB, median) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for config in PAGECACHE_CONFIGS:
             med = pc["medians"].get(config)
             if med is None:
@@ -222,7 +231,8 @@ def markdown(results: Dict[str, Any]) -> str:
                 f"{med['throughput_kib_s_per_guest']:.0f} | "
                 f"{_pct(ratio.get('throughput_kib_s_per_guest')) if config != 'none' else '-'}"
                 f" | {med['host_swap_ops']:.0f} | {med['guest_swap_ops']:.0f} | "
-                f"{med['balloon_moves']:.0f} / {med['balloon_moved_mib']:.0f} |")
+                f"{med['balloon_moves']:.0f} / {med['balloon_moved_mib']:.0f} | "
+                f"{_mib(med.get('host_freeable_mib'))} |")
         lines.append("")
     lines += cpu_table(results["summary"])
     targets = results.get("targets") or []

@@ -164,3 +164,25 @@ def test_a_disk_limit_says_when_there_is_no_blkio_throttling(
     monkeypatch.setattr(labguests, "BLKIO_ROOT", tmp_path)
     with pytest.raises(LabError, match="no blkio throttling"):
         labguests.DiskLimit("ebb-bench-oc", "/dev/null", 100)
+
+
+def test_the_page_cache_table_says_how_short_the_host_was() -> None:
+    # Whether a policy acted at all depends on the host being under its line
+    # while the requests were timed: the table shows the freeable memory then.
+    runs = [_run("none", 0, 2.0), _run("classic", 0, 2.2)]
+    runs[0]["host_freeable_mib"] = {"median": 480, "min": 455}
+    runs[1]["host_freeable_mib"] = {"median": 610, "min": 470}
+    summary = eval_ebb.summarise("pagecache", runs)
+    assert summary["medians"]["classic"]["host_freeable_mib"] == 610
+    text = eval_ebb.markdown(_results(summary))
+    rows = [line for line in text.splitlines() if line.startswith("| classic")]
+    assert rows and rows[0].endswith("| 610 |")
+    # Runs from before the figure was recorded show a dash, not a zero.
+    old = eval_ebb.summarise("pagecache", [_run("none", 0, 2.0)])
+    text = eval_ebb.markdown(_results(old))
+    assert [line for line in text.splitlines() if line.startswith("| none")][0].endswith("| - |")
+
+
+def _results(pagecache: Any) -> Any:
+    return {"mode": "full", "started": "t0", "host": "h", "reps": 1,
+            "summary": {"pagecache": pagecache}, "runs": {}}
