@@ -180,7 +180,8 @@ def test_the_page_cache_table_says_how_short_the_host_was() -> None:
     # Runs from before the figure was recorded show a dash, not a zero.
     old = eval_ebb.summarise("pagecache", [_run("none", 0, 2.0)])
     text = eval_ebb.markdown(_results(old))
-    assert [line for line in text.splitlines() if line.startswith("| none")][0].endswith("| - |")
+    none_row = next(line for line in text.splitlines() if line.startswith("| none"))
+    assert none_row.endswith("| - |")
 
 
 def _results(pagecache: Any) -> Any:
