@@ -59,6 +59,7 @@ from .yielding import (
     NeedEstimate,
     YieldConfig,
     assess,
+    cache_refaulting,
     need_changed,
     offer_changed,
 )
@@ -210,6 +211,8 @@ class Agent:
         self._ping_nonce: Optional[int] = None
         self._ping_sent_at = 0.0
         self._previous: Optional[MemorySample] = None
+        #: Until when (monotonic s) the page cache is not offered: it refaulted.
+        self._cache_held_until = float("-inf")
         self._last_reported: Optional[MemorySample] = None
         self._last_offer_kib: Optional[int] = None
         self._last_need: Optional[NeedEstimate] = None
@@ -537,7 +540,14 @@ class Agent:
             self._collect_failing = False
         previous = self._previous
         elapsed_s = sample.monotonic_s - previous.monotonic_s if previous is not None else 0.0
-        assessment = assess(previous, sample, elapsed_s, self.config.yield_config)
+        yield_config = self.config.yield_config
+        if cache_refaulting(previous, sample, elapsed_s, yield_config):
+            if not self.cache_held(sample.monotonic_s):
+                LOG.info("evicted pages are being read back: the page cache is in use, "
+                         "not offered for %.0f s", yield_config.cache_hold_s)
+            self._cache_held_until = sample.monotonic_s + yield_config.cache_hold_s
+        assessment = assess(previous, sample, elapsed_s, yield_config,
+                            cache_offered=not self.cache_held(sample.monotonic_s))
         self._previous = sample
         self.last_assessment = assessment
 
@@ -558,6 +568,10 @@ class Agent:
         if self._calm(previous, sample, assessment):
             watch_s *= 2
         self._next_sample_at = min(self._next_report_at, now + min(self.interval_s, watch_s))
+
+    def cache_held(self, now_s: float) -> bool:
+        """Whether the page cache is kept out of offers at ``now_s`` (it refaulted lately)."""
+        return now_s < self._cache_held_until
 
     def _calm(self, previous: Optional[MemorySample], sample: MemorySample,
               assessment: Assessment) -> bool:

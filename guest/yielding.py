@@ -8,16 +8,22 @@ Offer (KiB the guest can give now without harm)::
     reserve   = reserve_kib if configured else max(64 MiB, 5 % of MemTotal)
     keep      = 2 * reserve + reserve / 2      # the need watermark, plus headroom
     clean     = max(0, Inactive(file) - Dirty - Writeback)       # clean, inactive file cache
-    cheap     = MemFree + clean
+    cheap     = MemFree + clean        # MemFree alone while the cache is held (below)
     offer     = max(0, min(cheap, MemAvailable) - keep)          # 0 while there is a need
     offer     = offer rounded down to a whole MiB
 
 A guest that gives its whole offer keeps half a reserve above the point where it
 would ask for memory, so giving an offer never by itself turns into a need.
 
+The cache is *held* (not offered) for ``cache_hold_s`` after the guest last re-read
+evicted pages (workingset refaults at ``refault_cache_per_s`` or more): pages read once
+sit on the inactive list although they are the working set, and a cache that refaults
+is one the guest is using. The agent keeps that clock (``cache_offered`` below).
+
 Need (KiB wanted, with urgency) from two consecutive samples ``elapsed_s`` apart::
 
-    rates     = delta(pgmajfault), delta(pswpin), delta(pswpout), each / elapsed_s
+    rates     = delta(pgmajfault), delta(pswpin), delta(pswpout),
+                delta(workingset_refault), each / elapsed_s
     triggers  = MemAvailable < 2 * reserve                      low   (< reserve: high,
                                                                       < reserve / 2: critical)
                 PSI some avg10 >= 10 %                          low   (>= 25 %: high,
@@ -26,6 +32,7 @@ Need (KiB wanted, with urgency) from two consecutive samples ``elapsed_s`` apart
                 major faults >= 200/s                           low   (>= 1000/s: high)
                 swap-in >= 256 pages/s                          low   (>= 2560/s: high)
                 swap-out >= 256 pages/s                         low   (>= 2560/s: high)
+                refaults >= 256 pages/s                         low   (>= 2560/s: high)
     urgency   = the highest level of any trigger
     kib       = max(2 * reserve - MemAvailable,                  # back to the low watermark
                     reserve * {low: 1, high: 2, critical: 4}[urgency])   # when stalling
@@ -66,12 +73,18 @@ class YieldConfig:
     swapin_high_pages_per_s: float = 2560.0
     swapout_low_pages_per_s: float = 256.0
     swapout_high_pages_per_s: float = 2560.0
+    refault_low_per_s: float = 256.0
+    refault_high_per_s: float = 2560.0
+    refault_cache_per_s: float = 32.0
+    cache_hold_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.reserve_kib is not None and self.reserve_kib < 0:
             raise ValueError(f"reserve_kib must be >= 0, got {self.reserve_kib}")
         if not 0.0 <= self.reserve_fraction < 1.0:
             raise ValueError(f"reserve_fraction must be in [0, 1), got {self.reserve_fraction}")
+        if self.cache_hold_s < 0:
+            raise ValueError(f"cache_hold_s must be >= 0, got {self.cache_hold_s}")
 
 
 @dataclass(frozen=True)
@@ -122,9 +135,16 @@ def offer_floor_kib(reserve: int) -> int:
     return need_watermark_kib(reserve) + reserve // 2
 
 
-def compute_offer_kib(sample: MemorySample, config: YieldConfig) -> int:
-    """KiB the guest can give back now without harm (0 when it has nothing to spare)."""
-    cheap_kib = sample.mem_free_kib + clean_cache_kib(sample)
+def compute_offer_kib(sample: MemorySample, config: YieldConfig,
+                      cache_offered: bool = True) -> int:
+    """KiB the guest can give back now without harm (0 when it has nothing to spare).
+
+    ``cache_offered=False`` (the cache is held: the guest re-read evicted pages
+    lately) offers free memory only.
+    """
+    cheap_kib = sample.mem_free_kib
+    if cache_offered:
+        cheap_kib += clean_cache_kib(sample)
     keep_kib = offer_floor_kib(reserve_kib(sample.mem_total_kib, config))
     spare_kib = min(cheap_kib, sample.mem_available_kib) - keep_kib
     if spare_kib <= 0:
@@ -137,6 +157,19 @@ def _rate_per_s(previous: int, current: int, elapsed_s: float) -> float:
     if elapsed_s <= 0 or current < previous:
         return 0.0
     return (current - previous) / elapsed_s
+
+
+def cache_refaulting(previous: Optional[MemorySample], current: MemorySample,
+                     elapsed_s: float, config: YieldConfig) -> bool:
+    """Whether the guest re-read evicted pages fast enough that its cache is in use.
+
+    Each refault is a page the kernel evicted and had to read back: the cache was
+    smaller than what the guest uses, so none of it is spare.
+    """
+    if previous is None:
+        return False
+    rate = _rate_per_s(previous.workingset_refault, current.workingset_refault, elapsed_s)
+    return rate >= config.refault_cache_per_s
 
 
 def _level(value: float, low: float, high: float, critical: Optional[float] = None) -> int:
@@ -204,6 +237,9 @@ def compute_need(
              config.swapin_low_pages_per_s, config.swapin_high_pages_per_s),
             ("pswpout", previous.pswpout, current.pswpout,
              config.swapout_low_pages_per_s, config.swapout_high_pages_per_s),
+            # Evicted pages read back: file cache (or swapped memory) the guest uses.
+            ("workingset_refault", previous.workingset_refault, current.workingset_refault,
+             config.refault_low_per_s, config.refault_high_per_s),
         )
         for name, before, after, low, high in rates:
             rate = _rate_per_s(before, after, elapsed_s)
@@ -228,10 +264,11 @@ def assess(
     current: MemorySample,
     elapsed_s: float,
     config: YieldConfig,
+    cache_offered: bool = True,
 ) -> Assessment:
     """Offer and need together: a guest that needs memory offers none."""
     need = compute_need(previous, current, elapsed_s, config)
-    offer_kib = 0 if need is not None else compute_offer_kib(current, config)
+    offer_kib = 0 if need is not None else compute_offer_kib(current, config, cache_offered)
     return Assessment(offer_kib=offer_kib, need=need)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -14,6 +15,7 @@ from agent_testkit import FAST_CONFIG, GIB_KIB, HostEnd, ProcTree
 from conftest import StartAgent
 from ebb.guest.agent import ConnectionState
 from ebb.guest.transport import SocketTransport, UnixSocketTransport
+from ebb.guest.yielding import YieldConfig
 from ebb.protocol.framing import MAX_FRAME_BYTES, encode_frame
 from ebb.protocol.messages import (
     Bye,
@@ -531,3 +533,28 @@ def test_a_calm_guest_is_sampled_half_as_often(proc_tree: ProcTree) -> None:
     finally:
         agent.close()
         host_sock.close()
+
+
+def test_a_cache_that_refaults_is_held_out_of_offers(
+    pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
+) -> None:
+    transport, host = pair
+    # Any refault holds the cache for a second; no refault rate is a need.
+    config = dataclasses.replace(FAST_CONFIG, yield_config=YieldConfig(
+        refault_cache_per_s=1.0, refault_low_per_s=1e9, refault_high_per_s=1e9,
+        cache_hold_s=1.0))
+    running = start_agent(transport, proc_tree, config)
+    _handshake(host, interval_ms=200)
+    full = host.wait_for(Offer)[0].kib
+
+    # Evicted pages are read back: the 512 MiB of inactive cache is no longer offered.
+    proc_tree.vmstat["workingset_refault_file"] += 50
+    proc_tree.write()
+    held = host.wait_for(Offer, count=2)[-1].kib
+    assert full - held == 511 * 1024  # Inactive(file) less the dirty MiB
+    assert host.of_type(Need) == []
+    assert running.agent.cache_held(time.monotonic())
+
+    # A quiet second later the cache is offered again.
+    offers = host.wait_for(Offer, timeout_s=5.0, count=3)
+    assert offers[-1].kib == full

@@ -9,6 +9,7 @@ from ebb.guest.collect import MemoryCollector, MemorySample
 from ebb.guest.yielding import (
     YieldConfig,
     assess,
+    cache_refaulting,
     compute_need,
     compute_offer_kib,
     need_changed,
@@ -176,3 +177,38 @@ def test_small_changes_are_not_worth_a_message() -> None:
     assert not offer_changed(100 * MIB_KIB, 110 * MIB_KIB, total)
     assert offer_changed(100 * MIB_KIB, 150 * MIB_KIB, total)
     assert not need_changed(None, None, total)
+
+
+def test_refaults_are_a_need(proc_tree: ProcTree) -> None:
+    before = _sample(proc_tree)
+    slow = compute_need(before, dataclasses.replace(
+        before, workingset_refault=before.workingset_refault + 200), 1.0, CONFIG)
+    low = compute_need(before, dataclasses.replace(
+        before, workingset_refault=before.workingset_refault + 300), 1.0, CONFIG)
+    high = compute_need(before, dataclasses.replace(
+        before, workingset_refault=before.workingset_refault + 3000), 1.0, CONFIG)
+    assert slow is None
+    assert low is not None and low.urgency == "low"
+    assert "workingset_refault=300/s" in low.reason
+    assert high is not None and high.urgency == "high"
+    # Asked in reserve steps, as for swapping: refaults do not say how much is missing.
+    reserve = reserve_kib(before.mem_total_kib, CONFIG)
+    assert low.kib == -(-reserve // MIB_KIB) * MIB_KIB
+
+
+def test_a_held_cache_is_not_offered(proc_tree: ProcTree) -> None:
+    sample = _sample(proc_tree)  # 2 GiB free, 512 MiB inactive file, 1 MiB dirty
+    with_cache = compute_offer_kib(sample, CONFIG)
+    held = compute_offer_kib(sample, CONFIG, cache_offered=False)
+    assert with_cache - held == 511 * MIB_KIB
+    assert assess(None, sample, 0.0, CONFIG, cache_offered=False).offer_kib == held
+
+
+def test_cache_refaulting_needs_a_rate_over_the_threshold(proc_tree: ProcTree) -> None:
+    before = _sample(proc_tree)
+    after = dataclasses.replace(before, workingset_refault=before.workingset_refault + 40)
+    assert cache_refaulting(before, after, 1.0, CONFIG)
+    assert not cache_refaulting(before, after, 2.0, CONFIG)  # 20 pages/s
+    assert not cache_refaulting(None, after, 1.0, CONFIG)
+    # A counter reset is no activity.
+    assert not cache_refaulting(after, before, 1.0, CONFIG)
