@@ -57,9 +57,11 @@ from .transport import Transport, TransportError
 from .yielding import (
     Assessment,
     NeedEstimate,
+    RecentMinimum,
     YieldConfig,
     assess,
     cache_refaulting,
+    clean_cache_kib,
     need_changed,
     offer_changed,
 )
@@ -213,6 +215,8 @@ class Agent:
         self._previous: Optional[MemorySample] = None
         #: Until when (monotonic s) the page cache is not offered: it refaulted.
         self._cache_held_until = float("-inf")
+        #: Cached over the last cache_hold_s: only cache that old may be offered.
+        self._cached_window = RecentMinimum(self.config.yield_config.cache_hold_s)
         self._last_reported: Optional[MemorySample] = None
         self._last_offer_kib: Optional[int] = None
         self._last_need: Optional[NeedEstimate] = None
@@ -541,13 +545,8 @@ class Agent:
         previous = self._previous
         elapsed_s = sample.monotonic_s - previous.monotonic_s if previous is not None else 0.0
         yield_config = self.config.yield_config
-        if cache_refaulting(previous, sample, elapsed_s, yield_config):
-            if not self.cache_held(sample.monotonic_s):
-                LOG.info("evicted pages are being read back: the page cache is in use, "
-                         "not offered for %.0f s", yield_config.cache_hold_s)
-            self._cache_held_until = sample.monotonic_s + yield_config.cache_hold_s
         assessment = assess(previous, sample, elapsed_s, yield_config,
-                            cache_offered=not self.cache_held(sample.monotonic_s))
+                            cache_cap_kib=self._cache_cap_kib(previous, sample, elapsed_s))
         self._previous = sample
         self.last_assessment = assessment
 
@@ -572,6 +571,28 @@ class Agent:
     def cache_held(self, now_s: float) -> bool:
         """Whether the page cache is kept out of offers at ``now_s`` (it refaulted lately)."""
         return now_s < self._cache_held_until
+
+    def _cache_cap_kib(self, previous: Optional[MemorySample], sample: MemorySample,
+                       elapsed_s: float) -> int:
+        """How much clean cache may be offered: only cache older than ``cache_hold_s``.
+
+        The clean inactive cache less what Cached grew by over the last ``cache_hold_s``
+        (its smallest value then; 0 until the agent has watched that long); 0 for
+        ``cache_hold_s`` after the guest re-read evicted pages.
+        """
+        config = self.config.yield_config
+        now_s = sample.monotonic_s
+        self._cached_window.add(now_s, sample.cached_kib)
+        if cache_refaulting(previous, sample, elapsed_s, config):
+            if not self.cache_held(now_s):
+                LOG.info("evicted pages are being read back: the page cache is in use, "
+                         "not offered for %.0f s", config.cache_hold_s)
+            self._cache_held_until = now_s + config.cache_hold_s
+        if self.cache_held(now_s) or not self._cached_window.full(now_s):
+            return 0
+        # New pages enter the inactive list: what Cached grew by in the window is young.
+        young_kib = sample.cached_kib - (self._cached_window.minimum() or 0)
+        return max(0, clean_cache_kib(sample) - young_kib)
 
     def _calm(self, previous: Optional[MemorySample], sample: MemorySample,
               assessment: Assessment) -> bool:

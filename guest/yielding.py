@@ -8,17 +8,21 @@ Offer (KiB the guest can give now without harm)::
     reserve   = reserve_kib if configured else max(64 MiB, 5 % of MemTotal)
     keep      = 2 * reserve + reserve / 2      # the need watermark, plus headroom
     clean     = max(0, Inactive(file) - Dirty - Writeback)       # clean, inactive file cache
-    cheap     = MemFree + clean        # MemFree alone while the cache is held (below)
+    cheap     = MemFree + min(clean, cache_cap)                # cache_cap: see below
     offer     = max(0, min(cheap, MemAvailable) - keep)          # 0 while there is a need
     offer     = offer rounded down to a whole MiB
 
 A guest that gives its whole offer keeps half a reserve above the point where it
 would ask for memory, so giving an offer never by itself turns into a need.
 
-The cache is *held* (not offered) for ``cache_hold_s`` after the guest last re-read
-evicted pages (workingset refaults at ``refault_cache_per_s`` or more): pages read once
-sit on the inactive list although they are the working set, and a cache that refaults
-is one the guest is using. The agent keeps that clock (``cache_offered`` below).
+Only cache older than ``cache_hold_s`` is offered, and none of it for ``cache_hold_s``
+after the guest last re-read evicted pages (workingset refaults at
+``refault_cache_per_s`` or more). Pages read once sit on the inactive list whether or
+not they will be read again: a guest that has just read its working set looks like a
+guest with a large idle cache. Cache that has stayed inactive for minutes is cold; a
+cache that refaults is in use. The agent keeps the clock and passes the cap
+(``cache_cap_kib``: the clean cache less what Cached grew by over the last
+``cache_hold_s``, since new pages enter the inactive list; 0 while refaulting).
 
 Need (KiB wanted, with urgency) from two consecutive samples ``elapsed_s`` apart::
 
@@ -41,8 +45,9 @@ Need (KiB wanted, with urgency) from two consecutive samples ``elapsed_s`` apart
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Deque, List, Optional, Tuple
 
 from .collect import MemorySample
 
@@ -136,20 +141,50 @@ def offer_floor_kib(reserve: int) -> int:
 
 
 def compute_offer_kib(sample: MemorySample, config: YieldConfig,
-                      cache_offered: bool = True) -> int:
+                      cache_cap_kib: Optional[int] = None) -> int:
     """KiB the guest can give back now without harm (0 when it has nothing to spare).
 
-    ``cache_offered=False`` (the cache is held: the guest re-read evicted pages
-    lately) offers free memory only.
+    ``cache_cap_kib`` caps the clean cache offered (``None``: no cap): the cache that
+    has been there long enough to be cold, 0 while the guest re-reads evicted pages.
     """
-    cheap_kib = sample.mem_free_kib
-    if cache_offered:
-        cheap_kib += clean_cache_kib(sample)
+    clean_kib = clean_cache_kib(sample)
+    if cache_cap_kib is not None:
+        clean_kib = min(clean_kib, max(0, cache_cap_kib))
+    cheap_kib = sample.mem_free_kib + clean_kib
     keep_kib = offer_floor_kib(reserve_kib(sample.mem_total_kib, config))
     spare_kib = min(cheap_kib, sample.mem_available_kib) - keep_kib
     if spare_kib <= 0:
         return 0
     return spare_kib - spare_kib % MIB_KIB
+
+
+class RecentMinimum:
+    """The smallest value seen over the last ``window_s`` seconds (a sliding minimum).
+
+    Values are added with their time; each is kept only while it could still be the
+    minimum, so the deque stays short for a value that mostly grows or holds.
+    ``full`` tells whether values span the whole window yet.
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._first_s: Optional[float] = None
+        self._values: Deque[Tuple[float, int]] = deque()
+
+    def add(self, now_s: float, value: int) -> None:
+        if self._first_s is None:
+            self._first_s = now_s
+        while self._values and self._values[-1][1] >= value:
+            self._values.pop()
+        self._values.append((now_s, value))
+        while self._values[0][0] < now_s - self.window_s:
+            self._values.popleft()
+
+    def minimum(self) -> Optional[int]:
+        return self._values[0][1] if self._values else None
+
+    def full(self, now_s: float) -> bool:
+        return self._first_s is not None and now_s - self._first_s >= self.window_s
 
 
 def _rate_per_s(previous: int, current: int, elapsed_s: float) -> float:
@@ -264,11 +299,11 @@ def assess(
     current: MemorySample,
     elapsed_s: float,
     config: YieldConfig,
-    cache_offered: bool = True,
+    cache_cap_kib: Optional[int] = None,
 ) -> Assessment:
     """Offer and need together: a guest that needs memory offers none."""
     need = compute_need(previous, current, elapsed_s, config)
-    offer_kib = 0 if need is not None else compute_offer_kib(current, config, cache_offered)
+    offer_kib = 0 if need is not None else compute_offer_kib(current, config, cache_cap_kib)
     return Assessment(offer_kib=offer_kib, need=need)
 
 

@@ -535,26 +535,38 @@ def test_a_calm_guest_is_sampled_half_as_often(proc_tree: ProcTree) -> None:
         host_sock.close()
 
 
-def test_a_cache_that_refaults_is_held_out_of_offers(
+def test_young_or_refaulting_cache_is_not_offered(
     pair: Tuple[SocketTransport, HostEnd], proc_tree: ProcTree, start_agent: StartAgent
 ) -> None:
     transport, host = pair
-    # Any refault holds the cache for a second; no refault rate is a need.
+    # Cache counts once it is a second old; any refault holds it for a second; no
+    # refault rate is a need.
     config = dataclasses.replace(FAST_CONFIG, yield_config=YieldConfig(
         refault_cache_per_s=1.0, refault_low_per_s=1e9, refault_high_per_s=1e9,
         cache_hold_s=1.0))
     running = start_agent(transport, proc_tree, config)
     _handshake(host, interval_ms=200)
-    full = host.wait_for(Offer)[0].kib
+    # Just started: the agent cannot tell how old the cache is, so offers free memory.
+    free_only = host.wait_for(Offer)[0].kib
+    # A second on, the 512 MiB of inactive cache (less the dirty MiB) is offered too.
+    full = host.wait_for(Offer, timeout_s=5.0, count=2)[-1].kib
+    assert full - free_only == 511 * 1024
 
-    # Evicted pages are read back: the 512 MiB of inactive cache is no longer offered.
+    # Evicted pages are read back: the cache is in use and held out of offers.
     proc_tree.vmstat["workingset_refault_file"] += 50
     proc_tree.write()
-    held = host.wait_for(Offer, count=2)[-1].kib
-    assert full - held == 511 * 1024  # Inactive(file) less the dirty MiB
+    held = host.wait_for(Offer, count=3)[-1].kib
+    assert held == free_only
     assert host.of_type(Need) == []
     assert running.agent.cache_held(time.monotonic())
 
-    # A quiet second later the cache is offered again.
-    offers = host.wait_for(Offer, timeout_s=5.0, count=3)
-    assert offers[-1].kib == full
+    # A quiet second later it is offered again.
+    assert host.wait_for(Offer, timeout_s=5.0, count=4)[-1].kib == full
+
+    # The guest reads 1 GiB more: that cache is too young to offer for a second.
+    proc_tree.write(Cached=2 * GIB_KIB, Inactive_file=1536 * 1024, MemFree=GIB_KIB,
+                    MemAvailable=3 * GIB_KIB)
+    young = host.wait_for(Offer, count=5)[-1].kib
+    assert young == full - GIB_KIB
+    aged = host.wait_for(Offer, timeout_s=5.0, count=6)[-1].kib
+    assert aged == young + GIB_KIB == full

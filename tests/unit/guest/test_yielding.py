@@ -7,6 +7,7 @@ import dataclasses
 from agent_testkit import GIB_KIB, MIB_KIB, ProcTree
 from ebb.guest.collect import MemoryCollector, MemorySample
 from ebb.guest.yielding import (
+    RecentMinimum,
     YieldConfig,
     assess,
     cache_refaulting,
@@ -196,12 +197,29 @@ def test_refaults_are_a_need(proc_tree: ProcTree) -> None:
     assert low.kib == -(-reserve // MIB_KIB) * MIB_KIB
 
 
-def test_a_held_cache_is_not_offered(proc_tree: ProcTree) -> None:
+def test_the_cache_offered_is_capped(proc_tree: ProcTree) -> None:
     sample = _sample(proc_tree)  # 2 GiB free, 512 MiB inactive file, 1 MiB dirty
-    with_cache = compute_offer_kib(sample, CONFIG)
-    held = compute_offer_kib(sample, CONFIG, cache_offered=False)
-    assert with_cache - held == 511 * MIB_KIB
-    assert assess(None, sample, 0.0, CONFIG, cache_offered=False).offer_kib == held
+    uncapped = compute_offer_kib(sample, CONFIG)
+    held = compute_offer_kib(sample, CONFIG, cache_cap_kib=0)
+    assert uncapped - held == 511 * MIB_KIB
+    assert compute_offer_kib(sample, CONFIG, cache_cap_kib=100 * MIB_KIB) == held + 100 * MIB_KIB
+    assert compute_offer_kib(sample, CONFIG, cache_cap_kib=4 * GIB_KIB) == uncapped
+    assert assess(None, sample, 0.0, CONFIG, cache_cap_kib=0).offer_kib == held
+
+
+def test_recent_minimum_slides_over_its_window() -> None:
+    window = RecentMinimum(10.0)
+    assert window.minimum() is None and not window.full(0.0)
+    for t, value in ((0.0, 25), (5.0, 300), (9.0, 320)):
+        window.add(t, value)
+    assert window.minimum() == 25 and not window.full(9.0)
+    window.add(10.0, 310)
+    assert window.minimum() == 25 and window.full(10.0)
+    # The early small value leaves the window: the cache that stayed is 300.
+    window.add(12.0, 330)
+    assert window.minimum() == 300
+    window.add(16.0, 200)
+    assert window.minimum() == 200
 
 
 def test_cache_refaulting_needs_a_rate_over_the_threshold(proc_tree: ProcTree) -> None:
