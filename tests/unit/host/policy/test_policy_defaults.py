@@ -205,8 +205,8 @@ def test_cooperative_takes_only_from_offers_when_they_cover_the_deficit() -> Non
     }
 
 
-def test_cooperative_takes_all_offers_then_squeezes_others_classic_style() -> None:
-    # freeable 2 GiB: deficit 1.2 GiB > the 100 MiB offered.
+def test_cooperative_takes_all_offers_then_squeezes_guests_without_an_agent() -> None:
+    # freeable 2 GiB (12.5 %): deficit 1.2 GiB > the 100 MiB offered.
     guests = [
         agent("giver", 4 * GiB, unused=GiB, offer=100 * 1024),
         agent("quiet", 4 * GiB, unused=2 * GiB),
@@ -215,7 +215,23 @@ def test_cooperative_takes_all_offers_then_squeezes_others_classic_style() -> No
     ev = run("cooperative", {"mem_free": 2 * GiB}, guests)
     assert ev.proposed_targets() == {
         "giver": 4 * GiB - 100 * 1024,
-        "quiet": 3984588,  # classic shrink, as in the classic test
+        # Its agent offers nothing: its memory is in use, and the host is not critical.
+        "quiet": None,
+        "legacy": 3984588,  # classic shrink, as in the classic test
+    }
+
+
+def test_cooperative_squeezes_agent_guests_that_offer_nothing_when_critical() -> None:
+    # freeable 0.5 GiB: 3 %, below pressure_critical (5 %).
+    guests = [
+        agent("giver", 4 * GiB, unused=GiB, offer=100 * 1024),
+        agent("quiet", 4 * GiB, unused=2 * GiB),
+        vm("legacy", 4 * GiB, unused=2 * GiB),
+    ]
+    ev = run("cooperative", {"mem_free": GiB // 2}, guests)
+    assert ev.proposed_targets() == {
+        "giver": 4 * GiB - 100 * 1024,
+        "quiet": 3984588,  # classic shrink: 5 % of the guest per tick
         "legacy": 3984588,
     }
 
@@ -376,10 +392,14 @@ def shrinkable() -> List[Entity]:
 
 def test_cooperative_inflates_on_the_first_sample_under_the_threshold() -> None:
     # Nine comfortable samples (50 %) and the newest at 12.5 %: the mean is 46.25 %, but the
-    # host is short now. Each guest is shrunk by the classic rule at the current 12.5 %:
-    # 5 % of 3 GiB at most (wanted: 2 GiB used + 12.5 % of 3 GiB = 2490368 KiB).
+    # host is short now. The guest without an agent is shrunk by the classic rule at the
+    # current 12.5 %: 5 % of 3 GiB at most (wanted: 2 GiB used + 12.5 % of 3 GiB =
+    # 2490368 KiB). The agent guest offers nothing and the host is not critical: kept.
     guests = shrinkable()
     ev = run_history("cooperative", [0.50] * 9 + [0.125], guests)
+    assert ev.proposed_targets() == {"quiet": None, "legacy": 2988441}
+    # At 4 % (critical) the agent guest is squeezed the same way.
+    ev = run_history("cooperative", [0.50] * 9 + [0.04], guests)
     assert ev.proposed_targets() == {"quiet": 2988441, "legacy": 2988441}
 
 
@@ -465,12 +485,13 @@ def test_cooperative_rules_for_needy_and_stalling_guests_hold_on_the_newest_samp
     ]
     # Newest 12.5 % after nine at 50 %: pressure now. The stalling guest's offer is not
     # taken and it is not squeezed; the needy guest gets its need from the 2.5 % above the
-    # 10 % reserve (419430 KiB); the quiet one is shrunk by 5 %.
+    # 10 % reserve (419430 KiB); the quiet one offers nothing and the host is not
+    # critical: it keeps its memory.
     ev = run_history("cooperative", [0.50] * 9 + [0.125], guests)
     assert ev.proposed_targets() == {
         "stalling": None,
         "needy": 3 * GiB + 200 * 1024,
-        "quiet": 2988441,
+        "quiet": None,
     }
     # Newest 21 % (between the threshold and the release line): balloons hold, but the
     # guest that asks is still given memory at once and the stalling one gets memory back.
