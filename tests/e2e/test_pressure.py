@@ -31,7 +31,7 @@ def _given(guest: Guest) -> int:
 
 
 @pytest.mark.timeout(600)
-def test_host_pressure_inflates_balloons_and_release_deflates_them(
+def test_host_pressure_takes_offers_and_release_deflates_them(
     guests: List[Guest], ebbd_factory, host
 ) -> None:
     idle, busy = guests
@@ -62,10 +62,10 @@ def test_host_pressure_inflates_balloons_and_release_deflates_them(
     first_action = wait_for(first_inflation_at, 30, "ebbd's first inflation", interval_s=0.2)
     delay_s = max(0.0, first_action - squeezed_at)
 
-    def inflated() -> bool:
-        return all(g.actual_kib() < g.max_kib() for g in guests)
-
-    wait_for(inflated, 30, "both balloons to inflate (memoryStats actual below the maximum)",
+    # The idle guest's offer is taken. The busy one offers little or nothing: its agent
+    # says its memory is in use, and it is squeezed only if the host gets critical.
+    wait_for(lambda: idle.actual_kib() < idle.max_kib(), 30,
+             "the idle guest's balloon to inflate (memoryStats actual below the maximum)",
              last=lambda: [g.actual_kib() for g in guests])
     record("pressure_to_first_inflate_s", round(delay_s, 2))
     if delay_s > 2 * ticks_s + 1.0:
