@@ -44,6 +44,7 @@ from ebb.host.collectors.procfs import freeable_share, parse_meminfo
 from ebb.host.controllers.balloon import APPLIED, DRY_RUN, FAILED, VM_GONE, BalloonResult
 from ebb.host.governor import Decision, Governor, GuestView
 from ebb.host.hypervisor import DomainInfo, guest_sample
+from ebb.host.hypervisor.domain_xml import free_page_reporting_warning
 from ebb.host.policy import GUEST_FIELDS, Entity, PolicyError, PolicyInput, PolicyRunner
 
 LOG = logging.getLogger(__name__)
@@ -305,6 +306,8 @@ class Engine:
         self._channel_paths: dict[str, str | None] | None = None
         self._last_share: float | None = None
         self._failed_ticks = 0
+        #: VMs last named in the free page reporting warning (None: not checked yet).
+        self._without_fpr: frozenset[str] | None = None
 
     # --- control (any thread) ------------------------------------------------------------
 
@@ -439,6 +442,7 @@ class Engine:
         libvirt_up = bool(self.hypervisor.connected)
         if libvirt_up:
             domains = self.hypervisor.domain_infos()
+            self._warn_free_page_reporting(domains)
             self._update_channels(domains)
             self._forget_gone({d.name for d in domains})
         else:
@@ -535,6 +539,19 @@ class Engine:
             except Exception:
                 LOG.exception("tick observer %r failed", observer)
         return record
+
+    def _warn_free_page_reporting(self, domains: Sequence[DomainInfo]) -> None:
+        """Warn once, and again when the set changes, about VMs without free page reporting."""
+        without = frozenset(
+            d.name for d in domains
+            if d.state == "running" and d.settings.enabled and not d.settings.free_page_reporting
+        )
+        if without == self._without_fpr:
+            return
+        self._without_fpr = without
+        warning = free_page_reporting_warning(without)
+        if warning is not None:
+            LOG.warning("%s", warning)
 
     def _update_channels(self, domains: Sequence[DomainInfo]) -> None:
         paths = {d.name: d.settings.channel_path for d in domains}
@@ -856,6 +873,10 @@ class Engine:
             "last_action": dict(memory.last_action) if memory and memory.last_action else None,
             "floor_override_kib": override,
             "channel": info.settings.channel_path,
+            "rss_kib": _rss_kib(info, memory),
+            "free_page_reporting": info.settings.free_page_reporting,
+            "autodeflate": info.settings.autodeflate,
+            "stats_period_s": info.settings.stats_period_s,
         }
 
     def _cooperation(self, vm: str, channel: GuestChannelState | None) -> str:
@@ -900,6 +921,14 @@ def _manageable(info: DomainInfo) -> bool:
     """A VM ebb may balloon: running, with a balloon, not excluded in its XML."""
     settings = info.settings
     return bool(info.state == "running" and settings.enabled and settings.has_balloon)
+
+
+def _rss_kib(info: DomainInfo, memory: _VmMemory | None) -> int | None:
+    """The VM's QEMU resident memory: the last policy sample's, else libvirt's stats."""
+    if memory is not None and memory.samples and memory.samples[-1].get("rss") is not None:
+        return int(memory.samples[-1]["rss"])
+    rss = info.memory_stats.get("rss")
+    return int(rss) if rss is not None else None
 
 
 def _rate(before: Any, after: Any, dt_s: float) -> float | None:

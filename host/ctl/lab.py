@@ -58,7 +58,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         guests = _lab(args).up(
             count=args.guests, memory_mib=args.memory, kvm=args.kvm, run=args.run,
             agent=not args.no_agent, agent_args=args.agent_args, timeout_s=args.timeout,
-            floor_mib=args.floor, tb_cache_mib=args.tb_cache, progress=_progress,
+            floor_mib=args.floor, tb_cache_mib=args.tb_cache,
+            free_page_reporting=args.free_page_reporting, progress=_progress,
         )
     except LabError as err:
         return _fail(err)
@@ -198,6 +199,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                     help="software emulation only: QEMU's translated-code cache per guest, "
                     "host memory no balloon can take back (default "
                     f"{DEFAULT_TB_CACHE_MIB}; 0: QEMU's default, 1 GiB, filled as guest code runs)")
+    up.add_argument("--no-free-page-reporting", dest="free_page_reporting",
+                    action="store_false", default=True,
+                    help="give the guests' balloons no free page reporting: memory a guest "
+                    "frees stays on the host until a balloon takes it (the balloon-only "
+                    "baseline; default: on)")
     up.add_argument("--run", metavar="CMD",
                     help='a command each guest starts at boot, e.g. "memknobs --pattern 200M:60s"')
     up.add_argument("--no-agent", action="store_true", help="do not start ebb-agent in guests")
