@@ -108,6 +108,12 @@ _VM_GAUGES: Tuple[Tuple[str, str, Tuple[str, ...], Callable[[Any], Optional[floa
      ("agent", "last_report_age_s"), _number),
     ("ebb_vm_managed", "1 when ebbd manages this VM (metadata enabled, not excluded).",
      ("managed",), _number),
+    ("ebb_vm_free_page_reporting", "1 when the VM's balloon reports the pages its guest "
+     "frees to the host (freePageReporting='on').", ("free_page_reporting",), _number),
+    ("ebb_vm_autodeflate", "1 when QEMU deflates the VM's balloon on guest OOM "
+     "(autodeflate='on').", ("autodeflate",), _number),
+    ("ebb_vm_rss_bytes", "Resident memory of the VM's QEMU process on the host: what the "
+     "guest really costs it.", ("rss_kib",), _bytes),
 )
 
 #: The cooperation states a VM can be in (``ebb_vm_cooperation`` has one series each).

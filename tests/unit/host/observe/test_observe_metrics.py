@@ -60,6 +60,11 @@ def test_host_and_vm_gauges_come_from_the_status_in_bytes() -> None:
     # Unknown values (no agent: no offer) are absent, not zero.
     assert ("ebb_vm_offer_bytes", legacy) not in samples
     assert samples[("ebb_daemon_dry_run", ())] == 1
+    assert samples[("ebb_vm_free_page_reporting", vm2)] == 1
+    assert samples[("ebb_vm_free_page_reporting", legacy)] == 0
+    assert samples[("ebb_vm_autodeflate", vm2)] == 1
+    assert samples[("ebb_vm_rss_bytes", vm2)] == 1000000 * 1024
+    assert ("ebb_vm_rss_bytes", legacy) not in samples
 
 
 def test_a_vm_that_goes_away_disappears_from_the_next_scrape() -> None:
