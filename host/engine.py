@@ -924,10 +924,13 @@ def _manageable(info: DomainInfo) -> bool:
 
 
 def _rss_kib(info: DomainInfo, memory: _VmMemory | None) -> int | None:
-    """The VM's QEMU resident memory: the last policy sample's, else libvirt's stats."""
-    if memory is not None and memory.samples and memory.samples[-1].get("rss") is not None:
-        return int(memory.samples[-1]["rss"])
+    """The VM's QEMU resident memory: libvirt's stats, else the last policy sample's.
+
+    The sample has the process's own figure when libvirt's stats have none.
+    """
     rss = info.memory_stats.get("rss")
+    if rss is None and memory is not None and memory.samples:
+        rss = memory.samples[-1].get("rss")
     return int(rss) if rss is not None else None
 
 
