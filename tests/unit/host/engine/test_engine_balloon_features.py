@@ -70,3 +70,15 @@ def test_the_warning_comes_again_when_the_domains_change(tmp_path, caplog):
         rig.hypervisor.vms[name].free_page_reporting = True
     rig.engine.tick()
     assert len(_warnings(caplog)) == 2
+
+
+def test_rss_of_a_vm_no_longer_managed_is_current_not_its_last_sample(tmp_path):
+    vm = FakeVm("web", stats={"rss": 900 * 1024})
+    rig = Rig(tmp_path, [vm], SHRINK_POLICY)
+    rig.engine.tick()
+    vm.enabled = False  # excluded in its XML: no more policy samples
+    vm.stats["rss"] = 300 * 1024  # its guest freed memory since
+    rig.engine.tick()
+    row = rig.engine.status_vms()[0]
+    assert row["managed"] is False
+    assert row["rss_kib"] == 300 * 1024
