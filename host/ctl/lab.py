@@ -91,6 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "name": g.name, "state": g.state, "domain_type": g.domain_type,
             "memory_mib": g.memory_mib, "balloon_actual_kib": g.balloon_actual_kib,
             "agent_running": g.agent_running, "uptime_s": g.uptime_s,
+            "free_page_reporting": g.free_page_reporting,
             "channel_socket": str(g.channel_socket), "share_dir": str(g.share_dir),
             "console_log": str(g.console_log),
         } for g in guests]
@@ -99,13 +100,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not guests:
         print(f"no lab guests named {args.prefix}-* (ebbctl lab up --guests 2)")
         return 0
-    print(f"{'NAME':<14} {'STATE':<9} {'TYPE':<5} {'MAX':>8} {'BALLOON':>9} {'AGENT':<8} UPTIME")
+    print(f"{'NAME':<14} {'STATE':<9} {'TYPE':<5} {'MAX':>8} {'BALLOON':>9} {'FPR':<4} "
+          f"{'AGENT':<8} UPTIME")
     for g in guests:
         balloon = f"{g.balloon_actual_kib // 1024} MiB" if g.balloon_actual_kib else "-"
+        fpr = {True: "on", False: "off", None: "-"}[g.free_page_reporting]
         agent = {True: "running", False: "stopped", None: "-"}[g.agent_running]
         uptime = f"{g.uptime_s:.0f} s" if g.uptime_s is not None else "-"
         print(f"{g.name:<14} {g.state:<9} {g.domain_type:<5} {g.memory_mib:>4} MiB "
-              f"{balloon:>9} {agent:<8} {uptime}")
+              f"{balloon:>9} {fpr:<4} {agent:<8} {uptime}")
     return 0
 
 

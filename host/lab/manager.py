@@ -76,6 +76,8 @@ class GuestInfo:
     agent_running: Optional[bool] = None
     uptime_s: Optional[float] = None
     balloon_actual_kib: Optional[int] = None
+    #: ``<memballoon freePageReporting='on'>`` in the guest's live XML.
+    free_page_reporting: Optional[bool] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -444,7 +446,11 @@ class Lab:
                 console_log=gdir / "console.log",
             )
             with contextlib.suppress(libvirt.libvirtError, ET.ParseError):
-                info.domain_type = ET.fromstring(dom.XMLDesc(0)).get("type", "?")
+                root = ET.fromstring(dom.XMLDesc(0))
+                info.domain_type = root.get("type", "?")
+                balloon = root.find("devices/memballoon")
+                info.free_page_reporting = (
+                    balloon is not None and balloon.get("freePageReporting") == "on")
             if dom.isActive():
                 with contextlib.suppress(libvirt.libvirtError):
                     info.balloon_actual_kib = int(dom.memoryStats().get("actual", 0)) or None
