@@ -592,18 +592,33 @@ class ControlServer:
                 LOG.warning("control socket accept failed: %s", err)
                 return
             try:
-                sock.setblocking(False)
-                cred = peer_credentials(sock)
-            except OSError:
+                self._admit(sock)
+            except (KeyboardInterrupt, SystemExit):
                 sock.close()
-                continue
-            refusal = self._refusal(cred)
-            if refusal is not None:
-                _refuse(sock, refusal)
-                continue
-            client = _Client(sock=sock, cred=cred, deadline=self._clock() + self._idle_timeout_s)
-            self._clients[sock.fileno()] = client
-            self._selector.register(sock, selectors.EVENT_READ, client)
+                raise
+            except BaseException as err:  # e.g. MemoryError: this connection only
+                LOG.error("control socket: %s while accepting a connection; closing it",
+                          type(err).__name__, exc_info=True)
+                self._clients.pop(sock.fileno(), None)
+                with contextlib.suppress(KeyError, ValueError):
+                    self._selector.unregister(sock)
+                sock.close()
+
+    def _admit(self, sock: socket.socket) -> None:
+        """Serve a new connection, or tell it why not and close it."""
+        try:
+            sock.setblocking(False)
+            cred = peer_credentials(sock)
+        except OSError:
+            sock.close()
+            return
+        refusal = self._refusal(cred)
+        if refusal is not None:
+            _refuse(sock, refusal)
+            return
+        client = _Client(sock=sock, cred=cred, deadline=self._clock() + self._idle_timeout_s)
+        self._clients[sock.fileno()] = client
+        self._selector.register(sock, selectors.EVENT_READ, client)
 
     def _refusal(self, cred: PeerCred) -> Optional[str]:
         """Why a new connection from ``cred`` is not served now (None: it is)."""

@@ -216,7 +216,7 @@ def _depth(value: Any) -> int:
     return 0
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(value=json_values, wrap=st.integers(min_value=0, max_value=12))
 def test_the_depth_check_agrees_with_the_real_nesting(value: Any, wrap: int) -> None:
     for _ in range(wrap):
@@ -286,7 +286,7 @@ def test_64_kib_of_newlines_is_cut_in_linear_work() -> None:
         assert buffer.bytes_copied <= 3 * size
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(data=st.binary(max_size=4000).map(lambda b: b.replace(b"x", b"\n")),
        cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=30))
 def test_lines_come_out_whole_however_the_bytes_arrive_in_linear_work(
@@ -446,6 +446,23 @@ def test_any_error_while_serving_one_client_closes_only_that_client(
         _alive(rig)
     finally:
         rig.close()
+
+
+def test_an_error_while_accepting_drops_that_connection_only(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = control.peer_credentials
+    failures = [MemoryError()]
+
+    def credentials(sock: socket.socket) -> PeerCred:
+        if failures:
+            raise failures.pop()
+        return real(sock)
+
+    monkeypatch.setattr(control, "peer_credentials", credentials)
+    victim = rig.connect()
+    rig.pump()
+    assert rig.closed_by_server(victim)
+    _alive(rig)
 
 
 def test_keyboard_interrupt_is_not_swallowed(rig: Rig) -> None:
