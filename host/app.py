@@ -46,6 +46,7 @@ from ebb.host.hypervisor.connection import domain_matches
 from ebb.host.logsetup import set_level
 from ebb.host.notify import SystemdNotifier
 from ebb.host.policy import PolicyRunner
+from ebb.host.rundir import prepare_run_dir
 from ebb.host.threads import Waker
 
 LOG = logging.getLogger(__name__)
@@ -221,6 +222,9 @@ class Daemon:
         """Start every thread; returns after the first tick (or STARTUP_WAIT_S)."""
         if self.dry_run:
             LOG.warning("dry run: decisions are logged, nothing is applied")
+        # Before anything is read from it or written to it: refused when someone
+        # other than root or ebbd could have planted the state it holds.
+        prepare_run_dir(self.config.daemon.run_dir)
         if self.control is not None:
             # First, so that a second ebbd stops here, before touching the host
             # state (saved KSM values) that belongs to the first one.
@@ -237,6 +241,8 @@ class Daemon:
                 LOG.warning("libvirt at %s not reachable yet; retrying in the background",
                             self.c.hypervisor.uri)
                 break
+        if self.c.memtune is not None and not self.dry_run:
+            self.c.memtune.start()  # limits a crashed run left on the VMs come off
         self.c.channels.start(on_crash=self._thread_died)
         if self.control is not None:
             self.control.start(on_crash=self._thread_died)
@@ -524,7 +530,7 @@ _RESTART_KEYS = (
     ("host", "proc_root"), ("host", "sys_root"), ("hypervisor", "stats_period_s"),
     ("hypervisor", "qemu_run_dir"), ("ksm", "enabled"), ("memtune", "soft_limit_uncooperative"),
     ("trace", "path"), ("trace", "max_bytes"), ("trace", "keep_files"), ("metrics", "listen"),
-    ("metrics", "allow_remote"),
+    ("metrics", "allow_remote"), ("metrics", "per_vm"),
 )
 
 
@@ -575,11 +581,9 @@ def build_components(
             if config.ksm.enabled
             else None
         ),
-        memtune=(
-            MemtuneController(hypervisor, dry_run=dry_run)
-            if config.memtune.soft_limit_uncooperative
-            else None
-        ),
+        # Built even when memtune.soft_limit_uncooperative is off: limits a crashed
+        # run recorded must still come off (the engine sets none unless it is on).
+        memtune=MemtuneController(hypervisor, dry_run=dry_run, run_dir=config.daemon.run_dir),
         observability=observability,
     )
 

@@ -265,6 +265,9 @@ class MetricsConfig:
     #: The endpoint has no authentication: an address that is not loopback must
     #: be allowed explicitly.
     allow_remote: bool = False
+    #: Serve the per-VM series (VM names, memory) over HTTP too. Off: any local
+    #: user can read the port, while the control socket is for group ebb only.
+    per_vm: bool = False
 
 
 @dataclass(frozen=True)

@@ -490,3 +490,22 @@ def test_a_vm_leaving_the_domains_on_reload_gets_its_own_soft_limit_back(tmp_pat
     assert hypervisor.patterns == ("web-*",)
     assert memtune.limited() == {"web-1": 1024 * 1024}
     assert hypervisor.soft_limits["db-1"] is None  # its own value (unlimited) again
+
+
+def test_start_gives_back_the_soft_limits_a_crashed_run_left(tmp_path):
+    # They were kept only in memory: a crash left them on the VMs for good.
+    from ebb.host.controllers import MemtuneController
+
+    r = Rig(tmp_path)
+    r.hypervisor.soft_limits = {"web": 2048 * 1024}
+    MemtuneController(r.hypervisor, run_dir=r.run_dir).limit("web", 1024 * 1024)
+    # ... ebbd dies here; the next one starts (with memtune now off: still released)
+    r.components.memtune = MemtuneController(r.hypervisor, run_dir=r.run_dir)
+    daemon = Daemon(r.config, r.components, config_path=r.config_path,
+                    notifier=SystemdNotifier(environ={}), control_socket=False)
+    daemon.start()
+    try:
+        assert r.hypervisor.soft_limits["web"] == 2048 * 1024
+        assert not (r.run_dir / "memtune-limits.json").exists()
+    finally:
+        daemon.stop()

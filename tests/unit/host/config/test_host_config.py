@@ -136,6 +136,7 @@ keep_files = 2
 [metrics]
 listen = "127.0.0.1:9677"
 allow_remote = true
+per_vm = true
 """)
     cfg = load_config(path)
     assert cfg.source == path
