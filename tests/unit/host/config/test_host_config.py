@@ -169,8 +169,8 @@ allow_remote = true
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[daemon]\npolicy_interval_s = -1\n", "daemon.policy_interval_s: must be > 0, got -1"),
-        ("[daemon]\npolicy_interval_s = 0\n", "daemon.policy_interval_s: must be > 0, got 0"),
+        ("[daemon]\npolicy_interval_s = -1\n", "daemon.policy_interval_s: must be >= 0.1, got -1"),
+        ("[daemon]\npolicy_interval_s = 0\n", "daemon.policy_interval_s: must be >= 0.1, got 0"),
         ("[daemon]\npolicy_interval_s = \"2s\"\n",
          "daemon.policy_interval_s: must be a number, got '2s'"),
         ("[daemon]\ndry_run = 1\n", "daemon.dry_run: must be true or false, got 1"),
