@@ -93,6 +93,7 @@ def governor_config(config: EbbdConfig) -> GovernorConfig:
         stuck_after_s=section.stuck_after_s,
         uncooperative_after_s=max(section.uncooperative_after_s, section.stuck_after_s),
         uncooperative_retry_s=section.uncooperative_retry_s,
+        step_interval_s=config.daemon.policy_interval_s,
     )
 
 

@@ -198,8 +198,10 @@ class EngineSettings:
     pressure_threshold_share: float = 0.20
     #: How often host pressure is probed between ticks.
     pressure_check_s: float = 0.5
-    #: Immediate ticks come no closer together than this.
-    min_tick_gap_s: float = 0.05
+    #: Immediate ticks come no closer together than this (after any tick), whoever
+    #: asks: together with one early tick per guest per ``interval_s``, this bounds
+    #: the tick rate a guest (or several) can cause.
+    min_tick_gap_s: float = 0.25
     #: Decisions kept per VM for ``ebbctl explain``.
     journal_len: int = 50
     ksm_enabled: bool = True
@@ -305,6 +307,12 @@ class Engine:
         self._channel_paths: dict[str, str | None] | None = None
         self._last_share: float | None = None
         self._failed_ticks = 0
+        #: When each guest last earned an immediate tick (``_clock``), and how many
+        #: of its requests were left to the regular tick since.
+        self._guest_tick_mono: dict[str, float] = {}
+        self._guest_ticks_deferred = 0
+        self._last_tick_started: float | None = None
+        self._next_tick_mono: float | None = None
 
     # --- control (any thread) ------------------------------------------------------------
 
@@ -316,7 +324,24 @@ class Engine:
         self._wake.set()
 
     def on_need(self, vm: str) -> None:
-        """Callback for the channels: a guest asked for memory."""
+        """Callback for the channels: a guest asked for memory.
+
+        One guest earns at most one immediate tick per ``interval_s``: a guest that
+        flaps its need (or says hello and need again and again) is served by the
+        regular ticks, and cannot make the engine tick at the rate it sends frames.
+        """
+        now = self._clock()
+        with self._wake_lock:
+            last = self._guest_tick_mono.get(vm)
+            if last is not None and now - last < self.settings.interval_s:
+                self._guest_ticks_deferred += 1
+                return
+            if len(self._guest_tick_mono) >= 4096:  # VMs come and go; keep this bounded
+                horizon = now - self.settings.interval_s
+                self._guest_tick_mono = {
+                    k: t for k, t in self._guest_tick_mono.items() if t > horizon
+                }
+            self._guest_tick_mono[vm] = now
         self.request_tick(f"need from {vm}")
 
     def on_domains_changed(self, names: frozenset[str]) -> None:
@@ -375,29 +400,50 @@ class Engine:
 
     def run(self, stop: threading.Event) -> None:
         """Tick until ``stop`` is set; every wait ends at once when it is."""
-        next_tick = self._clock()
+        self._next_tick_mono = self._clock()
         while not stop.is_set():
-            now = self._clock()
-            if now >= next_tick or self._wake.is_set():
-                self._wake.clear()
-                started = self._clock()
-                self._safe_tick()
-                next_tick = self._clock() + self.settings.interval_s
-                # A burst of immediate requests must not run ticks back to back;
-                # the gap counts from the tick's start, so a request that came
-                # during a tick of normal length is served at once after it.
-                if self._wake.is_set():
-                    gap_s = started + self.settings.min_tick_gap_s - self._clock()
-                    if gap_s > 0:
-                        stop.wait(gap_s)
+            if self.tick_if_due():
                 continue
-            wait_s = min(next_tick - now, self.settings.pressure_check_s)
+            now = self._clock()
+            due = self.next_tick_due(now)
+            wait_s = min(due - now, self.settings.pressure_check_s)
+            if self._wake.is_set():
+                # An immediate tick was asked for, but the last tick was too recent:
+                # wait for the gap (the wake-up stays pending).
+                stop.wait(wait_s)
+                continue
             if self._wake.wait(max(0.0, wait_s)):
                 continue
             if stop.is_set():
                 break
             if self._pressure_crossed():
                 self.request_tick("host pressure crossed the threshold")
+
+    def tick_if_due(self) -> bool:
+        """Run a tick when one is due (see :meth:`next_tick_due`); True if it ran."""
+        now = self._clock()
+        if self._next_tick_mono is None:
+            self._next_tick_mono = now
+        if now < self.next_tick_due(now):
+            return False
+        self._wake.clear()
+        self._safe_tick()
+        self._next_tick_mono = self._clock() + self.settings.interval_s
+        return True
+
+    def next_tick_due(self, now: float) -> float:
+        """When the next tick is due (``_clock``): the regular tick, or sooner when an
+        immediate one was asked for, but never within ``min_tick_gap_s`` of the last
+        tick's start: a burst of requests does not run ticks back to back."""
+        due = self._next_tick_mono if self._next_tick_mono is not None else now
+        if self._wake.is_set():
+            earliest = (
+                self._last_tick_started + self.settings.min_tick_gap_s
+                if self._last_tick_started is not None
+                else now
+            )
+            due = min(due, max(earliest, now))
+        return due
 
     def stop_waiting(self) -> None:
         """Wake the loop (used with the stop event on shutdown)."""
@@ -433,8 +479,17 @@ class Engine:
     def tick(self) -> TickRecord:
         """Run one tick now and return its record."""
         started = self._clock()
+        self._last_tick_started = started
         with self._wake_lock:
             reasons, self._wake_reasons = self._wake_reasons, []
+            if self._guest_ticks_deferred:
+                # Needs that came too soon after the guest's last immediate tick are
+                # served now, by this tick.
+                reasons.append(
+                    f"{self._guest_ticks_deferred} need(s) left to this tick "
+                    "(at most one immediate tick per guest per interval)"
+                )
+                self._guest_ticks_deferred = 0
 
         libvirt_up = bool(self.hypervisor.connected)
         if libvirt_up:
