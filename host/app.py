@@ -94,6 +94,7 @@ def governor_config(config: EbbdConfig) -> GovernorConfig:
         uncooperative_after_s=max(section.uncooperative_after_s, section.stuck_after_s),
         uncooperative_retry_s=section.uncooperative_retry_s,
         step_interval_s=config.daemon.policy_interval_s,
+        host_reserve_share=section.host_reserve_share,
     )
 
 

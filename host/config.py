@@ -275,6 +275,9 @@ class GovernorSection:
     uncooperative_after_s: float = field(
         default=20.0, metadata=_rule(_between(0, DAY_S, above=True))
     )
+    #: Share of host memory the host keeps: no guest is given memory from it (floors
+    #: and rollbacks excepted), whatever the policy says.
+    host_reserve_share: float = field(default=0.10, metadata=_rule(_between(0, 0.9)))
     #: An uncooperative guest is asked for memory again after this long.
     uncooperative_retry_s: float = field(
         default=300.0, metadata=_rule(_between(0, WEEK_S, above=True))

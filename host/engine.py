@@ -42,7 +42,7 @@ from ebb.host.channels import GuestChannelState
 from ebb.host.collectors import HostSample
 from ebb.host.collectors.procfs import freeable_share, parse_meminfo
 from ebb.host.controllers.balloon import APPLIED, DRY_RUN, FAILED, VM_GONE, BalloonResult
-from ebb.host.governor import Decision, Governor, GuestView
+from ebb.host.governor import Decision, Governor, GuestView, fmt_kib
 from ebb.host.hypervisor import DomainInfo, guest_sample
 from ebb.host.policy import GUEST_FIELDS, Entity, PolicyError, PolicyInput, PolicyRunner
 
@@ -55,6 +55,18 @@ URGENCY_LEVELS = {"low": 1, "high": 2, "critical": 2}
 
 #: Balloon outcomes meaning the target never reached the guest (the governor is told).
 _NOT_APPLIED = frozenset({DRY_RUN, FAILED, VM_GONE})
+
+#: A guest's need counts as shown by its own report when one of these holds (the
+#: agent's own need triggers, docs/agent.md "Offer and need"); without any, the
+#: need is believed only up to one reserve (:func:`weigh_need`).
+EVIDENCE_PSI_SOME_AVG10 = 10.0
+EVIDENCE_PSI_FULL_AVG10 = 2.0
+EVIDENCE_MAJOR_FAULTS_PER_S = 200.0
+EVIDENCE_SWAP_IN_PAGES_PER_S = 256.0
+EVIDENCE_REFAULTS_PER_S = 256.0
+#: The agent's reserve: 5 % of the guest's memory, at least 64 MiB.
+RESERVE_SHARE = 0.05
+RESERVE_MIN_KIB = 64 * 1024
 
 #: Cooperation states in ``ebbctl status`` (contracts.md).
 NO_AGENT = "no-agent"
@@ -511,9 +523,13 @@ class Engine:
         overrides = self.floor_overrides_kib()
         guests: list[Entity] = []
         views: list[GuestView] = []
+        capped: dict[str, list[str]] = {}
         for info in managed:
             channel = channel_states.get(info.name)
             sample = self._guest_sample(info, channel, started, overrides.get(info.name))
+            notes = self._cap_claims(info, sample, channel, overrides.get(info.name))
+            if notes:
+                capped[info.name] = notes
             memory = self._vms[info.name]
             memory.samples.append(sample)
             memory.sample_monos.append(started)
@@ -548,7 +564,15 @@ class Engine:
         paused = self._paused
         # While paused the governor is not consulted either: it would count the
         # targets nobody applies as guests making no progress (stuck).
-        decisions = [] if paused else self.governor.decide(started, views, proposed)
+        decisions = [] if paused else self.governor.decide(
+            started, views, proposed, host_spare_kib=self._host_spare_kib(host_sample)
+        )
+        for decision in decisions:
+            caps = capped.get(decision.vm)
+            if caps:
+                # ``ebbctl explain`` shows this: what the guest claimed, what was used.
+                decision.reason += "; " + "; ".join(caps)
+                decision.inputs["claims_capped"] = list(caps)
         applied = self._apply(decisions, controls, policy_error is None, paused)
 
         now_wall = self._wall()
@@ -653,6 +677,55 @@ class Engine:
                 info.name, sample, now_mono
             )
         return sample
+
+    def _cap_claims(
+        self,
+        info: DomainInfo,
+        sample: dict[str, Any],
+        channel: GuestChannelState | None,
+        floor_override_kib: int | None,
+    ) -> list[str]:
+        """Cap the guest's offer and need at what it has and can have, before the policy
+        and the governor see them; the notes say what was capped (for the journal).
+
+        A guest is not trusted: an offer of more than its balloon can still take would
+        make the policy believe offers cover the host's shortage; a need of more than
+        its maximum, or with nothing in its own report to show it, would be paid from
+        the host's memory.
+        """
+        notes: list[str] = []
+        cur = int(info.balloon_cur_kib or info.max_memory_kib)
+        maximum = int(info.max_memory_kib)
+        offer = int(sample.get("offer") or 0)
+        if offer > 0:
+            floor = self.governor.floor_for(GuestView(
+                info.name, cur, maximum,
+                floor_override_kib if floor_override_kib is not None else info.settings.floor_kib,
+            ))
+            room = max(0, cur - floor)
+            if offer > room:
+                sample["offer"] = room
+                notes.append(f"its offer of {fmt_kib(offer)} capped at {fmt_kib(room)}, "
+                             f"what its balloon can still take above its floor")
+        need = int(sample.get("need") or 0)
+        if need > 0:
+            latest = channel.latest.report if channel is not None and channel.latest else None
+            believed, why = weigh_need(
+                need, maximum - cur, min(maximum, latest.mem_total_kib if latest else maximum),
+                latest, sample.get("major_fault_rate"), sample.get("swap_in_rate"),
+                _refault_rate(channel) if channel is not None else None,
+            )
+            if believed < need:
+                sample["need"] = believed
+                notes.append(f"its need of {fmt_kib(need)} capped at {fmt_kib(believed)}: {why}")
+        return notes
+
+    def _host_spare_kib(self, host: HostSample) -> int | None:
+        """Host memory that may be given to guests: freeable memory above the reserve."""
+        if not host.mem_total_kib:
+            return None
+        reserve = self.governor.config.host_reserve_share * host.mem_total_kib
+        return max(0, int(host.freeable_kib - reserve))
 
     def _libvirt_rates(
         self, vm: str, sample: Mapping[str, Any], now_mono: float
@@ -961,6 +1034,64 @@ def _rate(before: Any, after: Any, dt_s: float) -> float | None:
     if before is None or after is None or dt_s <= 0:
         return None
     return max(0.0, (float(after) - float(before)) / dt_s)
+
+
+def weigh_need(
+    need_kib: int,
+    room_kib: int,
+    guest_total_kib: int,
+    report: Any,
+    major_fault_rate: float | None,
+    swap_in_rate_kib: float | None,
+    refault_rate: float | None,
+) -> tuple[int, str]:
+    """How much of a guest's need to believe, and why (pure).
+
+    Never more than the VM can have (``room_kib``: maximum less current). Beyond
+    that, the guest's own report must show the shortage, as the agent's own need
+    triggers do: memory stalls (PSI some or full), major faults, swap-in or
+    refaults at a rate that shows pressure believe the need in full; a low
+    MemAvailable alone, up to the agent's need watermark (two reserves); nothing
+    at all, one reserve (5 % of the guest's memory, at least 64 MiB).
+    """
+    room = max(0, room_kib)
+    if need_kib > room:
+        capped, why = room, "more than the VM can have"
+    else:
+        capped, why = need_kib, ""
+    reserve = max(RESERVE_MIN_KIB, int(RESERVE_SHARE * max(0, guest_total_kib)))
+    psi_some = getattr(report, "psi_some_avg10", None)
+    psi_full = getattr(report, "psi_full_avg10", None)
+    stalling = (
+        (psi_some is not None and psi_some >= EVIDENCE_PSI_SOME_AVG10)
+        or (psi_full is not None and psi_full >= EVIDENCE_PSI_FULL_AVG10)
+        or (major_fault_rate is not None and major_fault_rate >= EVIDENCE_MAJOR_FAULTS_PER_S)
+        or (swap_in_rate_kib is not None
+            and swap_in_rate_kib >= EVIDENCE_SWAP_IN_PAGES_PER_S * _PAGE_KIB)
+        or (refault_rate is not None and refault_rate >= EVIDENCE_REFAULTS_PER_S)
+    )
+    if stalling:
+        return capped, why
+    available = getattr(report, "mem_available_kib", None)
+    if available is not None and available < 2 * reserve:
+        limit, limit_why = 2 * reserve, "only its MemAvailable shows a shortage"
+    else:
+        limit, limit_why = reserve, "nothing in its reports shows a shortage"
+    if capped > limit:
+        return limit, limit_why
+    return capped, why
+
+
+def _refault_rate(channel: GuestChannelState) -> float | None:
+    """Workingset refaults per second from the last two reports (host clock)."""
+    history = channel.history
+    if len(history) < 2:
+        return None
+    older, newer = history[-2], history[-1]
+    dt = newer.mono - older.mono
+    if dt <= 0:
+        return None
+    return max(0, newer.report.workingset_refault - older.report.workingset_refault) / dt
 
 
 def _agent_rates(channel: GuestChannelState) -> tuple[float, float] | None:

@@ -83,6 +83,9 @@ class GovernorConfig:
     #: The time over which ``max_inflate_share`` / ``max_deflate_share`` may be used
     #: once (the policy interval): the rate limits hold per second, not per tick.
     step_interval_s: float = 2.0
+    #: Share of host memory the host keeps: guests are given memory (beyond their
+    #: floors and rollbacks) only from freeable host memory above it.
+    host_reserve_share: float = 0.10
 
     def __post_init__(self) -> None:
         problems = []
@@ -94,6 +97,8 @@ class GovernorConfig:
             problems.append("backoff_growth must be at least 1")
         if not 0 < self.stuck_after_s <= self.uncooperative_after_s:
             problems.append("need 0 < stuck_after_s <= uncooperative_after_s")
+        if not 0 <= self.host_reserve_share < 1:
+            problems.append("host_reserve_share must be in [0, 1)")
         if not 0 < self.step_interval_s < float("inf"):
             problems.append("step_interval_s must be > 0 and finite")
         if self.min_floor_kib < 0 or self.default_floor_kib < 0:
@@ -207,6 +212,7 @@ class Governor:
         self._states: Dict[str, _State] = {}
         self._now_s = 0.0
         self._restart_timers = False
+        self._spare_left_kib: Optional[int] = None
 
     # -- queries
 
@@ -278,9 +284,16 @@ class Governor:
         now_s: float,
         guests: Sequence[GuestView],
         proposed_targets: Mapping[str, Optional[int]],
+        host_spare_kib: Optional[int] = None,
     ) -> List[Decision]:
-        """One decision per guest, in the order given. ``now_s`` is a monotonic clock."""
+        """One decision per guest, in the order given. ``now_s`` is a monotonic clock.
+
+        ``host_spare_kib``, when known, is the host memory that may be given to guests
+        this tick (freeable memory above the host's reserve): what the policy gives
+        beyond it is not given (floors and rollbacks excepted).
+        """
         self._now_s = now_s
+        self._spare_left_kib = host_spare_kib
         present = {g.name for g in guests}
         for gone in [name for name in self._states if name not in present]:
             del self._states[gone]
@@ -436,6 +449,14 @@ class Governor:
             if target > limit:
                 target, rule = limit, "max_step"
                 notes.append(self._step_note("given", step, full_step))
+            spare = self._spare_left_kib
+            if spare is not None and target > max(cur, floor) + spare:
+                target, rule = max(cur, floor) + spare, "host_reserve"
+                notes.append(f"only {fmt_kib(spare)} of host memory is free above its reserve")
+            if target - cur < cfg.min_change_kib and cur >= floor and rule == "host_reserve":
+                return decision(None, HOLD, "host_reserve", (
+                    f"policy asked {fmt_kib(want)}; the host has no memory free above its "
+                    f"reserve ({cfg.host_reserve_share:.0%} of its memory) to give"))
             if target - cur < cfg.min_change_kib and cur >= floor and rule == "max_step":
                 return decision(None, HOLD, "max_step",
                                 f"policy asked {fmt_kib(want)}; " + self._budget_spent("given"))
@@ -448,6 +469,8 @@ class Governor:
                     f"a change of {fmt_kib(target - cur)} is too small",
                 )
             self._spend(st, "give_budget", target - max(cur, floor) - asked, full_step)
+            if self._spare_left_kib is not None:
+                self._spare_left_kib = max(0, self._spare_left_kib - (target - max(cur, floor)))
             self._set_target(now_s, st, cur, target)
             return decision(
                 target,

@@ -12,11 +12,22 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host" / "engine"))
+
+from ebb_core_fakes import (
+    FakeHypervisor,
+    FakeVm,
+    RecordingChannels,
+    make_host_tree,
+    write_policy,
+)
 
 HOST = Path(__file__).resolve().parents[3] / "host"
 
@@ -150,15 +161,11 @@ class FlapRig:
     """An engine on a fake clock: one guest without an agent, one agent that flaps."""
 
     def __init__(self, tmp_path: Path) -> None:
-        import sys
-
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host" / "engine"))
         from ebb.host.collectors import HostCollector
         from ebb.host.controllers import BalloonController
         from ebb.host.engine import Engine, EngineSettings
         from ebb.host.governor import Governor, GovernorConfig
         from ebb.host.policy import PolicyRunner
-        from ebb_core_fakes import FakeHypervisor, FakeVm, make_host_tree, write_policy
 
         self.clock = FakeClock()
         proc, sys_root = make_host_tree(tmp_path)
@@ -257,3 +264,134 @@ def test_extra_ticks_take_no_more_than_regular_ticks(tmp_path: Path) -> None:
         return 7782 * 1024 - cur
 
     assert loss(48) <= loss(1 / INTERVAL_S) + 1024
+
+
+# --- claims beyond what a guest has ------------------------------------------------------------
+
+KIB_MAX = 2**53 - 1  # the largest KiB figure the protocol lets through
+NOW_S = 5000.0
+
+
+def _claims_rig(tmp_path: Path, vms: list[Any], states: dict[str, Any], *, free_kib: int,
+                policy: str | None = None) -> Any:
+    from ebb.host.collectors import HostCollector
+    from ebb.host.controllers import BalloonController
+    from ebb.host.engine import Engine, EngineSettings
+    from ebb.host.governor import Governor, GovernorConfig
+    from ebb.host.policies import policy_dir
+    from ebb.host.policy import PolicyRunner
+
+    proc, sys_root = make_host_tree(tmp_path, total_kib=16 * GIB_KIB, free_kib=free_kib)
+    runner = PolicyRunner()
+    if policy is None:
+        assert runner.reload(policy_dir("cooperative")) == []
+    else:
+        write_policy(tmp_path / "policy.d", "50-test.policy", policy)
+        assert runner.reload(tmp_path / "policy.d") == []
+    hypervisor = FakeHypervisor(vms)
+    channels = RecordingChannels()
+    channels.states.update(states)
+    return Engine(
+        EngineSettings(interval_s=2.0, ksm_enabled=False),
+        host=HostCollector(proc, sys_root),
+        hypervisor=hypervisor,
+        channels=channels,
+        runner=runner,
+        governor=Governor(GovernorConfig(default_floor_kib=512 * 1024)),
+        balloon=BalloonController(hypervisor),
+        clock=lambda: NOW_S,
+        wall_clock=lambda: 0.0,
+    ), hypervisor
+
+
+def _agent_state(vm: str, *, offer_kib: int = 0, need_kib: int = 0, **report: Any) -> Any:
+    from ebb.host.channels import GuestChannelState
+    from ebb.host.channels.simulated import DEFAULT_REPORT
+    from ebb.host.channels.state import (
+        ReceivedNeed,
+        ReceivedOffer,
+        ReceivedReport,
+        SessionState,
+    )
+    from ebb.protocol import Need, Offer, Report
+
+    return GuestChannelState(
+        vm=vm, socket_path=f"/run/{vm}.sock", session=SessionState.ACTIVE, connected=True,
+        agent_active=True, stale=False,
+        latest=ReceivedReport(mono=NOW_S, wall=0.0,
+                              report=Report(seq=1, **{**DEFAULT_REPORT, **report})),
+        offer=ReceivedOffer(mono=NOW_S, wall=0.0, offer=Offer(seq=2, kib=offer_kib))
+        if offer_kib else None,
+        need=ReceivedNeed(mono=NOW_S, wall=0.0, need=Need(seq=3, kib=need_kib, urgency="high",
+                                                         reason="trust me"))
+        if need_kib else None,
+    )
+
+
+def test_an_offer_beyond_the_balloon_does_not_spare_the_others_at_critical_pressure(
+    tmp_path: Path,
+) -> None:
+
+    # The liar sits at its floor and offers 2^53 KiB; the host is critical (3 % freeable).
+    liar = FakeVm("liar", max_kib=4 * GIB_KIB, cur_kib=512 * 1024, channel_path="/run/liar.sock")
+    plain = FakeVm("plain", max_kib=4 * GIB_KIB, cur_kib=4 * GIB_KIB)
+    engine, hypervisor = _claims_rig(
+        tmp_path, [liar, plain], {"liar": _agent_state("liar", offer_kib=KIB_MAX)},
+        free_kib=int(0.03 * 16 * GIB_KIB),
+    )
+    record = engine.tick()
+    decisions = {d["vm"]: d for d in record.decisions}
+    assert decisions["plain"]["kind"] == "inflate", decisions["plain"]["reason"]
+    assert any(vm == "plain" and kib < 4 * GIB_KIB for vm, kib in hypervisor.balloon_calls)
+    # The policy saw what the liar can give: nothing.
+    liar_sample = next(g for g in record.state["guests"] if g["props"]["name"] == "liar")
+    assert liar_sample["samples"][-1]["offer"] == 0
+    # explain says the claim was capped.
+    explained = engine.journal("liar")[-1]
+    assert "offer of" in explained["reason"] and "capped at 0 KiB" in explained["reason"]
+
+
+def test_a_need_nothing_shows_gets_a_bounded_amount(tmp_path: Path) -> None:
+
+    vm = FakeVm("greedy", max_kib=4 * GIB_KIB, cur_kib=2 * GIB_KIB,
+                channel_path="/run/greedy.sock")
+    # No PSI, no faults, MemAvailable comfortable: nothing shows a shortage.
+    state = _agent_state("greedy", need_kib=KIB_MAX, mem_total_kib=2 * GIB_KIB,
+                         mem_available_kib=GIB_KIB)
+    engine, _ = _claims_rig(tmp_path, [vm], {"greedy": state}, free_kib=8 * GIB_KIB)
+    record = engine.tick()
+    (decision,) = record.decisions
+    given = (decision["target_kib"] or 2 * GIB_KIB) - 2 * GIB_KIB
+    reserve = max(64 * 1024, int(0.05 * 2 * GIB_KIB))
+    assert 0 < given <= reserve, decision["reason"]
+    sample = record.state["guests"][0]["samples"][-1]
+    assert sample["need"] == reserve
+    explained = engine.journal("greedy")[-1]
+    assert "need of" in explained["reason"] and "nothing in its reports shows" in (
+        explained["reason"])
+
+
+def test_a_need_shown_by_stalls_is_believed_up_to_what_the_vm_can_have(tmp_path: Path) -> None:
+
+    vm = FakeVm("busy", max_kib=4 * GIB_KIB, cur_kib=3 * GIB_KIB, channel_path="/run/busy.sock")
+    state = _agent_state("busy", need_kib=KIB_MAX, psi_some_avg10=40.0)
+    engine, _ = _claims_rig(tmp_path, [vm], {"busy": state}, free_kib=8 * GIB_KIB)
+    record = engine.tick()
+    assert record.state["guests"][0]["samples"][-1]["need"] == GIB_KIB  # max - current
+    assert "more than the VM can have" in engine.journal("busy")[-1]["reason"]
+
+
+def test_memory_is_never_given_beyond_what_the_host_has_above_its_reserve(tmp_path: Path) -> None:
+
+    # A policy that gives every guest its maximum; the host has 100 MiB above its
+    # 10 % reserve (1.6 GiB of 16 GiB).
+    give_all = '(with Guests g (g.Control "balloon_target" g.balloon_max))'
+    vms = [FakeVm(f"vm{i}", max_kib=4 * GIB_KIB, cur_kib=2 * GIB_KIB) for i in range(3)]
+    spare_kib = 100 * 1024
+    reserve_kib = int(0.10 * 16 * GIB_KIB)
+    engine, hypervisor = _claims_rig(tmp_path, vms, {}, free_kib=reserve_kib + spare_kib,
+                                     policy=give_all)
+    record = engine.tick()
+    given = sum(kib - 2 * GIB_KIB for _, kib in hypervisor.balloon_calls)
+    assert 0 < given <= spare_kib
+    assert any(d["rule"] == "host_reserve" for d in record.decisions)

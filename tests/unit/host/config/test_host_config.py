@@ -118,6 +118,7 @@ backoff_reset_s = 600
 stuck_after_s = 4
 uncooperative_after_s = 16
 uncooperative_retry_s = 120
+host_reserve_share = 0.15
 
 [balloon]
 min_change_kib = 0
