@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ebb.host.observe.replay import _host_spare_from_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host" / "engine"))
 
@@ -395,3 +396,9 @@ def test_memory_is_never_given_beyond_what_the_host_has_above_its_reserve(tmp_pa
     given = sum(kib - 2 * GIB_KIB for _, kib in hypervisor.balloon_calls)
     assert 0 < given <= spare_kib
     assert any(d["rule"] == "host_reserve" for d in record.decisions)
+
+
+def test_a_replay_applies_the_host_reserve_as_ebbd_did() -> None:
+    state = {"host": {"samples": [{"mem_free": 1700 * 1024, "mem_available": 16 * GIB_KIB}]}}
+    assert _host_spare_from_state(state, 0.10) == int(1700 * 1024 - 0.10 * 16 * GIB_KIB)
+    assert _host_spare_from_state({"host": {"samples": []}}, 0.10) is None
