@@ -402,3 +402,33 @@ def test_a_replay_applies_the_host_reserve_as_ebbd_did() -> None:
     state = {"host": {"samples": [{"mem_free": 1700 * 1024, "mem_available": 16 * GIB_KIB}]}}
     assert _host_spare_from_state(state, 0.10) == int(1700 * 1024 - 0.10 * 16 * GIB_KIB)
     assert _host_spare_from_state({"host": {"samples": []}}, 0.10) is None
+
+
+@pytest.mark.parametrize(
+    "report,rates,believed",
+    [
+        # Nothing shows a shortage: one reserve (5 % of 4 GiB).
+        ({"psi_some_avg10": 0.0, "mem_available_kib": 3 * GIB_KIB}, (0.0, 0.0, 0.0),
+         int(0.05 * 4 * GIB_KIB)),
+        # Only MemAvailable is low: two reserves.
+        ({"psi_some_avg10": 0.0, "mem_available_kib": 100 * 1024}, (0.0, 0.0, 0.0),
+         2 * int(0.05 * 4 * GIB_KIB)),
+        # Stalls show it: everything the VM can have.
+        ({"psi_some_avg10": 12.0, "mem_available_kib": 3 * GIB_KIB}, (0.0, 0.0, 0.0), GIB_KIB),
+        ({"psi_full_avg10": 3.0, "mem_available_kib": 3 * GIB_KIB}, (0.0, 0.0, 0.0), GIB_KIB),
+        ({"mem_available_kib": 3 * GIB_KIB}, (500.0, 0.0, 0.0), GIB_KIB),
+        ({"mem_available_kib": 3 * GIB_KIB}, (0.0, 4096.0, 0.0), GIB_KIB),
+        ({"mem_available_kib": 3 * GIB_KIB}, (0.0, 0.0, 1000.0), GIB_KIB),
+    ],
+)
+def test_a_need_is_believed_as_far_as_the_guests_own_reports_show_it(
+    report: dict[str, Any], rates: tuple[float, float, float], believed: int
+) -> None:
+    from types import SimpleNamespace
+
+    from ebb.host.engine import weigh_need
+
+    fields = {"psi_some_avg10": None, "psi_full_avg10": None, **report}
+    kib, why = weigh_need(KIB_MAX, GIB_KIB, 4 * GIB_KIB, SimpleNamespace(**fields), *rates)
+    assert kib == believed
+    assert why
