@@ -47,7 +47,7 @@ from ebb.host.logsetup import set_level
 from ebb.host.notify import SystemdNotifier
 from ebb.host.policy import PolicyRunner
 from ebb.host.rundir import prepare_run_dir
-from ebb.host.threads import Waker
+from ebb.host.threads import Waker, start_thread
 
 LOG = logging.getLogger(__name__)
 
@@ -94,6 +94,8 @@ def governor_config(config: EbbdConfig) -> GovernorConfig:
         stuck_after_s=section.stuck_after_s,
         uncooperative_after_s=max(section.uncooperative_after_s, section.stuck_after_s),
         uncooperative_retry_s=section.uncooperative_retry_s,
+        step_interval_s=config.daemon.policy_interval_s,
+        host_reserve_share=section.host_reserve_share,
     )
 
 
@@ -233,7 +235,7 @@ class Daemon:
         self.load_policies()
         if self.c.ksm is not None and not self.dry_run:
             self.c.ksm.start()
-        self.c.hypervisor.start()
+        self.c.hypervisor.start(on_crash=self._thread_died)
         deadline = time.monotonic() + STARTUP_WAIT_S
         # Short waits, so that SIGTERM during startup still stops within a second.
         while not self.c.hypervisor.wait_connected(0.1):
@@ -248,10 +250,10 @@ class Daemon:
             self.control.start(on_crash=self._thread_died)
         if self.c.observability is not None:
             self.c.observability.start()
-        self._engine_thread = threading.Thread(
-            target=self._run_engine, name="ebbd-engine", daemon=True
+        self._engine_thread = start_thread(
+            "ebbd-engine", lambda: self.engine.run(self.stop_event), LOG, "engine",
+            self._thread_died,
         )
-        self._engine_thread.start()
         deadline = time.monotonic() + STARTUP_WAIT_S
         while self.engine.tick_count == 0 and not self.stop_event.is_set():
             if time.monotonic() >= deadline:
@@ -259,13 +261,6 @@ class Daemon:
             self.stop_event.wait(0.02)
         self.notifier.ready(self.status_line())
         LOG.info("ebbd %s started (pid %d)", self.version, os.getpid())
-
-    def _run_engine(self) -> None:
-        try:
-            self.engine.run(self.stop_event)
-        except BaseException as err:
-            LOG.exception("the engine thread died")
-            self._thread_died(err)
 
     def _thread_died(self, err: BaseException) -> None:
         if self.crash is None:

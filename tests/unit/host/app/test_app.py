@@ -283,6 +283,18 @@ def test_a_dying_engine_thread_stops_the_daemon_with_failure(rig):
     assert rig.daemon.crash is not None
 
 
+def test_a_dying_libvirt_thread_stops_the_daemon_and_restores_ksm(rig):
+    ksm_dir = rig.sys / "kernel" / "mm" / "ksm"
+    before = (ksm_dir / "pages_to_scan").read_text().strip()
+    rig.daemon.start()
+    assert rig.hypervisor.on_crash is not None, "the libvirt threads need the crash hook"
+    rig.daemon.c.ksm.apply({"ksm_pages_to_scan": 999})  # as a policy would
+    assert (ksm_dir / "pages_to_scan").read_text().strip() == "999"
+    rig.hypervisor.on_crash(RuntimeError("libvirt supervisor died"))
+    assert rig.daemon.run_forever() == EXIT_FAILURE
+    assert rig.ksm("pages_to_scan") == before
+
+
 def test_ksm_left_by_a_crashed_run_is_restored_at_start(rig):
     ksm_dir = rig.sys / "kernel" / "mm" / "ksm"
     rig.run_dir.mkdir(parents=True, exist_ok=True)

@@ -102,8 +102,9 @@ class FakeHypervisor:
         self._lock = threading.Lock()
 
     # life cycle
-    def start(self) -> None:
+    def start(self, on_crash: object = None) -> None:
         self.started = True
+        self.on_crash = on_crash
 
     def stop(self, timeout_s: float = 2.0) -> None:
         self.stopped = True

@@ -305,7 +305,7 @@ def test_a_need_from_a_guest_triggers_an_immediate_tick_and_a_deflation(tmp_path
         agent = agents[0]
         agent.hello()
         assert agent.wait_for("welcome", timeout_s=15.0) is not None
-        agent.report()
+        agent.report(psi_some_avg10=30.0)  # what shows the need (PSI), see weigh_need
         assert wait_until(lambda: _has_report(channels, "web"))
         ticks_before = rig.engine.tick_count
         assert rig.hypervisor.balloon_calls == []
