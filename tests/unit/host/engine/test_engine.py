@@ -340,7 +340,9 @@ def test_host_pressure_crossing_the_threshold_triggers_a_tick(tmp_path):
     rig.engine.settings.pressure_check_s = 0.02
     stop, thread = run_in_thread(rig.engine)
     try:
-        assert wait_until(lambda: rig.engine.tick_count >= 2)
+        # tick_count goes up before last_record is published: wait for the record itself.
+        assert wait_until(lambda: rig.engine.last_record is not None
+                          and rig.engine.last_record.tick >= 2)
         assert "host pressure crossed the threshold" in rig.engine.last_record.reasons
     finally:
         stop.set()
