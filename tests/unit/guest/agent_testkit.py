@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple, Type, TypeVar
 from ebb.guest.agent import Agent, AgentConfig
 from ebb.guest.collect import MemoryCollector
 from ebb.guest.transport import Transport
+from ebb.guest.yielder import Yielder
 from ebb.protocol.errors import ProtocolError
 from ebb.protocol.messages import CAPABILITIES, Message, Welcome, encode_message
 from ebb.protocol.stream import MessageReader
@@ -197,13 +198,15 @@ FAST_CONFIG = AgentConfig(
 class RunningAgent:
     """An agent running in a thread; stopped and joined by the fixture."""
 
-    def __init__(self, transport: Transport, proc_tree: ProcTree, config: AgentConfig) -> None:
+    def __init__(self, transport: Transport, proc_tree: ProcTree, config: AgentConfig,
+                 yielder: Optional[Yielder] = None) -> None:
         self.notifications: List[str] = []
         self.agent = Agent(
             transport,
             MemoryCollector(str(proc_tree.root)),
             config,
             notify=self.notifications.append,
+            yielder=yielder,
         )
         self.thread = threading.Thread(target=self.agent.run, name="ebb-agent", daemon=True)
         self.thread.start()
