@@ -431,7 +431,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
 
     try:
-        collector.sample()  # fail now, clearly, rather than in the loop
+        first = collector.sample()  # fail now, clearly, rather than in the loop
         transport = transport_for_device(args.device, args.dev_root, args.sys_root)
     except (CollectError, TransportError) as err:
         LOG.error("%s", err)
@@ -442,6 +442,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         backoff_max_s=max(args.backoff_max, 1.0),
         yield_config=yield_config,
     )
+    if limits.anon and first.swap_total_kib == 0:
+        LOG.warning("--yield-anon: this guest has no swap; yields take page cache only")
     support = probe_support(args, limits)
     if support.supported:
         LOG.info("yield: reclaiming through %s (%s)", support.path,

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple, Type, TypeVar
 
 from ebb.guest.agent import Agent, AgentConfig
 from ebb.guest.collect import MemoryCollector
+from ebb.guest.reclaim import Reclaimer
 from ebb.guest.transport import Transport
 from ebb.guest.yielder import Yielder
 from ebb.protocol.errors import ProtocolError
@@ -89,6 +90,26 @@ class ProcTree:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
+
+
+class FakeKernel(Reclaimer):
+    """Plays memory.reclaim: each write drops inactive cache into MemFree."""
+
+    def __init__(self, proc_tree: ProcTree, fail_with: Optional[int] = None) -> None:
+        super().__init__("/fake/memory.reclaim", swappiness_arg=True)
+        self.proc_tree = proc_tree
+        self.fail_with = fail_with
+        self.written: List[bytes] = []
+
+    def _write(self, data: bytes) -> None:
+        self.written.append(data)
+        if self.fail_with is not None:
+            raise OSError(self.fail_with, "fake")
+        kib = int(data.split()[0].rstrip(b"K"))
+        meminfo = self.proc_tree.meminfo
+        taken = min(kib, meminfo["Inactive(file)"])
+        self.proc_tree.write(Inactive_file=meminfo["Inactive(file)"] - taken,
+                             Cached=meminfo["Cached"] - taken, MemFree=meminfo["MemFree"] + taken)
 
 
 M = TypeVar("M")
