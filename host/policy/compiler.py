@@ -24,12 +24,27 @@ from __future__ import annotations
 import logging
 import math
 import operator
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ebb.host.policy import fields as F
 from ebb.host.policy.errors import PolicyError
+from ebb.host.policy.limits import (
+    CLOCK_EVERY_STEPS,
+    MAX_DEBUG_CHARS,
+    MAX_DEBUG_LINE_CHARS,
+    MAX_DEBUG_LINES,
+    MAX_INT,
+    MAX_LIST_CELLS,
+    MAX_LIST_DEPTH,
+    MAX_SHIFT,
+    MAX_SHOWN_CHARS,
+    MAX_STORE_CELLS,
+    MAX_VARS_PER_ENTITY,
+    STRING_CHARS_PER_CELL,
+)
 from ebb.host.policy.reader import BLOCK, FLOAT, INT, LIST, STR, SYM, Node
 
 LOG = logging.getLogger(__name__)
@@ -40,9 +55,6 @@ SPECIAL_FORMS = frozenset({"defvar", "set", "setq", "def", "defun", "let", "if",
 READ_ONLY = frozenset({"Host", "Guests"})
 _NUMERIC = (int, float, bool)
 _NUM_TYPES = frozenset({int, float, bool})
-MAX_SHIFT = 64
-MAX_VARS_PER_ENTITY = 256
-MAX_DEBUG_LINES = 1000
 
 
 # ----------------------------------------------------------------- runtime ----
@@ -102,9 +114,29 @@ _GUEST_CONTROLS = frozenset(F.GUEST_CONTROLS)
 class Context:
     """Mutable state of one evaluation (one tick)."""
 
-    __slots__ = ("debug", "depth", "funcs", "max_depth", "max_steps", "scopes", "steps", "vars")
+    __slots__ = (
+        "clock",
+        "deadline",
+        "debug",
+        "debug_chars",
+        "depth",
+        "funcs",
+        "max_depth",
+        "max_seconds",
+        "max_steps",
+        "scopes",
+        "step_limit",
+        "steps",
+        "vars",
+    )
 
-    def __init__(self, max_steps: int, max_depth: int) -> None:
+    def __init__(
+        self,
+        max_steps: int,
+        max_depth: int,
+        max_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.vars: Dict[str, List[Any]] = {}
         # Names bound in each open scope, innermost last (lists: scopes are tiny).
         self.scopes: List[List[str]] = [[]]
@@ -114,10 +146,117 @@ class Context:
         self.depth = 0
         self.max_depth = max_depth
         self.debug: List[str] = []
+        self.debug_chars = 0
+        self.clock = clock
+        self.max_seconds = max_seconds
+        self.deadline = clock() + max_seconds
+        #: The hot paths compare the step count with this one number only;
+        #: passing it means "check the budget" (steps, then the clock).
+        self.step_limit = min(max_steps, CLOCK_EVERY_STEPS)
 
     def bind_global(self, name: str, value: Any) -> None:
         self.scopes[0].append(name)
         self.vars[name] = [value]
+
+    def check_budget(self, node: Node, steps: int) -> None:
+        """Raise at ``node`` when ``steps`` or the wall time is over budget."""
+        if steps > self.max_steps:
+            raise node.error(f"evaluation exceeded {self.max_steps} steps")
+        if self.clock() > self.deadline:
+            raise node.error(
+                f"evaluation took longer than {self.max_seconds:g} s (see Bounds in docs/policy.md)"
+            )
+        self.step_limit = min(self.max_steps, steps + CLOCK_EVERY_STEPS)
+
+
+class PolicyList(list):  # type: ignore[type-arg]
+    """A list a policy built (with ``with``), with its size for the bounds.
+
+    ``cells`` counts its elements recursively (see :func:`measure`), ``depth``
+    its nesting, ``plain`` whether it holds only data that SetVar can keep.
+    """
+
+    __slots__ = ("cells", "depth", "plain")
+
+    def __init__(self, items: List[Any], cells: int, depth: int, plain: bool) -> None:
+        super().__init__(items)
+        self.cells = cells
+        self.depth = depth
+        self.plain = plain
+
+
+def measure(value: Any, budget: int = MAX_STORE_CELLS) -> Tuple[int, int, bool]:
+    """``(cells, depth, plain)`` of a value, stopping once cells pass ``budget``.
+
+    A number, nil, or an object is one cell; a string one per
+    STRING_CHARS_PER_CELL characters started; a list one plus its elements'.
+    ``plain``: only numbers, strings, nil and lists of them (what SetVar keeps).
+    """
+    cls = value.__class__
+    if cls is PolicyList:
+        return value.cells, value.depth, value.plain
+    if cls is str:
+        return 1 + len(value) // STRING_CHARS_PER_CELL, 0, True
+    if cls is not list:
+        return 1, 0, value is None or cls in _NUM_TYPES
+    # A list from outside the evaluator (Guests, a restored variable): walk it.
+    cells, depth, plain = 1, 1, True
+    stack: List[Tuple[Any, int]] = [(item, 1) for item in value]
+    while stack and cells <= budget:
+        item, level = stack.pop()
+        cls = item.__class__
+        if cls is PolicyList:
+            cells += item.cells
+            depth = max(depth, level + item.depth)
+            plain = plain and item.plain
+        elif cls is list:
+            cells += 1
+            depth = max(depth, level + 1)
+            stack.extend((x, level + 1) for x in item)
+        elif cls is str:
+            cells += 1 + len(item) // STRING_CHARS_PER_CELL
+        else:
+            cells += 1
+            plain = plain and (item is None or cls in _NUM_TYPES)
+    return cells, depth, plain
+
+
+class ListBuilder:
+    """Collects the results of a ``with`` into a :class:`PolicyList`, within bounds."""
+
+    __slots__ = ("cells", "depth", "items", "node", "plain")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.items: List[Any] = []
+        self.cells = 1
+        self.depth = 1
+        self.plain = True
+
+    def add(self, value: Any) -> None:
+        self.items.append(value)
+        cls = value.__class__
+        if cls in _NUM_TYPES or value is None:
+            self.cells += 1
+        else:
+            cells, depth, plain = measure(value, MAX_LIST_CELLS)
+            self.cells += cells
+            if depth >= self.depth:
+                self.depth = depth + 1
+                if self.depth > MAX_LIST_DEPTH:
+                    raise self.node.error(
+                        f"with: lists nest deeper than {MAX_LIST_DEPTH} "
+                        "(see Bounds in docs/policy.md)"
+                    )
+            self.plain = self.plain and plain
+        if self.cells > MAX_LIST_CELLS:
+            raise self.node.error(
+                f"with: the list would be larger than {MAX_LIST_CELLS} cells "
+                "(see Bounds in docs/policy.md)"
+            )
+
+    def done(self) -> PolicyList:
+        return PolicyList(self.items, self.cells, self.depth, self.plain)
 
 
 @dataclass(slots=True)
@@ -192,15 +331,46 @@ def type_name(value: Any) -> str:
     return "a value"
 
 
-def show(value: Any) -> str:
-    """A value as it reads in messages and debug lines."""
-    if value is None:
-        return "nil"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, list):
-        return "(" + " ".join(show(v) for v in value[:8]) + (" ..." if len(value) > 8 else "") + ")"
-    return repr(value)
+class _Text(str):
+    """A piece of punctuation waiting on show()'s stack (not a policy string)."""
+
+
+def show(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """A value as it reads in messages and debug lines, cut after ``limit`` characters.
+
+    Lists show their first 8 elements. The walk is iterative and stops at the
+    limit, so a deep or shared list costs no more than the text it yields.
+    """
+    out: List[str] = []
+    used = 0
+    stack: List[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if item.__class__ is _Text:
+            text: str = item
+        elif item is None:
+            text = "nil"
+        elif isinstance(item, str):
+            text = repr(item[: limit + 1])
+        elif isinstance(item, list):
+            stack.append(_Text(")"))
+            if len(item) > 8:
+                stack.append(_Text(" ..."))
+            head = item[:8]
+            for i in range(len(head) - 1, -1, -1):
+                stack.append(head[i])
+                if i:
+                    stack.append(_Text(" "))
+            text = "("
+        else:
+            text = repr(item)
+        if used + len(text) > limit:
+            out.append(text[: max(0, limit - used)])
+            out.append("...")
+            break
+        out.append(text)
+        used += len(text)
+    return "".join(out)
 
 
 # ---------------------------------------------------------------- compiler ----
@@ -219,7 +389,7 @@ class Compiler:
         #: Pure closures built from pure operands (worth a fast path of their own).
         self.compound: Set[Code] = set()
         #: Globals of the generated fast paths: the closures and constants they use.
-        self.env: Dict[str, Any] = {"_N": _NUM_TYPES, "_bad": _bad}
+        self.env: Dict[str, Any] = {"_N": _NUM_TYPES, "_M": MAX_INT, "_bad": _bad}
         self._serial = 0
 
     # -- entry points
@@ -297,10 +467,14 @@ class Compiler:
         return code
 
     def checked(self, text: str) -> str:
-        """``text``, failing (to the closure) unless its value is a number."""
+        """``text``, failing (to the closure) unless its value is a number in range.
+
+        A float beyond the integer bound also fails here: the closure then
+        gives the float, or the range error for an integer.
+        """
         self._serial += 1
         t = f"_t{self._serial}"
-        return f"({t} if ({t} := {text}).__class__ in _N else _bad())"
+        return f"({t} if ({t} := {text}).__class__ in _N and -_M <= {t} <= _M else _bad())"
 
     def operator_source(self, name: str, codes: Sequence[Code]) -> Optional[str]:
         if not all(c in self.sources for c in codes):
@@ -689,20 +863,19 @@ class Compiler:
                     raise list_node.error(
                         f"with: expected a list such as Guests, got {type_name(seq)}"
                     )
-                results = []
+                results = ListBuilder(head)
                 stack = ctx.vars.get(var)
                 if stack is None:
                     ctx.vars[var] = stack = []
-                max_steps = ctx.max_steps
                 for item in seq:
                     steps = ctx.steps + cost
-                    if steps > max_steps:
-                        raise head.error(f"evaluation exceeded {max_steps} steps")
+                    if steps > ctx.step_limit:
+                        ctx.check_budget(head, steps)
                     ctx.steps = steps
                     stack.append(item)
-                    results.append(body(ctx))
+                    results.add(body(ctx))
                     stack.pop()
-                return results
+                return results.done()
 
             return with_unscoped
 
@@ -710,13 +883,13 @@ class Compiler:
             seq = items(ctx)
             if not isinstance(seq, list):
                 raise list_node.error(f"with: expected a list such as Guests, got {type_name(seq)}")
-            results = []
+            results = ListBuilder(head)
             variables = ctx.vars
             scopes = ctx.scopes
             for item in seq:
                 ctx.steps += cost
-                if ctx.steps > ctx.max_steps:
-                    raise head.error(f"evaluation exceeded {ctx.max_steps} steps")
+                if ctx.steps > ctx.step_limit:
+                    ctx.check_budget(head, ctx.steps)
                 scope = [var]
                 scopes.append(scope)
                 stack = variables.get(var)
@@ -724,11 +897,11 @@ class Compiler:
                     variables[var] = [item]
                 else:
                     stack.append(item)
-                results.append(body(ctx))
+                results.add(body(ctx))
                 scopes.pop()
                 for bound in scope:
                     variables[bound].pop()
-            return results
+            return results.done()
 
         return with_
 
@@ -961,6 +1134,10 @@ def _m_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
             raise node.error(f"{name} {key!r}: value must be a number, got {show(value)}")
         if value.__class__ is float and not math.isfinite(value):
             raise node.error(f"{name} {key!r}: value must be finite, got {value}")
+        if not -MAX_INT <= value <= MAX_INT:  # type: ignore[operator]
+            raise node.error(
+                f"{name} {key!r}: value {show(value)} is outside -{MAX_INT}..{MAX_INT}"
+            )
         # Every control is a whole number (KiB, pages, ms, a mode); the
         # controllers take integers, as MOM's did.
         value = int(value)  # type: ignore[call-overload]
@@ -999,12 +1176,13 @@ def _m_get_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
     return get_control
 
 
-def _storable(value: Any) -> bool:
-    if value is None or value.__class__ in (bool, int, float, str):
-        return True
-    if isinstance(value, list):
-        return len(value) <= 4096 and all(_storable(v) for v in value)
-    return False
+def _store_cells(store: Dict[str, Any], skip: str) -> int:
+    """Cells held by a store's variables other than ``skip``."""
+    total = 0
+    for key, value in store.items():
+        if key != skip:
+            total += measure(value)[0]
+    return total
 
 
 def _m_set_var(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
@@ -1016,7 +1194,8 @@ def _m_set_var(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
         if not isinstance(key, str):
             raise node.error(f"{name}: the variable name must be a string, got {show(key)}")
         value = value_code(ctx)
-        if not _storable(value):
+        cells, _, plain = measure(value, MAX_STORE_CELLS)
+        if not plain:
             raise node.error(
                 f"{name} {key!r}: only numbers, strings, nil and lists of them can be kept, "
                 f"got {type_name(value)}"
@@ -1025,6 +1204,11 @@ def _m_set_var(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
         if key not in store and len(store) >= MAX_VARS_PER_ENTITY:
             raise node.error(
                 f"{name}: more than {MAX_VARS_PER_ENTITY} variables on {view.describe()}"
+            )
+        if cells + _store_cells(store, key) + len(key) // STRING_CHARS_PER_CELL > MAX_STORE_CELLS:
+            raise node.error(
+                f"{name} {key!r}: the variables of {view.describe()} would be larger than "
+                f"{MAX_STORE_CELLS} cells (see Bounds in docs/policy.md)"
             )
         store[key] = value
         return value
@@ -1074,8 +1258,8 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
 
     def enter(ctx: Context, fn: Function) -> None:
         steps = ctx.steps + fn.cost
-        if steps > ctx.max_steps:
-            raise node.error(f"evaluation exceeded {ctx.max_steps} steps")
+        if steps > ctx.step_limit:
+            ctx.check_budget(node, steps)
         ctx.steps = steps
         if ctx.depth >= ctx.max_depth:
             raise node.error(f"calls nested deeper than {ctx.max_depth} (runaway recursion?)")
@@ -1101,7 +1285,7 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
                 fn = function_of(ctx)
             steps = ctx.steps + fn.cost
             depth = ctx.depth
-            if steps > ctx.max_steps or depth >= ctx.max_depth:
+            if steps > ctx.step_limit or depth >= ctx.max_depth:
                 enter(ctx, fn)  # raises the right error
             ctx.steps = steps
             ctx.depth = depth + 1
@@ -1127,7 +1311,7 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
                 value = arg0(ctx)  # raises the right error
             steps = ctx.steps + fn.cost
             depth = ctx.depth
-            if steps > ctx.max_steps or depth >= ctx.max_depth:
+            if steps > ctx.step_limit or depth >= ctx.max_depth:
                 enter(ctx, fn)  # raises the right error
             ctx.steps = steps
             ctx.depth = depth + 1
@@ -1157,7 +1341,7 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
             value = arg0(ctx)
             steps = ctx.steps + fn.cost
             depth = ctx.depth
-            if steps > ctx.max_steps or depth >= ctx.max_depth:
+            if steps > ctx.step_limit or depth >= ctx.max_depth:
                 enter(ctx, fn)  # raises the right error
             ctx.steps = steps
             ctx.depth = depth + 1
@@ -1189,7 +1373,7 @@ def _user_call(node: Node, name: str, args: List[Code]) -> Code:
             value1 = arg1(ctx)
             steps = ctx.steps + fn.cost
             depth = ctx.depth
-            if steps > ctx.max_steps or depth >= ctx.max_depth:
+            if steps > ctx.step_limit or depth >= ctx.max_depth:
                 enter(ctx, fn)  # raises the right error
             ctx.steps = steps
             ctx.depth = depth + 1
@@ -1244,6 +1428,33 @@ def _num(node: Node, op: str, value: Any) -> Any:
     raise node.error(f"'{op}' needs numbers, got {show(value)} ({type_name(value)})")
 
 
+def _range_error(node: Node, op: str, what: str) -> PolicyError:
+    return node.error(
+        f"'{op}': {what} is outside the integer range -{MAX_INT}..{MAX_INT} (2^63 - 1); "
+        "use a float (1e30) for larger magnitudes"
+    )
+
+
+def _int_ok(value: Any) -> bool:
+    """Whether a number is within the integer bound (floats always are)."""
+    return value.__class__ is not int or -MAX_INT <= value <= MAX_INT
+
+
+def _apply(node: Node, op: str, fn: Callable[[Any, Any], Any], x: Any, y: Any) -> Any:
+    """``fn(x, y)`` on two numbers, within the integer bound.
+
+    The operands of ``*`` are checked before multiplying, so that no product
+    is ever a long computation; sums of bounded operands are cheap, and any
+    result out of range is an error.
+    """
+    if op == "*" and not (_int_ok(x) and _int_ok(y)):
+        raise _range_error(node, op, "an operand")
+    result = fn(x, y)
+    if result.__class__ is int and not -MAX_INT <= result <= MAX_INT:
+        raise _range_error(node, op, "the result")
+    return result
+
+
 def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]], Code]:
     def build(node: Node, codes: List[Code]) -> Code:
         if len(codes) == 2:
@@ -1254,7 +1465,7 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
                 def arith_constant(ctx: Context) -> Any:
                     x = a(ctx)
                     if x.__class__ in _NUM_TYPES:
-                        return fn(x, k)
+                        return _apply(node, op, fn, x, k)
                     return _num(node, op, x)
 
                 return arith_constant
@@ -1264,38 +1475,16 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
                 def constant_arith(ctx: Context) -> Any:
                     y = b(ctx)
                     if y.__class__ in _NUM_TYPES:
-                        return fn(k, y)
+                        return _apply(node, op, fn, k, y)
                     return _num(node, op, y)
 
                 return constant_arith
-            if op == "+":
-
-                def add2(ctx: Context) -> Any:
-                    x: Any = a(ctx)
-                    y: Any = b(ctx)
-                    if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
-                        return x + y  # type: ignore[operator]
-                    _num(node, op, x)
-                    return _num(node, op, y)
-
-                return add2
-            if op == "*":
-
-                def mul2(ctx: Context) -> Any:
-                    x: Any = a(ctx)
-                    y: Any = b(ctx)
-                    if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
-                        return x * y  # type: ignore[operator]
-                    _num(node, op, x)
-                    return _num(node, op, y)
-
-                return mul2
 
             def arith2(ctx: Context) -> Any:
                 x = a(ctx)
                 y = b(ctx)
                 if x.__class__ in _NUM_TYPES and y.__class__ in _NUM_TYPES:
-                    return fn(x, y)
+                    return _apply(node, op, fn, x, y)
                 _num(node, op, x)
                 return _num(node, op, y)
 
@@ -1305,7 +1494,7 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
         def arith_n(ctx: Context) -> Any:
             acc = _num(node, op, first(ctx))
             for c in rest:
-                acc = fn(acc, _num(node, op, c(ctx)))
+                acc = _apply(node, op, fn, acc, _num(node, op, c(ctx)))
             return acc
 
         return arith_n
@@ -1313,10 +1502,17 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
     return build
 
 
+def _negate(node: Node, op: str, value: Any) -> Any:
+    value = -_num(node, op, value) if op == "-" else abs(_num(node, op, value))
+    if value.__class__ is int and not -MAX_INT <= value <= MAX_INT:
+        raise _range_error(node, op, "the result")
+    return value
+
+
 def _build_sub(node: Node, codes: List[Code]) -> Code:
     if len(codes) == 1:
         (a,) = codes
-        return lambda ctx: -_num(node, "-", a(ctx))
+        return lambda ctx: _negate(node, "-", a(ctx))
     return _arith("-", operator.sub)(node, codes)
 
 
@@ -1344,7 +1540,12 @@ def _shift(op: str, left: bool) -> Callable[[Node, List[Code]], Code]:
                 raise node.error(f"'{op}' needs whole numbers, got {show(x)} and {show(y)}")
             if not 0 <= y <= MAX_SHIFT:
                 raise node.error(f"'{op}': shift by {y} is outside 0..{MAX_SHIFT}")
-            return x << y if left else x >> y
+            if not -MAX_INT <= x <= MAX_INT:
+                raise _range_error(node, op, "the value shifted")
+            result = x << y if left else x >> y
+            if not -MAX_INT <= result <= MAX_INT:
+                raise _range_error(node, op, "the result")
+            return result
 
         return shift
 
@@ -1582,7 +1783,7 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
 
 def _build_abs(node: Node, codes: List[Code]) -> Code:
     (a,) = codes
-    return lambda ctx: abs(_num(node, "abs", a(ctx)))
+    return lambda ctx: _negate(node, "abs", a(ctx))
 
 
 def _is_null(value: Any) -> bool:
@@ -1636,9 +1837,28 @@ def _build_debug(node: Node, codes: List[Code]) -> Code:
 
     def debug(ctx: Context) -> Any:
         values = [c(ctx) for c in codes]
-        text = " ".join(v if isinstance(v, str) else show(v) for v in values)
-        if len(ctx.debug) < MAX_DEBUG_LINES:
-            ctx.debug.append(f"{where}: {text}")
+        if len(ctx.debug) >= MAX_DEBUG_LINES or ctx.debug_chars >= MAX_DEBUG_CHARS:
+            return values[-1]  # the budget is spent: nothing more is made or logged
+        room = min(MAX_DEBUG_LINE_CHARS, MAX_DEBUG_CHARS - ctx.debug_chars)
+        parts: List[str] = []
+        used = 0
+        for v in values:
+            if used >= room:
+                break
+            part = v[: room - used + 1] if isinstance(v, str) else show(v, room - used)
+            parts.append(part)
+            used += len(part) + 1
+        text = " ".join(parts)
+        if len(text) > room:
+            text = text[:room] + "..."
+        ctx.debug_chars += len(text)
+        if ctx.debug_chars >= MAX_DEBUG_CHARS or len(ctx.debug) + 1 >= MAX_DEBUG_LINES:
+            text += (
+                f" [debug output limit reached: {MAX_DEBUG_LINES} lines, "
+                f"{MAX_DEBUG_CHARS} characters]"
+            )
+            ctx.debug_chars = MAX_DEBUG_CHARS
+        ctx.debug.append(f"{where}: {text}")
         LOG.debug("policy debug %s: %s", where, text)
         return values[-1]
 
