@@ -222,7 +222,11 @@ def measure(value: Any, budget: int = MAX_STORE_CELLS) -> Tuple[int, int, bool]:
 
 
 class ListBuilder:
-    """Collects the results of a ``with`` into a :class:`PolicyList`, within bounds."""
+    """Collects the results of a ``with`` into a :class:`PolicyList`, within bounds.
+
+    The loop appends to ``items`` itself and counts results that are numbers,
+    booleans or nil (one cell each); anything else goes through :meth:`add`.
+    """
 
     __slots__ = ("cells", "depth", "items", "node", "plain")
 
@@ -234,29 +238,31 @@ class ListBuilder:
         self.plain = True
 
     def add(self, value: Any) -> None:
-        self.items.append(value)
-        cls = value.__class__
-        if cls in _NUM_TYPES or value is None:
-            self.cells += 1
-        else:
-            cells, depth, plain = measure(value, MAX_LIST_CELLS)
-            self.cells += cells
-            if depth >= self.depth:
-                self.depth = depth + 1
-                if self.depth > MAX_LIST_DEPTH:
-                    raise self.node.error(
-                        f"with: lists nest deeper than {MAX_LIST_DEPTH} "
-                        "(see Bounds in docs/policy.md)"
-                    )
-            self.plain = self.plain and plain
+        """Account for a result that is not a number or nil (already appended)."""
+        cells, depth, plain = measure(value, MAX_LIST_CELLS)
+        self.cells += cells
+        if depth >= self.depth:
+            self.depth = depth + 1
+            if self.depth > MAX_LIST_DEPTH:
+                raise self.node.error(
+                    f"with: lists nest deeper than {MAX_LIST_DEPTH} (see Bounds in docs/policy.md)"
+                )
+        self.plain = self.plain and plain
         if self.cells > MAX_LIST_CELLS:
-            raise self.node.error(
-                f"with: the list would be larger than {MAX_LIST_CELLS} cells "
-                "(see Bounds in docs/policy.md)"
-            )
+            self.too_large()
 
-    def done(self) -> PolicyList:
-        return PolicyList(self.items, self.cells, self.depth, self.plain)
+    def too_large(self) -> None:
+        raise self.node.error(
+            f"with: the list would be larger than {MAX_LIST_CELLS} cells "
+            "(see Bounds in docs/policy.md)"
+        )
+
+    def done(self, scalars: int) -> PolicyList:
+        """The list, counting ``scalars`` more cells (the numbers and nils)."""
+        cells = self.cells + scalars
+        if cells > MAX_LIST_CELLS:
+            self.too_large()
+        return PolicyList(self.items, cells, self.depth, self.plain)
 
 
 @dataclass(slots=True)
@@ -863,7 +869,9 @@ class Compiler:
                     raise list_node.error(
                         f"with: expected a list such as Guests, got {type_name(seq)}"
                     )
-                results = ListBuilder(head)
+                builder = ListBuilder(head)
+                results = builder.items
+                scalars = 0
                 stack = ctx.vars.get(var)
                 if stack is None:
                     ctx.vars[var] = stack = []
@@ -873,9 +881,14 @@ class Compiler:
                         ctx.check_budget(head, steps)
                     ctx.steps = steps
                     stack.append(item)
-                    results.add(body(ctx))
+                    value = body(ctx)
+                    results.append(value)
+                    if value.__class__ in _NUM_TYPES or value is None:
+                        scalars += 1
+                    else:
+                        builder.add(value)
                     stack.pop()
-                return results.done()
+                return builder.done(scalars)
 
             return with_unscoped
 
@@ -883,7 +896,9 @@ class Compiler:
             seq = items(ctx)
             if not isinstance(seq, list):
                 raise list_node.error(f"with: expected a list such as Guests, got {type_name(seq)}")
-            results = ListBuilder(head)
+            builder = ListBuilder(head)
+            results = builder.items
+            scalars = 0
             variables = ctx.vars
             scopes = ctx.scopes
             for item in seq:
@@ -897,11 +912,16 @@ class Compiler:
                     variables[var] = [item]
                 else:
                     stack.append(item)
-                results.add(body(ctx))
+                value = body(ctx)
+                results.append(value)
+                if value.__class__ in _NUM_TYPES or value is None:
+                    scalars += 1
+                else:
+                    builder.add(value)
                 scopes.pop()
                 for bound in scope:
                     variables[bound].pop()
-            return results.done()
+            return builder.done(scalars)
 
         return with_
 
@@ -1450,35 +1470,30 @@ def _apply(node: Node, op: str, fn: Callable[[Any, Any], Any], x: Any, y: Any) -
     if op == "*" and not (_int_ok(x) and _int_ok(y)):
         raise _range_error(node, op, "an operand")
     result = fn(x, y)
-    if result.__class__ is int and not -MAX_INT <= result <= MAX_INT:
+    if result.__class__ is int and (result > MAX_INT or result < -MAX_INT):
         raise _range_error(node, op, "the result")
     return result
 
 
 def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]], Code]:
+    checks_operands = op == "*"
+
     def build(node: Node, codes: List[Code]) -> Code:
         if len(codes) == 2:
             a, b = codes
             k = constant_value(b)
-            if k.__class__ in _NUM_TYPES:
+            if k.__class__ in _NUM_TYPES and not checks_operands:
 
                 def arith_constant(ctx: Context) -> Any:
                     x = a(ctx)
                     if x.__class__ in _NUM_TYPES:
-                        return _apply(node, op, fn, x, k)
+                        r = fn(x, k)
+                        if r.__class__ is not int or -MAX_INT <= r <= MAX_INT:
+                            return r
+                        raise _range_error(node, op, "the result")
                     return _num(node, op, x)
 
                 return arith_constant
-            k = constant_value(a)
-            if k.__class__ in _NUM_TYPES:
-
-                def constant_arith(ctx: Context) -> Any:
-                    y = b(ctx)
-                    if y.__class__ in _NUM_TYPES:
-                        return _apply(node, op, fn, k, y)
-                    return _num(node, op, y)
-
-                return constant_arith
 
             def arith2(ctx: Context) -> Any:
                 x = a(ctx)
@@ -1770,6 +1785,7 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
                 values = values[0]
                 if not values:
                     return None
+                ctx.steps += len(values)  # a step per element: a long list is not one step
             if all(v.__class__ in _NUM_TYPES for v in values) or all(
                 v.__class__ is str for v in values
             ):
