@@ -21,9 +21,9 @@ from typing import (
     Union,
 )
 
-from ebb.host.policy.compiler import Compiled, Compiler, Context, View, collect_functions
 from ebb.host.policy.entity import PolicyInput
 from ebb.host.policy.errors import PolicyError, PolicyLoadError
+from ebb.host.policy.forms import Compiler, collect_functions
 from ebb.host.policy.limits import (
     MAX_DEPTH,
     MAX_EVAL_SECONDS,
@@ -32,6 +32,7 @@ from ebb.host.policy.limits import (
     STEPS_PER_GUEST,
 )
 from ebb.host.policy.reader import Node, read
+from ebb.host.policy.runtime import Compiled, Context, View
 
 LOG = logging.getLogger(__name__)
 

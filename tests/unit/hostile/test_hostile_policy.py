@@ -216,13 +216,13 @@ def test_reload_of_a_5000_digit_literal_keeps_the_last_good_policy(tmp_path: Pat
 def test_any_exception_while_loading_is_a_policy_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ebb.host.policy import compiler
+    from ebb.host.policy import forms
 
     def broken(self: Any, nodes: Any) -> Any:
         raise MemoryError("simulated")
 
     (tmp_path / "a.policy").write_text("(+ 1 2)\n")
-    monkeypatch.setattr(compiler.Compiler, "compile_top", broken)
+    monkeypatch.setattr(forms.Compiler, "compile_top", broken)
     errors = PolicyRunner().reload(tmp_path)
     assert [str(e) for e in errors] == [
         f"{tmp_path / 'a.policy'}:0:0: cannot load: MemoryError: simulated"
@@ -367,3 +367,23 @@ def test_ebbd_refuses_to_start_on_a_policy_that_does_not_load(
     assert "Traceback" not in err
     assert {p.name: p.read_text() for p in ksm.iterdir()} == before
     assert not (run_dir / "ebbd.sock").exists()
+
+
+# --- the evaluator itself ------------------------------------------------------------
+
+
+def test_the_policy_package_never_runs_generated_code() -> None:
+    import ast
+
+    import ebb.host.policy
+
+    package = Path(ebb.host.policy.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        called = {
+            node.func.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
+        assert not called & {"exec", "eval", "compile", "__import__"}, path
+        assert len(path.read_text().splitlines()) < 800, path
