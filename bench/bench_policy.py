@@ -12,8 +12,12 @@ policies runs. Targets (issue 3): <= 2 ms at 32 guests, <= 50 ms at 1000 guests.
 run: rounds alternate old and new in fresh processes, so the load of a shared
 machine falls on both alike, and the table gives the ratio old/new.
 
+``--hostile`` instead times how soon the sandbox stops hostile policies (the
+repeated squaring of the hardening review, a SetVar that feeds on itself, a
+debug flood): the time to the PolicyError, and its message.
+
 Run: .venv/bin/python bench/bench_policy.py [--ticks N] [--policy cooperative|classic|both]
-     [--sizes 1,32,1000] [--compare OLD_TREE [--rounds R]]
+     [--sizes 1,32,1000] [--compare OLD_TREE [--rounds R]] [--hostile]
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Dict, List, Sequence
 
 from ebb.host.governor import Governor, guest_view_from_entity
 from ebb.host.policies import POLICY_NAMES, policy_dir
-from ebb.host.policy import Entity, PolicyInput, PolicyRunner
+from ebb.host.policy import Entity, PolicyError, PolicyInput, PolicyRunner, load_policy_texts
 
 GiB = 1024 * 1024
 HISTORY = 10
@@ -227,6 +231,35 @@ def compare(
             )
 
 
+HOSTILE = {
+    "squaring": "(def sq (x n) (if (> n 0) (sq (* x x) (- n 1)) x)) (sq 3 40)",
+    "setvar-doubling": '(Host.SetVar "x" (with Guests g (Host.GetVar "x")))',
+    "debug-flood": '(with Guests a (with Guests b { (debug "%s" a b) 0 }))' % ("x" * 4000),
+    "busy-recursion": "(def f (n) (if (> n 0) (+ (f (- n 1)) (f (- n 1))) 0)) (f 40)",
+}
+
+
+def hostile(n_guests: int = 32, ticks: int = 40) -> None:
+    """Wall time until each hostile policy is stopped (or its slowest tick)."""
+    print(f"hostile policies, {n_guests} guests: wall time per tick until the sandbox stops them")
+    base = make_input(n_guests)
+    for name, text in HOSTILE.items():
+        runner = PolicyRunner(load_policy_texts([(f"{name}.policy", text)]))
+        slowest = 0.0
+        outcome = "no error"
+        for tick in range(ticks):
+            t0 = time.perf_counter()
+            try:
+                ev = runner.evaluate(fresh_input(base))
+            except PolicyError as err:
+                slowest = max(slowest, time.perf_counter() - t0)
+                outcome = f"tick {tick + 1}: {err}"
+                break
+            slowest = max(slowest, time.perf_counter() - t0)
+            outcome = f"{tick + 1} ticks, debug {sum(len(d) for d in ev.debug)} characters"
+        print(f"  {name:<16} slowest tick {slowest * 1000:9.2f} ms  {outcome[:110]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--ticks", type=int, default=0, help="ticks per size (default: by size)")
@@ -240,8 +273,14 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=4, help="alternating rounds per size (--compare)"
     )
+    parser.add_argument(
+        "--hostile", action="store_true", help="time how soon hostile policies are stopped"
+    )
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.hostile:
+        hostile()
+        return
     policies = POLICY_NAMES if args.policy == "both" else (args.policy,)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if args.compare is not None:

@@ -45,7 +45,7 @@ from ebb.host.hypervisor import Hypervisor
 from ebb.host.hypervisor.connection import domain_matches
 from ebb.host.logsetup import set_level
 from ebb.host.notify import SystemdNotifier
-from ebb.host.policy import PolicyRunner
+from ebb.host.policy import PolicyRunner, PolicyStartError
 from ebb.host.rundir import prepare_run_dir
 from ebb.host.threads import Waker, start_thread
 
@@ -232,7 +232,10 @@ class Daemon:
             # state (saved KSM values) that belongs to the first one.
             self.control.bind()
         self._started = True
-        self.load_policies()
+        if self.load_policies() and self.c.runner.program is None:
+            # Before the host is touched: a daemon without any policy would run
+            # on the governor's safety rules alone, which nobody asked for.
+            raise PolicyStartError(self.policy_errors)
         if self.c.ksm is not None and not self.dry_run:
             self.c.ksm.start()
         self.c.hypervisor.start(on_crash=self._thread_died)

@@ -3,7 +3,7 @@
 ``ebbd [--config PATH] [--dry-run] [--once] [--log-level LEVEL]``
 
 Exit status: 0 after a clean stop, 1 when a thread died or startup failed
-(systemd restarts the service), 2 for a configuration error.
+(systemd restarts the service), 2 for a configuration error or when no policy loads.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ebb.host.app import build_daemon
 from ebb.host.config import DEFAULT_CONFIG_PATH, LOG_LEVELS, ConfigError, load_config
 from ebb.host.control import ControlError
 from ebb.host.logsetup import configure_logging
+from ebb.host.policy import PolicyStartError
 
 LOG = logging.getLogger("ebb.host.ebbd")
 
@@ -84,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     daemon.install_signal_handlers()
     try:
         daemon.start()
+    except PolicyStartError as err:
+        LOG.error("cannot start: %s", err)
+        print(f"ebbd: {err}", file=sys.stderr)
+        daemon.stop()
+        return EXIT_CONFIG
     except (ControlError, OSError) as err:
         LOG.error("cannot start: %s", err)
         daemon.stop()

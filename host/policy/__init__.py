@@ -14,7 +14,7 @@ Public API (see docs/policy.md, "API for the daemon"):
 from __future__ import annotations
 
 from ebb.host.policy.entity import Entity, PolicyInput
-from ebb.host.policy.errors import PolicyError, PolicyLoadError
+from ebb.host.policy.errors import PolicyError, PolicyLoadError, PolicyStartError
 from ebb.host.policy.fields import (
     GUEST_CONTROLS,
     GUEST_FIELDS,
@@ -45,6 +45,7 @@ __all__ = [
     "PolicyInput",
     "PolicyLoadError",
     "PolicyRunner",
+    "PolicyStartError",
     "Program",
     "load_policy_dir",
     "load_policy_files",

@@ -35,6 +35,16 @@ class PolicyError(Exception):
         return (PolicyError, (self.path, self.line, self.col, self.message))
 
 
+class PolicyStartError(Exception):
+    """ebbd cannot start: no policy loads (``str(err)``: one ``PATH:LINE:COL: message`` a line)."""
+
+    def __init__(self, errors: Iterable[str]) -> None:
+        self.errors: List[str] = list(errors)
+        super().__init__(
+            "no policy loads; fix it and start ebbd again:\n  " + "\n  ".join(self.errors)
+        )
+
+
 class PolicyLoadError(Exception):
     """A program did not load; ``errors`` lists every problem found."""
 

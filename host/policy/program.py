@@ -5,26 +5,54 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
-from ebb.host.policy.compiler import Compiled, Compiler, Context, View, collect_functions
 from ebb.host.policy.entity import PolicyInput
 from ebb.host.policy.errors import PolicyError, PolicyLoadError
+from ebb.host.policy.forms import Compiler, collect_functions
+from ebb.host.policy.limits import (
+    MAX_DEPTH,
+    MAX_EVAL_SECONDS,
+    MAX_FILE_BYTES,
+    STEPS_BASE,
+    STEPS_PER_GUEST,
+)
 from ebb.host.policy.reader import Node, read
+from ebb.host.policy.runtime import Compiled, Context, View
 
 LOG = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Evaluation budget: steps (node evaluations) allowed per tick are
-#: ``STEPS_BASE + STEPS_PER_GUEST * len(guests)``; calls nest at most MAX_DEPTH.
-STEPS_BASE = 100_000
-STEPS_PER_GUEST = 5_000
-MAX_DEPTH = 64
-#: Largest policy file accepted (the whole program is read into memory).
-MAX_FILE_BYTES = 1 << 20
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_EVAL_SECONDS",
+    "MAX_FILE_BYTES",
+    "STEPS_BASE",
+    "STEPS_PER_GUEST",
+    "Evaluation",
+    "PolicyRunner",
+    "Program",
+    "load_policy_dir",
+    "load_policy_files",
+    "load_policy_texts",
+    "policy_files_in",
+    "to_json_value",
+]
 
 
 @dataclass
@@ -47,15 +75,19 @@ class Program:
         guest_stores: Optional[Mapping[str, Dict[str, Any]]] = None,
         max_steps: Optional[int] = None,
         max_depth: int = MAX_DEPTH,
+        max_seconds: float = MAX_EVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Evaluation:
         """Evaluate once. ``*_store`` are the SetVar dictionaries, changed in place.
 
         Raises :class:`PolicyError` (with the position of the failing
-        expression) when the policy fails at run time.
+        expression) when the policy fails at run time, including when it
+        breaks a bound of :mod:`ebb.host.policy.limits` (steps, depth, wall
+        time ``max_seconds`` read from ``clock``, sizes of values).
         """
         if max_steps is None:
             max_steps = STEPS_BASE + STEPS_PER_GUEST * len(inp.guests)
-        ctx = Context(max_steps, max_depth)
+        ctx = Context(max_steps, max_depth, max_seconds, clock)
         host_view = View(inp.host, True, host_store if host_store is not None else {})
         stores = guest_stores or {}
         guest_views = [View(g, False, {}) for g in inp.guests]
@@ -70,8 +102,7 @@ class Program:
         try:
             for code, cost, node in self.compiled.exprs:
                 ctx.steps += cost
-                if ctx.steps > max_steps:
-                    raise node.error(f"evaluation exceeded {max_steps} steps")
+                ctx.check_budget(node, ctx.steps)
                 results.append(code(ctx))
         except RecursionError:
             assert node is not None
@@ -204,8 +235,15 @@ def load_policy_texts(sources: Sequence[Tuple[str, str]]) -> Program:
         collect_functions(nodes, functions)
     compiler = Compiler(functions)
     program_exprs = Compiled()
-    for _, nodes in files:
-        part = compiler.compile_top(nodes)
+    for path, nodes in files:
+        try:
+            part = compiler.compile_top(nodes)
+        except Exception as err:  # compile_top places its own errors
+            # Not a policy mistake the compiler knows: still a load error with
+            # a place, never a traceback that takes the daemon down.
+            LOG.exception("internal error compiling %s", path)
+            errors.append(PolicyError(path, 0, 0, f"cannot load: {type(err).__name__}: {err}"))
+            continue
         program_exprs.exprs.extend(part.exprs)
     errors.extend(compiler.errors)
     if errors:
@@ -222,7 +260,12 @@ def load_policy_files(paths: Iterable[PathLike]) -> Program:
     Files are evaluated in the order given. Raises :class:`PolicyLoadError`
     listing every error of every file.
     """
-    files, errors = _expand(paths)
+    try:
+        files, errors = _expand(paths)
+    except OSError as err:  # an unreadable directory
+        raise PolicyLoadError(
+            [PolicyError(str(err.filename or "<policy>"), 0, 0, f"cannot read: {err.strerror}")]
+        ) from None
     sources: List[Tuple[str, str]] = []
     for f in files:
         try:
@@ -270,19 +313,27 @@ class PolicyRunner:
         try:
             program = load_policy_files(paths)
         except PolicyLoadError as err:
-            if self.program is not None:
-                LOG.error(
-                    "policy reload failed; keeping the previous policy (%s)",
-                    ", ".join(self.program.paths),
-                )
-            for e in err.errors:
-                LOG.error("%s", e)
-            errors: List[PolicyError] = err.errors
-            return errors
+            return self._failed(err.errors)
+        except Exception as err:  # any failure keeps the last good policy
+            LOG.exception("internal error loading the policy")
+            where = str(paths[0]) if paths else "<policy>"
+            return self._failed(
+                [PolicyError(where, 0, 0, f"cannot load: {type(err).__name__}: {err}")]
+            )
         self.program = program
         self.source = tuple(str(p) for p in paths)
         LOG.info("policy loaded: %s", ", ".join(program.paths) or "(empty)")
         return []
+
+    def _failed(self, errors: List[PolicyError]) -> List[PolicyError]:
+        if self.program is not None:
+            LOG.error(
+                "policy reload failed; keeping the previous policy (%s)",
+                ", ".join(self.program.paths),
+            )
+        for e in errors:
+            LOG.error("%s", e)
+        return errors
 
     def evaluate(self, inp: PolicyInput) -> Evaluation:
         """Evaluate the current program.

@@ -15,10 +15,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from ebb.host.policy.errors import PolicyError
-
-#: Deepest nesting of lists the reader accepts (keeps the compiler and the
-#: evaluator far from Python's recursion limit).
-MAX_NESTING = 48
+from ebb.host.policy.limits import MAX_INT, MAX_NESTING, MAX_NUMBER_CHARS, MAX_STRING_CHARS
 
 # Kinds of node.
 INT = "int"
@@ -72,9 +69,18 @@ _ESCAPES = {"\\": "\\", '"': '"', "'": "'", "n": "\n", "t": "\t"}
 def read(text: str, path: str) -> List[Node]:
     """Read every top-level datum of a policy file.
 
-    Raises :class:`PolicyError` at the first problem (the file is rejected).
+    Raises :class:`PolicyError` at the first problem (the file is rejected),
+    and nothing else: any other failure is reported at the datum being read.
     """
-    return _Reader(text, path).read_all()
+    reader = _Reader(text, path)
+    try:
+        return reader.read_all()
+    except PolicyError:
+        raise
+    except Exception as err:  # a reader bug must not escape as a traceback
+        raise PolicyError(
+            path, reader.token_line, reader.token_col, f"cannot read: {type(err).__name__}: {err}"
+        ) from None
 
 
 class _Reader:
@@ -84,6 +90,9 @@ class _Reader:
         self.pos = 0
         self.line = 1
         self.line_start = 0
+        # Where the datum being read starts (for errors nothing else places).
+        self.token_line = 1
+        self.token_col = 1
 
     def error(
         self, message: str, line: Optional[int] = None, col: Optional[int] = None
@@ -108,6 +117,7 @@ class _Reader:
                 break
             ch = text[self.pos]
             line, col = self.line, self.pos - self.line_start + 1
+            self.token_line, self.token_col = line, col
             if ch in "({":
                 if len(stack) >= MAX_NESTING:
                     raise self.error(f"nesting deeper than {MAX_NESTING} levels")
@@ -197,14 +207,19 @@ class _Reader:
             word = bad.group() if bad else text[self.pos]
             raise self.error(f"malformed number {word!r}")
         word = m.group()
+        if len(word) > MAX_NUMBER_CHARS:
+            raise self.error(
+                f"number is {len(word)} characters long (at most {MAX_NUMBER_CHARS}; "
+                f"integers must be within -{MAX_INT}..{MAX_INT})"
+            )
         self.pos = m.end()
         body = word.lstrip("-")
         sign = -1 if word.startswith("-") else 1
         low = body.lower()
         if low.startswith("0x"):
-            return Node(INT, sign * int(body[2:], 16), self.path, line, col)
+            return self.int_node(word, sign * int(body[2:], 16), line, col)
         if low.startswith("0o"):
-            return Node(INT, sign * int(body[2:], 8), self.path, line, col)
+            return self.int_node(word, sign * int(body[2:], 8), line, col)
         if "." in body or "e" in low:
             return Node(FLOAT, float(word), self.path, line, col)
         if len(body) > 1 and body.startswith("0"):
@@ -214,7 +229,17 @@ class _Reader:
                 line,
                 col,
             )
-        return Node(INT, int(word), self.path, line, col)
+        return self.int_node(word, int(word), line, col)
+
+    def int_node(self, word: str, value: int, line: int, col: int) -> Node:
+        if not -MAX_INT <= value <= MAX_INT:
+            raise self.error(
+                f"integer {word} is outside -{MAX_INT}..{MAX_INT} (2^63 - 1); "
+                "write a float (1e30) for larger magnitudes",
+                line,
+                col,
+            )
+        return Node(INT, value, self.path, line, col)
 
     def read_string(self, quote: str, line: int, col: int) -> Node:
         text = self.text
@@ -227,6 +252,8 @@ class _Reader:
             ch = text[i]
             if ch == quote:
                 break
+            if len(out) >= MAX_STRING_CHARS:
+                raise self.error(f"string is longer than {MAX_STRING_CHARS} characters", line, col)
             if ch == "\n":
                 self.line += 1
                 self.line_start = i + 1

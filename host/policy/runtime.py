@@ -1,0 +1,336 @@
+"""What an evaluation works with: the context, the values, and their bounds.
+
+A policy is compiled (:mod:`ebb.host.policy.forms`) into closures that take a
+:class:`Context`; the values they pass around are None, bool, int, float, str,
+lists (:class:`PolicyList` when a policy built them) and :class:`View` (the
+host or a guest). The sizes of values are bounded here (see
+:mod:`ebb.host.policy.limits`).
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Tuple
+
+from ebb.host.policy import fields as F
+from ebb.host.policy.limits import (
+    CLOCK_EVERY_STEPS,
+    MAX_LIST_CELLS,
+    MAX_LIST_DEPTH,
+    MAX_SHOWN_CHARS,
+    MAX_STORE_CELLS,
+    STRING_CHARS_PER_CELL,
+)
+from ebb.host.policy.reader import Node
+
+Code = Callable[["Context"], Any]
+
+NUM_TYPES = frozenset({int, float, bool})
+
+class View:
+    """What a policy holds for the host or a guest during one evaluation.
+
+    Reads go to the entity's plain dictionaries through the allow-lists of
+    :mod:`ebb.host.policy.fields`; controls and variables set by the policy are
+    collected here. No policy name is ever looked up as a Python attribute.
+    """
+
+    __slots__ = (
+        "control_names",
+        "controls",
+        "entity",
+        "field_names",
+        "is_host",
+        "latest",
+        "name",
+        "prop_names",
+        "props",
+        "store",
+    )
+
+    def __init__(self, entity: Any, is_host: bool, store: Dict[str, Any]) -> None:
+        self.entity = entity
+        self.is_host = is_host
+        self.name: str = str(entity.props.get("name", ""))
+        self.latest = entity.latest
+        self.props = entity.props
+        self.field_names = HOST_FIELDS if is_host else GUEST_FIELDS
+        self.prop_names = F.HOST_PROPS if is_host else F.GUEST_PROPS
+        self.control_names = HOST_CONTROLS if is_host else GUEST_CONTROLS
+        self.controls: Dict[str, Any] = {}
+        self.store = store
+
+    def describe(self) -> str:
+        return "Host" if self.is_host else f"guest {self.name!r}"
+
+    def __repr__(self) -> str:
+        return "<Host>" if self.is_host else f"<Guest {self.name}>"
+
+
+HOST_FIELDS = frozenset(F.HOST_FIELDS)
+GUEST_FIELDS = frozenset(F.GUEST_FIELDS)
+HOST_CONTROLS = frozenset(F.HOST_CONTROLS)
+GUEST_CONTROLS = frozenset(F.GUEST_CONTROLS)
+
+
+class Context:
+    """Mutable state of one evaluation (one tick)."""
+
+    __slots__ = (
+        "clock",
+        "deadline",
+        "debug",
+        "debug_chars",
+        "depth",
+        "funcs",
+        "max_depth",
+        "max_seconds",
+        "max_steps",
+        "scopes",
+        "step_limit",
+        "steps",
+        "vars",
+    )
+
+    def __init__(
+        self,
+        max_steps: int,
+        max_depth: int,
+        max_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.vars: Dict[str, List[Any]] = {}
+        # Names bound in each open scope, innermost last (lists: scopes are tiny).
+        self.scopes: List[List[str]] = [[]]
+        self.funcs: Dict[str, Function] = {}
+        self.steps = 0
+        self.max_steps = max_steps
+        self.depth = 0
+        self.max_depth = max_depth
+        self.debug: List[str] = []
+        self.debug_chars = 0
+        self.clock = clock
+        self.max_seconds = max_seconds
+        self.deadline = clock() + max_seconds
+        #: The hot paths compare the step count with this one number only;
+        #: passing it means "check the budget" (steps, then the clock).
+        self.step_limit = min(max_steps, CLOCK_EVERY_STEPS)
+
+    def bind_global(self, name: str, value: Any) -> None:
+        self.scopes[0].append(name)
+        self.vars[name] = [value]
+
+    def check_budget(self, node: Node, steps: int) -> None:
+        """Raise at ``node`` when ``steps`` or the wall time is over budget."""
+        if steps > self.max_steps:
+            raise node.error(f"evaluation exceeded {self.max_steps} steps")
+        if self.clock() > self.deadline:
+            raise node.error(
+                f"evaluation took longer than {self.max_seconds:g} s (see Bounds in docs/policy.md)"
+            )
+        self.step_limit = min(self.max_steps, steps + CLOCK_EVERY_STEPS)
+
+
+class PolicyList(list):  # type: ignore[type-arg]
+    """A list a policy built (with ``with``), with its size for the bounds.
+
+    ``cells`` counts its elements recursively (see :func:`measure`), ``depth``
+    its nesting, ``plain`` whether it holds only data that SetVar can keep.
+    """
+
+    __slots__ = ("cells", "depth", "plain")
+
+    def __init__(self, items: List[Any], cells: int, depth: int, plain: bool) -> None:
+        super().__init__(items)
+        self.cells = cells
+        self.depth = depth
+        self.plain = plain
+
+
+def measure(value: Any, budget: int = MAX_STORE_CELLS) -> Tuple[int, int, bool]:
+    """``(cells, depth, plain)`` of a value, stopping once cells pass ``budget``.
+
+    A number, nil, or an object is one cell; a string one per
+    STRING_CHARS_PER_CELL characters started; a list one plus its elements'.
+    ``plain``: only numbers, strings, nil and lists of them (what SetVar keeps).
+    """
+    cls = value.__class__
+    if cls is PolicyList:
+        return value.cells, value.depth, value.plain
+    if cls is str:
+        return 1 + len(value) // STRING_CHARS_PER_CELL, 0, True
+    if cls is not list:
+        return 1, 0, value is None or cls in NUM_TYPES
+    # A list from outside the evaluator (Guests, a restored variable): walk it.
+    cells, depth, plain = 1, 1, True
+    stack: List[Tuple[Any, int]] = [(item, 1) for item in value]
+    while stack and cells <= budget:
+        item, level = stack.pop()
+        cls = item.__class__
+        if cls is PolicyList:
+            cells += item.cells
+            depth = max(depth, level + item.depth)
+            plain = plain and item.plain
+        elif cls is list:
+            cells += 1
+            depth = max(depth, level + 1)
+            stack.extend((x, level + 1) for x in item)
+        elif cls is str:
+            cells += 1 + len(item) // STRING_CHARS_PER_CELL
+        else:
+            cells += 1
+            plain = plain and (item is None or cls in NUM_TYPES)
+    return cells, depth, plain
+
+
+class ListBuilder:
+    """Collects the results of a ``with`` into a :class:`PolicyList`, within bounds.
+
+    The loop appends to ``items`` itself and counts results that are numbers,
+    booleans or nil (one cell each); anything else goes through :meth:`add`.
+    """
+
+    __slots__ = ("cells", "depth", "items", "node", "plain")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.items: List[Any] = []
+        self.cells = 1
+        self.depth = 1
+        self.plain = True
+
+    def add(self, value: Any) -> None:
+        """Account for a result that is not a number or nil (already appended)."""
+        cells, depth, plain = measure(value, MAX_LIST_CELLS)
+        self.cells += cells
+        if depth >= self.depth:
+            self.depth = depth + 1
+            if self.depth > MAX_LIST_DEPTH:
+                raise self.node.error(
+                    f"with: lists nest deeper than {MAX_LIST_DEPTH} (see Bounds in docs/policy.md)"
+                )
+        self.plain = self.plain and plain
+        if self.cells > MAX_LIST_CELLS:
+            self.too_large()
+
+    def too_large(self) -> None:
+        raise self.node.error(
+            f"with: the list would be larger than {MAX_LIST_CELLS} cells "
+            "(see Bounds in docs/policy.md)"
+        )
+
+    def done(self, scalars: int) -> PolicyList:
+        """The list, counting ``scalars`` more cells (the numbers and nils)."""
+        cells = self.cells + scalars
+        if cells > MAX_LIST_CELLS:
+            self.too_large()
+        return PolicyList(self.items, cells, self.depth, self.plain)
+
+
+@dataclass(slots=True)
+class Function:
+    """A function defined by ``(def name (params) body...)``."""
+
+    name: str
+    params: Tuple[str, ...]
+    body: Code
+    cost: int
+    node: Node
+    #: Whether the body may bind with defvar, and so needs a scope of its own
+    #: (most functions do not: a call then only pushes and pops its parameters).
+    scoped: bool = True
+    arity: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.arity = len(self.params)
+
+
+@dataclass
+class Compiled:
+    """A compiled program: top-level expressions with their node and step cost."""
+
+    exprs: List[Tuple[Code, int, Node]] = field(default_factory=list)
+
+
+#: Closures that return a constant, and their value: operators built on a
+#: constant operand use the value directly instead of calling for it.
+_CONSTANTS: weakref.WeakKeyDictionary[Code, Any] = weakref.WeakKeyDictionary()
+#: Closures that read ``head.attr`` (a field or property), with (head, attr).
+DOTS: weakref.WeakKeyDictionary[Code, Tuple[str, str]] = weakref.WeakKeyDictionary()
+#: Closures that read a variable, with its name.
+VARIABLES: weakref.WeakKeyDictionary[Code, str] = weakref.WeakKeyDictionary()
+NO_VALUE: Any = object()
+
+
+def constant(value: Any) -> Code:
+    def const(ctx: Context) -> Any:
+        return value
+
+    _CONSTANTS[const] = value
+    return const
+
+
+def constant_value(code: Code) -> Any:
+    """The value a closure always returns, or NO_VALUE when it is not a constant."""
+    return _CONSTANTS.get(code, NO_VALUE)
+
+
+def type_name(value: Any) -> str:
+    """How a value's type reads in messages."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, View):
+        return "the host" if value.is_host else "a guest"
+    return "a value"
+
+
+class _Text(str):
+    """A piece of punctuation waiting on show()'s stack (not a policy string)."""
+
+
+def show(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """A value as it reads in messages and debug lines, cut after ``limit`` characters.
+
+    Lists show their first 8 elements. The walk is iterative and stops at the
+    limit, so a deep or shared list costs no more than the text it yields.
+    """
+    out: List[str] = []
+    used = 0
+    stack: List[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if item.__class__ is _Text:
+            text: str = item
+        elif item is None:
+            text = "nil"
+        elif isinstance(item, str):
+            text = repr(item[: limit + 1])
+        elif isinstance(item, list):
+            stack.append(_Text(")"))
+            if len(item) > 8:
+                stack.append(_Text(" ..."))
+            head = item[:8]
+            for i in range(len(head) - 1, -1, -1):
+                stack.append(head[i])
+                if i:
+                    stack.append(_Text(" "))
+            text = "("
+        else:
+            text = repr(item)
+        if used + len(text) > limit:
+            out.append(text[: max(0, limit - used)])
+            out.append("...")
+            break
+        out.append(text)
+        used += len(text)
+    return "".join(out)
