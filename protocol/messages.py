@@ -52,9 +52,12 @@ __all__ = [
     "MAX_KEYS",
     "MAX_STRING_CHARS",
     "MESSAGE_TYPES",
+    "PRESSURE_LEVELS",
     "PROTOCOL_VERSION",
+    "REQUEST_YIELD",
     "SUPPORTED_VERSIONS",
     "URGENCIES",
+    "YIELD_STOPS",
     "Bye",
     "Decision",
     "Error",
@@ -65,9 +68,11 @@ __all__ = [
     "Offer",
     "Ping",
     "Pong",
+    "Pressure",
     "Report",
     "Request",
     "Welcome",
+    "Yielded",
     "choose_version",
     "decode_message",
     "encode_message",
@@ -83,9 +88,24 @@ PROTOCOL_VERSION = 1
 #: Every message protocol version this code can speak, oldest first.
 SUPPORTED_VERSIONS: Tuple[int, ...] = (1,)
 #: Capabilities defined by version 1 (see PROTOCOL.md "Capabilities").
-CAPABILITIES: Tuple[str, ...] = ("offer", "need", "decision", "prepare_release")
+CAPABILITIES: Tuple[str, ...] = ("offer", "need", "decision", "prepare_release", "yield")
 #: Allowed values of ``Need.urgency``, least urgent first.
 URGENCIES: Tuple[str, ...] = ("low", "high", "critical")
+#: ``Request.kind`` asking the agent to reclaim (capability ``yield``).
+REQUEST_YIELD = "yield"
+#: Allowed values of ``Yielded.stopped``: why a yield ended.
+YIELD_STOPS: Tuple[str, ...] = (
+    "done",
+    "reserve",
+    "refaults",
+    "psi",
+    "rate_limit",
+    "nothing_cold",
+    "error",
+    "disabled",
+)
+#: Meaning of ``Pressure.level``, by value.
+PRESSURE_LEVELS: Tuple[str, ...] = ("none", "low", "high", "critical")
 
 #: ``error`` codes for session-level refusals (decoding errors carry their own,
 #: from :mod:`ebb.protocol.errors`). The full list is in PROTOCOL.md "Error codes".
@@ -105,6 +125,7 @@ MAX_STRING_CHARS = 4096
 
 _KIB_MAX = 2**53 - 1  # exact in a double, so JSON consumers read it unchanged
 _U64_MAX = 2**64 - 1
+_U32_MAX = 2**32 - 1
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9_.-]*\Z")
 
 
@@ -260,6 +281,8 @@ def _bound(value: int) -> str:
         return "2^53-1"
     if value == _U64_MAX:
         return "2^64-1"
+    if value == _U32_MAX:
+        return "2^32-1"
     return str(value)
 
 
@@ -430,8 +453,14 @@ class Request(_MessageBase):
     TYPE: ClassVar[str] = "request"
     SENT_BY: ClassVar[str] = "host"
 
-    kind: str = _f(_TOKEN_KIND, "-", 'what to do; version 1 defines "prepare_release"')
+    kind: str = _f(_TOKEN_KIND, "-", 'what to do: "prepare_release" or "yield"')
     kib: int = _f(_KIB, "KiB", "amount the request is about")
+    request_id: Optional[int] = _opt(
+        _Int(0, _U32_MAX), "-", "echoed in the answer (kind yield: in yielded)"
+    )
+    deadline_ms: Optional[int] = _opt(
+        _Int(1, 600_000), "ms", "how long the host waits for the answer"
+    )
 
 
 @dataclass(frozen=True)
@@ -476,13 +505,63 @@ class Error(_MessageBase):
     ref_type: Optional[str] = _opt(_Str(64), "-", "type of the refused message, when known")
 
 
-Message = Union[Hello, Welcome, Report, Offer, Need, Decision, Request, Ping, Pong, Bye, Error]
+@dataclass(frozen=True)
+class Yielded(_MessageBase):
+    """Guest -> host: what one yield (reclaim in the guest) gave back.
+
+    Answers a ``request`` kind ``yield`` (same ``request_id``), or reports a
+    background yield the agent did by itself (no ``request_id``).
+    """
+
+    TYPE: ClassVar[str] = "yielded"
+    SENT_BY: ClassVar[str] = "guest"
+
+    asked_kib: int = _f(_KIB, "KiB", "what the agent tried to reclaim")
+    freed_kib: int = _f(_KIB, "KiB", "MemFree after minus before, at least 0")
+    cache_before_kib: int = _f(_KIB, "KiB", "reclaimable page cache before")
+    cache_after_kib: int = _f(_KIB, "KiB", "reclaimable page cache after")
+    duration_ms: int = _f(_Int(0, _U32_MAX), "ms", "how long the yield took")
+    stopped: str = _f(_Str(16, choices=YIELD_STOPS), "-", "why the yield ended")
+    reason: str = _f(_REASON, "-", "what happened, for people")
+    request_id: Optional[int] = _opt(
+        _Int(0, _U32_MAX), "-", "the request's request_id; nil for a background yield"
+    )
+
+
+@dataclass(frozen=True)
+class Pressure(_MessageBase):
+    """Host -> guest: how short of memory the host is; gates background yields."""
+
+    TYPE: ClassVar[str] = "pressure"
+    SENT_BY: ClassVar[str] = "host"
+
+    level: int = _f(_Int(0, 3), "-", "0 none, 1 low, 2 high, 3 critical")
+    reason: str = _f(_REASON, "-", "why, for people")
+
+
+Message = Union[
+    Hello,
+    Welcome,
+    Report,
+    Offer,
+    Need,
+    Decision,
+    Request,
+    Ping,
+    Pong,
+    Bye,
+    Error,
+    Yielded,
+    Pressure,
+]
 
 #: Every message class by its wire type string.
 MESSAGE_TYPES: Dict[str, Type[Message]] = {
     cls.TYPE: cls
     for cls in (Hello, Welcome, Report, Offer, Need, Decision, Request, Ping, Pong, Bye, Error)
 }
+MESSAGE_TYPES[Yielded.TYPE] = Yielded
+MESSAGE_TYPES[Pressure.TYPE] = Pressure
 
 
 # --- describing fields (for documentation and tests) -----------------------------
