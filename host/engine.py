@@ -822,6 +822,40 @@ class Engine:
                         "reason": decision.reason,
                     }
 
+    def journal_event(self, vm: str, event: Mapping[str, Any]) -> None:
+        """Add a yield request or result made outside a tick (``ebbctl yield``)."""
+        record = self.last_record
+        stamp = TickRecord(
+            ts=self._wall(), tick=record.tick if record else 0, duration_ms=0.0, state={},
+            views=[], controls={}, decisions=[], applied=[],
+        )
+        self._journal_events(stamp, [{**event, "vm": vm}])
+
+    def measure_rss_kib(self, vm: str) -> int | None:
+        """The VM's QEMU RSS now (the QEMU process, else libvirt's memory stats)."""
+        with self._lock:
+            info = next((d for d in self._domains if d.name == vm), None)
+        if info is not None and info.qemu_pid:
+            rss = self.host.qemu_rss_kib(info.qemu_pid)
+            if rss is not None:
+                return int(rss)
+        domain_info = getattr(self.hypervisor, "domain_info", None)
+        try:
+            fresh = domain_info(vm) if domain_info is not None else None
+        except Exception as err:  # libvirt away, VM gone: no measurement
+            LOG.debug("cannot read the memory stats of VM %s: %s", vm, err)
+            return None
+        rss = fresh.memory_stats.get("rss") if fresh is not None else None
+        return int(rss) if rss is not None else None
+
+    def balloon_cur_kib(self, vm: str) -> int | None:
+        """The VM's memory as of the last tick (its balloon), None when unknown."""
+        with self._lock:
+            info = next((d for d in self._domains if d.name == vm), None)
+        if info is None:
+            return None
+        return int(info.balloon_cur_kib or info.max_memory_kib)
+
     def journal(self, vm: str) -> list[dict[str, Any]]:
         """The recent decisions for ``vm``, oldest first (copies)."""
         with self._lock:

@@ -485,3 +485,43 @@ class ManualYield:
             "settle_s": self.settle_s,
             "error": self.error,
         }
+
+
+class ManualYields:
+    """The ``ebbctl yield`` requests in progress, at most one per VM (as the channels allow).
+
+    Finished ones are kept ``keep_s`` so a client polling late still gets the answer.
+    """
+
+    def __init__(self, settle_s: float = 4.0, deadline_ms: int = 15_000,
+                 keep_s: float = 120.0) -> None:
+        self.settle_s = settle_s
+        self.deadline_ms = deadline_ms
+        self.keep_s = keep_s
+        self._by_vm: dict[str, ManualYield] = {}
+
+    def start(
+        self,
+        vm: str,
+        kib: int,
+        now_mono: float,
+        rss_before_kib: int | None,
+        request: Callable[[str, int, int], YieldHandle],
+    ) -> ManualYield:
+        """Send the request (raises :class:`YieldUnavailable` when it cannot be)."""
+        self._expire(now_mono)
+        handle = request(vm, kib, self.deadline_ms)
+        record = ManualYield(
+            vm=vm, asked_kib=kib, handle=handle, rss_before_kib=rss_before_kib,
+            started_mono=now_mono, settle_s=self.settle_s,
+        )
+        self._by_vm[vm] = record
+        return record
+
+    def get(self, vm: str) -> ManualYield | None:
+        return self._by_vm.get(vm)
+
+    def _expire(self, now_mono: float) -> None:
+        for vm in [v for v, r in self._by_vm.items()
+                   if r.finished and now_mono - r.started_mono > self.keep_s]:
+            del self._by_vm[vm]
