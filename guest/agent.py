@@ -33,6 +33,7 @@ from typing import Callable, Optional
 from ebb.protocol.errors import ProtocolError
 from ebb.protocol.messages import (
     CAPABILITIES,
+    REQUEST_YIELD,
     SUPPORTED_VERSIONS,
     Bye,
     Decision,
@@ -43,9 +44,11 @@ from ebb.protocol.messages import (
     Offer,
     Ping,
     Pong,
+    Pressure,
     Report,
     Request,
     Welcome,
+    Yielded,
     encode_message,
     error_reply,
 )
@@ -54,6 +57,7 @@ from ebb.protocol.stream import MessageReader, needs_error_reply
 from . import __version__
 from .collect import CollectError, MemoryCollector, MemorySample
 from .transport import Transport, TransportError
+from .yielder import Yielder
 from .yielding import (
     Assessment,
     NeedEstimate,
@@ -184,8 +188,11 @@ class Agent:
         config: Optional[AgentConfig] = None,
         notify: Optional[Callable[[str], object]] = None,
         clock: Callable[[], float] = time.monotonic,
+        yielder: Optional[Yielder] = None,
     ) -> None:
         self.transport = transport
+        #: Runs yields (reclaim in the guest); None: the agent never yields.
+        self.yielder = yielder
         self.collector = collector
         self.config = config if config is not None else AgentConfig()
         self.counters = AgentCounters()
@@ -224,6 +231,7 @@ class Agent:
         self._collect_failing = False
         self._may_offer = False
         self._may_need = False
+        self._may_yield = False
         #: The last decision the host sent (balloon target and reason), if any.
         self.last_decision: Optional[Decision] = None
         #: The last offer/need assessment made.
@@ -281,6 +289,8 @@ class Agent:
     def _next_deadline(self) -> float:
         if self._state is ConnectionState.HELLO_SENT:
             return self._hello_due_at
+        if self.yielder is not None and self.yielder.busy:
+            return self._clock()  # the next step of a yield, after answering the host
         keepalive_at = (
             self._ping_sent_at if self._ping_nonce is not None else self._last_heard_at
         ) + self.config.keepalive_s
@@ -305,6 +315,8 @@ class Agent:
             self._send(Ping(nonce=self._ping_nonce))
             if self._state is not ConnectionState.ACTIVE:
                 return
+        if self.yielder is not None and self.yielder.busy:
+            self._send_yielded(self.yielder.step())
         if now >= self._next_sample_at:
             self._sample_and_send(now)
 
@@ -331,7 +343,10 @@ class Agent:
         hello = Hello(
             agent_version=__version__,
             protocol_versions=SUPPORTED_VERSIONS,
-            capabilities=CAPABILITIES,
+            capabilities=tuple(
+                c for c in CAPABILITIES
+                if c != "yield" or (self.yielder is not None and self.yielder.capable)
+            ),
             hostname=self.config.hostname[:255] or None,
         )
         if self._send(hello):
@@ -389,6 +404,8 @@ class Agent:
         self._last_need = None
         self._next_report_at = now
         self._next_sample_at = now
+        if self.yielder is not None:
+            self.yielder.set_pressure(0, "new session")  # PROTOCOL.md 4.7: until told
         self._apply_capabilities(welcome)
         self.counters.welcomes += 1
         self._set_state(ConnectionState.ACTIVE)
@@ -427,6 +444,9 @@ class Agent:
             )
         elif isinstance(item, Request):
             self._on_request(item)
+        elif isinstance(item, Pressure):
+            if self.yielder is not None:
+                self.yielder.set_pressure(item.level, item.reason)
         elif isinstance(item, Bye):
             # PROTOCOL.md 4.4: back to the handshake, first hello after the usual wait.
             LOG.info("the host said bye (%s); waiting for it to come back", item.reason)
@@ -449,7 +469,7 @@ class Agent:
                 item.message,
             )
         else:
-            assert isinstance(item, (Hello, Report, Offer, Need))
+            assert isinstance(item, (Hello, Report, Offer, Need, Yielded))
             self._reply_error(
                 Error(
                     code="unexpected_message",
@@ -488,6 +508,7 @@ class Agent:
         # PROTOCOL.md 4.6: offer and need only when the host said it acts on them.
         self._may_offer = "offer" in welcome.capabilities
         self._may_need = "need" in welcome.capabilities
+        self._may_yield = "yield" in welcome.capabilities
 
     def _nudge_hello(self) -> None:
         """The host is there but has not welcomed us: say hello now (at most once a second)."""
@@ -504,6 +525,13 @@ class Agent:
             LOG.info("host asks to prepare a release of %d KiB; re-offering now", request.kib)
             self._force_offer = True
             self._next_sample_at = self._clock()
+            return
+        if request.kind == REQUEST_YIELD and self.yielder is not None:
+            LOG.info("host asks for a yield of %d KiB (request %s)", request.kib,
+                     request.request_id)
+            for answer in self.yielder.request(request.kib, request.request_id,
+                                               request.deadline_ms):
+                self._send_yielded(answer)
             return
         self._reply_error(
             Error(
@@ -545,8 +573,8 @@ class Agent:
         previous = self._previous
         elapsed_s = sample.monotonic_s - previous.monotonic_s if previous is not None else 0.0
         yield_config = self.config.yield_config
-        assessment = assess(previous, sample, elapsed_s, yield_config,
-                            cache_cap_kib=self._cache_cap_kib(previous, sample, elapsed_s))
+        cold_kib = self._cache_cap_kib(previous, sample, elapsed_s)
+        assessment = assess(previous, sample, elapsed_s, yield_config, cache_cap_kib=cold_kib)
         self._previous = sample
         self.last_assessment = assessment
 
@@ -563,6 +591,8 @@ class Agent:
                 # Fell behind (a stalled guest): restart the schedule instead of bursting.
                 self._next_report_at = now + self.interval_s
         self._send_offer_need(sample, assessment)
+        if self.yielder is not None and self._may_yield and assessment.need is None:
+            self.yielder.background(now, cold_kib)
         watch_s = self.config.watch_interval_s
         if self._calm(previous, sample, assessment):
             watch_s *= 2
@@ -645,6 +675,11 @@ class Agent:
             self.counters.offers_sent += 1
             self._last_offer_kib = assessment.offer_kib
             self._force_offer = False
+
+    def _send_yielded(self, msg: Optional[Yielded]) -> None:
+        """Tell the host what a yield gave back, if the session still agrees on yield."""
+        if msg is not None and self._state is ConnectionState.ACTIVE and self._may_yield:
+            self._send(msg)
 
     def _send(self, msg: Message) -> bool:
         """Write one message; on failure, drop the connection and return False."""

@@ -45,6 +45,7 @@ Need (KiB wanted, with urgency) from two consecutive samples ``elapsed_s`` apart
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass
 from typing import Deque, List, Optional, Tuple
@@ -329,3 +330,240 @@ def need_changed(
     if last_sent.urgency != need.urgency:
         return True
     return abs(need.kib - last_sent.kib) >= max(16 * MIB_KIB, mem_total_kib // 100)
+
+
+# --- yield: giving memory back by reclaim in the guest ------------------------------
+#
+# A yield asks the guest's own kernel to reclaim (cgroup v2 memory.reclaim, written
+# by ebb.guest.reclaim); the pages it frees go back to the host by free page
+# reporting while the guest keeps its memory size. These functions decide how much
+# to ask for next and when to stop, from samples and times the caller passes in.
+# Documented in docs/agent.md ("Yield"); keep the two in step.
+
+#: Why a yield ended: the ``stopped`` tokens of the protocol's ``yielded`` message.
+STOP_DONE = "done"
+STOP_RESERVE = "reserve"
+STOP_REFAULTS = "refaults"
+STOP_PSI = "psi"
+STOP_RATE_LIMIT = "rate_limit"
+STOP_NOTHING_COLD = "nothing_cold"
+STOP_ERROR = "error"
+STOP_DISABLED = "disabled"
+
+#: Page size assumed when comparing refaults (pages) with amounts asked (KiB).
+PAGE_KIB = 4
+#: The per-minute limit is counted over this window.
+RATE_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class ReclaimLimits:
+    """How far and how fast the agent reclaims in its guest (docs/agent.md, "Yield").
+
+    ``per_minute_kib`` of ``None`` means ``max(256 MiB, MemTotal / 4)`` per minute.
+    """
+
+    #: Off (``--no-yield``): nothing is written, ``yield`` is left out of the hello.
+    enabled: bool = True
+    #: Also reclaim anonymous memory (``--yield-anon``; only with swap).
+    anon: bool = False
+    #: Largest amount asked of the kernel in one write.
+    step_kib: int = 32 * MIB_KIB
+    per_minute_kib: Optional[int] = None
+    #: Refaults since the yield began that stop it: the guest reads back what was
+    #: reclaimed, so the cache was in use. At least this many pages, and at least
+    #: this fraction of the pages asked so far (a few refaults are the agent itself
+    #: and the guest's daemons touching pages evicted long before).
+    refault_stop_pages: int = 256
+    refault_stop_fraction: float = 0.1
+    #: PSI memory "some" stall time during the yield, as a fraction of its duration,
+    #: that stops it; or a rise of PSI some avg10 by this many points.
+    psi_stall_stop_fraction: float = 0.10
+    psi_rise_stop_pct: float = 5.0
+    #: A step whose file cache dropped by less than this fraction of what it asked
+    #: shows the cache stopped dropping: what is left is not cheap to reclaim.
+    min_progress_fraction: float = 0.25
+    #: A yield never runs longer than this (nor past 80 % of the host's deadline).
+    max_duration_s: float = 5.0
+    #: Background yields: not for less cold cache than this ...
+    background_min_kib: int = 16 * MIB_KIB
+
+    def __post_init__(self) -> None:
+        if self.step_kib < MIB_KIB:
+            raise ValueError(f"step_kib must be at least 1 MiB (1024), got {self.step_kib}")
+        if self.per_minute_kib is not None and self.per_minute_kib < 0:
+            raise ValueError(f"per_minute_kib must be >= 0, got {self.per_minute_kib}")
+        if self.max_duration_s <= 0:
+            raise ValueError(f"max_duration_s must be > 0, got {self.max_duration_s}")
+
+
+def per_minute_limit_kib(mem_total_kib: int, limits: ReclaimLimits) -> int:
+    """Most KiB the agent asks the kernel to reclaim in any 60 s."""
+    if limits.per_minute_kib is not None:
+        return limits.per_minute_kib
+    return max(256 * MIB_KIB, mem_total_kib // 4)
+
+
+def file_cache_kib(sample: MemorySample) -> int:
+    """Page cache on the file LRU lists (Active(file) + Inactive(file)): what a yield takes."""
+    return sample.active_file_kib + sample.inactive_file_kib
+
+
+def reclaimable_kib(sample: MemorySample, reserve: int, anon: bool) -> int:
+    """What a yield may still ask the kernel for, keeping ``reserve`` KiB of cache.
+
+    Clean file cache (the file LRU less dirty and under-writeback pages) above the
+    reserve; with ``anon``, also anonymous memory that fits in free swap.
+    """
+    clean = max(0, file_cache_kib(sample) - sample.dirty_kib - sample.writeback_kib)
+    kib = max(0, clean - reserve)
+    if anon:
+        kib += max(0, min(sample.anon_pages_kib, sample.swap_free_kib))
+    return kib
+
+
+class ReclaimWindow:
+    """What was asked of the kernel over the last minute, for the per-minute limit."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._asked: Deque[Tuple[float, int]] = deque()
+
+    def add(self, now_s: float, kib: int) -> None:
+        self._asked.append((now_s, kib))
+
+    def used_kib(self, now_s: float) -> int:
+        while self._asked and self._asked[0][0] <= now_s - self.window_s:
+            self._asked.popleft()
+        return sum(kib for _, kib in self._asked)
+
+    def allowance_kib(self, now_s: float, limit_kib: int) -> int:
+        return max(0, limit_kib - self.used_kib(now_s))
+
+
+@dataclass(frozen=True)
+class YieldProgress:
+    """One yield under way: what it was asked for and what it has done so far."""
+
+    target_kib: int
+    started_s: float
+    #: When the yield must have ended (its deadline share, or ``max_duration_s``).
+    end_s: float
+    start: MemorySample
+    asked_kib: int = 0
+    steps: int = 0
+    #: The last step: what it asked, the file cache before it, how long it took.
+    last_step_kib: int = 0
+    last_cache_kib: int = 0
+    last_step_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    """The next step of a yield: ``kib`` to ask for, or ``stop`` (a STOP_* token)."""
+
+    kib: int
+    stop: Optional[str] = None
+    reason: str = ""
+
+
+def start_yield(target_kib: int, now_s: float, sample: MemorySample, limits: ReclaimLimits,
+                deadline_s: Optional[float] = None) -> YieldProgress:
+    """A new yield of up to ``target_kib``, ending by 80 % of ``deadline_s`` at the latest.
+
+    The margin leaves time to measure and answer before the host stops waiting.
+    """
+    duration_s = limits.max_duration_s
+    if deadline_s is not None:
+        duration_s = min(duration_s, 0.8 * deadline_s)
+    return YieldProgress(target_kib=max(0, target_kib), started_s=now_s, end_s=now_s + duration_s,
+                         start=sample, last_cache_kib=file_cache_kib(sample))
+
+
+def after_step(progress: YieldProgress, kib: int, cache_before_kib: int,
+               step_s: float) -> YieldProgress:
+    """``progress`` once a step that asked ``kib`` has been written."""
+    return dataclasses.replace(progress, asked_kib=progress.asked_kib + kib,
+                               steps=progress.steps + 1, last_step_kib=kib,
+                               last_cache_kib=cache_before_kib, last_step_s=max(0.0, step_s))
+
+
+def next_step(progress: YieldProgress, current: MemorySample, now_s: float,
+              config: YieldConfig, limits: ReclaimLimits, allowance_kib: int) -> StepDecision:
+    """How much to ask the kernel for next, or why to stop.
+
+    ``current`` is a sample taken after the last step; ``allowance_kib`` is what the
+    per-minute limit still allows. Checked in order: done, the guest reading back
+    what was reclaimed (refaults) or stalling (PSI), swap-out without ``anon``, a
+    cache that stopped dropping, time, the reserve, the rate limit.
+    """
+    start = progress.start
+    left_kib = progress.target_kib - progress.asked_kib
+    if left_kib < MIB_KIB:
+        if progress.steps == 0:
+            return StepDecision(0, STOP_NOTHING_COLD, "nothing asked")
+        return StepDecision(0, STOP_DONE, f"asked the kernel for {progress.asked_kib} KiB")
+    refaults = current.workingset_refault - start.workingset_refault
+    asked_pages = progress.asked_kib // PAGE_KIB
+    if refaults >= max(limits.refault_stop_pages, limits.refault_stop_fraction * asked_pages):
+        return StepDecision(0, STOP_REFAULTS, f"{refaults} pages read back during the yield")
+    elapsed_s = now_s - progress.started_s
+    psi = _psi_stop(start, current, elapsed_s, limits)
+    if psi:
+        return StepDecision(0, STOP_PSI, psi)
+    swapped = current.pswpout - start.pswpout
+    if not limits.anon and swapped > 0:
+        return StepDecision(0, STOP_NOTHING_COLD,
+                            f"the kernel swapped out {swapped} pages: no clean cache left to take")
+    if progress.steps and not limits.anon:
+        dropped_kib = progress.last_cache_kib - file_cache_kib(current)
+        if dropped_kib < limits.min_progress_fraction * progress.last_step_kib:
+            return StepDecision(0, STOP_NOTHING_COLD,
+                                f"cache dropped {max(0, dropped_kib)} KiB for "
+                                f"{progress.last_step_kib} KiB asked: it stopped dropping")
+    if now_s + progress.last_step_s >= progress.end_s:
+        return StepDecision(0, STOP_RATE_LIMIT,
+                            f"out of time after {elapsed_s:.2f} s (deadline or "
+                            f"{limits.max_duration_s:g} s limit)")
+    reserve = reserve_kib(current.mem_total_kib, config)
+    room_kib = reclaimable_kib(current, reserve, limits.anon)
+    if room_kib < MIB_KIB:
+        return StepDecision(0, STOP_RESERVE if progress.steps else STOP_NOTHING_COLD,
+                            f"{file_cache_kib(current)} KiB of cache left, reserve {reserve} KiB")
+    if allowance_kib < MIB_KIB:
+        return StepDecision(0, STOP_RATE_LIMIT, "per-minute limit reached")
+    kib = min(limits.step_kib, left_kib, room_kib, allowance_kib)
+    return StepDecision(kib - kib % MIB_KIB)
+
+
+def _psi_stop(start: MemorySample, current: MemorySample, elapsed_s: float,
+              limits: ReclaimLimits) -> str:
+    """Why PSI says stop, or "" (the guest stalls on memory during the yield)."""
+    if (start.psi_some_total_us is not None and current.psi_some_total_us is not None
+            and elapsed_s > 0):
+        stall_s = (current.psi_some_total_us - start.psi_some_total_us) / 1e6
+        if stall_s >= limits.psi_stall_stop_fraction * elapsed_s:
+            return f"memory stalls {stall_s:.3f} s in {elapsed_s:.3f} s"
+    if start.psi_some_avg10 is not None and current.psi_some_avg10 is not None:
+        rise = current.psi_some_avg10 - start.psi_some_avg10
+        if rise >= limits.psi_rise_stop_pct:
+            return f"psi_some_avg10 rose {rise:.1f} points"
+    return ""
+
+
+def background_yield_kib(pressure_level: int, cold_kib: int, now_s: float,
+                         last_background_s: Optional[float], config: YieldConfig,
+                         limits: ReclaimLimits) -> int:
+    """KiB of cold cache to yield by itself now, or 0.
+
+    Only while the host says it is short (``pressure_level`` >= 1), only cache the
+    agent counts as cold (clean, older than ``cache_hold_s``, none while refaulting),
+    at least ``background_min_kib`` of it, and at most once per ``cache_hold_s``: what
+    the kernel moves to the inactive list after a yield must then stay unused that
+    long before it counts as cold.
+    """
+    if not limits.enabled or pressure_level < 1 or cold_kib < limits.background_min_kib:
+        return 0
+    if last_background_s is not None and now_s - last_background_s < config.cache_hold_s:
+        return 0
+    return cold_kib - cold_kib % MIB_KIB

@@ -16,7 +16,9 @@ from typing import Dict, List, Optional, Tuple, Type, TypeVar
 
 from ebb.guest.agent import Agent, AgentConfig
 from ebb.guest.collect import MemoryCollector
+from ebb.guest.reclaim import Reclaimer
 from ebb.guest.transport import Transport
+from ebb.guest.yielder import Yielder
 from ebb.protocol.errors import ProtocolError
 from ebb.protocol.messages import CAPABILITIES, Message, Welcome, encode_message
 from ebb.protocol.stream import MessageReader
@@ -88,6 +90,26 @@ class ProcTree:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
+
+
+class FakeKernel(Reclaimer):
+    """Plays memory.reclaim: each write drops inactive cache into MemFree."""
+
+    def __init__(self, proc_tree: ProcTree, fail_with: Optional[int] = None) -> None:
+        super().__init__("/fake/memory.reclaim", swappiness_arg=True)
+        self.proc_tree = proc_tree
+        self.fail_with = fail_with
+        self.written: List[bytes] = []
+
+    def _write(self, data: bytes) -> None:
+        self.written.append(data)
+        if self.fail_with is not None:
+            raise OSError(self.fail_with, "fake")
+        kib = int(data.split()[0].rstrip(b"K"))
+        meminfo = self.proc_tree.meminfo
+        taken = min(kib, meminfo["Inactive(file)"])
+        self.proc_tree.write(Inactive_file=meminfo["Inactive(file)"] - taken,
+                             Cached=meminfo["Cached"] - taken, MemFree=meminfo["MemFree"] + taken)
 
 
 M = TypeVar("M")
@@ -197,13 +219,15 @@ FAST_CONFIG = AgentConfig(
 class RunningAgent:
     """An agent running in a thread; stopped and joined by the fixture."""
 
-    def __init__(self, transport: Transport, proc_tree: ProcTree, config: AgentConfig) -> None:
+    def __init__(self, transport: Transport, proc_tree: ProcTree, config: AgentConfig,
+                 yielder: Optional[Yielder] = None) -> None:
         self.notifications: List[str] = []
         self.agent = Agent(
             transport,
             MemoryCollector(str(proc_tree.root)),
             config,
             notify=self.notifications.append,
+            yielder=yielder,
         )
         self.thread = threading.Thread(target=self.agent.run, name="ebb-agent", daemon=True)
         self.thread.start()

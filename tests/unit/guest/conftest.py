@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 from agent_testkit import FAST_CONFIG, ProcTree, RunningAgent
 from ebb.guest.agent import AgentConfig
 from ebb.guest.transport import Transport
+from ebb.guest.yielder import Yielder
 
 StartAgent = Callable[..., RunningAgent]
 
@@ -24,9 +25,10 @@ def start_agent() -> Iterator[StartAgent]:
     started: List[RunningAgent] = []
 
     def start(
-        transport: Transport, proc_tree: ProcTree, config: AgentConfig = FAST_CONFIG
+        transport: Transport, proc_tree: ProcTree, config: AgentConfig = FAST_CONFIG,
+        yielder: Optional[Yielder] = None,
     ) -> RunningAgent:
-        running = RunningAgent(transport, proc_tree, config)
+        running = RunningAgent(transport, proc_tree, config, yielder)
         started.append(running)
         return running
 

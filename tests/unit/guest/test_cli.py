@@ -188,3 +188,74 @@ def test_a_stop_signal_landing_inside_a_log_call_does_not_log() -> None:
     assert reentered == []
     assert stops == ["stop"]
     assert stop_signals.received is signal.SIGTERM
+
+
+# --- yield options and the config file ------------------------------------------------
+
+
+def test_once_json_shows_what_could_be_yielded(
+    proc_tree: ProcTree, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.reclaim").write_bytes(b"")
+    status = main(["--once", "--json", "--interval", "0.05", "--proc-root", str(proc_tree.root),
+                   "--cgroup-root", str(cgroup)])
+    assert status == 0
+    yielding = json.loads(capsys.readouterr().out)["yield"]
+    assert yielding["supported"] is True and yielding["why_not"] is None
+    assert yielding["cold_cache_kib"] == 511 * 1024  # inactive file cache less 1 MiB dirty
+    # Active + inactive file cache, less dirty, less the 204.8 MiB reserve.
+    assert yielding["reclaimable_kib"] == GIB_KIB - 1024 - 209715
+    assert yielding["per_minute_kib"] == GIB_KIB
+
+
+def test_once_says_why_it_cannot_yield(
+    proc_tree: ProcTree, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["--once", "--interval", "0.05", "--proc-root", str(proc_tree.root),
+                   "--cgroup-root", str(tmp_path)])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "yield                not supported: " in out
+    assert "5.19" in out
+    status = main(["--once", "--json", "--interval", "0.05", "--proc-root", str(proc_tree.root),
+                   "--no-yield"])
+    assert json.loads(capsys.readouterr().out)["yield"]["why_not"].startswith("turned off")
+
+
+def test_the_config_file_sets_options_and_the_command_line_wins(tmp_path: Path) -> None:
+    from ebb.guest.cli import parse_args, reclaim_limits
+
+    conf = tmp_path / "ebb-agent.conf"
+    conf.write_text("# the agent\nyield = false   # ballooning only\n"
+                    "yield_max_mib_per_min = 128\nreserve_mib = 100\n")
+    args = parse_args(["--config", str(conf)])
+    limits = reclaim_limits(args)
+    assert limits.enabled is False
+    assert limits.per_minute_kib == 128 * 1024
+    assert args.reserve_mib == 100
+    args = parse_args(["--config", str(conf), "--yield-max-mib-per-min", "64"])
+    assert reclaim_limits(args).per_minute_kib == 64 * 1024
+    assert reclaim_limits(parse_args([])).enabled  # on by default
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("yeild = false\n", ":1:1: unknown key 'yeild'"),
+        ("\nyield = no\n", ":2:1: yield must be true or false, got 'no'"),
+        ("reserve_mib\n", ":1:1: expected 'key = value'"),
+        ("yield_step_mib = 4096\n", "yield_step_mib must be 1..1024"),
+    ],
+)
+def test_config_file_errors_name_the_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    conf = tmp_path / "ebb-agent.conf"
+    conf.write_text(text)
+    with pytest.raises(SystemExit) as exited:
+        main(["--once", "--config", str(conf)])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert str(conf) in err and expected in err

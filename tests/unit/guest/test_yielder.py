@@ -1,0 +1,125 @@
+"""Yields run against a fake kernel: a memory.reclaim that drops cache in a fake /proc."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from typing import List
+
+import pytest
+from agent_testkit import MIB_KIB, FakeKernel, ProcTree
+from ebb.guest.collect import MemoryCollector
+from ebb.guest.reclaim import ReclaimSupport
+from ebb.guest.yielder import Yielder
+from ebb.guest.yielding import ReclaimLimits, YieldConfig
+from ebb.protocol.messages import Yielded
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        self.now_s += 0.01  # every reading moves time on a little
+        return self.now_s
+
+
+LIMITS = ReclaimLimits()
+SUPPORTED = ReclaimSupport("/fake/memory.reclaim", swappiness_arg=True)
+
+
+def make_yielder(proc_tree: ProcTree, kernel: FakeKernel,
+                 limits: ReclaimLimits = LIMITS,
+                 support: ReclaimSupport = SUPPORTED) -> Yielder:
+    clock = FakeClock()
+    return Yielder(support, MemoryCollector(str(proc_tree.root), clock=clock), YieldConfig(),
+                   limits, reclaimer=kernel, clock=clock)
+
+
+def run(yielder: Yielder, started: List[Yielded]) -> Yielded:
+    if started:
+        return started[-1]
+    for _ in range(100):
+        done = yielder.step()
+        if done is not None:
+            return done
+    raise AssertionError("the yield did not end in 100 steps")
+
+
+def test_a_host_request_is_answered_with_what_came_back(
+    proc_tree: ProcTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel = FakeKernel(proc_tree)
+    yielder = make_yielder(proc_tree, kernel)
+    assert yielder.capable
+    caplog.set_level(logging.INFO, logger="ebb.guest.yielder")
+    answer = run(yielder, yielder.request(80 * MIB_KIB, request_id=7, deadline_ms=60_000))
+    assert answer.request_id == 7
+    assert answer.stopped == "done"
+    assert answer.asked_kib == 80 * MIB_KIB
+    assert answer.freed_kib == 80 * MIB_KIB
+    assert answer.cache_before_kib - answer.cache_after_kib == 80 * MIB_KIB
+    assert kernel.written == [b"32768K swappiness=0", b"32768K swappiness=0",
+                              b"16384K swappiness=0"]
+    assert not yielder.busy
+    # Logged with its sizes, for the guest's operator.
+    assert "yield for host request 7: asked 80 MiB of 80 MiB in 3 step(s)" in caplog.text
+    assert "(+80 MiB)" in caplog.text
+
+
+def test_the_kernel_giving_up_ends_the_yield(proc_tree: ProcTree) -> None:
+    kernel = FakeKernel(proc_tree, fail_with=errno.EAGAIN)
+    yielder = make_yielder(proc_tree, kernel)
+    answer = run(yielder, yielder.request(64 * MIB_KIB, request_id=1, deadline_ms=None))
+    assert answer.stopped == "nothing_cold"
+    assert "could not reclaim" in answer.reason
+    assert len(kernel.written) == 1
+
+    kernel.fail_with = errno.EBADF
+    answer = run(yielder, yielder.request(64 * MIB_KIB, request_id=2, deadline_ms=None))
+    assert answer.stopped == "error"
+
+
+def test_turned_off_or_unsupported_answers_at_once_and_writes_nothing(
+    proc_tree: ProcTree,
+) -> None:
+    kernel = FakeKernel(proc_tree)
+    off = make_yielder(proc_tree, kernel, limits=ReclaimLimits(enabled=False))
+    assert not off.capable
+    (answer,) = off.request(64 * MIB_KIB, request_id=3, deadline_ms=1000)
+    assert (answer.stopped, answer.request_id, answer.freed_kib) == ("disabled", 3, 0)
+    assert "--no-yield" in answer.reason
+
+    unsupported = ReclaimSupport(None, why_not="no memory.reclaim")
+    old_kernel = make_yielder(proc_tree, kernel, support=unsupported)
+    (answer,) = old_kernel.request(64 * MIB_KIB, request_id=4, deadline_ms=1000)
+    assert answer.reason == "no memory.reclaim"
+    old_kernel.set_pressure(3, "test")
+    old_kernel.background(2000.0, 500 * MIB_KIB)
+    assert kernel.written == []
+
+
+def test_background_yields_wait_for_host_pressure(proc_tree: ProcTree) -> None:
+    kernel = FakeKernel(proc_tree)
+    yielder = make_yielder(proc_tree, kernel)
+    yielder.background(2000.0, 64 * MIB_KIB)
+    assert not yielder.busy and kernel.written == []
+    yielder.set_pressure(1, "host swapping")
+    yielder.background(2000.0, 64 * MIB_KIB)
+    assert yielder.busy
+    answer = run(yielder, [])
+    assert answer.request_id is None
+    assert answer.asked_kib == 64 * MIB_KIB
+    # Not again before cache_hold_s.
+    yielder.background(2010.0, 64 * MIB_KIB)
+    assert not yielder.busy
+
+
+def test_a_new_request_ends_the_yield_under_way(proc_tree: ProcTree) -> None:
+    yielder = make_yielder(proc_tree, FakeKernel(proc_tree))
+    assert yielder.request(200 * MIB_KIB, request_id=1, deadline_ms=None) == []
+    assert yielder.step() is None  # one step done
+    answers = yielder.request(32 * MIB_KIB, request_id=2, deadline_ms=None)
+    assert [a.request_id for a in answers] == [1]
+    assert answers[0].asked_kib == 32 * MIB_KIB
+    assert run(yielder, []).request_id == 2
