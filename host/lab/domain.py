@@ -165,7 +165,7 @@ def domain_xml(spec: GuestSpec) -> str:
       <source path={quoteattr(str(spec.console_log))}/>
       <target port='0'/>
     </serial>
-    <memballoon model='virtio'>
+    <memballoon model='virtio' freePageReporting='on'>
       <stats period='2'/>
     </memballoon>
     <video><model type='none'/></video>

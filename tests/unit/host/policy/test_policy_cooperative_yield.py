@@ -59,7 +59,7 @@ def test_a_host_that_lacks_nothing_is_left_alone_whatever_its_freeable_share() -
     assert all(t is None for t in ev.proposed_targets().values())
 
 
-def test_low_pressure_asks_yields_by_cache_and_takes_nothing_by_force() -> None:
+def test_yields_by_cache_that_cover_the_deficit_take_nothing_by_force() -> None:
     # MemAvailable 2 GiB: short by 3355443 - 2097152 = 1258291 KiB.
     guests = [yielder("big", cache=3 * GiB), yielder("small", cache=GiB), legacy("old")]
     ev = run({"pressure_level": 1, "meminfo_available": 2 * GiB}, guests)
@@ -67,7 +67,7 @@ def test_low_pressure_asks_yields_by_cache_and_takes_nothing_by_force() -> None:
     assert set(asked) == {"big", "small"}
     assert abs(asked["big"] - 3 * asked["small"]) <= 3  # in proportion to their cache
     assert abs(sum(asked.values()) - 1258291) < 4
-    assert all(t is None for t in ev.proposed_targets().values())  # no balloon at level 1
+    assert all(t is None for t in ev.proposed_targets().values())  # the yields cover it
 
 
 def test_high_pressure_balloons_only_what_yields_do_not_cover_starting_without_agents() -> None:
@@ -130,3 +130,15 @@ def test_classic_is_unchanged_by_the_level() -> None:
     guests = [legacy("old", mem_unused=2 * GiB)]
     with_level = run({"pressure_level": 0}, guests, name="classic")
     assert with_level.proposed_targets()["old"] is not None  # classic: freeable 12.5 % < 20 %
+
+
+def test_an_agent_that_cannot_yield_is_ballooned_for_what_the_yields_miss() -> None:
+    # Level 1, short by 1258291 KiB; the yielder's 256 MiB of cache cannot cover it.
+    plain = yielder("plain", cache=GiB, offer=800 * MiB, yield_capable=0)
+    small = yielder("y", cache=256 * MiB, offer=800 * MiB)
+    ev = run({"pressure_level": 1, "meminfo_available": 2 * GiB}, [plain, small])
+    assert set(yields(ev)) == {"y"}
+    targets = ev.proposed_targets()
+    assert targets["plain"] is not None and targets["plain"] < 4 * GiB
+    # The yielding guest's offer is taken only for what the other's offer leaves.
+    assert targets.get("y") is None or targets["y"] > targets["plain"]
