@@ -153,6 +153,7 @@ def test_an_agent_started_with_no_yield_is_ballooned_instead(
         fill_cache(plain, cold_file)
         fill_cache(yielder, cold_file)
 
+        assert plain.actual_kib() == plain.max_kib()  # nothing taken before the pressure
         share = squeeze_host(0.15, host)
         level = wait_for(lambda: (ebbd.status()["host"].get("pressure_level") or 0) >= 1,
                          30, "ebbd to see the host short of memory")
@@ -164,8 +165,10 @@ def test_an_agent_started_with_no_yield_is_ballooned_instead(
                                ebbd.status()["host"].get("pressure_reason")))
         record("no_yield_ballooned_after_s", round(time.monotonic() - started, 1))
         record("no_yield_pressure_share", round(share, 3))
-        # The guest that cannot yield was never asked to.
+        # The guest that cannot yield was never asked to; the other one was asked first.
         assert "yield-request" not in journal_kinds(ebbd, plain)
+        wait_for(lambda: "yield-request" in journal_kinds(ebbd, yielder), 30,
+                 f"ebbd to ask {yielder.name} to yield")
         release_host(host)
     finally:
         release_host(host)
