@@ -7,17 +7,26 @@ run in a forked child process, so the figures are the daemon's alone:
 
 - CPU: the daemon process's user+system time over the run, as % of one core;
 - RSS: the daemon process's resident memory at the end (and its peak);
-- need -> balloon latency: from a guest writing a ``need`` message to the
-  balloon call that gives it memory (median and p95 over the needs sent).
+- need -> deflate latency: from a guest writing a ``need`` message to the
+  balloon call that deflates its balloon (median and p95 over all the needs
+  sent; a need that got no deflate is counted and named).
 
-Everything but libvirt is real: the packaged cooperative policy (or --policy),
-the governor, the balloon controller, the host collector reading this host's
-/proc. libvirt is a fake hypervisor with the same interface (the balloon call
-is where the latency is measured). KSM is read from and written to a scratch
-sysfs tree, never the host's.
+A need can only be met by a balloon that is inflated. Every guest's balloon is
+inflated before the run (2 GiB of its 8 GiB) and stays inflated between needs:
+the host collector reads a scratch /proc whose host sits between the policy's
+pressure threshold and its release line (22 % of 64 GiB freeable), where the
+cooperative policy neither takes memory nor gives it back, but serves needs.
+(On a comfortable host the policy deflates every balloon to its maximum within
+a few ticks, and every later need finds nothing to deflate.)
+
+Everything but libvirt and the host's memory figures is real: the packaged
+cooperative policy (or --policy), the governor, the balloon controller, the
+host collector. libvirt is a fake hypervisor with the same interface (the
+balloon call is where the latency is measured). KSM is read from and written to
+a scratch sysfs tree, never the host's.
 
 Usage: .venv/bin/python bench/bench_ebbd.py [--duration 60] [--guests 32] [--needs 50]
-Targets (issue 4): < 2 % of one core, < 60 MiB RSS, need -> balloon < 100 ms.
+Targets: < 2 % of one core, < 60 MiB RSS, need -> deflate < 100 ms.
 """
 
 from __future__ import annotations
@@ -50,6 +59,13 @@ from ebb.protocol import Decision
 
 GIB_KIB = 1024 * 1024
 NEED_KIB = 64 * 1024
+#: Each guest's balloon before the run: inflated, far below its maximum.
+INFLATED_KIB = 2 * GIB_KIB
+MAX_KIB = 8 * GIB_KIB
+#: The scratch host: 64 GiB, 22 % freeable (the cooperative policy's hold band
+#: is 20 % to 25 %: no inflation, no deflation, needs served).
+HOST_TOTAL_KIB = 64 * GIB_KIB
+HOST_FREEABLE_SHARE = 0.22
 
 
 # --- the daemon side --------------------------------------------------------------------
@@ -62,16 +78,18 @@ class BenchHypervisor:
     connected = True
 
     def __init__(self, names: List[str]) -> None:
-        # Far below their maximum, so that needs can be given (the policy grows
-        # agentless guests back until their offers arrive).
-        self.cur_kib = {name: 2 * GIB_KIB for name in names}
-        self.max_kib = 8 * GIB_KIB
-        self.calls: List[Tuple[str, float, int]] = []
+        # Inflated first, far below their maximum, so that every need has
+        # something to deflate.
+        self.cur_kib = {name: INFLATED_KIB for name in names}
+        self.max_kib = MAX_KIB
+        #: (vm, monotonic time, target KiB, balloon KiB before the call)
+        self.calls: List[Tuple[str, float, int, int]] = []
         self._lock = threading.Lock()
         self._settings = {
             name: DomainSettings(
                 name=name, uuid=f"00000000-0000-4000-8000-{i:012d}", max_memory_kib=self.max_kib,
                 has_balloon=True, channel_path=f"sim://{name}", stats_period_s=2,
+                free_page_reporting=True,
             )
             for i, name in enumerate(names)
         }
@@ -98,8 +116,31 @@ class BenchHypervisor:
     def set_balloon_target(self, name: str, target_kib: int) -> None:
         now = time.monotonic()
         with self._lock:
-            self.calls.append((name, now, int(target_kib)))
+            self.calls.append((name, now, int(target_kib), self.cur_kib[name]))
         self.cur_kib[name] = int(target_kib)
+
+    def deflated_after(self, vm: str, sent_at: float) -> Optional[float]:
+        """When ``vm``'s balloon was first deflated at or after ``sent_at`` (None: never)."""
+        with self._lock:
+            times = [at for name, at, target, before in self.calls
+                     if name == vm and at >= sent_at and target > before]
+        return min(times) if times else None
+
+
+def make_scratch_proc(root: Path) -> Path:
+    """A /proc whose host is in the policy's hold band (see HOST_FREEABLE_SHARE)."""
+    (root / "pressure").mkdir(parents=True)
+    free_kib = int(HOST_TOTAL_KIB * HOST_FREEABLE_SHARE)
+    (root / "meminfo").write_text(
+        f"MemTotal: {HOST_TOTAL_KIB} kB\nMemFree: {free_kib} kB\n"
+        f"MemAvailable: {free_kib} kB\nBuffers: 0 kB\nCached: 0 kB\n"
+        "SwapTotal: 0 kB\nSwapFree: 0 kB\nAnonPages: 1048576 kB\n"
+        "HugePages_Total: 0\nHugepagesize: 2048 kB\n")
+    (root / "vmstat").write_text("pswpin 0\npswpout 0\npgmajfault 0\n")
+    (root / "pressure" / "memory").write_text(
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+    return root
 
 
 def make_scratch_sys(root: Path) -> Path:
@@ -261,6 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     scratch = Path(tempfile.mkdtemp(prefix="ebb-bench-"))
     sys_root = make_scratch_sys(scratch / "sys")
+    proc_root = make_scratch_proc(scratch / "proc")
     hypervisor = BenchHypervisor(names)
     runner = PolicyRunner()
     errors = runner.reload(args.policy or packaged_policy_dir())
@@ -276,7 +318,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     engine = Engine(
         EngineSettings(interval_s=args.interval, default_floor_kib=512 * 1024),
-        host=HostCollector("/proc", sys_root),
+        host=HostCollector(proc_root, sys_root),
         hypervisor=hypervisor,  # type: ignore[arg-type]
         channels=channels,
         runner=runner,
@@ -325,13 +367,14 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     result: Dict[str, Any] = json.loads(b"".join(chunks) or b"{}")
     latencies_ms: List[float] = []
-    unanswered = 0
+    undeflated: List[str] = []
     for vm, sent_at in result.get("needs", []):
-        calls = [at for name, at, _ in hypervisor.calls if name == vm and at >= sent_at]
-        if calls:
-            latencies_ms.append((min(calls) - sent_at) * 1000.0)
+        deflated_at = hypervisor.deflated_after(vm, sent_at)
+        if deflated_at is not None:
+            latencies_ms.append((deflated_at - sent_at) * 1000.0)
         else:
-            unanswered += 1
+            undeflated.append(vm)
+    balloons = sorted(hypervisor.cur_kib.values())
     cpu_percent = 100.0 * (cpu_after - cpu_before) / (wall_after - wall_before)
     print(f"ebbd with {args.guests} simulated guests reporting every "
           f"{args.report_interval_ms} ms, policy every {args.interval:g} s, "
@@ -350,13 +393,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  tick duration: median {statistics.median(durations_ms):.1f} ms, "
               f"max {max(durations_ms):.1f} ms")
     print(f"  RSS: {rss / 1024:.1f} MiB at the end, peak {peak / 1024:.1f} MiB (target < 60 MiB)")
+    print(f"  balloons at the end: {balloons[0] / GIB_KIB:.2f} to {balloons[-1] / GIB_KIB:.2f} "
+          f"GiB of {MAX_KIB / GIB_KIB:.0f} GiB (inflated to "
+          f"{INFLATED_KIB / GIB_KIB:.0f} GiB before the run)")
+    sent = len(result.get("needs", []))
     if latencies_ms:
-        print(f"  need -> balloon call: median {statistics.median(latencies_ms):.1f} ms, "
+        print(f"  need -> deflate: median {statistics.median(latencies_ms):.1f} ms, "
               f"p95 {percentile(latencies_ms, 0.95):.1f} ms, max {max(latencies_ms):.1f} ms "
-              f"over {len(latencies_ms)} needs (target < 100 ms)"
-              + (f"; {unanswered} need(s) got no balloon call" if unanswered else ""))
-    else:
-        print(f"  need -> balloon call: no need was answered ({unanswered} sent)")
+              f"over {len(latencies_ms)} of {sent} needs (target < 100 ms)")
+    if undeflated:
+        print(f"  {len(undeflated)} of {sent} need(s) got no deflate: "
+              f"{', '.join(sorted(set(undeflated)))}")
+    if not latencies_ms:
+        print(f"  need -> deflate: no need was met ({sent} sent)")
     return 0
 
 

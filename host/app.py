@@ -46,7 +46,8 @@ from ebb.host.hypervisor.connection import domain_matches
 from ebb.host.logsetup import set_level
 from ebb.host.notify import SystemdNotifier
 from ebb.host.policy import PolicyRunner
-from ebb.host.threads import Waker
+from ebb.host.rundir import prepare_run_dir
+from ebb.host.threads import Waker, start_thread
 from ebb.host.yielding import YIELD_RESULT, ManualYields
 
 LOG = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ def governor_config(config: EbbdConfig) -> GovernorConfig:
         stuck_after_s=section.stuck_after_s,
         uncooperative_after_s=max(section.uncooperative_after_s, section.stuck_after_s),
         uncooperative_retry_s=section.uncooperative_retry_s,
+        step_interval_s=config.daemon.policy_interval_s,
+        host_reserve_share=section.host_reserve_share,
     )
 
 
@@ -224,6 +227,9 @@ class Daemon:
         """Start every thread; returns after the first tick (or STARTUP_WAIT_S)."""
         if self.dry_run:
             LOG.warning("dry run: decisions are logged, nothing is applied")
+        # Before anything is read from it or written to it: refused when someone
+        # other than root or ebbd could have planted the state it holds.
+        prepare_run_dir(self.config.daemon.run_dir)
         if self.control is not None:
             # First, so that a second ebbd stops here, before touching the host
             # state (saved KSM values) that belongs to the first one.
@@ -232,7 +238,7 @@ class Daemon:
         self.load_policies()
         if self.c.ksm is not None and not self.dry_run:
             self.c.ksm.start()
-        self.c.hypervisor.start()
+        self.c.hypervisor.start(on_crash=self._thread_died)
         deadline = time.monotonic() + STARTUP_WAIT_S
         # Short waits, so that SIGTERM during startup still stops within a second.
         while not self.c.hypervisor.wait_connected(0.1):
@@ -240,15 +246,17 @@ class Daemon:
                 LOG.warning("libvirt at %s not reachable yet; retrying in the background",
                             self.c.hypervisor.uri)
                 break
+        if self.c.memtune is not None and not self.dry_run:
+            self.c.memtune.start()  # limits a crashed run left on the VMs come off
         self.c.channels.start(on_crash=self._thread_died)
         if self.control is not None:
             self.control.start(on_crash=self._thread_died)
         if self.c.observability is not None:
             self.c.observability.start()
-        self._engine_thread = threading.Thread(
-            target=self._run_engine, name="ebbd-engine", daemon=True
+        self._engine_thread = start_thread(
+            "ebbd-engine", lambda: self.engine.run(self.stop_event), LOG, "engine",
+            self._thread_died,
         )
-        self._engine_thread.start()
         deadline = time.monotonic() + STARTUP_WAIT_S
         while self.engine.tick_count == 0 and not self.stop_event.is_set():
             if time.monotonic() >= deadline:
@@ -256,13 +264,6 @@ class Daemon:
             self.stop_event.wait(0.02)
         self.notifier.ready(self.status_line())
         LOG.info("ebbd %s started (pid %d)", self.version, os.getpid())
-
-    def _run_engine(self) -> None:
-        try:
-            self.engine.run(self.stop_event)
-        except BaseException as err:
-            LOG.exception("the engine thread died")
-            self._thread_died(err)
 
     def _thread_died(self, err: BaseException) -> None:
         if self.crash is None:
@@ -573,7 +574,7 @@ _RESTART_KEYS = (
     ("host", "proc_root"), ("host", "sys_root"), ("hypervisor", "stats_period_s"),
     ("hypervisor", "qemu_run_dir"), ("ksm", "enabled"), ("memtune", "soft_limit_uncooperative"),
     ("trace", "path"), ("trace", "max_bytes"), ("trace", "keep_files"), ("metrics", "listen"),
-    ("metrics", "allow_remote"),
+    ("metrics", "allow_remote"), ("metrics", "per_vm"),
 )
 
 
@@ -624,11 +625,9 @@ def build_components(
             if config.ksm.enabled
             else None
         ),
-        memtune=(
-            MemtuneController(hypervisor, dry_run=dry_run)
-            if config.memtune.soft_limit_uncooperative
-            else None
-        ),
+        # Built even when memtune.soft_limit_uncooperative is off: limits a crashed
+        # run recorded must still come off (the engine sets none unless it is on).
+        memtune=MemtuneController(hypervisor, dry_run=dry_run, run_dir=config.daemon.run_dir),
         observability=observability,
     )
 

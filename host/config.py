@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
-from ebb.protocol import MAX_FRAME_BYTES
+from ebb.protocol import MAX_FRAME_BYTES, REPORT_INTERVAL_MS_MAX, REPORT_INTERVAL_MS_MIN
 
 LOG = logging.getLogger(__name__)
 
@@ -60,23 +60,62 @@ def default_policy_dir() -> Path:
 Check = Callable[[Any], "str | None"]
 
 
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else f"must be > 0, got {value!r}"
+def _bound_text(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
 
 
-def _non_negative(value: Any) -> str | None:
-    return None if value >= 0 else f"must be >= 0, got {value!r}"
+def _between(low: float, high: float, *, above: bool = False) -> Check:
+    """``low <= value <= high`` (``low < value`` with ``above``).
 
+    Every number has an upper bound: what the code that uses it can take (a
+    wait longer than the platform's timeout raises, libvirt takes a C int, the
+    protocol caps the report interval), or what still makes sense (a week).
+    """
 
-def _at_least(minimum: float) -> Check:
     def check(value: Any) -> str | None:
-        return None if value >= minimum else f"must be >= {minimum}, got {value!r}"
+        if above and not value > low:
+            return f"must be > {_bound_text(low)}, got {value!r}"
+        if not above and not value >= low:
+            return f"must be >= {_bound_text(low)}, got {value!r}"
+        if not value <= high:
+            return f"must be <= {_bound_text(high)}, got {value!r}"
+        return None
 
+    check.bounds = (low, high, above)  # type: ignore[attr-defined]
     return check
+
+
+#: Upper bounds shared by many keys.
+HOUR_S = 3600.0
+DAY_S = 86400.0
+WEEK_S = 7 * DAY_S
+#: Rates (faults/s, pages/s) beyond any machine.
+MAX_RATE = 1e9
+#: 2^53 KiB is the protocol's largest memory size; 2^43 MiB is the same.
+MAX_MIB = 2**43
 
 
 def _share(value: Any) -> str | None:
     return None if 0 < value <= 1 else f"must be a share in (0, 1], got {value!r}"
+
+
+_share.bounds = (0, 1, True)  # type: ignore[attr-defined]
+
+
+def range_text(low: float, high: float, above: bool) -> str:
+    """A key's accepted range as docs/configuration.md "Accepted ranges" prints it."""
+    return f"{'above' if above else 'from'} {_bound_text(low)} to {_bound_text(high)}"
+
+
+def numeric_ranges() -> dict[str, str]:
+    """``section.key`` -> accepted range, for every numeric key."""
+    ranges: dict[str, str] = {}
+    for name, section_type in SECTIONS.items():
+        for f in dataclasses.fields(section_type):
+            bounds = getattr(f.metadata.get("check"), "bounds", None)
+            if bounds is not None:
+                ranges[f"{name}.{f.name}"] = range_text(*bounds)
+    return ranges
 
 
 def _one_of(choices: tuple[str, ...]) -> Check:
@@ -126,7 +165,7 @@ class DaemonConfig:
     """``[daemon]``: where ebbd connects, how often it decides, where it keeps state."""
 
     libvirt_uri: str = "qemu:///system"
-    policy_interval_s: float = field(default=2.0, metadata=_rule(_positive))
+    policy_interval_s: float = field(default=2.0, metadata=_rule(_between(0.1, HOUR_S)))
     policy_dir: Path = field(default_factory=default_policy_dir, metadata=_rule(_absolute_path))
     run_dir: Path = field(default=Path("/run/ebb"), metadata=_rule(_absolute_path))
     control_socket: Path = field(default=Path("/run/ebb/ebbd.sock"), metadata=_rule(_absolute_path))
@@ -151,11 +190,11 @@ class HypervisorConfig:
     """``[hypervisor]``: libvirt housekeeping (stats period, re-listing, reconnecting)."""
 
     #: Period asked of the virtio-balloon driver for fresh guest statistics.
-    stats_period_s: int = field(default=2, metadata=_rule(_at_least(1)))
+    stats_period_s: int = field(default=2, metadata=_rule(_between(1, HOUR_S)))
     #: Full domain listing as a safety net behind lifecycle events.
-    relist_interval_s: float = field(default=30.0, metadata=_rule(_positive))
-    reconnect_initial_s: float = field(default=1.0, metadata=_rule(_positive))
-    reconnect_max_s: float = field(default=30.0, metadata=_rule(_positive))
+    relist_interval_s: float = field(default=30.0, metadata=_rule(_between(1, DAY_S)))
+    reconnect_initial_s: float = field(default=1.0, metadata=_rule(_between(0.1, HOUR_S)))
+    reconnect_max_s: float = field(default=30.0, metadata=_rule(_between(0.1, HOUR_S)))
     #: Where libvirt's QEMU driver writes ``NAME.pid`` (qemu:///system).
     qemu_run_dir: Path = field(default=Path("/run/libvirt/qemu"), metadata=_rule(_absolute_path))
     #: Shell-style patterns (fnmatch) of the domain names ebbd manages; others
@@ -167,21 +206,23 @@ class HypervisorConfig:
 class GuestsConfig:
     """``[guests]``: the agent channels (reports, staleness, misbehaving guests)."""
 
-    report_interval_ms: int = field(default=1000, metadata=_rule(_at_least(100)))
-    stale_after_s: float = field(default=5.0, metadata=_rule(_positive))
-    heartbeat_interval_s: float = field(default=5.0, metadata=_rule(_positive))
+    report_interval_ms: int = field(
+        default=1000, metadata=_rule(_between(REPORT_INTERVAL_MS_MIN, REPORT_INTERVAL_MS_MAX))
+    )
+    stale_after_s: float = field(default=5.0, metadata=_rule(_between(0, DAY_S, above=True)))
+    heartbeat_interval_s: float = field(default=5.0, metadata=_rule(_between(0.1, HOUR_S)))
     #: More frames than this per second from one guest cuts it off.
-    flood_max_frames_per_s: int = field(default=50, metadata=_rule(_positive))
+    flood_max_frames_per_s: int = field(default=50, metadata=_rule(_between(1, 1_000_000)))
     #: More bytes than this per second from one guest cuts it off. At least one
     #: frame of the largest size, so that no legal message alone is a flood.
     flood_max_bytes_per_s: int = field(
-        default=256 * 1024, metadata=_rule(_at_least(MAX_FRAME_BYTES))
+        default=256 * 1024, metadata=_rule(_between(MAX_FRAME_BYTES, 2**31))
     )
     #: First wait before reconnecting to a guest that was cut off; doubles each time.
-    cut_off_backoff_s: float = field(default=10.0, metadata=_rule(_positive))
-    cut_off_backoff_max_s: float = field(default=300.0, metadata=_rule(_positive))
+    cut_off_backoff_s: float = field(default=10.0, metadata=_rule(_between(0.1, DAY_S)))
+    cut_off_backoff_max_s: float = field(default=300.0, metadata=_rule(_between(0.1, DAY_S)))
     #: Wait between attempts to open a channel socket that is not there yet.
-    connect_retry_s: float = field(default=2.0, metadata=_rule(_positive))
+    connect_retry_s: float = field(default=2.0, metadata=_rule(_between(0.1, HOUR_S)))
 
 
 @dataclass(frozen=True)
@@ -189,7 +230,7 @@ class GovernorSection:
     """``[governor]``: the safety limits no policy can bypass."""
 
     #: Floor for a VM whose XML sets none (``<ebb:vm floor_mib=...>`` or min_guarantee).
-    default_floor_mib: int = field(default=512, metadata=_rule(_non_negative))
+    default_floor_mib: int = field(default=512, metadata=_rule(_between(0, MAX_MIB)))
     #: Largest balloon inflation (memory taken) per tick, as a share of the VM's maximum memory.
     max_change_share: float = field(default=0.10, metadata=_rule(_share))
     #: What a guest's agent offers may be taken in one tick, beyond ``max_change_share``.
@@ -198,32 +239,49 @@ class GovernorSection:
     #: VM's maximum memory; never less than ``max_change_share``.
     max_deflate_share: float = field(default=0.25, metadata=_rule(_share))
     #: A guest at or above any of these is stalling: nothing is taken from it.
-    stall_psi_some_avg10: float = field(default=10.0, metadata=_rule(_positive))
-    stall_major_faults_per_s: float = field(default=1000.0, metadata=_rule(_positive))
+    stall_psi_some_avg10: float = field(default=10.0, metadata=_rule(_between(0, 100, above=True)))
+    stall_major_faults_per_s: float = field(
+        default=1000.0, metadata=_rule(_between(0, MAX_RATE, above=True))
+    )
     #: Pages (4 KiB) swapped in per second (256 = 1 MiB/s).
-    stall_swap_in_per_s: float = field(default=256.0, metadata=_rule(_positive))
+    stall_swap_in_per_s: float = field(
+        default=256.0, metadata=_rule(_between(0, MAX_RATE, above=True))
+    )
     #: After an inflation, how long to watch the guest for harm before trusting it.
-    rollback_window_s: float = field(default=30.0, metadata=_rule(_positive))
+    rollback_window_s: float = field(default=30.0, metadata=_rule(_between(0, DAY_S, above=True)))
     #: Rise in the guest's major faults per second (over its rate before the inflation)
     #: that counts as harm within the window.
-    rollback_major_faults_per_s: float = field(default=200.0, metadata=_rule(_positive))
+    rollback_major_faults_per_s: float = field(
+        default=200.0, metadata=_rule(_between(0, MAX_RATE, above=True))
+    )
     #: Rise in the guest's swap-in, pages per second, that counts as harm (128 = 512 KiB/s).
-    rollback_swap_in_per_s: float = field(default=128.0, metadata=_rule(_positive))
+    rollback_swap_in_per_s: float = field(
+        default=128.0, metadata=_rule(_between(0, MAX_RATE, above=True))
+    )
     #: Rise in the guest's PSI some avg10 (percentage points) that counts as harm.
-    rollback_psi_some_avg10: float = field(default=10.0, metadata=_rule(_positive))
+    rollback_psi_some_avg10: float = field(
+        default=10.0, metadata=_rule(_between(0, 100, above=True))
+    )
     #: First back-off after a rollback; grows by ``backoff_growth`` on each further one.
-    backoff_initial_s: float = field(default=60.0, metadata=_rule(_positive))
+    backoff_initial_s: float = field(default=60.0, metadata=_rule(_between(0, WEEK_S, above=True)))
     #: Each further rollback multiplies the back-off by this.
-    backoff_growth: float = field(default=2.0, metadata=_rule(_at_least(1)))
-    backoff_max_s: float = field(default=1800.0, metadata=_rule(_positive))
+    backoff_growth: float = field(default=2.0, metadata=_rule(_between(1, 100)))
+    backoff_max_s: float = field(default=1800.0, metadata=_rule(_between(0, WEEK_S, above=True)))
     #: No rollback for this long: the next back-off is ``backoff_initial_s`` again.
-    backoff_reset_s: float = field(default=1800.0, metadata=_rule(_positive))
+    backoff_reset_s: float = field(default=1800.0, metadata=_rule(_between(0, WEEK_S, above=True)))
     #: No progress toward the target for this long: the guest is stuck (squeezed: 5 s).
-    stuck_after_s: float = field(default=5.0, metadata=_rule(_positive))
+    stuck_after_s: float = field(default=5.0, metadata=_rule(_between(0, DAY_S, above=True)))
     #: No progress for this long: uncooperative, excluded from inflation (squeezed: 20 s).
-    uncooperative_after_s: float = field(default=20.0, metadata=_rule(_positive))
+    uncooperative_after_s: float = field(
+        default=20.0, metadata=_rule(_between(0, DAY_S, above=True))
+    )
+    #: Share of host memory the host keeps: no guest is given memory from it (floors
+    #: and rollbacks excepted), whatever the policy says.
+    host_reserve_share: float = field(default=0.10, metadata=_rule(_between(0, 0.9)))
     #: An uncooperative guest is asked for memory again after this long.
-    uncooperative_retry_s: float = field(default=300.0, metadata=_rule(_positive))
+    uncooperative_retry_s: float = field(
+        default=300.0, metadata=_rule(_between(0, WEEK_S, above=True))
+    )
 
 
 @dataclass(frozen=True)
@@ -231,7 +289,7 @@ class BalloonConfig:
     """``[balloon]``: the balloon controller."""
 
     #: Targets closer than this to the current balloon are not applied (noise).
-    min_change_kib: int = field(default=1024, metadata=_rule(_non_negative))
+    min_change_kib: int = field(default=1024, metadata=_rule(_between(0, 2**30)))
 
 
 @dataclass(frozen=True)
@@ -253,8 +311,8 @@ class TraceConfig:
     """``[trace]``: the per-tick JSON-lines trace (off when ``path`` is empty)."""
 
     path: str = field(default="", metadata=_rule(_optional_absolute_path))
-    max_bytes: int = field(default=64 * 1024 * 1024, metadata=_rule(_at_least(4096)))
-    keep_files: int = field(default=5, metadata=_rule(_non_negative))
+    max_bytes: int = field(default=64 * 1024 * 1024, metadata=_rule(_between(4096, 2**40)))
+    keep_files: int = field(default=5, metadata=_rule(_between(0, 100)))
 
 
 @dataclass(frozen=True)
@@ -265,6 +323,9 @@ class MetricsConfig:
     #: The endpoint has no authentication: an address that is not loopback must
     #: be allowed explicitly.
     allow_remote: bool = False
+    #: Serve the per-VM series (VM names, memory) over HTTP too. Off: any local
+    #: user can read the port, while the control socket is for group ebb only.
+    per_vm: bool = False
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,9 @@ from ebb.host.channels import GuestChannelState
 from ebb.host.collectors import HostSample
 from ebb.host.collectors.procfs import freeable_share, parse_meminfo
 from ebb.host.controllers.balloon import APPLIED, DRY_RUN, FAILED, VM_GONE, BalloonResult
-from ebb.host.governor import Decision, Governor, GuestView
+from ebb.host.governor import Decision, Governor, GuestView, fmt_kib
 from ebb.host.hypervisor import DomainInfo, guest_sample
+from ebb.host.hypervisor.domain_xml import free_page_reporting_warning
 from ebb.host.policy import GUEST_FIELDS, Entity, PolicyError, PolicyInput, PolicyRunner
 from ebb.host.pressure import LEVEL_NAMES, HostPressure, sample_pressure
 from ebb.host.yielding import YieldCoordinator
@@ -57,6 +58,18 @@ URGENCY_LEVELS = {"low": 1, "high": 2, "critical": 2}
 
 #: Balloon outcomes meaning the target never reached the guest (the governor is told).
 _NOT_APPLIED = frozenset({DRY_RUN, FAILED, VM_GONE})
+
+#: A guest's need counts as shown by its own report when one of these holds (the
+#: agent's own need triggers, docs/agent.md "Offer and need"); without any, the
+#: need is believed only up to one reserve (:func:`weigh_need`).
+EVIDENCE_PSI_SOME_AVG10 = 10.0
+EVIDENCE_PSI_FULL_AVG10 = 2.0
+EVIDENCE_MAJOR_FAULTS_PER_S = 200.0
+EVIDENCE_SWAP_IN_PAGES_PER_S = 256.0
+EVIDENCE_REFAULTS_PER_S = 256.0
+#: The agent's reserve: 5 % of the guest's memory, at least 64 MiB.
+RESERVE_SHARE = 0.05
+RESERVE_MIN_KIB = 64 * 1024
 
 #: Cooperation states in ``ebbctl status`` (contracts.md).
 NO_AGENT = "no-agent"
@@ -200,8 +213,10 @@ class EngineSettings:
     pressure_threshold_share: float = 0.20
     #: How often host pressure is probed between ticks.
     pressure_check_s: float = 0.5
-    #: Immediate ticks come no closer together than this.
-    min_tick_gap_s: float = 0.05
+    #: Immediate ticks come no closer together than this (after any tick), whoever
+    #: asks: together with one early tick per guest per ``interval_s``, this bounds
+    #: the tick rate a guest (or several) can cause.
+    min_tick_gap_s: float = 0.25
     #: Decisions kept per VM for ``ebbctl explain``.
     journal_len: int = 50
     ksm_enabled: bool = True
@@ -310,6 +325,14 @@ class Engine:
         #: Yield requests the policy asks for (yield_kib) and their RSS follow-up.
         self.yields = YieldCoordinator(channels, settings.interval_s)
         self.last_pressure: HostPressure | None = None
+        #: VMs last named in the free page reporting warning (None: not checked yet).
+        self._without_fpr: frozenset[str] | None = None
+        #: When each guest last earned an immediate tick (``_clock``), and how many
+        #: of its requests were left to the regular tick since.
+        self._guest_tick_mono: dict[str, float] = {}
+        self._guest_ticks_deferred = 0
+        self._last_tick_started: float | None = None
+        self._next_tick_mono: float | None = None
 
     # --- control (any thread) ------------------------------------------------------------
 
@@ -321,7 +344,24 @@ class Engine:
         self._wake.set()
 
     def on_need(self, vm: str) -> None:
-        """Callback for the channels: a guest asked for memory."""
+        """Callback for the channels: a guest asked for memory.
+
+        One guest earns at most one immediate tick per ``interval_s``: a guest that
+        flaps its need (or says hello and need again and again) is served by the
+        regular ticks, and cannot make the engine tick at the rate it sends frames.
+        """
+        now = self._clock()
+        with self._wake_lock:
+            last = self._guest_tick_mono.get(vm)
+            if last is not None and now - last < self.settings.interval_s:
+                self._guest_ticks_deferred += 1
+                return
+            if len(self._guest_tick_mono) >= 4096:  # VMs come and go; keep this bounded
+                horizon = now - self.settings.interval_s
+                self._guest_tick_mono = {
+                    k: t for k, t in self._guest_tick_mono.items() if t > horizon
+                }
+            self._guest_tick_mono[vm] = now
         self.request_tick(f"need from {vm}")
 
     def on_domains_changed(self, names: frozenset[str]) -> None:
@@ -380,29 +420,50 @@ class Engine:
 
     def run(self, stop: threading.Event) -> None:
         """Tick until ``stop`` is set; every wait ends at once when it is."""
-        next_tick = self._clock()
+        self._next_tick_mono = self._clock()
         while not stop.is_set():
-            now = self._clock()
-            if now >= next_tick or self._wake.is_set():
-                self._wake.clear()
-                started = self._clock()
-                self._safe_tick()
-                next_tick = self._clock() + self.settings.interval_s
-                # A burst of immediate requests must not run ticks back to back;
-                # the gap counts from the tick's start, so a request that came
-                # during a tick of normal length is served at once after it.
-                if self._wake.is_set():
-                    gap_s = started + self.settings.min_tick_gap_s - self._clock()
-                    if gap_s > 0:
-                        stop.wait(gap_s)
+            if self.tick_if_due():
                 continue
-            wait_s = min(next_tick - now, self.settings.pressure_check_s)
+            now = self._clock()
+            due = self.next_tick_due(now)
+            wait_s = min(due - now, self.settings.pressure_check_s)
+            if self._wake.is_set():
+                # An immediate tick was asked for, but the last tick was too recent:
+                # wait for the gap (the wake-up stays pending).
+                stop.wait(wait_s)
+                continue
             if self._wake.wait(max(0.0, wait_s)):
                 continue
             if stop.is_set():
                 break
             if self._pressure_crossed():
                 self.request_tick("host pressure crossed the threshold")
+
+    def tick_if_due(self) -> bool:
+        """Run a tick when one is due (see :meth:`next_tick_due`); True if it ran."""
+        now = self._clock()
+        if self._next_tick_mono is None:
+            self._next_tick_mono = now
+        if now < self.next_tick_due(now):
+            return False
+        self._wake.clear()
+        self._safe_tick()
+        self._next_tick_mono = self._clock() + self.settings.interval_s
+        return True
+
+    def next_tick_due(self, now: float) -> float:
+        """When the next tick is due (``_clock``): the regular tick, or sooner when an
+        immediate one was asked for, but never within ``min_tick_gap_s`` of the last
+        tick's start: a burst of requests does not run ticks back to back."""
+        due = self._next_tick_mono if self._next_tick_mono is not None else now
+        if self._wake.is_set():
+            earliest = (
+                self._last_tick_started + self.settings.min_tick_gap_s
+                if self._last_tick_started is not None
+                else now
+            )
+            due = min(due, max(earliest, now))
+        return due
 
     def stop_waiting(self) -> None:
         """Wake the loop (used with the stop event on shutdown)."""
@@ -438,12 +499,22 @@ class Engine:
     def tick(self) -> TickRecord:
         """Run one tick now and return its record."""
         started = self._clock()
+        self._last_tick_started = started
         with self._wake_lock:
             reasons, self._wake_reasons = self._wake_reasons, []
+            if self._guest_ticks_deferred:
+                # Needs that came too soon after the guest's last immediate tick are
+                # served now, by this tick.
+                reasons.append(
+                    f"{self._guest_ticks_deferred} need(s) left to this tick "
+                    "(at most one immediate tick per guest per interval)"
+                )
+                self._guest_ticks_deferred = 0
 
         libvirt_up = bool(self.hypervisor.connected)
         if libvirt_up:
             domains = self.hypervisor.domain_infos()
+            self._warn_free_page_reporting(domains)
             self._update_channels(domains)
             self._forget_gone({d.name for d in domains})
         else:
@@ -462,10 +533,14 @@ class Engine:
         overrides = self.floor_overrides_kib()
         guests: list[Entity] = []
         views: list[GuestView] = []
+        capped: dict[str, list[str]] = {}
         samples_by_vm: dict[str, dict[str, Any]] = {}
         for info in managed:
             channel = channel_states.get(info.name)
             sample = self._guest_sample(info, channel, started, overrides.get(info.name))
+            notes = self._cap_claims(info, sample, channel, overrides.get(info.name))
+            if notes:
+                capped[info.name] = notes
             sample.update(self.yields.guest_fields(info.name, channel, started))
             samples_by_vm[info.name] = sample
             memory = self._vms[info.name]
@@ -508,7 +583,15 @@ class Engine:
         proposed = self.yields.hold_inflation(proposed, views, samples_by_vm)
         # While paused the governor is not consulted either: it would count the
         # targets nobody applies as guests making no progress (stuck).
-        decisions = [] if paused else self.governor.decide(started, views, proposed)
+        decisions = [] if paused else self.governor.decide(
+            started, views, proposed, host_spare_kib=self._host_spare_kib(host_sample)
+        )
+        for decision in decisions:
+            caps = capped.get(decision.vm)
+            if caps:
+                # ``ebbctl explain`` shows this: what the guest claimed, what was used.
+                decision.reason += "; " + "; ".join(caps)
+                decision.inputs["claims_capped"] = list(caps)
         applied = self._apply(decisions, controls, policy_error is None, paused)
 
         now_wall = self._wall()
@@ -551,6 +634,19 @@ class Engine:
             except Exception:
                 LOG.exception("tick observer %r failed", observer)
         return record
+
+    def _warn_free_page_reporting(self, domains: Sequence[DomainInfo]) -> None:
+        """Warn once, and again when the set changes, about VMs without free page reporting."""
+        without = frozenset(
+            d.name for d in domains
+            if d.state == "running" and d.settings.enabled and not d.settings.free_page_reporting
+        )
+        if without == self._without_fpr:
+            return
+        self._without_fpr = without
+        warning = free_page_reporting_warning(without)
+        if warning is not None:
+            LOG.warning("%s", warning)
 
     def _update_channels(self, domains: Sequence[DomainInfo]) -> None:
         paths = {d.name: d.settings.channel_path for d in domains}
@@ -648,6 +744,55 @@ class Engine:
                 info.name, sample, now_mono
             )
         return sample
+
+    def _cap_claims(
+        self,
+        info: DomainInfo,
+        sample: dict[str, Any],
+        channel: GuestChannelState | None,
+        floor_override_kib: int | None,
+    ) -> list[str]:
+        """Cap the guest's offer and need at what it has and can have, before the policy
+        and the governor see them; the notes say what was capped (for the journal).
+
+        A guest is not trusted: an offer of more than its balloon can still take would
+        make the policy believe offers cover the host's shortage; a need of more than
+        its maximum, or with nothing in its own report to show it, would be paid from
+        the host's memory.
+        """
+        notes: list[str] = []
+        cur = int(info.balloon_cur_kib or info.max_memory_kib)
+        maximum = int(info.max_memory_kib)
+        offer = int(sample.get("offer") or 0)
+        if offer > 0:
+            floor = self.governor.floor_for(GuestView(
+                info.name, cur, maximum,
+                floor_override_kib if floor_override_kib is not None else info.settings.floor_kib,
+            ))
+            room = max(0, cur - floor)
+            if offer > room:
+                sample["offer"] = room
+                notes.append(f"its offer of {fmt_kib(offer)} capped at {fmt_kib(room)}, "
+                             f"what its balloon can still take above its floor")
+        need = int(sample.get("need") or 0)
+        if need > 0:
+            latest = channel.latest.report if channel is not None and channel.latest else None
+            believed, why = weigh_need(
+                need, maximum - cur, min(maximum, latest.mem_total_kib if latest else maximum),
+                latest, sample.get("major_fault_rate"), sample.get("swap_in_rate"),
+                _refault_rate(channel) if channel is not None else None,
+            )
+            if believed < need:
+                sample["need"] = believed
+                notes.append(f"its need of {fmt_kib(need)} capped at {fmt_kib(believed)}: {why}")
+        return notes
+
+    def _host_spare_kib(self, host: HostSample) -> int | None:
+        """Host memory that may be given to guests: freeable memory above the reserve."""
+        if not host.mem_total_kib:
+            return None
+        reserve = self.governor.config.host_reserve_share * host.mem_total_kib
+        return max(0, int(host.freeable_kib - reserve))
 
     def _libvirt_rates(
         self, vm: str, sample: Mapping[str, Any], now_mono: float
@@ -947,7 +1092,10 @@ class Engine:
             "last_action": dict(memory.last_action) if memory and memory.last_action else None,
             "floor_override_kib": override,
             "channel": info.settings.channel_path,
-            "rss_kib": memory.samples[-1].get("rss") if memory and memory.samples else None,
+            "rss_kib": _rss_kib(info, memory),
+            "free_page_reporting": info.settings.free_page_reporting,
+            "autodeflate": info.settings.autodeflate,
+            "stats_period_s": info.settings.stats_period_s,
             "yield": self._yield_status(info.name, channel),
         }
 
@@ -1006,10 +1154,79 @@ def _manageable(info: DomainInfo) -> bool:
     return bool(info.state == "running" and settings.enabled and settings.has_balloon)
 
 
+def _rss_kib(info: DomainInfo, memory: _VmMemory | None) -> int | None:
+    """The VM's QEMU resident memory: libvirt's stats, else the last policy sample's.
+
+    The sample has the process's own figure when libvirt's stats have none.
+    """
+    rss = info.memory_stats.get("rss")
+    if rss is None and memory is not None and memory.samples:
+        rss = memory.samples[-1].get("rss")
+    return int(rss) if rss is not None else None
+
+
 def _rate(before: Any, after: Any, dt_s: float) -> float | None:
     if before is None or after is None or dt_s <= 0:
         return None
     return max(0.0, (float(after) - float(before)) / dt_s)
+
+
+def weigh_need(
+    need_kib: int,
+    room_kib: int,
+    guest_total_kib: int,
+    report: Any,
+    major_fault_rate: float | None,
+    swap_in_rate_kib: float | None,
+    refault_rate: float | None,
+) -> tuple[int, str]:
+    """How much of a guest's need to believe, and why (pure).
+
+    Never more than the VM can have (``room_kib``: maximum less current). Beyond
+    that, the guest's own report must show the shortage, as the agent's own need
+    triggers do: memory stalls (PSI some or full), major faults, swap-in or
+    refaults at a rate that shows pressure believe the need in full; a low
+    MemAvailable alone, up to the agent's need watermark (two reserves); nothing
+    at all, one reserve (5 % of the guest's memory, at least 64 MiB).
+    """
+    room = max(0, room_kib)
+    if need_kib > room:
+        capped, why = room, "more than the VM can have"
+    else:
+        capped, why = need_kib, ""
+    reserve = max(RESERVE_MIN_KIB, int(RESERVE_SHARE * max(0, guest_total_kib)))
+    psi_some = getattr(report, "psi_some_avg10", None)
+    psi_full = getattr(report, "psi_full_avg10", None)
+    stalling = (
+        (psi_some is not None and psi_some >= EVIDENCE_PSI_SOME_AVG10)
+        or (psi_full is not None and psi_full >= EVIDENCE_PSI_FULL_AVG10)
+        or (major_fault_rate is not None and major_fault_rate >= EVIDENCE_MAJOR_FAULTS_PER_S)
+        or (swap_in_rate_kib is not None
+            and swap_in_rate_kib >= EVIDENCE_SWAP_IN_PAGES_PER_S * _PAGE_KIB)
+        or (refault_rate is not None and refault_rate >= EVIDENCE_REFAULTS_PER_S)
+    )
+    if stalling:
+        return capped, why
+    available = getattr(report, "mem_available_kib", None)
+    if available is not None and available < 2 * reserve:
+        limit, limit_why = 2 * reserve, "only its MemAvailable shows a shortage"
+    else:
+        limit, limit_why = reserve, "nothing in its reports shows a shortage"
+    if capped > limit:
+        return limit, limit_why
+    return capped, why
+
+
+def _refault_rate(channel: GuestChannelState) -> float | None:
+    """Workingset refaults per second from the last two reports (host clock)."""
+    history = channel.history
+    if len(history) < 2:
+        return None
+    older, newer = history[-2], history[-1]
+    dt = newer.mono - older.mono
+    if dt <= 0:
+        return None
+    return max(0, newer.report.workingset_refault - older.report.workingset_refault) / dt
 
 
 def _agent_rates(channel: GuestChannelState) -> tuple[float, float] | None:

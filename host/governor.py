@@ -7,10 +7,13 @@ what is actually asked of each guest, whatever the policy said:
   floor comes from the VM's settings (ebb metadata floor, memtune
   min_guarantee) or ``default_floor_kib``, never below ``min_floor_kib``.
   A guest found below its floor is given memory back up to the floor.
-- ``max_step``: one tick changes a guest by at most a share of its maximum
-  memory (``max_inflate_share`` when taking, ``max_deflate_share`` when giving).
+- ``max_step``: a guest changes by at most a share of its maximum memory per
+  ``step_interval_s`` of the governor's clock (``max_inflate_share`` when taking,
+  ``max_deflate_share`` when giving): a budget per guest that refills with time,
+  up to one interval's worth, so ticks that come early (a guest's need, host
+  pressure) cannot take more than ticks at the regular interval would.
   What a guest's agent offers (a report at most ``offer_max_age_s`` old) may be
-  taken in one tick, even when it is more: the guest said it does not need it
+  taken at once, even when it is more: the guest said it does not need it
   (``take_offers_at_once``, on by default).
 - ``needy`` / ``stalling``: no memory is taken from a guest that reports a need
   or memory stalls (PSI, major faults, swap-in above thresholds).
@@ -77,6 +80,12 @@ class GovernorConfig:
     uncooperative_after_s: float = 20.0
     uncooperative_retry_s: float = 300.0
     progress_min_kib: int = 1024
+    #: The time over which ``max_inflate_share`` / ``max_deflate_share`` may be used
+    #: once (the policy interval): the rate limits hold per second, not per tick.
+    step_interval_s: float = 2.0
+    #: Share of host memory the host keeps: guests are given memory (beyond their
+    #: floors and rollbacks) only from freeable host memory above it.
+    host_reserve_share: float = 0.10
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,6 +97,10 @@ class GovernorConfig:
             problems.append("backoff_growth must be at least 1")
         if not 0 < self.stuck_after_s <= self.uncooperative_after_s:
             problems.append("need 0 < stuck_after_s <= uncooperative_after_s")
+        if not 0 <= self.host_reserve_share < 1:
+            problems.append("host_reserve_share must be in [0, 1)")
+        if not 0 < self.step_interval_s < float("inf"):
+            problems.append("step_interval_s must be > 0 and finite")
         if self.min_floor_kib < 0 or self.default_floor_kib < 0:
             problems.append("floors must not be negative")
         if problems:
@@ -156,6 +169,8 @@ class _Undo:
     progress_cur_kib: int
     progress_at_s: float
     inflation: Optional[_Inflation]
+    take_budget: float
+    give_budget: float
 
 
 @dataclass(slots=True)
@@ -171,6 +186,11 @@ class _State:
     next_backoff_s: float = 0.0
     last_rollback_s: Optional[float] = None
     undo: Optional[_Undo] = None
+    #: What may still be taken / given, in steps (1.0 = one interval's worth), and
+    #: when the budgets were last refilled (None: never, they start full).
+    take_budget: float = 1.0
+    give_budget: float = 1.0
+    budget_at_s: Optional[float] = None
 
 
 def fmt_kib(kib: float) -> str:
@@ -192,6 +212,7 @@ class Governor:
         self._states: Dict[str, _State] = {}
         self._now_s = 0.0
         self._restart_timers = False
+        self._spare_left_kib: Optional[int] = None
 
     # -- queries
 
@@ -253,6 +274,8 @@ class Governor:
         st.progress_cur_kib = undo.progress_cur_kib
         st.progress_at_s = undo.progress_at_s
         st.inflation = undo.inflation
+        st.take_budget = undo.take_budget
+        st.give_budget = undo.give_budget
 
     # -- the decision
 
@@ -261,9 +284,16 @@ class Governor:
         now_s: float,
         guests: Sequence[GuestView],
         proposed_targets: Mapping[str, Optional[int]],
+        host_spare_kib: Optional[int] = None,
     ) -> List[Decision]:
-        """One decision per guest, in the order given. ``now_s`` is a monotonic clock."""
+        """One decision per guest, in the order given. ``now_s`` is a monotonic clock.
+
+        ``host_spare_kib``, when known, is the host memory that may be given to guests
+        this tick (freeable memory above the host's reserve): what the policy gives
+        beyond it is not given (floors and rollbacks excepted).
+        """
         self._now_s = now_s
+        self._spare_left_kib = host_spare_kib
         present = {g.name for g in guests}
         for gone in [name for name in self._states if name not in present]:
             del self._states[gone]
@@ -288,6 +318,7 @@ class Governor:
         if st is None:
             st = self._states[g.name] = _State(next_backoff_s=cfg.backoff_initial_s)
         st.undo = None
+        self._refill_budgets(now_s, st)
         cur = int(g.balloon_cur_kib)
         ceiling = int(g.balloon_max_kib)
         floor = self.floor_for(g)
@@ -333,7 +364,8 @@ class Governor:
         # What follows is this tick's decision; what came before was observed
         # (progress, harm) and stays even when the decision is not applied.
         st.undo = _Undo(
-            st.target_kib, st.direction, st.progress_cur_kib, st.progress_at_s, st.inflation
+            st.target_kib, st.direction, st.progress_cur_kib, st.progress_at_s, st.inflation,
+            st.take_budget, st.give_budget,
         )
         if rollback is not None:
             target, why = rollback
@@ -367,14 +399,23 @@ class Governor:
             if blocked is not None:
                 block_rule, why = blocked
                 return decision(None, HOLD, block_rule, f"policy asked {fmt_kib(want)}; {why}")
-            step = int(cfg.max_inflate_share * ceiling)
+            full_step = int(cfg.max_inflate_share * ceiling)
+            # What an earlier tick asked for and the guest has not given yet was paid
+            # for then: asking for it again costs nothing.
+            asked = min(full_step, self._outstanding_kib(st, cur, -1))
+            step = min(full_step, asked + int(full_step * st.take_budget))
             offered = self._fresh_offer_kib(g)
             if offered > step:
                 step = offered
             if cur - target > step:
                 target, rule = max(cur - step, floor), "max_step"
-                notes.append(f"at most {fmt_kib(step)} taken per tick"
-                             + (" (what the guest offers)" if step == offered else ""))
+                if step == offered:
+                    notes.append(f"at most {fmt_kib(step)} taken now (what the guest offers)")
+                else:
+                    notes.append(self._step_note("taken", step, full_step))
+            if cur - target < cfg.min_change_kib and rule == "max_step":
+                return decision(None, HOLD, "max_step",
+                                f"policy asked {fmt_kib(want)}; " + self._budget_spent("taken"))
             if cur - target < cfg.min_change_kib:
                 return decision(
                     None,
@@ -390,6 +431,7 @@ class Governor:
             else:
                 # A new record, not a change to the old one: ``undo`` holds the old.
                 st.inflation = replace(st.inflation, last_at_s=now_s)
+            self._spend(st, "take_budget", cur - target - asked, full_step)
             self._set_target(now_s, st, cur, target)
             return decision(
                 target,
@@ -400,11 +442,24 @@ class Governor:
             )
 
         if target > cur:
-            step = int(cfg.max_deflate_share * ceiling)
+            full_step = int(cfg.max_deflate_share * ceiling)
+            asked = min(full_step, self._outstanding_kib(st, cur, 1))
+            step = min(full_step, asked + int(full_step * st.give_budget))
             limit = max(cur + step, floor)
             if target > limit:
                 target, rule = limit, "max_step"
-                notes.append(f"at most {fmt_kib(step)} given per tick")
+                notes.append(self._step_note("given", step, full_step))
+            spare = self._spare_left_kib
+            if spare is not None and target > max(cur, floor) + spare:
+                target, rule = max(cur, floor) + spare, "host_reserve"
+                notes.append(f"only {fmt_kib(spare)} of host memory is free above its reserve")
+            if target - cur < cfg.min_change_kib and cur >= floor and rule == "host_reserve":
+                return decision(None, HOLD, "host_reserve", (
+                    f"policy asked {fmt_kib(want)}; the host has no memory free above its "
+                    f"reserve ({cfg.host_reserve_share:.0%} of its memory) to give"))
+            if target - cur < cfg.min_change_kib and cur >= floor and rule == "max_step":
+                return decision(None, HOLD, "max_step",
+                                f"policy asked {fmt_kib(want)}; " + self._budget_spent("given"))
             if target - cur < cfg.min_change_kib and cur >= floor:
                 return decision(
                     None,
@@ -413,6 +468,9 @@ class Governor:
                     f"policy asked {fmt_kib(want)}; "
                     f"a change of {fmt_kib(target - cur)} is too small",
                 )
+            self._spend(st, "give_budget", target - max(cur, floor) - asked, full_step)
+            if self._spare_left_kib is not None:
+                self._spare_left_kib = max(0, self._spare_left_kib - (target - max(cur, floor)))
             self._set_target(now_s, st, cur, target)
             return decision(
                 target,
@@ -423,6 +481,41 @@ class Governor:
             )
 
         return decision(None, HOLD, "at_target", f"already at {fmt_kib(cur)}")
+
+    # -- rate budgets
+
+    def _refill_budgets(self, now_s: float, st: _State) -> None:
+        """Budgets grow by one step per ``step_interval_s`` elapsed, up to one step."""
+        if st.budget_at_s is not None:
+            gained = max(0.0, now_s - st.budget_at_s) / self.config.step_interval_s
+            st.take_budget = min(1.0, st.take_budget + gained)
+            st.give_budget = min(1.0, st.give_budget + gained)
+        st.budget_at_s = now_s
+
+    @staticmethod
+    def _outstanding_kib(st: _State, cur: int, direction: int) -> int:
+        """How far the last target, still in force, is from ``cur`` in ``direction``."""
+        if st.target_kib is None or st.direction != direction:
+            return 0
+        return max(0, (st.target_kib - cur) * direction)
+
+    @staticmethod
+    def _spend(st: _State, budget: str, kib: int, full_step_kib: int) -> None:
+        if full_step_kib <= 0 or kib <= 0:
+            return
+        left = getattr(st, budget) - kib / full_step_kib
+        setattr(st, budget, max(0.0, left))
+
+    def _budget_spent(self, verb: str) -> str:
+        return (f"what may be {verb} per {self.config.step_interval_s:g} s was used by the "
+                "last ticks: nothing more now")
+
+    def _step_note(self, verb: str, step_kib: int, full_step_kib: int) -> str:
+        interval = self.config.step_interval_s
+        if step_kib >= full_step_kib:
+            return f"at most {fmt_kib(step_kib)} {verb} per {interval:g} s"
+        return (f"at most {fmt_kib(step_kib)} {verb} now ({fmt_kib(full_step_kib)} per "
+                f"{interval:g} s, part used by the last ticks)")
 
     # -- rules
 

@@ -122,6 +122,9 @@ MAX_DEPTH = 4
 MAX_ARRAY_ITEMS = 64
 #: Longest string anywhere in a payload, in characters (fields have tighter limits).
 MAX_STRING_CHARS = 4096
+#: The report intervals a host may ask for in ``welcome`` (ms, inclusive).
+REPORT_INTERVAL_MS_MIN = 100
+REPORT_INTERVAL_MS_MAX = 3_600_000
 
 _KIB_MAX = 2**53 - 1  # exact in a double, so JSON consumers read it unchanged
 _U64_MAX = 2**64 - 1
@@ -374,7 +377,9 @@ class Welcome(_MessageBase):
     SENT_BY: ClassVar[str] = "host"
 
     protocol_version: int = _f(_VERSION, "-", "version both sides use from now on")
-    report_interval_ms: int = _f(_Int(100, 3_600_000), "ms", "how often to send a report")
+    report_interval_ms: int = _f(
+        _Int(REPORT_INTERVAL_MS_MIN, REPORT_INTERVAL_MS_MAX), "ms", "how often to send a report"
+    )
     capabilities: Tuple[str, ...] = _f(_CAPS, "-", "the hello's capabilities the host will use")
 
 

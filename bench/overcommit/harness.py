@@ -74,6 +74,8 @@ class Scenario:
     #: Reads and writes a second the guests' QEMU processes together may do on the
     #: host disk (host swap-ins and guest disk I/O); None: the disk as it is.
     disk_iops: Optional[int] = None
+    #: The guests' balloons report the pages they free (``freePageReporting='on'``).
+    free_page_reporting: bool = False
 
     @property
     def names(self) -> List[str]:
@@ -99,7 +101,8 @@ class Scenario:
         return {"guests": self.guests, "memory_mib": self.memory_mib,
                 "floor_mib": self.floor_mib, "duration_s": self.duration_s,
                 "host_budget_mib": self.host_budget_mib, "host_swap_mib": self.host_swap_mib,
-                **({"disk_iops": self.disk_iops} if self.disk_iops else {})}
+                **({"disk_iops": self.disk_iops} if self.disk_iops else {}),
+                **({"free_page_reporting": True} if self.free_page_reporting else {})}
 
 
 class Sampler(threading.Thread):
@@ -334,7 +337,8 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         started = time.monotonic()
         say(f"[{scenario.name}/{config}] booting {len(names)} x {scenario.memory_mib} MiB")
         labguests.boot_guests(lab, names, scenario.memory_mib, scenario.disks(),
-                              floor_mib=scenario.floor_mib, progress=lambda m: LOG.info(m))
+                              floor_mib=scenario.floor_mib, progress=lambda m: LOG.info(m),
+                              free_page_reporting=scenario.free_page_reporting)
         say(f"[{scenario.name}/{config}] guests up in {time.monotonic() - started:.0f} s")
         shells = [lab.shell(n) for n in names]
         setup = {n: scenario.setup_guest(i, sh) for i, (n, sh) in enumerate(zip(names, shells))}

@@ -90,8 +90,13 @@ def _prepare_guest_dir(lab: Lab, name: str) -> Path:
 
 def boot_guests(lab: Lab, names: Sequence[str], memory_mib: int,
                 disks: Dict[str, List[Disk]], floor_mib: Optional[int] = None,
-                timeout_s: float = 300.0, progress: Optional[Progress] = None) -> None:
-    """Define and start ``names`` (replacing earlier ones of ours); wait for their agents."""
+                timeout_s: float = 300.0, progress: Optional[Progress] = None,
+                free_page_reporting: bool = False) -> None:
+    """Define and start ``names`` (replacing earlier ones of ours); wait for their agents.
+
+    The balloons have no free page reporting unless ``free_page_reporting`` is
+    set: the evaluation's configurations so far were measured without it.
+    """
     say = progress or (lambda _m: None)
     lab.check_prerequisites()
     kernel_image, initrd, _kernel = lab.prepare_boot(say)
@@ -111,7 +116,7 @@ def boot_guests(lab: Lab, names: Sequence[str], memory_mib: int,
             name=name, memory_mib=memory_mib, kernel=kernel_image, initramfs=initrd,
             python=guest_py.python, bin_dir=guest_py.bin_dir, guest_dir=gdir,
             state_dir=lab.state_dir, domain_type=domain_type, agent=True,
-            agent_args=AGENT_ARGS,
+            agent_args=AGENT_ARGS, free_page_reporting=free_page_reporting,
             # enabled="no": other ebbds on this host leave the balloon alone; the
             # benchmark's scoped ebbd reads our guests as enabled (scoped_ebbd.py).
             ebb_metadata={"enabled": "no",

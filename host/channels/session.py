@@ -99,6 +99,26 @@ class _Window:
         return self.count
 
 
+class _LogLimit:
+    """At most ``per_window`` INFO lines per ``window_s`` on one subject of one guest;
+    the others go to DEBUG and are counted in the next INFO line, so that a guest
+    cannot write the host's log at its frame rate."""
+
+    def __init__(self, window_s: float = 60.0, per_window: int = 3) -> None:
+        self._window = _Window(window_s)
+        self.per_window = per_window
+        self.suppressed = 0
+
+    def level(self, now: float, wanted: int = logging.INFO) -> Tuple[int, str]:
+        """The level of the next line (``wanted`` or DEBUG), and a note to append to it."""
+        if self._window.add(now) <= self.per_window:
+            note = f" ({self.suppressed} similar not logged)" if self.suppressed else ""
+            self.suppressed = 0
+            return wanted, note
+        self.suppressed += 1
+        return logging.DEBUG, ""
+
+
 class GuestSession:
     """Protocol state of one guest, across reconnects of its socket.
 
@@ -153,6 +173,9 @@ class GuestSession:
         self.yields = 0
         self.yields_unasked = 0
         self._unasked_logged_mono = float("-inf")
+        self._need_log = _LogLimit()
+        self._session_log = _LogLimit()
+        self._error_log = _LogLimit()
 
     # --- connection lifecycle (called by the hub) -------------------------------
 
@@ -247,13 +270,15 @@ class GuestSession:
                 self.last_alive_mono = now_mono
             return
         if isinstance(msg, Error):
-            LOG.info(
-                "guest %s refused a %s message: %s: %s",
-                self.vm, msg.ref_type or "(unknown)", msg.code, msg.message,
+            level, note = self._error_log.level(now_mono)
+            LOG.log(
+                level, "guest %s refused a %s message: %s: %s%s",
+                self.vm, msg.ref_type or "(unknown)", msg.code, msg.message, note,
             )
             return
         if isinstance(msg, Bye):
-            LOG.info("guest %s: agent said bye (%s)", self.vm, msg.reason)
+            level, note = self._session_log.level(now_mono)
+            LOG.log(level, "guest %s: agent said bye (%s)%s", self.vm, msg.reason, note)
             self.end_pending_yield(SESSION_ENDED)
             self.state = SessionState.AWAITING_HELLO
             self.next_ping_mono = None
@@ -299,9 +324,10 @@ class GuestSession:
                 msg.kib, msg.urgency
             )
             if msg.kib > 0 and changed:
-                LOG.info(
-                    "guest %s needs %d KiB (%s): %s",
-                    self.vm, msg.kib, msg.urgency, msg.reason,
+                level, note = self._need_log.level(now_mono)
+                LOG.log(
+                    level, "guest %s needs %d KiB (%s): %s%s",
+                    self.vm, msg.kib, msg.urgency, msg.reason, note,
                     extra={"VM": self.vm, "ACTION": "need", "REASON": msg.reason},
                 )
                 # A guest may change its need often; it earns an immediate tick
@@ -366,9 +392,10 @@ class GuestSession:
     def _on_hello(self, hello: Hello, now_mono: float, replies: List[bytes]) -> None:
         version = choose_version(hello.protocol_versions)
         if version is None:
-            LOG.warning(
-                "guest %s: agent %s speaks protocol versions %s; this ebbd speaks %s",
-                self.vm, hello.agent_version, list(hello.protocol_versions), [1],
+            level, note = self._session_log.level(now_mono, logging.WARNING)
+            LOG.log(
+                level, "guest %s: agent %s speaks protocol versions %s; this ebbd speaks %s%s",
+                self.vm, hello.agent_version, list(hello.protocol_versions), [1], note,
             )
             replies.append(
                 encode_message(
@@ -407,13 +434,16 @@ class GuestSession:
         pressure = self.due_pressure()
         if pressure is not None:
             replies.append(pressure)
-        LOG.info(
-            "guest %s: agent %s%s in session (protocol %d%s)",
+        level, note = self._session_log.level(now_mono)
+        LOG.log(
+            level,
+            "guest %s: agent %s%s in session (protocol %d%s)%s",
             self.vm,
             hello.agent_version,
             f" on {hello.hostname}" if hello.hostname else "",
             version,
             ", restarted" if restarted else "",
+            note,
         )
 
     def welcome_again(self) -> Optional[bytes]:

@@ -6,21 +6,24 @@ from what the file holds now. Before the first write the original values are
 saved (atomically) to ``RUN_DIR/ksm-original.json``; :meth:`KsmController.restore`
 writes them back on a clean stop and removes the file. If ebbd died without
 restoring, the file is still there on the next :meth:`KsmController.start`, which
-restores it first, as TuneD does with its own saved state.
+restores it first, as TuneD does with its own saved state. The saved values pass
+the same range checks as a policy's before they are written back, and the file
+is read only from a run directory that nobody but root or ebbd can write
+(:mod:`ebb.host.rundir`).
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from ebb.host.rundir import RunDirError, read_state, remove_state, write_state
 
 LOG = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ class KsmController:
 
         Returns True when something was restored. Call once, before the first tick.
         """
-        if not self.saved_path.exists():
+        if not os.path.lexists(self.saved_path):
             return False
         LOG.warning("found %s from a previous run that did not stop cleanly: "
                     "restoring the host's original KSM settings", self.saved_path)
@@ -152,16 +155,21 @@ class KsmController:
         Returns True when the originals were restored. Safe to call when nothing was saved.
         """
         try:
-            saved = json.loads(self.saved_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+            saved = read_state(self.saved_path)
+        except RunDirError as err:
+            # Not ebbd's file (or not in ebbd's directory): neither trusted nor removed.
+            LOG.error("not restoring KSM settings: %s", err)
             self._saved = False
             return False
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, UnicodeDecodeError) as err:
             LOG.error("cannot read saved KSM settings %s: %s; leaving KSM as it is and "
                       "removing the file", self.saved_path, err)
             self._remove_saved()
             return False
-        originals = saved.get("values", {}) if isinstance(saved, dict) else {}
+        if saved is None:
+            self._saved = False
+            return False
+        originals = self._valid_originals(saved)
         if self.dry_run:
             # Keep the file: a later real run must still find the true originals.
             LOG.info("KSM: dry run: would restore %s from %s",
@@ -172,7 +180,7 @@ class KsmController:
         current = self.read()
         for knob in _WRITE_ORDER:
             value = originals.get(knob)
-            if not isinstance(value, int) or knob not in current:
+            if value is None or knob not in current:
                 continue
             if current[knob] == value:
                 continue
@@ -191,6 +199,31 @@ class KsmController:
         return ok
 
     # --- internals --------------------------------------------------------------
+
+    def _valid_originals(self, saved: Any) -> dict[str, int]:
+        """The saved values that pass the checks every write passes; the rest logged, skipped.
+
+        The file is ebbd's own, but what it holds goes to sysfs at the next start
+        with nobody watching: it gets no more trust than a policy's value.
+        """
+        values = saved.get("values") if isinstance(saved, dict) else None
+        if not isinstance(values, dict):
+            LOG.error("saved KSM settings %s hold no \"values\" table; nothing to restore",
+                      self.saved_path)
+            return {}
+        originals: dict[str, int] = {}
+        for knob, value in values.items():
+            if knob not in _LIMITS:
+                LOG.error("saved KSM settings %s: unknown knob %r skipped",
+                          self.saved_path, str(knob)[:64])
+                continue
+            problem = _check_value(knob, value)
+            if problem:
+                LOG.error("saved KSM settings %s: %s not restored: %s",
+                          self.saved_path, knob, problem[:200])
+                continue
+            originals[knob] = int(value)
+        return originals
 
     def _read(self, knob: str) -> int | None:
         try:
@@ -223,38 +256,41 @@ class KsmController:
     def _save_originals(self, current: Mapping[str, int]) -> None:
         payload = {"saved_at": self._wall_clock(), "ksm_dir": str(self.ksm_dir),
                    "values": dict(current)}
-        self.saved_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ksm-original.", dir=self.saved_path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle, indent=1, sort_keys=True)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.saved_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_state(self.saved_path, payload)
         self._saved = True
         LOG.info("KSM: saved the host's original settings to %s", self.saved_path)
 
     def _remove_saved(self) -> None:
-        self.saved_path.unlink(missing_ok=True)
+        remove_state(self.saved_path)
         self._saved = False
 
 
 def _check_value(knob: str, value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"{value!r} is not a number"
+        return f"{_short_repr(value)} is not a number"
     if isinstance(value, float) and not value.is_integer():
         return f"{value!r} is not a whole number"
     low, high = _LIMITS[knob]
-    if not low <= int(value) <= high:
-        return f"{int(value)} is outside {low}..{high}"
+    if not low <= value <= high:  # compared before any int(): no huge-integer conversion
+        return f"{_short_repr(value)} is outside {low}..{high}"
     return None
+
+
+def _short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a log-friendly length (an integer of any size included)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # a value whose repr fails is still only a bad value
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _as_int_or_zero(value: Any) -> int:
     try:
-        return int(value)
+        number = int(value)
     except (TypeError, ValueError, OverflowError):
         return 0
+    # A refused value is recorded in the journal and the trace: keep it printable.
+    return number if number.bit_length() <= 63 else 0

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ebb.host.control import ControlClient, ControlError
 from ebb.host.fmt import duration
+from ebb.host.hypervisor.domain_xml import FREE_PAGE_REPORTING_XML
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -180,8 +181,8 @@ def format_status(status: Dict[str, Any], now: Optional[float] = None) -> str:
     if not vms:
         lines.append("no running VMs")
         return "\n".join(lines) + "\n"
-    header = ("VM", "STATE", "CUR", "TARGET", "MAX", "FLOOR", "AGENT", "AGE", "OFFER", "NEED",
-              "COOP", "LAST ACTION")
+    header = ("VM", "STATE", "CUR", "TARGET", "MAX", "FLOOR", "RSS", "FPR", "AGENT", "AGE",
+              "OFFER", "NEED", "COOP", "LAST ACTION")
     rows: List[Sequence[str]] = [header]
     for vm in vms:
         agent = vm.get("agent") or {}
@@ -210,6 +211,8 @@ def format_status(status: Dict[str, Any], now: Optional[float] = None) -> str:
             _mib(vm.get("balloon_target_kib")),
             _mib(vm.get("balloon_max_kib")),
             _mib(vm.get("floor_kib")),
+            _mib(vm.get("rss_kib")),
+            _on_off(vm.get("free_page_reporting")),
             agent_text,
             _age(agent.get("last_report_age_s")),
             _mib(vm.get("offer_kib")),
@@ -221,8 +224,34 @@ def format_status(status: Dict[str, Any], now: Optional[float] = None) -> str:
     for row in rows:
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
         lines.append("  ".join([*cells, row[-1]]).rstrip())
-    lines.append("(memory in MiB)")
+    lines.append("(memory in MiB; RSS: the VM's QEMU resident memory on the host; "
+                 "FPR: free page reporting)")
+    without = [str(vm.get("name")) for vm in vms
+               if vm.get("free_page_reporting") is False and vm.get("state") == "running"]
+    if without:
+        lines.append(
+            f"free page reporting is off for {', '.join(without)}: memory they free stays "
+            f"on the host. Add {FREE_PAGE_REPORTING_XML} to their XML; it takes effect after "
+            "the VM is restarted (docs/vm-xml.md)"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _on_off(value: Any) -> str:
+    if value is None:
+        return "-"
+    return "on" if value else "off"
+
+
+def _balloon_features(row: Dict[str, Any]) -> str:
+    """``free page reporting on, autodeflate off, stats every 2 s, QEMU RSS 316 MiB``."""
+    period = row.get("stats_period_s")
+    return (
+        f"free page reporting {_on_off(row.get('free_page_reporting'))}, "
+        f"autodeflate {_on_off(row.get('autodeflate'))}, "
+        f"stats {f'every {period} s' if period else 'off'}, "
+        f"QEMU RSS {_mib(row.get('rss_kib'))} MiB"
+    )
 
 
 # --- explain -----------------------------------------------------------------------
@@ -256,6 +285,8 @@ def format_explain(result: Dict[str, Any], last: int = 10, now: Optional[float] 
             f"agent {'connected' if agent.get('connected') else 'not connected'}, "
             f"cooperation {row.get('cooperation')}"
         )
+        if "free_page_reporting" in row:
+            lines.append(f"  balloon: {_balloon_features(row)}")
     else:
         lines.append(f"{vm}: not running")
     if result.get("paused"):

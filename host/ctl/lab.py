@@ -58,7 +58,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         guests = _lab(args).up(
             count=args.guests, memory_mib=args.memory, kvm=args.kvm, run=args.run,
             agent=not args.no_agent, agent_args=args.agent_args, timeout_s=args.timeout,
-            floor_mib=args.floor, tb_cache_mib=args.tb_cache, progress=_progress,
+            floor_mib=args.floor, tb_cache_mib=args.tb_cache,
+            free_page_reporting=args.free_page_reporting, progress=_progress,
         )
     except LabError as err:
         return _fail(err)
@@ -90,6 +91,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "name": g.name, "state": g.state, "domain_type": g.domain_type,
             "memory_mib": g.memory_mib, "balloon_actual_kib": g.balloon_actual_kib,
             "agent_running": g.agent_running, "uptime_s": g.uptime_s,
+            "free_page_reporting": g.free_page_reporting,
             "channel_socket": str(g.channel_socket), "share_dir": str(g.share_dir),
             "console_log": str(g.console_log),
         } for g in guests]
@@ -98,13 +100,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not guests:
         print(f"no lab guests named {args.prefix}-* (ebbctl lab up --guests 2)")
         return 0
-    print(f"{'NAME':<14} {'STATE':<9} {'TYPE':<5} {'MAX':>8} {'BALLOON':>9} {'AGENT':<8} UPTIME")
+    print(f"{'NAME':<14} {'STATE':<9} {'TYPE':<5} {'MAX':>8} {'BALLOON':>9} {'FPR':<4} "
+          f"{'AGENT':<8} UPTIME")
     for g in guests:
         balloon = f"{g.balloon_actual_kib // 1024} MiB" if g.balloon_actual_kib else "-"
+        fpr = {True: "on", False: "off", None: "-"}[g.free_page_reporting]
         agent = {True: "running", False: "stopped", None: "-"}[g.agent_running]
         uptime = f"{g.uptime_s:.0f} s" if g.uptime_s is not None else "-"
         print(f"{g.name:<14} {g.state:<9} {g.domain_type:<5} {g.memory_mib:>4} MiB "
-              f"{balloon:>9} {agent:<8} {uptime}")
+              f"{balloon:>9} {fpr:<4} {agent:<8} {uptime}")
     return 0
 
 
@@ -198,6 +202,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                     help="software emulation only: QEMU's translated-code cache per guest, "
                     "host memory no balloon can take back (default "
                     f"{DEFAULT_TB_CACHE_MIB}; 0: QEMU's default, 1 GiB, filled as guest code runs)")
+    up.add_argument("--no-free-page-reporting", dest="free_page_reporting",
+                    action="store_false", default=True,
+                    help="give the guests' balloons no free page reporting: memory a guest "
+                    "frees stays on the host until a balloon takes it (the balloon-only "
+                    "baseline; default: on)")
     up.add_argument("--run", metavar="CMD",
                     help='a command each guest starts at boot, e.g. "memknobs --pattern 200M:60s"')
     up.add_argument("--no-agent", action="store_true", help="do not start ebb-agent in guests")

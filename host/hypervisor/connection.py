@@ -34,6 +34,7 @@ from ebb.host.hypervisor.domain_xml import (
     parse_domain_xml,
 )
 from ebb.host.hypervisor.events import ensure_event_loop
+from ebb.host.threads import start_thread
 
 LOG = logging.getLogger(__name__)
 
@@ -182,17 +183,20 @@ class Hypervisor:
 
     # --- life cycle -------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, on_crash: Callable[[BaseException], None] | None = None) -> None:
         """Start the supervisor thread; it connects (retrying with back-off) and lists VMs.
 
         Returns at once: use :meth:`wait_connected` to wait for the first connection.
+        The supervisor survives any exception of an attempt (logged, then retried with
+        back-off); ``on_crash`` hears of it if the thread dies all the same.
         """
         if self._thread is not None:
             return
-        ensure_event_loop()
+        ensure_event_loop(on_crash)
         self._stop.clear()
-        self._thread = threading.Thread(target=self._supervise, name="ebb-libvirt", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(
+            "ebb-libvirt", self._supervise, LOG, "libvirt supervisor", on_crash
+        )
 
     def connect_now(self) -> None:
         """Connect synchronously (for ``--once`` and tools); raises NotConnected on failure."""
@@ -535,16 +539,22 @@ class Hypervisor:
         failures = 0
         while not self._stop.is_set():
             if not self.connected:
-                self._drop_connection(reason="reconnecting")
                 try:
+                    self._drop_connection(reason="reconnecting")
                     self._connect()
                     backoff_s = self.reconnect_initial_s
                     failures = 0
-                except HypervisorError as err:
+                except Exception as err:
                     failures += 1
-                    # The first failure is news; the retries that follow are not.
-                    LOG.log(logging.WARNING if failures == 1 else logging.INFO,
-                            "%s; attempt %d, next in %.1f s", err, failures, backoff_s)
+                    # The first failure is news; the retries that follow are not. A
+                    # surprise (not a HypervisorError) gets its traceback, but ends
+                    # nothing: without this thread ebbd would never reconnect.
+                    level = logging.WARNING if failures == 1 else logging.INFO
+                    if isinstance(err, HypervisorError):
+                        LOG.log(level, "%s; attempt %d, next in %.1f s", err, failures, backoff_s)
+                    else:
+                        LOG.exception("connecting to libvirt at %s failed unexpectedly; "
+                                      "attempt %d, next in %.1f s", self.uri, failures, backoff_s)
                     self._stop.wait(backoff_s)
                     backoff_s = min(backoff_s * 2, self.reconnect_max_s)
                     continue

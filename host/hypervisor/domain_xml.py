@@ -7,7 +7,10 @@ What ebb needs from a domain's XML (docs/vm-xml.md shows a full example):
 - ``<memtune><min_guarantee>``: the floor when ebb's element sets none (as MOM);
 - the unix socket of ``<channel type='unix'>`` whose ``<target type='virtio'
   name='org.ebb.agent.0'/>``: where the guest agent is reached;
-- ``<memballoon model='virtio'><stats period='N'/>``: whether there is a balloon.
+- ``<memballoon model='virtio' freePageReporting='on' autodeflate='on'><stats
+  period='N'/>``: whether there is a balloon, whether the guest reports the pages
+  it frees (they go back to the host by themselves), whether the balloon deflates
+  when the guest runs out of memory, and how often its statistics come.
 
 Parsing never raises for a bad ebb element: a value that cannot be used is
 ignored (the default applies) and described in :attr:`DomainSettings.problems`,
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 LOG = logging.getLogger(__name__)
@@ -77,6 +81,13 @@ class DomainSettings:
     has_balloon: bool = False
     #: ``<memballoon><stats period=...>``, 0/None when statistics are off.
     stats_period_s: int | None = None
+    #: ``<memballoon freePageReporting='on'>``: pages the guest frees go back to
+    #: the host within seconds, without a balloon move (guest Linux 5.7+, QEMU 5.1+,
+    #: libvirt 6.9+).
+    free_page_reporting: bool = False
+    #: ``<memballoon autodeflate='on'>``: QEMU deflates the balloon when the guest
+    #: is about to run out of memory (its OOM notifier), whatever ebbd set.
+    autodeflate: bool = False
     #: Values ignored because they could not be used, as user-readable sentences.
     problems: tuple[str, ...] = field(default=())
 
@@ -136,7 +147,7 @@ def parse_domain_xml(xml: str) -> DomainSettings:
 
     ebb = _parse_ebb_element(root, problems)
     channel_path = _agent_channel_path(root)
-    has_balloon, stats_period_s = _memballoon(root)
+    balloon = _memballoon(root, problems)
 
     for problem in problems:
         LOG.warning("VM %s: domain XML: %s", name or uuid, problem)
@@ -152,8 +163,10 @@ def parse_domain_xml(xml: str) -> DomainSettings:
         min_guarantee_kib=min_guarantee_kib,
         soft_limit_kib=soft_limit_kib,
         channel_path=channel_path,
-        has_balloon=has_balloon,
-        stats_period_s=stats_period_s,
+        has_balloon=balloon.present,
+        stats_period_s=balloon.stats_period_s,
+        free_page_reporting=balloon.free_page_reporting,
+        autodeflate=balloon.autodeflate,
         problems=tuple(problems),
     )
 
@@ -234,18 +247,62 @@ def _agent_channel_path(root: ET.Element) -> str | None:
     return None
 
 
-def _memballoon(root: ET.Element) -> tuple[bool, int | None]:
+@dataclass
+class _Balloon:
+    present: bool = False
+    stats_period_s: int | None = None
+    free_page_reporting: bool = False
+    autodeflate: bool = False
+
+
+def _memballoon(root: ET.Element, problems: list[str]) -> _Balloon:
     balloon = root.find("devices/memballoon")
     if balloon is None or balloon.get("model", "none") == "none":
-        return False, None
+        return _Balloon()
+    result = _Balloon(present=True)
     stats = balloon.find("stats")
-    period: int | None = None
     if stats is not None:
         try:
-            period = int(stats.get("period", "0"))
+            result.stats_period_s = int(stats.get("period", "0"))
         except ValueError:
-            period = None
-    return True, period
+            result.stats_period_s = None
+    result.free_page_reporting = _on_off(balloon, "freePageReporting", problems)
+    result.autodeflate = _on_off(balloon, "autodeflate", problems)
+    return result
+
+
+def _on_off(element: ET.Element, attribute: str, problems: list[str]) -> bool:
+    """libvirt's ``on``/``off`` attribute; absent or unreadable is off, as in QEMU."""
+    value = element.get(attribute)
+    if value is None:
+        return False
+    word = value.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word not in _FALSE_WORDS:
+        problems.append(f"<memballoon {attribute}={value!r}>: must be on or off; read as off")
+    return False
+
+
+#: What to add to a VM's XML for free page reporting (docs/vm-xml.md).
+FREE_PAGE_REPORTING_XML = "<memballoon model='virtio' freePageReporting='on'>"
+
+
+def free_page_reporting_warning(vms: Iterable[str]) -> str | None:
+    """The warning for the VMs ``vms`` that run without free page reporting, or None.
+
+    Memory such a guest frees stays resident on the host until a balloon takes
+    it, so it names them and the exact line to add.
+    """
+    names = sorted(vms)
+    if not names:
+        return None
+    return (
+        f"free page reporting is off for {', '.join(names)}: memory these guests free "
+        f"stays on the host until a balloon takes it. Add {FREE_PAGE_REPORTING_XML} to "
+        "each VM's XML (virsh edit VM; guest Linux 5.7+, QEMU 5.1+, libvirt 6.9+); it "
+        "takes effect after the VM is restarted (docs/vm-xml.md)"
+    )
 
 
 def ebb_metadata_xml(*, enabled: bool = True, floor_mib: int | None = None,

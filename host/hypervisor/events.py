@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
+
+from ebb.host.threads import start_thread
 
 LOG = logging.getLogger(__name__)
 
@@ -38,8 +41,14 @@ def _ignore_error(opaque: Any, error: Any) -> None:
     """libvirt's error callback: errors reach ebb as exceptions instead."""
 
 
-def ensure_event_loop() -> threading.Thread:
-    """Register libvirt's default event loop (once) and start its thread (once)."""
+def ensure_event_loop(
+    on_crash: Callable[[BaseException], None] | None = None,
+) -> threading.Thread:
+    """Register libvirt's default event loop (once) and start its thread (once).
+
+    ``on_crash`` hears of the thread dying (it survives every ``Exception``), so that
+    ebbd stops rather than run on without events.
+    """
     global _THREAD
     import libvirt
 
@@ -52,10 +61,9 @@ def ensure_event_loop() -> threading.Thread:
             # ebb logs what matters itself, with the VM's name.
             libvirt.registerErrorHandler(_ignore_error, None)
             libvirt.virEventRegisterDefaultImpl()
-        _THREAD = threading.Thread(
-            target=_run_forever, args=(libvirt,), name="libvirt-events", daemon=True
+        _THREAD = start_thread(
+            "libvirt-events", lambda: _run_forever(libvirt), LOG, "libvirt event loop", on_crash
         )
-        _THREAD.start()
         LOG.debug("libvirt event loop thread started")
         return _THREAD
 

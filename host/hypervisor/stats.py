@@ -62,4 +62,6 @@ def guest_sample(info: DomainInfo, default_floor_kib: int,
     sample["balloon_cur"] = info.balloon_cur_kib
     sample["balloon_max"] = info.max_memory_kib
     sample["balloon_min"] = balloon_min_kib(info, default_floor_kib)
+    sample["free_page_reporting"] = int(info.settings.free_page_reporting)
+    sample["autodeflate"] = int(info.settings.autodeflate)
     return sample

@@ -1,8 +1,9 @@
 """The libvirt domain XML of a lab guest.
 
 Everything a managed VM needs (see docs/vm-xml.md): a virtio balloon with
-statistics every 2 s, a virtio-serial controller and the ``org.ebb.agent.0``
-channel on a unix socket, and ebb's metadata. On top of that the lab's own
+statistics every 2 s and free page reporting (unless turned off), a
+virtio-serial controller and the ``org.ebb.agent.0`` channel on a unix socket,
+and ebb's metadata. On top of that the lab's own
 boot path (kernel, initramfs, command line), the host's root and the guest's
 share over 9p, a serial console written to a file, and the lab marker
 (:data:`LAB_NS`) by which ``ebbctl lab down`` recognises the domains it may
@@ -50,6 +51,9 @@ class GuestSpec:
     #: it back, and a KVM guest has nothing like it. Capped, a lab guest costs
     #: the host about what a KVM guest would.
     tb_cache_mib: int = DEFAULT_TB_CACHE_MIB
+    #: ``<memballoon freePageReporting='on'>``: memory the guest frees goes back
+    #: to the host by itself. Off gives the baseline of a balloon-only host.
+    free_page_reporting: bool = True
 
     @property
     def channel_socket(self) -> Path:
@@ -116,6 +120,11 @@ def _features(spec: GuestSpec) -> str:
     return f"<features><acpi/>{tcg}</features>"
 
 
+def _memballoon(spec: GuestSpec) -> str:
+    reporting = " freePageReporting='on'" if spec.free_page_reporting else ""
+    return f"<memballoon model='virtio'{reporting}>"
+
+
 def domain_xml(spec: GuestSpec) -> str:
     """The full domain XML for ``spec``."""
     kib = spec.memory_mib * 1024
@@ -165,7 +174,7 @@ def domain_xml(spec: GuestSpec) -> str:
       <source path={quoteattr(str(spec.console_log))}/>
       <target port='0'/>
     </serial>
-    <memballoon model='virtio' freePageReporting='on'>
+    {_memballoon(spec)}
       <stats period='2'/>
     </memballoon>
     <video><model type='none'/></video>

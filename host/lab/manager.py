@@ -76,6 +76,8 @@ class GuestInfo:
     agent_running: Optional[bool] = None
     uptime_s: Optional[float] = None
     balloon_actual_kib: Optional[int] = None
+    #: ``<memballoon freePageReporting='on'>`` in the guest's live XML.
+    free_page_reporting: Optional[bool] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -281,13 +283,15 @@ class Lab:
            kvm: Optional[bool] = None, run: Optional[str] = None, agent: bool = True,
            agent_args: str = DEFAULT_AGENT_ARGS, timeout_s: float = 180.0, wait_agent: bool = True,
            floor_mib: Optional[int] = None, tb_cache_mib: int = domain_xml.DEFAULT_TB_CACHE_MIB,
+           free_page_reporting: bool = True,
            progress: Optional[Progress] = None) -> List[GuestInfo]:
         """Define and start ``count`` guests; wait until each agent runs (and talks).
 
         Each guest's ``<ebb:vm floor_mib>`` is ``floor_mib`` (default
         :func:`default_floor_mib`), so ebbd may balloon it down that far. Under
         software emulation QEMU's translated-code cache is ``tb_cache_mib``
-        (0: QEMU's own default, 1 GiB).
+        (0: QEMU's own default, 1 GiB). The balloon has free page reporting
+        unless ``free_page_reporting`` is False (the balloon-only baseline).
         Guests of the same names left by an earlier lab are replaced. Raises
         :class:`LabError` when something is missing or a guest does not come up in
         ``timeout_s``; the guests are left running for inspection then.
@@ -301,7 +305,8 @@ class Lab:
         domain_type = "kvm" if use_kvm else "qemu"
         say(f"{count} guest(s) x {memory_mib} MiB, domain type {domain_type}"
             f"{'' if use_kvm else ' (software emulation: no usable KVM here)'}, "
-            f"kernel {kernel.version}, Python {guest_py.python}")
+            f"kernel {kernel.version}, Python {guest_py.python}, free page reporting "
+            f"{'on' if free_page_reporting else 'off'}")
         libvirt = _libvirt()
         names = self.guest_names(count)
         existing = {d.name(): d for d in self.conn.listAllDomains(0)}
@@ -319,7 +324,7 @@ class Lab:
                 python=guest_py.python, bin_dir=guest_py.bin_dir, guest_dir=gdir,
                 state_dir=self.state_dir, domain_type=domain_type, run=run, agent=agent,
                 agent_args=agent_args, qemu_as_root=guest_py.qemu_as_root,
-                tb_cache_mib=tb_cache_mib,
+                tb_cache_mib=tb_cache_mib, free_page_reporting=free_page_reporting,
                 ebb_metadata={"floor_mib": str(floor_mib if floor_mib is not None
                                                else default_floor_mib(memory_mib))},
             )
@@ -441,7 +446,11 @@ class Lab:
                 console_log=gdir / "console.log",
             )
             with contextlib.suppress(libvirt.libvirtError, ET.ParseError):
-                info.domain_type = ET.fromstring(dom.XMLDesc(0)).get("type", "?")
+                root = ET.fromstring(dom.XMLDesc(0))
+                info.domain_type = root.get("type", "?")
+                balloon = root.find("devices/memballoon")
+                info.free_page_reporting = (
+                    balloon is not None and balloon.get("freePageReporting") == "on")
             if dom.isActive():
                 with contextlib.suppress(libvirt.libvirtError):
                     info.balloon_actual_kib = int(dom.memoryStats().get("actual", 0)) or None

@@ -66,7 +66,9 @@ def build_observability(config: Any, status_source: Optional[StatusSource] = Non
     per-VM gauges come from it. Raises ``MetricsListenError`` (a ValueError) for a
     listen address that is not allowed.
     """
-    metrics = EbbMetrics(status_source)
+    metrics_config = getattr(config, "metrics", None)
+    metrics = EbbMetrics(status_source,
+                         http_per_vm=bool(getattr(metrics_config, "per_vm", False)))
     observability = Observability(metrics=metrics, observers=[metrics])
     trace_config = getattr(config, "trace", None)
     trace_path = str(getattr(trace_config, "path", "") or "")
@@ -79,7 +81,6 @@ def build_observability(config: Any, status_source: Optional[StatusSource] = Non
         observability.observers.append(observability.trace)
         LOG.info("tracing ticks to %s (%d bytes per file, %d older files kept)",
                  trace_path, trace_config.max_bytes, trace_config.keep_files)
-    metrics_config = getattr(config, "metrics", None)
     listen = str(getattr(metrics_config, "listen", "") or "")
     if listen:
         allow_remote = bool(getattr(metrics_config, "allow_remote", False))

@@ -13,9 +13,14 @@ Two sources feed one private :class:`~prometheus_client.CollectorRegistry`
 Quantities are exposed in bytes and seconds (Prometheus conventions), not the
 KiB ebb uses inside. The names are listed in docs/observability.md.
 
-The text is served on an opt-in loopback HTTP port (:class:`MetricsServer`,
-config ``[metrics] listen``) and through the control socket's ``metrics``
-command.
+The text is served through the control socket's ``metrics`` command, and on
+an opt-in loopback HTTP port (:class:`MetricsServer`, config ``[metrics]
+listen``). The two readers are not the same people: the control socket is
+mode 0660 for group ``ebb`` (like ``ebbctl status``, which shows every VM
+anyway), while any local user can fetch a loopback port. So the HTTP endpoint
+serves host-wide and daemon metrics only, without a series per VM (whose name
+and memory would tell one tenant about the others), unless
+``[metrics] per_vm = true`` says whoever reaches the port may see them.
 """
 
 from __future__ import annotations
@@ -108,6 +113,12 @@ _VM_GAUGES: Tuple[Tuple[str, str, Tuple[str, ...], Callable[[Any], Optional[floa
      ("agent", "last_report_age_s"), _number),
     ("ebb_vm_managed", "1 when ebbd manages this VM (metadata enabled, not excluded).",
      ("managed",), _number),
+    ("ebb_vm_free_page_reporting", "1 when the VM's balloon reports the pages its guest "
+     "frees to the host (freePageReporting='on').", ("free_page_reporting",), _number),
+    ("ebb_vm_autodeflate", "1 when QEMU deflates the VM's balloon on guest OOM "
+     "(autodeflate='on').", ("autodeflate",), _number),
+    ("ebb_vm_rss_bytes", "Resident memory of the VM's QEMU process on the host: what the "
+     "guest really costs it.", ("rss_kib",), _bytes),
 )
 
 #: The cooperation states a VM can be in (``ebb_vm_cooperation`` has one series each).
@@ -126,8 +137,9 @@ def _dig(data: Mapping[str, Any], path: Iterable[str]) -> Any:
 class StatusCollector(Collector):
     """Gauges read from the daemon's status document at scrape time."""
 
-    def __init__(self, status_source: StatusSource) -> None:
+    def __init__(self, status_source: StatusSource, per_vm: bool = True) -> None:
         self._status_source = status_source
+        self._per_vm = per_vm
 
     def describe(self) -> Iterator[Metric]:
         # Nothing up front: registering must not ask a daemon that is still starting.
@@ -145,7 +157,8 @@ class StatusCollector(Collector):
             value = convert(_dig(host, path))
             if value is not None:
                 yield GaugeMetricFamily(name, doc, value=value)
-        yield from self._vm_metrics(status.get("vms") or [])
+        if self._per_vm:
+            yield from self._vm_metrics(status.get("vms") or [])
 
     @staticmethod
     def _daemon_metrics(status: Mapping[str, Any]) -> Iterator[Metric]:
@@ -230,10 +243,16 @@ class EbbMetrics:
 
     ``status_source`` returns the status document (``ebbctl status --json``);
     without it only the tick counters and histogram are exposed.
+
+    Two registries share the counters: :attr:`registry` has everything (the
+    control socket's ``metrics``), :attr:`http_registry` what the HTTP
+    endpoint serves, which has the per-VM series only when ``http_per_vm``.
     """
 
-    def __init__(self, status_source: Optional[StatusSource] = None) -> None:
+    def __init__(self, status_source: Optional[StatusSource] = None, *,
+                 http_per_vm: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.http_registry = CollectorRegistry(auto_describe=True)
         self.ticks = Counter("ebb_ticks", "Ticks run (policy evaluations).",
                              registry=self.registry)
         self.tick_duration = Histogram(
@@ -259,8 +278,12 @@ class EbbMetrics:
             "Ticks where the policy failed (the last good decisions were kept).",
             registry=self.registry,
         )
+        for counter in (self.ticks, self.tick_duration, self.decisions, self.actions,
+                        self.policy_errors):
+            self.http_registry.register(counter)
         if status_source is not None:
             self.registry.register(StatusCollector(status_source))
+            self.http_registry.register(StatusCollector(status_source, per_vm=http_per_vm))
 
     def on_tick(self, record: Any) -> None:
         """Count one tick (a TickRecord or its JSON dict). Never raises."""
@@ -291,6 +314,10 @@ class EbbMetrics:
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+    def http_exposition(self) -> bytes:
+        """What the HTTP endpoint serves (per-VM series only with ``http_per_vm``)."""
+        return generate_latest(self.http_registry)
 
     def text(self) -> str:
         """:meth:`exposition` as str (what the control socket's ``metrics`` returns)."""
@@ -349,7 +376,7 @@ class MetricsServer:
 
         try:
             self._server, self._thread = start_http_server(
-                self.port, addr=self.address, registry=self._metrics.registry
+                self.port, addr=self.address, registry=self._metrics.http_registry
             )
         except OSError as err:
             raise OSError(

@@ -205,6 +205,20 @@ def policy_input(state: Mapping[str, Any]) -> PolicyInput:
 
 
 
+def _host_spare_from_state(state: Mapping[str, Any], reserve_share: float) -> Optional[int]:
+    """What ebbd's engine passes the governor as ``host_spare_kib``, from a tick's state:
+    freeable host memory (``mem_free``) above the reserve share of ``mem_available``
+    (MemTotal, MOM's names); None when the trace lacks them."""
+    host = state.get("host")
+    samples = host.get("samples") if isinstance(host, Mapping) else None
+    if not isinstance(samples, list) or not samples or not isinstance(samples[-1], Mapping):
+        return None
+    freeable, total = samples[-1].get("mem_free"), samples[-1].get("mem_available")
+    if not isinstance(freeable, (int, float)) or not isinstance(total, (int, float)) or not total:
+        return None
+    return max(0, int(freeable - reserve_share * total))
+
+
 def _decision_summary(decision: Decision) -> Dict[str, Any]:
     """What the replay compares and prints of a decision (``inputs`` left out: it is
     the costly part of ``Decision.to_json``)."""
@@ -290,7 +304,8 @@ class Replayer:
             # not consult the governor; neither does the replay.
             report.ticks_paused += 1
             return
-        replayed = [_decision_summary(d) for d in self.governor.decide(now_s, views, proposed)]
+        replayed = [_decision_summary(d) for d in self.governor.decide(
+            now_s, views, proposed, host_spare_kib=self._host_spare_kib(state))]
         recorded = [_decision_dict(d) for d in record.get("decisions") or []]
 
         recorded_cur = {v.name: int(v.balloon_cur_kib) for v in recorded_views}
@@ -354,6 +369,9 @@ class Replayer:
             return view
         cur = self._shifted_cur(view.name, int(view.balloon_cur_kib), int(view.balloon_max_kib))
         return dataclasses.replace(view, balloon_cur_kib=cur)
+
+    def _host_spare_kib(self, state: Mapping[str, Any]) -> Optional[int]:
+        return _host_spare_from_state(state, self.governor.config.host_reserve_share)
 
     def _shift_state(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
         if not self._shift_kib:

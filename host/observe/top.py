@@ -159,8 +159,8 @@ _AGENT_STYLE = {
     "uncooperative": "bold red",
 }
 
-# Fixed columns of a VM row: name, cur, target, max, agent, offer, need, psi.
-_VM_COLUMNS = "{:<14} {:>6} {:>6} {:>6} {:<13} {:>6} {:>6} {:>5}"
+# Fixed columns of a VM row: name, cur, target, max, rss, agent, offer, need, psi.
+_VM_COLUMNS = "{:<14} {:>6} {:>6} {:>6} {:>6} {:<13} {:>6} {:>6} {:>5}"
 
 
 def _cell(text: str, width: int, align: str = "<") -> str:
@@ -192,6 +192,8 @@ def _vm_rows(vm: Mapping[str, Any], width: int, now: float) -> List[Text]:
         " ",
         _cell(_mib(vm.get("balloon_max_kib")), 6, ">"),
         " ",
+        _cell(_mib(vm.get("rss_kib")), 6, ">"),
+        " ",
         (agent_text, _AGENT_STYLE.get(cooperation, "")),
         " ",
         _cell(_mib(vm.get("offer_kib")), 6, ">"),
@@ -200,12 +202,15 @@ def _vm_rows(vm: Mapping[str, Any], width: int, now: float) -> List[Text]:
         " ",
         _cell(_num(vm.get("psi_some_avg10")), 5, ">"),
     )
+    # Free page reporting off is worth a look (memory the guest frees stays on the host).
+    fpr_off: List[Any] = (["  \u2514 ", ("fpr off", "yellow"), " \u00b7 "]
+                          if vm.get("free_page_reporting") is False else ["  \u2514 "])
     action = vm.get("last_action")
     if not action:
         idle = "no action yet" if vm.get("managed", True) else "not managed by ebb"
-        return [row, _line(width, (f"  \u2514 {idle}", "dim"))]
+        return [row, _line(width, *fpr_off, (idle, "dim"))]
     kind = str(action.get("kind", "?"))
-    parts: List[Any] = ["  \u2514 ", (kind, "magenta" if kind == "inflate" else "cyan")]
+    parts: List[Any] = [*fpr_off, (kind, "magenta" if kind == "inflate" else "cyan")]
     target = action.get("target_kib")
     if isinstance(target, (int, float)):
         parts.append(f" to {_mib(target)} MiB")
@@ -231,8 +236,9 @@ def render(
     for error in errors[:2]:
         lines.append(_line(width, ("policy error: ", "bold red"), str(error)))
     lines.append(Text(""))
-    heading = _VM_COLUMNS.format("VM", "cur", "target", "max", "agent", "offer", "need", "psi")
-    lines.append(_line(width, (heading, "bold"), ("  MiB", "dim")))
+    heading = _VM_COLUMNS.format("VM", "cur", "target", "max", "rss", "agent", "offer", "need",
+                                 "psi")
+    lines.append(_line(width, (heading, "bold"), (" MiB", "dim")))
     vms = sorted(status.get("vms") or [], key=lambda v: str(v.get("name", "")))
     for vm in vms:
         lines.extend(_vm_rows(vm, width, now))

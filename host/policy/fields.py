@@ -64,7 +64,11 @@ GUEST_FIELDS: Dict[str, str] = {
     "balloon_cur": "current balloon size: memory the guest has now",
     "balloon_max": "maximum memory of the VM",
     "balloon_min": "floor for this VM (ebb metadata floor, memtune min_guarantee or default)",
-    "rss": "resident memory of the VM's QEMU process on the host",
+    "rss": "resident memory of the VM's QEMU process on the host (libvirt memory stats "
+    "'rss', else the process's resident set): what the guest really costs the host",
+    "free_page_reporting": "1 when the VM's balloon reports freed pages to the host "
+    "(freePageReporting='on'), else 0",
+    "autodeflate": "1 when QEMU deflates the balloon on guest OOM (autodeflate='on'), else 0",
     # ebb additions (from ebb-agent reports; nil without an agent)
     "agent_connected": "1 when an ebb-agent is connected and reporting, else 0",
     "report_age": "seconds since the agent's last report (nil without agent)",

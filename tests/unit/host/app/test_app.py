@@ -283,6 +283,18 @@ def test_a_dying_engine_thread_stops_the_daemon_with_failure(rig):
     assert rig.daemon.crash is not None
 
 
+def test_a_dying_libvirt_thread_stops_the_daemon_and_restores_ksm(rig):
+    ksm_dir = rig.sys / "kernel" / "mm" / "ksm"
+    before = (ksm_dir / "pages_to_scan").read_text().strip()
+    rig.daemon.start()
+    assert rig.hypervisor.on_crash is not None, "the libvirt threads need the crash hook"
+    rig.daemon.c.ksm.apply({"ksm_pages_to_scan": 999})  # as a policy would
+    assert (ksm_dir / "pages_to_scan").read_text().strip() == "999"
+    rig.hypervisor.on_crash(RuntimeError("libvirt supervisor died"))
+    assert rig.daemon.run_forever() == EXIT_FAILURE
+    assert rig.ksm("pages_to_scan") == before
+
+
 def test_ksm_left_by_a_crashed_run_is_restored_at_start(rig):
     ksm_dir = rig.sys / "kernel" / "mm" / "ksm"
     rig.run_dir.mkdir(parents=True, exist_ok=True)
@@ -490,3 +502,22 @@ def test_a_vm_leaving_the_domains_on_reload_gets_its_own_soft_limit_back(tmp_pat
     assert hypervisor.patterns == ("web-*",)
     assert memtune.limited() == {"web-1": 1024 * 1024}
     assert hypervisor.soft_limits["db-1"] is None  # its own value (unlimited) again
+
+
+def test_start_gives_back_the_soft_limits_a_crashed_run_left(tmp_path):
+    # They were kept only in memory: a crash left them on the VMs for good.
+    from ebb.host.controllers import MemtuneController
+
+    r = Rig(tmp_path)
+    r.hypervisor.soft_limits = {"web": 2048 * 1024}
+    MemtuneController(r.hypervisor, run_dir=r.run_dir).limit("web", 1024 * 1024)
+    # ... ebbd dies here; the next one starts (with memtune now off: still released)
+    r.components.memtune = MemtuneController(r.hypervisor, run_dir=r.run_dir)
+    daemon = Daemon(r.config, r.components, config_path=r.config_path,
+                    notifier=SystemdNotifier(environ={}), control_socket=False)
+    daemon.start()
+    try:
+        assert r.hypervisor.soft_limits["web"] == 2048 * 1024
+        assert not (r.run_dir / "memtune-limits.json").exists()
+    finally:
+        daemon.stop()

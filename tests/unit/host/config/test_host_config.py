@@ -118,6 +118,7 @@ backoff_reset_s = 600
 stuck_after_s = 4
 uncooperative_after_s = 16
 uncooperative_retry_s = 120
+host_reserve_share = 0.15
 
 [balloon]
 min_change_kib = 0
@@ -136,6 +137,7 @@ keep_files = 2
 [metrics]
 listen = "127.0.0.1:9677"
 allow_remote = true
+per_vm = true
 """)
     cfg = load_config(path)
     assert cfg.source == path
@@ -169,8 +171,8 @@ allow_remote = true
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[daemon]\npolicy_interval_s = -1\n", "daemon.policy_interval_s: must be > 0, got -1"),
-        ("[daemon]\npolicy_interval_s = 0\n", "daemon.policy_interval_s: must be > 0, got 0"),
+        ("[daemon]\npolicy_interval_s = -1\n", "daemon.policy_interval_s: must be >= 0.1, got -1"),
+        ("[daemon]\npolicy_interval_s = 0\n", "daemon.policy_interval_s: must be >= 0.1, got 0"),
         ("[daemon]\npolicy_interval_s = \"2s\"\n",
          "daemon.policy_interval_s: must be a number, got '2s'"),
         ("[daemon]\ndry_run = 1\n", "daemon.dry_run: must be true or false, got 1"),

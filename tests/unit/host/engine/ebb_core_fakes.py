@@ -79,6 +79,8 @@ class FakeVm:
     channel_path: Optional[str] = None
     enabled: bool = True
     has_balloon: bool = True
+    free_page_reporting: bool = False
+    autodeflate: bool = False
     #: When False, set_balloon_target is recorded but the balloon does not move.
     follows_target: bool = True
     stats: Dict[str, int] = field(default_factory=dict)
@@ -100,8 +102,9 @@ class FakeHypervisor:
         self._lock = threading.Lock()
 
     # life cycle
-    def start(self) -> None:
+    def start(self, on_crash: object = None) -> None:
         self.started = True
+        self.on_crash = on_crash
 
     def stop(self, timeout_s: float = 2.0) -> None:
         self.stopped = True
@@ -145,6 +148,8 @@ class FakeHypervisor:
             channel_path=vm.channel_path,
             has_balloon=vm.has_balloon,
             stats_period_s=2,
+            free_page_reporting=vm.free_page_reporting,
+            autodeflate=vm.autodeflate,
         )
         stats = {"actual": vm.cur_kib, "unused": vm.cur_kib // 2, "available": vm.cur_kib,
                  "disk_caches": 0, "major_fault": 0, "minor_fault": 0, "swap_in": 0,

@@ -305,7 +305,7 @@ def test_a_need_from_a_guest_triggers_an_immediate_tick_and_a_deflation(tmp_path
         agent = agents[0]
         agent.hello()
         assert agent.wait_for("welcome", timeout_s=15.0) is not None
-        agent.report()
+        agent.report(psi_some_avg10=30.0)  # what shows the need (PSI), see weigh_need
         assert wait_until(lambda: _has_report(channels, "web"))
         ticks_before = rig.engine.tick_count
         assert rig.hypervisor.balloon_calls == []
@@ -340,7 +340,9 @@ def test_host_pressure_crossing_the_threshold_triggers_a_tick(tmp_path):
     rig.engine.settings.pressure_check_s = 0.02
     stop, thread = run_in_thread(rig.engine)
     try:
-        assert wait_until(lambda: rig.engine.tick_count >= 2)
+        # tick_count goes up before last_record is published: wait for the record itself.
+        assert wait_until(lambda: rig.engine.last_record is not None
+                          and rig.engine.last_record.tick >= 2)
         assert "host pressure crossed the threshold" in rig.engine.last_record.reasons
     finally:
         stop.set()

@@ -42,7 +42,10 @@ def test_an_immediate_tick_on_a_need_with_a_fresh_report_deflates_under_pressure
         connected=True,
         agent_active=True,
         stale=False,
-        latest=ReceivedReport(mono=NOW_S, wall=0.0, report=Report(seq=1, **DEFAULT_REPORT)),
+        # The guest stalls (PSI): its report shows the need (a need nothing shows is
+        # believed only up to a reserve).
+        latest=ReceivedReport(mono=NOW_S, wall=0.0, report=Report(
+            seq=1, **{**DEFAULT_REPORT, "psi_some_avg10": 30.0})),
         need=ReceivedNeed(
             mono=NOW_S, wall=0.0, need=Need(seq=2, kib=need_kib, urgency="low", reason="lab")
         ),

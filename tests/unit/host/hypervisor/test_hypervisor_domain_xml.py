@@ -42,6 +42,7 @@ def test_the_documented_example_parses_as_documented() -> None:
     assert settings.max_memory_kib == 2048 * 1024
     assert settings.channel_path == "/run/libvirt/qemu/channel/ebb/web1.sock"
     assert settings.has_balloon and settings.stats_period_s == 2
+    assert settings.free_page_reporting  # the documentation recommends it
     assert settings.problems == ()
 
 
@@ -115,6 +116,45 @@ def test_agent_channel_is_found_among_other_channels() -> None:
     settings = parse_domain_xml(domain(devices=devices))
     assert settings.channel_path == "/srv/ebb/vm1.sock"
     assert settings.has_balloon and settings.stats_period_s is None
+
+
+def test_balloon_features_are_read() -> None:
+    settings = parse_domain_xml(domain(devices=(
+        "<memballoon model='virtio' autodeflate='on' freePageReporting='on'>"
+        "<stats period='5'/></memballoon>")))
+    assert settings.free_page_reporting and settings.autodeflate
+    assert settings.stats_period_s == 5
+    assert settings.problems == ()
+
+
+def test_balloon_features_are_off_unless_said_on() -> None:
+    plain = parse_domain_xml(domain(devices="<memballoon model='virtio'/>"))
+    assert not plain.free_page_reporting and not plain.autodeflate
+    off = parse_domain_xml(domain(devices=(
+        "<memballoon model='virtio' autodeflate='off' freePageReporting='off'/>")))
+    assert not off.free_page_reporting and not off.autodeflate
+    assert off.problems == ()
+    # Without a balloon there is nothing to report pages through.
+    none = parse_domain_xml(domain(devices="<memballoon model='none' freePageReporting='on'/>"))
+    assert not none.free_page_reporting
+
+
+def test_an_unreadable_balloon_feature_is_off_with_a_problem() -> None:
+    settings = parse_domain_xml(domain(devices=(
+        "<memballoon model='virtio' freePageReporting='maybe'/>")))
+    assert not settings.free_page_reporting
+    assert any("freePageReporting='maybe'" in p for p in settings.problems)
+
+
+def test_the_free_page_reporting_warning_names_the_vms_and_the_line_to_add() -> None:
+    from ebb.host.hypervisor.domain_xml import free_page_reporting_warning
+
+    assert free_page_reporting_warning([]) is None
+    warning = free_page_reporting_warning(["web2", "db1"])
+    assert warning is not None
+    assert "db1, web2" in warning
+    assert "<memballoon model='virtio' freePageReporting='on'>" in warning
+    assert "restarted" in warning
 
 
 def test_balloon_model_none_is_no_balloon() -> None:

@@ -37,6 +37,14 @@ def test_balloon_channel_metadata_and_marker(tmp_path: Path) -> None:
     assert shares["labshare"].find("readonly") is None
 
 
+def test_free_page_reporting_is_on_unless_turned_off(tmp_path: Path) -> None:
+    from ebb.host.hypervisor import parse_domain_xml
+
+    assert parse_domain_xml(domain_xml(_spec(tmp_path))).free_page_reporting
+    baseline = parse_domain_xml(domain_xml(_spec(tmp_path, free_page_reporting=False)))
+    assert baseline.has_balloon and not baseline.free_page_reporting
+
+
 def test_command_line_round_trips_to_the_guest(tmp_path: Path) -> None:
     spec = _spec(tmp_path, run="memknobs --pattern 200M:30s,400M:1m", agent_args="--interval 2")
     params = parse_cmdline(spec.cmdline())

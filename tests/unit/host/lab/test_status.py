@@ -11,12 +11,14 @@ from ebb.host.lab.domain import LAB_NS
 from ebb.host.lab.manager import Lab, LabSettings
 
 
-def _define_lab_guest(conn: libvirt.virConnect, name: str, state_dir: Path) -> None:
+def _define_lab_guest(conn: libvirt.virConnect, name: str, state_dir: Path,
+                      devices: str = "") -> None:
     xml = f"""<domain type='test'>
       <name>{name}</name>
       <metadata><lab:guest xmlns:lab='{LAB_NS}' state-dir='{state_dir}'/></metadata>
       <memory unit='MiB'>512</memory>
       <os><type>hvm</type></os>
+      <devices>{devices}</devices>
     </domain>"""
     conn.defineXML(xml).create()
 
@@ -39,3 +41,17 @@ def test_garbage_in_a_guests_status_file_reads_as_unknown(tmp_path: Path, status
 
     assert info.name == "ebb-unit-1"
     assert info.uptime_s == 0.0
+
+
+@pytest.mark.parametrize(("balloon", "expected"), [
+    ("<memballoon model='virtio' freePageReporting='on'/>", True),
+    ("<memballoon model='virtio'/>", False),
+])
+def test_status_says_whether_free_page_reporting_is_on(tmp_path: Path, balloon: str,
+                                                       expected: bool) -> None:
+    lab = Lab(LabSettings(state_dir=tmp_path, uri="test:///default", prefix="ebb-unit"))
+    _define_lab_guest(lab.conn, "ebb-unit-1", tmp_path, devices=balloon)
+
+    (info,) = lab.status()
+
+    assert info.free_page_reporting is expected

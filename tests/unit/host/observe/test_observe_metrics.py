@@ -60,6 +60,11 @@ def test_host_and_vm_gauges_come_from_the_status_in_bytes() -> None:
     # Unknown values (no agent: no offer) are absent, not zero.
     assert ("ebb_vm_offer_bytes", legacy) not in samples
     assert samples[("ebb_daemon_dry_run", ())] == 1
+    assert samples[("ebb_vm_free_page_reporting", vm2)] == 1
+    assert samples[("ebb_vm_free_page_reporting", legacy)] == 0
+    assert samples[("ebb_vm_autodeflate", vm2)] == 1
+    assert samples[("ebb_vm_rss_bytes", vm2)] == 1000000 * 1024
+    assert ("ebb_vm_rss_bytes", legacy) not in samples
 
 
 def test_a_vm_that_goes_away_disappears_from_the_next_scrape() -> None:
@@ -137,15 +142,18 @@ def test_malformed_listen_is_refused_with_the_key_named(listen: str) -> None:
         parse_listen(listen)
 
 
-def _config(trace_path: str = "", listen: str = "") -> Any:
+def _config(trace_path: str = "", listen: str = "", per_vm: bool = False) -> Any:
     return SimpleNamespace(
         trace=SimpleNamespace(path=trace_path, max_bytes=1 << 20, keep_files=2),
-        metrics=SimpleNamespace(listen=listen),
+        metrics=SimpleNamespace(listen=listen, per_vm=per_vm),
     )
 
 
-def test_http_endpoint_serves_the_same_text_on_loopback(tmp_path: Path) -> None:
-    observability = build_observability(_config(listen="127.0.0.1:0"), status_source=_status)
+@pytest.mark.parametrize("per_vm", [False, True])
+def test_http_endpoint_serves_per_vm_series_only_when_configured(per_vm: bool) -> None:
+    # Any local user can read a loopback port; the control socket is group ebb's.
+    observability = build_observability(_config(listen="127.0.0.1:0", per_vm=per_vm),
+                                        status_source=_status)
     observability.start()
     try:
         for observer in observability.observers:
@@ -158,8 +166,16 @@ def test_http_endpoint_serves_the_same_text_on_loopback(tmp_path: Path) -> None:
         observability.stop()
     samples = _samples(body)
     assert samples[("ebb_actions_total", (("kind", "deflate"), ("rule", "need")))] == 1
-    assert samples[("ebb_vm_balloon_max_bytes", (("vm", "vm2"),))] == 1048576 * 1024
-    assert _samples(observability.metrics_text()).keys() >= {("ebb_ticks_total", ())}
+    assert samples[("ebb_host_memory_total_bytes", ())] > 0
+    vm_series = {key for key in samples if "vm2" in str(key)}
+    if per_vm:
+        assert samples[("ebb_vm_balloon_max_bytes", (("vm", "vm2"),))] == 1048576 * 1024
+    else:
+        assert vm_series == set()
+    # The control socket's "metrics" (mode 0660, group ebb) always has every VM.
+    socket_samples = _samples(observability.metrics_text())
+    assert socket_samples.keys() >= {("ebb_ticks_total", ())}
+    assert socket_samples[("ebb_vm_balloon_max_bytes", (("vm", "vm2"),))] == 1048576 * 1024
 
 
 def test_trace_is_an_observer_only_when_configured(tmp_path: Path) -> None:

@@ -34,6 +34,16 @@ def test_frame_fits_80_columns_and_shows_every_vm() -> None:
     assert rows["vm2"].split()[1:4] == ["1024", "1024", "1024"]
     assert "200!" in rows["vm2"] and "14.5" in rows["vm2"]
     assert "no-agent" in rows["legacy"]
+    # max, then the QEMU process's resident memory.
+    assert rows["vm2"].split()[3:5] == ["1024", "977"]
+
+
+def test_a_vm_without_free_page_reporting_is_marked() -> None:
+    lines = render_text(_status(), width=80, now=NOW).splitlines()
+    below = {lines[i].split()[0]: lines[i + 1] for i in range(len(lines) - 1)
+             if lines[i].startswith(("vm2", "legacy"))}
+    assert "fpr off" in below["legacy"]
+    assert "fpr off" not in below["vm2"]
 
 
 def test_long_reasons_are_cut_not_wrapped() -> None:
