@@ -34,7 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ebb.host.channels import ChannelLimits, GuestChannels
+from ebb.host.channels import ChannelLimits, GuestChannels, YieldUnavailable
 from ebb.host.collectors import HostCollector
 from ebb.host.config import ConfigError, EbbdConfig, load_config
 from ebb.host.control import Authorizer, ControlError, ControlServer, ControlService
@@ -48,6 +48,7 @@ from ebb.host.notify import SystemdNotifier
 from ebb.host.policy import PolicyRunner, PolicyStartError
 from ebb.host.rundir import prepare_run_dir
 from ebb.host.threads import Waker, start_thread
+from ebb.host.yielding import YIELD_RESULT, ManualYields
 
 LOG = logging.getLogger(__name__)
 
@@ -188,6 +189,8 @@ class Daemon:
             self.engine.observers.extend(components.observability.observers)
         self._engine_thread: threading.Thread | None = None
         self._started = False
+        self._manual_yields = ManualYields()
+        self._manual_yields_lock = threading.Lock()
         self.control: ControlServer | None = None
         if control_socket:
             self.control = ControlServer(
@@ -498,6 +501,52 @@ class Daemon:
         self.engine.set_floor(vm, floor_kib)
         return {"vm": vm, "floor_kib": floor_kib,
                 "note": "until ebbd restarts; set floor_mib in the VM's <ebb:vm> to keep it"}
+
+    def yield_memory(self, vm: str, kib: int | None, poll: bool) -> dict[str, Any]:
+        """``ebbctl yield``: ask VM's agent to yield ``kib`` KiB now, then poll the result.
+
+        The result measures the VM's QEMU RSS before the request and a few seconds
+        after the answer; ``error`` says why nothing (or nothing measurable) came back.
+        """
+        engine = self.engine
+        now = time.monotonic()
+        with self._manual_yields_lock:
+            if poll:
+                record = self._manual_yields.get(vm)
+                if record is None:
+                    raise ControlError(f"no ebbctl yield to VM {vm!r} is in progress")
+                was_finished = record.finished
+                result = record.poll(now, lambda: engine.measure_rss_kib(vm))
+                if record.finished and not was_finished:
+                    engine.journal_event(vm, {
+                        "kind": YIELD_RESULT, "rule": "ebbctl-yield",
+                        "outcome": "nothing" if record.error else "returned",
+                        "reason": record.error or (
+                            f"ebbctl yield: QEMU RSS fell by {result['returned_kib']} KiB"
+                        ),
+                        "inputs": {k: result[k] for k in (
+                            "asked_kib", "rss_before_kib", "rss_after_kib", "returned_kib",
+                            "agent_freed_kib")},
+                    })
+                return result
+            if not engine.known_vm(vm):
+                names = sorted(row["name"] for row in engine.status_vms())
+                known = ", ".join(names) if names else "none"
+                raise ControlError(f"ebbd knows no VM named {vm!r} (running VMs: {known})")
+            size = engine.balloon_cur_kib(vm)
+            asked = min(int(kib or 0), size) if size else int(kib or 0)
+            try:
+                record = self._manual_yields.start(
+                    vm, asked, now, engine.measure_rss_kib(vm), self.c.channels.request_yield
+                )
+            except YieldUnavailable as err:
+                raise ControlError(str(err)) from None
+            engine.journal_event(vm, {
+                "kind": "yield-request", "rule": "ebbctl-yield", "outcome": "sent",
+                "reason": f"ebbctl yield asked for {asked} KiB",
+                "inputs": {"asked_kib": asked, "rss_kib": record.rss_before_kib},
+            })
+            return record.result(now)
 
     def metrics(self) -> str:
         if self.c.observability is None:

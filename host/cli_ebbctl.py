@@ -16,10 +16,11 @@ from ebb.host.ctl import daemon as daemon_cmds
 from ebb.host.ctl import lab as lab_cmds
 from ebb.host.ctl import observe as observe_cmds
 from ebb.host.ctl import policy as policy_cmds
+from ebb.host.ctl import yielding as yield_cmds
 
 DEFAULT_CONTROL_SOCKET = "/run/ebb/ebbd.sock"
 
-COMMAND_GROUPS = (daemon_cmds, policy_cmds, lab_cmds, observe_cmds)
+COMMAND_GROUPS = (daemon_cmds, yield_cmds, policy_cmds, lab_cmds, observe_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

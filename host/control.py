@@ -55,7 +55,7 @@ CONTROL_GROUP = "ebb"
 #: Commands anyone who can connect may run.
 READ_COMMANDS = frozenset({"status", "explain", "metrics", "ping"})
 #: Commands that change the daemon: root or group ``ebb`` only.
-CHANGE_COMMANDS = frozenset({"reload", "pause", "resume", "set-floor"})
+CHANGE_COMMANDS = frozenset({"reload", "pause", "resume", "set-floor", "yield"})
 #: A request line longer than this closes the connection (nobody needs more).
 MAX_REQUEST_BYTES = 64 * 1024
 #: Deepest nesting of arrays and objects in a request (a request is one flat
@@ -204,6 +204,8 @@ class DaemonControl(Protocol):
 
     def set_floor(self, vm: str, floor_mib: Optional[float]) -> Dict[str, Any]: ...
 
+    def yield_memory(self, vm: str, kib: Optional[int], poll: bool) -> Dict[str, Any]: ...
+
 
 class ControlService:
     """Turns one request (a dict) into one reply (a dict), enforcing permissions."""
@@ -265,6 +267,16 @@ class ControlService:
                     f"floor_mib must be a number of MiB from 0 to {MAX_FLOOR_MIB} (or null)"
                 )
             return self._daemon.set_floor(_vm_argument(request), floor)
+        if cmd == "yield":
+            # Started once ({"vm", "kib"}), then polled ({"vm", "poll": true}) until
+            # its "state" is "done": the server thread never waits for a guest.
+            poll = request.get("poll") is True
+            kib = request.get("kib")
+            if not poll and (
+                isinstance(kib, bool) or not isinstance(kib, int) or not 0 < kib < 2**53
+            ):
+                raise ControlError("kib must be a positive whole number of KiB")
+            return self._daemon.yield_memory(_vm_argument(request), kib, poll)
         raise ControlError(f"unknown command {cmd!r}")  # pragma: no cover - guarded above
 
 

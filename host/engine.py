@@ -46,6 +46,8 @@ from ebb.host.governor import Decision, Governor, GuestView, fmt_kib
 from ebb.host.hypervisor import DomainInfo, guest_sample
 from ebb.host.hypervisor.domain_xml import free_page_reporting_warning
 from ebb.host.policy import GUEST_FIELDS, Entity, PolicyError, PolicyInput, PolicyRunner
+from ebb.host.pressure import LEVEL_NAMES, HostPressure, sample_pressure
+from ebb.host.yielding import YieldCoordinator
 
 LOG = logging.getLogger(__name__)
 
@@ -320,6 +322,9 @@ class Engine:
         self._channel_paths: dict[str, str | None] | None = None
         self._last_share: float | None = None
         self._failed_ticks = 0
+        #: Yield requests the policy asks for (yield_kib) and their RSS follow-up.
+        self.yields = YieldCoordinator(channels, settings.interval_s)
+        self.last_pressure: HostPressure | None = None
         #: VMs last named in the free page reporting warning (None: not checked yet).
         self._without_fpr: frozenset[str] | None = None
         #: When each guest last earned an immediate tick (``_clock``), and how many
@@ -521,6 +526,7 @@ class Engine:
         assigned_kib = sum(d.max_memory_kib for d in domains)
         host_sample = self.host.collect(vm_assigned_kib=assigned_kib if domains else None)
         self._last_share = host_sample.freeable_share if host_sample.mem_total_kib else None
+        self._judge_pressure(host_sample)
         self._host_samples.append(dict(host_sample.fields))
 
         managed = [d for d in domains if _manageable(d)] if libvirt_up else []
@@ -528,12 +534,15 @@ class Engine:
         guests: list[Entity] = []
         views: list[GuestView] = []
         capped: dict[str, list[str]] = {}
+        samples_by_vm: dict[str, dict[str, Any]] = {}
         for info in managed:
             channel = channel_states.get(info.name)
             sample = self._guest_sample(info, channel, started, overrides.get(info.name))
             notes = self._cap_claims(info, sample, channel, overrides.get(info.name))
             if notes:
                 capped[info.name] = notes
+            sample.update(self.yields.guest_fields(info.name, channel, started))
+            samples_by_vm[info.name] = sample
             memory = self._vms[info.name]
             memory.samples.append(sample)
             memory.sample_monos.append(started)
@@ -566,6 +575,12 @@ class Engine:
         self.last_policy_error = policy_error
 
         paused = self._paused
+        # Yields before balloons: the policy's yield_kib goes to the agents, and a
+        # guest whose yield is awaited is not inflated meanwhile (host/yielding.py).
+        yield_events = (
+            [] if paused else self.yields.step(started, samples_by_vm, controls["guests"])
+        )
+        proposed = self.yields.hold_inflation(proposed, views, samples_by_vm)
         # While paused the governor is not consulted either: it would count the
         # targets nobody applies as guests making no progress (stuck).
         decisions = [] if paused else self.governor.decide(
@@ -602,6 +617,7 @@ class Engine:
             variables=self._policy_variables(),
         )
         self._journal_decisions(record, decisions, applied)
+        self._journal_events(record, yield_events)
         with self._lock:
             self._last_host = host_sample
             self._domains = domains
@@ -638,7 +654,41 @@ class Engine:
             self._channel_paths = paths
             self.channels.set_guests(paths)
 
+    def _judge_pressure(self, host_sample: HostSample) -> HostPressure:
+        """The host's pressure level as a Host field; agents told when it changes."""
+        pressure = sample_pressure(host_sample, _PAGE_KIB)
+        host_sample.fields["pressure_level"] = pressure.level
+        host_sample.fields["meminfo_available"] = host_sample.mem_available_kib
+        self.last_pressure = pressure
+        self.yields.set_pressure(pressure)
+        return pressure
+
+    def _journal_events(self, record: TickRecord, events: Sequence[Mapping[str, Any]]) -> None:
+        """Journal entries that are not balloon decisions (yield requests and results)."""
+        with self._lock:
+            for event in events:
+                vm = str(event["vm"])
+                journal = self._journal.get(vm)
+                if journal is None:
+                    journal = self._journal[vm] = collections.deque(
+                        maxlen=self.settings.journal_len
+                    )
+                journal.append({
+                    "at": record.ts,
+                    "tick": record.tick,
+                    "kind": event.get("kind"),
+                    "target_kib": None,
+                    "rule": event.get("rule"),
+                    "reason": event.get("reason"),
+                    "inputs": dict(event.get("inputs") or {}),
+                    "outcome": event.get("outcome"),
+                    "detail": "",
+                    "policy_error": record.policy_error,
+                    "repeats": 1,
+                })
+
     def _forget_gone(self, present: set[str]) -> None:
+        self.yields.forget(present)
         for vm in [name for name in self._vms if name not in present]:
             del self._vms[vm]
             self.balloon.forget(vm)
@@ -917,6 +967,40 @@ class Engine:
                         "reason": decision.reason,
                     }
 
+    def journal_event(self, vm: str, event: Mapping[str, Any]) -> None:
+        """Add a yield request or result made outside a tick (``ebbctl yield``)."""
+        record = self.last_record
+        stamp = TickRecord(
+            ts=self._wall(), tick=record.tick if record else 0, duration_ms=0.0, state={},
+            views=[], controls={}, decisions=[], applied=[],
+        )
+        self._journal_events(stamp, [{**event, "vm": vm}])
+
+    def measure_rss_kib(self, vm: str) -> int | None:
+        """The VM's QEMU RSS now (the QEMU process, else libvirt's memory stats)."""
+        with self._lock:
+            info = next((d for d in self._domains if d.name == vm), None)
+        if info is not None and info.qemu_pid:
+            rss = self.host.qemu_rss_kib(info.qemu_pid)
+            if rss is not None:
+                return int(rss)
+        domain_info = getattr(self.hypervisor, "domain_info", None)
+        try:
+            fresh = domain_info(vm) if domain_info is not None else None
+        except Exception as err:  # libvirt away, VM gone: no measurement
+            LOG.debug("cannot read the memory stats of VM %s: %s", vm, err)
+            return None
+        rss = fresh.memory_stats.get("rss") if fresh is not None else None
+        return int(rss) if rss is not None else None
+
+    def balloon_cur_kib(self, vm: str) -> int | None:
+        """The VM's memory as of the last tick (its balloon), None when unknown."""
+        with self._lock:
+            info = next((d for d in self._domains if d.name == vm), None)
+        if info is None:
+            return None
+        return int(info.balloon_cur_kib or info.max_memory_kib)
+
     def journal(self, vm: str) -> list[dict[str, Any]]:
         """The recent decisions for ``vm``, oldest first (copies)."""
         with self._lock:
@@ -931,7 +1015,14 @@ class Engine:
     def status_host(self) -> dict[str, Any] | None:
         """The ``host`` object of ``ebbctl status --json`` (None before the first tick)."""
         with self._lock:
-            return self._last_host.status_dict() if self._last_host is not None else None
+            if self._last_host is None:
+                return None
+            host = self._last_host.status_dict()
+            if self.last_pressure is not None:
+                host["pressure_level"] = self.last_pressure.level
+                host["pressure"] = LEVEL_NAMES[self.last_pressure.level]
+                host["pressure_reason"] = self.last_pressure.reason
+            return host
 
     def status_vms(self, live_channels: Mapping[str, GuestChannelState] | None = None) -> list[
         dict[str, Any]
@@ -1005,6 +1096,18 @@ class Engine:
             "free_page_reporting": info.settings.free_page_reporting,
             "autodeflate": info.settings.autodeflate,
             "stats_period_s": info.settings.stats_period_s,
+            "yield": self._yield_status(info.name, channel),
+        }
+
+    def _yield_status(self, vm: str, channel: GuestChannelState | None) -> dict[str, Any]:
+        status = self.yields.status(vm) or {}
+        return {
+            "capable": bool(
+                channel is not None and channel.agent_active and "yield" in channel.capabilities
+            ),
+            "pending": bool(status.get("pending") or (channel and channel.yield_pending)),
+            "last": status.get("last"),
+            "unasked": channel.yields_unasked if channel is not None else 0,
         }
 
     def _cooperation(self, vm: str, channel: GuestChannelState | None) -> str:

@@ -16,8 +16,10 @@ from .state import (
     ReceivedNeed,
     ReceivedOffer,
     ReceivedReport,
+    ReceivedYield,
     SessionState,
 )
+from .yields import YieldHandle, YieldUnavailable
 
 __all__ = [
     "ChannelLimits",
@@ -30,6 +32,9 @@ __all__ = [
     "ReceivedNeed",
     "ReceivedOffer",
     "ReceivedReport",
+    "ReceivedYield",
     "SessionState",
+    "YieldHandle",
+    "YieldUnavailable",
     "connect_unix",
 ]

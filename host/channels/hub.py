@@ -30,11 +30,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Mapping, Optional
 
-from ebb.protocol import Decision, Message, encode_message
+from ebb.protocol import Decision, Message, Request, encode_message
 
 from ..threads import join_thread, start_thread
 from .session import CutOff, GuestSession
 from .state import ChannelLimits, GuestChannelState, SessionState
+from .yields import (
+    BUSY,
+    NO_AGENT,
+    NO_CAPABILITY,
+    NOT_SENT,
+    TIMED_OUT,
+    UNKNOWN_VM,
+    YieldHandle,
+    YieldUnavailable,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -106,6 +116,8 @@ class GuestChannels:
         self._thread: Optional[threading.Thread] = None
         self._closed = False
         self._timers_due_mono: Optional[float] = None
+        self._host_level = 0
+        self._host_level_reason = "host has memory to spare"
 
     # --- API for other threads ----------------------------------------------------
 
@@ -126,6 +138,51 @@ class GuestChannels:
     def send(self, vm: str, msg: Message) -> None:
         """Send any host message to a guest in session (queued; never blocks)."""
         self._call(lambda: self._send_if(vm, msg, capability=None))
+
+    def set_pressure(self, level: int, reason: str) -> None:
+        """The host's pressure level (0..3): every agent that agreed ``yield`` is
+        told when it changes, and a new session is told after its welcome."""
+        level = max(0, min(3, int(level)))
+        self._call(lambda: self._apply_pressure(level, reason))
+
+    def request_yield(self, vm: str, kib: int, deadline_ms: int) -> YieldHandle:
+        """Ask ``vm``'s agent to yield ``kib`` KiB within ``deadline_ms``.
+
+        Returns a handle to wait on. Raises :class:`YieldUnavailable` when the VM
+        is unknown, has no agent in session, did not agree ``yield``, or already
+        has a request outstanding (at most one per guest).
+        """
+        kib = max(0, int(kib))
+        deadline_ms = max(1, min(600_000, int(deadline_ms)))
+        now = self._clock()
+        with self._lock:
+            ch = self._channels.get(vm)
+            if ch is None:
+                raise YieldUnavailable(UNKNOWN_VM, f"no guest channel known for VM {vm!r}")
+            session = ch.session
+            if ch.sock is None or session.state is not SessionState.ACTIVE:
+                raise YieldUnavailable(
+                    NO_AGENT, f"VM {vm!r} has no ebb-agent in session ({session.state.value})"
+                )
+            if not session.may_yield():
+                raise YieldUnavailable(
+                    NO_CAPABILITY,
+                    f"the agent of VM {vm!r} cannot yield (no yield capability: kernel "
+                    "without cgroup2 memory.reclaim, or started with --no-yield)",
+                )
+            pending = session.pending_yield
+            if pending is not None:
+                raise YieldUnavailable(
+                    BUSY,
+                    f"VM {vm!r} already has a yield request outstanding (#{pending.request_id},"
+                    f" {max(0.0, pending.deadline_mono - now):.1f} s left)",
+                )
+            request_id = session.next_request_id
+            session.next_request_id = (request_id + 1) & 0xFFFFFFFF
+            handle = YieldHandle(vm, request_id, kib, deadline_ms, now)
+            session.pending_yield = handle
+        self._call(lambda: self._send_yield(vm, handle))
+        return handle
 
     def welcome_again(self) -> None:
         """Tell every agent in session the current limits (after a config reload)."""
@@ -252,6 +309,7 @@ class GuestChannels:
                 ch = self._channels.get(vm)
                 if ch is None:
                     session = GuestSession(vm, self.limits, on_need=self._on_need)
+                    session.set_host_level(self._host_level, self._host_level_reason)
                     ch = self._channels[vm] = _Channel(session=session)
                 if ch.path != path:
                     if ch.sock is not None:
@@ -263,6 +321,39 @@ class GuestChannels:
                     ch.next_connect_mono = 0.0
                     ch.connect_backoff_s = 0.0
                     ch.connect_failures = 0
+
+    def _apply_pressure(self, level: int, reason: str) -> None:
+        with self._lock:
+            self._host_level, self._host_level_reason = level, reason
+            for ch in self._channels.values():
+                ch.session.set_host_level(level, reason)
+                frame = ch.session.due_pressure() if ch.sock is not None else None
+                if frame is not None:
+                    self._queue(ch, frame)
+
+    def _send_yield(self, vm: str, handle: YieldHandle) -> None:
+        with self._lock:
+            ch = self._channels.get(vm)
+            if ch is None or ch.session.pending_yield is not handle:
+                handle.fail(NOT_SENT)
+                return
+            if ch.sock is None or not ch.session.may_yield():
+                ch.session.end_pending_yield(NOT_SENT)
+                return
+            dropped = ch.session.dropped_outgoing
+            self._queue(
+                ch,
+                encode_message(
+                    Request(
+                        kind="yield",
+                        kib=handle.asked_kib,
+                        request_id=handle.request_id,
+                        deadline_ms=handle.deadline_ms,
+                    )
+                ),
+            )
+            if ch.session.dropped_outgoing != dropped:
+                ch.session.end_pending_yield(NOT_SENT)
 
     def _send_if(self, vm: str, msg: Message, capability: Optional[str]) -> None:
         with self._lock:
@@ -403,6 +494,8 @@ class GuestChannels:
                     soonest = min(soonest, ch.next_connect_mono)
                 elif session.next_ping_mono is not None:
                     soonest = min(soonest, session.next_ping_mono)
+                if session.pending_yield is not None:
+                    soonest = min(soonest, session.pending_yield.deadline_mono)
         return soonest
 
     def _timers(self, now: float) -> None:
@@ -420,6 +513,14 @@ class GuestChannels:
                     if ch.path is not None and now >= ch.next_connect_mono:
                         self._connect(ch, now)
                     continue
+                pending = session.pending_yield
+                if pending is not None and now >= pending.deadline_mono:
+                    LOG.info(
+                        "guest %s: yield request #%d (%d KiB) not answered within %d ms",
+                        session.vm, pending.request_id, pending.asked_kib, pending.deadline_ms,
+                        extra={"VM": session.vm, "ACTION": "yield-timeout"},
+                    )
+                    session.end_pending_yield(TIMED_OUT)
                 ping = session.due_ping(now)
                 if ping is not None:
                     self._queue(ch, ping)

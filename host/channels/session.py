@@ -41,9 +41,11 @@ from ebb.protocol import (
     Offer,
     Ping,
     Pong,
+    Pressure,
     ProtocolError,
     Report,
     Welcome,
+    Yielded,
     choose_version,
     encode_message,
     error_reply,
@@ -56,13 +58,21 @@ from .state import (
     ReceivedNeed,
     ReceivedOffer,
     ReceivedReport,
+    ReceivedYield,
     SessionState,
 )
+from .yields import SESSION_ENDED, YieldHandle
 
 LOG = logging.getLogger(__name__)
 
 #: Message types only the host sends; a guest sending one is a protocol error.
-_HOST_ONLY = ("welcome", "decision", "request")
+_HOST_ONLY = ("welcome", "decision", "request", "pressure")
+
+#: The capability under which ``request`` kind ``yield``, ``yielded`` and ``pressure`` flow.
+YIELD_CAPABILITY = "yield"
+
+#: A guest that yields by itself while the host is not short is logged at most this often.
+UNASKED_YIELD_LOG_INTERVAL_S = 300.0
 
 
 class CutOff(Exception):
@@ -152,6 +162,17 @@ class GuestSession:
         self._hello_required_at = float("-inf")
         self._need_tick_mono = float("-inf")
         self._connected_mono: Optional[float] = None
+        # Yields (PROTOCOL.md "yield"): the host's level as last told to agents,
+        # the one outstanding request, and what came back.
+        self.host_level = 0
+        self.host_level_reason = "host has memory to spare"
+        self.pressure_sent: Optional[int] = None
+        self.pending_yield: Optional[YieldHandle] = None
+        self.next_request_id = 1
+        self.last_yield: Optional[ReceivedYield] = None
+        self.yields = 0
+        self.yields_unasked = 0
+        self._unasked_logged_mono = float("-inf")
         self._need_log = _LogLimit()
         self._session_log = _LogLimit()
         self._error_log = _LogLimit()
@@ -171,6 +192,8 @@ class GuestSession:
     def disconnected(self) -> None:
         """The socket closed (VM stopped, QEMU restarted, or we closed it)."""
         self._reader.reset()
+        self.end_pending_yield(SESSION_ENDED)
+        self.pressure_sent = None
         if self.state is not SessionState.CUT_OFF:
             self.state = SessionState.DISCONNECTED
         self.next_ping_mono = None
@@ -256,6 +279,7 @@ class GuestSession:
         if isinstance(msg, Bye):
             level, note = self._session_log.level(now_mono)
             LOG.log(level, "guest %s: agent said bye (%s)%s", self.vm, msg.reason, note)
+            self.end_pending_yield(SESSION_ENDED)
             self.state = SessionState.AWAITING_HELLO
             self.next_ping_mono = None
             return
@@ -318,6 +342,52 @@ class GuestSession:
                 ):
                     self._need_tick_mono = now_mono
                     self._on_need(self.vm)
+        elif isinstance(msg, Yielded):
+            self._on_yielded(msg, now_mono, now_wall, replies)
+
+    def _on_yielded(
+        self, msg: Yielded, now_mono: float, now_wall: float, replies: List[bytes]
+    ) -> None:
+        if YIELD_CAPABILITY not in self.capabilities:
+            self._protocol_error(
+                _Unexpected("yielded needs capability yield, not agreed in hello", msg.TYPE),
+                now_mono,
+                replies,
+            )
+            return
+        received = ReceivedYield(
+            mono=now_mono,
+            wall=now_wall,
+            yielded=msg,
+            requested=msg.request_id is not None,
+            host_level=self.host_level,
+        )
+        self.last_yield = received
+        self.yields += 1
+        pending = self.pending_yield
+        if pending is not None and msg.request_id == pending.request_id:
+            self.pending_yield = None
+            pending.resolve(received)
+        LOG.info(
+            "guest %s yielded %d KiB of %d asked in %d ms (%s%s)%s",
+            self.vm, msg.freed_kib, msg.asked_kib, msg.duration_ms, msg.stopped,
+            f": {msg.reason}" if msg.reason else "",
+            "" if received.requested else ", by itself",
+            extra={"VM": self.vm, "ACTION": "yielded", "REASON": msg.stopped},
+        )
+        if not received.requested and self.host_level == 0:
+            # The agent is told the host is not short, and background yields
+            # only cost the guest its cache then (PROTOCOL.md "pressure").
+            self.yields_unasked += 1
+            if now_mono - self._unasked_logged_mono >= UNASKED_YIELD_LOG_INTERVAL_S:
+                self._unasked_logged_mono = now_mono
+                LOG.warning(
+                    "guest %s yields by itself (%d KiB) while the host is not short "
+                    "(pressure level 0); %d such yield(s) so far: check the agent's "
+                    "version and configuration",
+                    self.vm, msg.freed_kib, self.yields_unasked,
+                    extra={"VM": self.vm, "ACTION": "unasked-yield"},
+                )
 
     def _on_hello(self, hello: Hello, now_mono: float, replies: List[bytes]) -> None:
         version = choose_version(hello.protocol_versions)
@@ -349,6 +419,9 @@ class GuestSession:
         # the old ones are no longer promises.
         self.offer = None
         self.need = None
+        # A request of the old session will not be answered by the new one.
+        self.end_pending_yield(SESSION_ENDED)
+        self.pressure_sent = None
         replies.append(
             encode_message(
                 Welcome(
@@ -358,6 +431,9 @@ class GuestSession:
                 )
             )
         )
+        pressure = self.due_pressure()
+        if pressure is not None:
+            replies.append(pressure)
         level, note = self._session_log.level(now_mono)
         LOG.log(
             level,
@@ -383,6 +459,32 @@ class GuestSession:
             )
         )
         return frame
+
+    # --- yields -----------------------------------------------------------------
+
+    def may_yield(self) -> bool:
+        """In session with an agent that agreed the ``yield`` capability."""
+        return self.state is SessionState.ACTIVE and YIELD_CAPABILITY in self.capabilities
+
+    def set_host_level(self, level: int, reason: str) -> None:
+        self.host_level = level
+        self.host_level_reason = reason
+
+    def due_pressure(self) -> Optional[bytes]:
+        """A ``pressure`` frame when the agent has not been told the current level."""
+        if not self.may_yield() or self.pressure_sent == self.host_level:
+            return None
+        self.pressure_sent = self.host_level
+        frame: bytes = encode_message(
+            Pressure(level=self.host_level, reason=self.host_level_reason[:256])
+        )
+        return frame
+
+    def end_pending_yield(self, why: str) -> None:
+        """Fail the outstanding yield request (deadline passed, session over)."""
+        pending, self.pending_yield = self.pending_yield, None
+        if pending is not None:
+            pending.fail(why)
 
     # --- timers -----------------------------------------------------------------
 
@@ -442,6 +544,10 @@ class GuestSession:
             last_heard_mono=self.last_heard_mono,
             sessions=self.sessions,
             dropped_outgoing=self.dropped_outgoing,
+            last_yield=self.last_yield,
+            yields=self.yields,
+            yields_unasked=self.yields_unasked,
+            yield_pending=self.pending_yield is not None,
         )
 
 

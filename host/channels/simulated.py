@@ -24,6 +24,7 @@ from ebb.protocol import (
     Pong,
     ProtocolError,
     Report,
+    Yielded,
     encode_message,
 )
 
@@ -71,12 +72,16 @@ class SimulatedAgent:
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def hello(self, versions: Tuple[int, ...] = SUPPORTED_VERSIONS) -> None:
+    def hello(
+        self,
+        versions: Tuple[int, ...] = SUPPORTED_VERSIONS,
+        capabilities: Tuple[str, ...] = CAPABILITIES,
+    ) -> None:
         self.send(
             Hello(
                 agent_version="sim-1",
                 protocol_versions=versions,
-                capabilities=CAPABILITIES,
+                capabilities=capabilities,
                 hostname=self.name,
             )
         )
@@ -96,6 +101,27 @@ class SimulatedAgent:
     def need(self, kib: int, urgency: str = "high", reason: str = "simulated") -> None:
         self.seq += 1
         self.send(Need(seq=self.seq, kib=kib, urgency=urgency, reason=reason))
+
+    def yielded(
+        self,
+        freed_kib: int,
+        request_id: Optional[int] = None,
+        asked_kib: int = 0,
+        stopped: str = "done",
+    ) -> None:
+        """Answer a yield request (``request_id``) or report a background yield."""
+        self.send(
+            Yielded(
+                asked_kib=asked_kib,
+                freed_kib=freed_kib,
+                cache_before_kib=300_000,
+                cache_after_kib=max(0, 300_000 - freed_kib),
+                duration_ms=120,
+                stopped=stopped,
+                reason="simulated",
+                request_id=request_id,
+            )
+        )
 
     # --- receiving ----------------------------------------------------------
 

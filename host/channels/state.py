@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ebb.protocol import Need, Offer, Report
+from ebb.protocol import Need, Offer, Report, Yielded
 
 
 class SessionState(enum.Enum):
@@ -53,6 +53,17 @@ class ReceivedNeed(Received):
 
 
 @dataclass(frozen=True)
+class ReceivedYield(Received):
+    """A ``yielded`` message as the host received it."""
+
+    yielded: Yielded
+    #: True when it answered a host request (it carries a request_id).
+    requested: bool
+    #: The host's pressure level when it arrived.
+    host_level: int
+
+
+@dataclass(frozen=True)
 class GuestChannelState:
     """One guest's channel as of a snapshot (immutable copy)."""
 
@@ -87,6 +98,14 @@ class GuestChannelState:
     sessions: int = 0
     #: Messages the output buffer could not take (the guest does not read).
     dropped_outgoing: int = 0
+    #: The latest ``yielded`` (answer to a request or background yield), or None.
+    last_yield: Optional[ReceivedYield] = None
+    #: ``yielded`` messages received since ebbd started.
+    yields: int = 0
+    #: Background yields while the host said it was not short (level 0).
+    yields_unasked: int = 0
+    #: A yield request to this guest is outstanding.
+    yield_pending: bool = False
 
     def report_age_s(self, now_mono: float) -> Optional[float]:
         """Seconds since the latest report, or None when there is none."""

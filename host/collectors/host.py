@@ -43,6 +43,7 @@ from ebb.host.collectors.procfs import (
     parse_vmstat,
     read_ksm,
 )
+from ebb.host.pressure import sample_pressure
 
 LOG = logging.getLogger(__name__)
 
@@ -188,7 +189,8 @@ class HostCollector:
             "swap_in_rate": swap_in_rate,
             "swap_out_rate": swap_out_rate,
         }
-        return HostSample(
+        fields["meminfo_available"] = meminfo.get("MemAvailable")
+        sample = HostSample(
             taken_at=self._wall_clock(),
             fields=fields,
             mem_total_kib=mem_total,
@@ -204,6 +206,9 @@ class HostCollector:
             ksm=ksm,
             hugetlb_kib=hugetlb_kib(meminfo),
         )
+        # What the host lacks, as one level (ebb.host.pressure); the engine sets it too.
+        fields["pressure_level"] = sample_pressure(sample, _PAGE_KIB).level
+        return sample
 
     def qemu_rss_kib(self, pid: int) -> int | None:
         """Resident memory of a VM's QEMU process (see :func:`qemu_rss_kib`)."""

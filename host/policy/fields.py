@@ -42,6 +42,11 @@ HOST_FIELDS: Dict[str, str] = {
     "psi_full_avg10": "host memory PSI full avg10 (%)",
     "swap_in_rate": "pages swapped in per second",
     "swap_out_rate": "pages swapped out per second",
+    "meminfo_available": "MemAvailable: what the kernel can hand out without swapping",
+    "pressure_level": (
+        "how short the host is: 0 none, 1 low, 2 high, 3 critical "
+        "(swapping, memory PSI and MemAvailable; docs/policy.md)"
+    ),
 }
 
 #: Guest sample fields: name -> description (KiB unless stated).
@@ -76,6 +81,13 @@ GUEST_FIELDS: Dict[str, str] = {
     "meminfo_available": "MemAvailable as the guest kernel reports it",
     "major_fault_rate": "major faults per second (host clock)",
     "swap_in_rate": "KiB swapped in per second (host clock)",
+    "yield_capable": (
+        "1 when the agent can yield (capability yield) and its yields give the host "
+        "memory; 0 otherwise; nil without a channel"
+    ),
+    "yield_fruitless": "1 when its last yields gave the host nothing (handled as no agent)",
+    "yield_pending": "1 while a yield request is outstanding or its RSS drop is awaited",
+    "yield_returned": "KiB the last yield gave back, measured by the drop of QEMU RSS",
 }
 
 #: Properties readable as ``x.name`` as well as ``(x.Prop "name")``.
@@ -91,6 +103,10 @@ HOST_CONTROLS: Dict[str, str] = {
 }
 GUEST_CONTROLS: Dict[str, str] = {
     "balloon_target": "memory the guest should have (KiB); the governor has the last word",
+    "yield_kib": (
+        "KiB to ask the guest's agent to yield (reclaim cold cache); capped by its size "
+        "and reported cache; inflation waits for the QEMU RSS to drop"
+    ),
 }
 
 #: Methods callable as ``(x.Method args...)``: name -> number of arguments.

@@ -129,6 +129,13 @@ class FakeHypervisor:
         with self._lock:
             return [self._info(vm) for vm in sorted(self.vms.values(), key=lambda v: v.name)]
 
+    def domain_info(self, name: str) -> DomainInfo:
+        vm = self.vms.get(name)
+        if vm is None:
+            raise DomainGone(f"VM {name} is gone")
+        with self._lock:
+            return self._info(vm)
+
     def _info(self, vm: FakeVm) -> DomainInfo:
         settings = DomainSettings(
             name=vm.name,

@@ -1,0 +1,175 @@
+"""Yields on real guests: cold cache goes back to the host; agents that cannot yield are ballooned.
+
+The lab guests' balloons have free page reporting on (host/lab/domain.py), so
+what a guest frees leaves its QEMU process within seconds. Cold page cache is
+made by reading a file the test writes under the lab's state directory: the
+guest's root is the host's / over 9p with caching, so the file's pages land in
+the guest's page cache (the guest's /tmp is tmpfs and would not count).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+from e2e_support import (
+    STATE_DIR,
+    Ebbd,
+    Guest,
+    record,
+    release_host,
+    squeeze_host,
+    wait_agents,
+    wait_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+MIB = 1024
+#: Size of the file read into a guest's page cache (the guests have 512 MiB).
+COLD_FILE_MIB = 160
+
+
+@pytest.fixture(scope="module")
+def cold_file() -> Iterator[Path]:
+    """A file of random bytes the guests can read over 9p (random: nothing merges it)."""
+    path = STATE_DIR / "e2e-cold-cache.bin"
+    if not path.exists() or path.stat().st_size != COLD_FILE_MIB * MIB * 1024:
+        with open(path, "wb") as out:
+            for _ in range(COLD_FILE_MIB):
+                out.write(os.urandom(1024 * 1024))
+    path.chmod(0o644)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def guest_meminfo(guest: Guest) -> Dict[str, int]:
+    out = guest.run("cat", "/proc/meminfo").stdout
+    values = {}
+    for line in out.splitlines():
+        name, _, rest = line.partition(":")
+        if rest.split():
+            values[name.strip()] = int(rest.split()[0])
+    return values
+
+
+def fill_cache(guest: Guest, path: Path) -> int:
+    """Read ``path`` in the guest; return KiB its page cache grew by (fails if it did not)."""
+    before = guest_meminfo(guest)["Cached"]
+    guest.run("dd", f"if={path}", "of=/dev/null", "bs=1M", timeout_s=300)
+    grown = guest_meminfo(guest)["Cached"] - before
+    if grown < COLD_FILE_MIB * MIB // 2:
+        pytest.fail(f"reading {path} in {guest.name} grew its page cache by only "
+                    f"{grown // MIB} MiB: is the guest's root still 9p with caching?")
+    return grown
+
+
+def yield_status(ebbd: Ebbd, guest: Guest) -> Dict[str, Any]:
+    return dict(ebbd.vm(guest.name).get("yield") or {})
+
+
+def restart_agent(guest: Guest, *extra: str) -> None:
+    guest.kill_agent()
+    wait_for(lambda: not guest.agent_pids(), 30, f"the agent in {guest.name} to stop")
+    guest.start_agent(*extra)
+    wait_for(guest.agent_pids, 30, f"the agent in {guest.name} to start")
+
+
+def journal_kinds(ebbd: Ebbd, guest: Guest) -> List[str]:
+    explained = json.loads(ebbd.ctl("explain", guest.name, "--json", "-n", "50").stdout)
+    return [str(d.get("kind")) for d in explained.get("decisions") or []]
+
+
+@pytest.mark.timeout(600)
+def test_ebbctl_yield_turns_cold_cache_into_host_memory_at_full_balloon(
+    guests: List[Guest], ebbd_factory, cold_file: Path
+) -> None:
+    guest = guests[0]
+    ebbd = ebbd_factory()
+    wait_agents(ebbd, guests)
+    wait_for(lambda: yield_status(ebbd, guest).get("capable"), 30,
+             f"{guest.name}'s agent to agree the yield capability",
+             last=lambda: yield_status(ebbd, guest))
+    grown = fill_cache(guest, cold_file)
+    time.sleep(3)  # the page cache's pages are resident at the host now
+
+    result = ebbd.ctl("yield", guest.name, f"{COLD_FILE_MIB}M", "--json", check=False)
+    assert result.returncode == 0, f"ebbctl yield failed: {result.stderr}{result.stdout}"
+    answer = json.loads(result.stdout)
+    returned = answer["returned_kib"]
+    record("yield_cache_read_mib", grown // MIB)
+    record("yield_rss_returned_mib", returned // MIB)
+    record("yield_agent_freed_mib", (answer["agent_freed_kib"] or 0) // MIB)
+    record("yield_answer_s", answer["answered_after_s"])
+    # Most of the cold cache came back at the host, measured by QEMU's RSS ...
+    assert returned >= COLD_FILE_MIB * MIB // 3, answer
+    # ... and the guest kept its full size: no balloon moved.
+    assert guest.actual_kib() == guest.max_kib()
+    assert ebbd.vm(guest.name)["balloon_cur_kib"] == guest.max_kib()
+    kinds = journal_kinds(ebbd, guest)
+    assert "yield-request" in kinds and "yield-result" in kinds, kinds
+
+
+@pytest.mark.timeout(300)
+def test_ebbd_still_manages_an_agent_without_the_yield_capability(
+    guests: List[Guest], ebbd_factory
+) -> None:
+    plain, other = guests
+    restart_agent(plain, "--no-yield")
+    try:
+        ebbd = ebbd_factory()
+        wait_agents(ebbd, guests)
+        wait_for(lambda: ebbd.vm(plain.name).get("offer_kib") is not None, 30,
+                 f"{plain.name}'s offer to reach ebbd")
+        row = ebbd.vm(plain.name)
+        assert row["agent"]["connected"] and row["cooperation"] == "ok", row
+        assert row["yield"]["capable"] is False
+        assert yield_status(ebbd, other)["capable"] is True
+        refused = ebbd.ctl("yield", plain.name, "64M", check=False)
+        assert refused.returncode == 1
+        assert "no yield capability" in refused.stderr
+    finally:
+        restart_agent(plain)
+
+
+@pytest.mark.timeout(600)
+def test_an_agent_started_with_no_yield_is_ballooned_instead(
+    guests: List[Guest], ebbd_factory, host, cold_file: Path
+) -> None:
+    plain, yielder = guests
+    restart_agent(plain, "--no-yield")
+    try:
+        ebbd = ebbd_factory()
+        wait_agents(ebbd, guests)
+        wait_for(lambda: yield_status(ebbd, yielder).get("capable")
+                 and yield_status(ebbd, plain).get("capable") is False,
+                 30, "the capabilities of both agents",
+                 last=lambda: [yield_status(ebbd, g) for g in guests])
+        # Both guests hold resident cache: something a balloon or a yield can return.
+        fill_cache(plain, cold_file)
+        fill_cache(yielder, cold_file)
+
+        assert plain.actual_kib() == plain.max_kib()  # nothing taken before the pressure
+        share = squeeze_host(0.15, host)
+        level = wait_for(lambda: (ebbd.status()["host"].get("pressure_level") or 0) >= 1,
+                         30, "ebbd to see the host short of memory")
+        assert level
+        started = time.monotonic()
+        wait_for(lambda: plain.actual_kib() < plain.max_kib(), 240,
+                 f"the balloon of {plain.name} (agent --no-yield) to inflate",
+                 last=lambda: (ebbd.vm(plain.name).get("last_action"),
+                               ebbd.status()["host"].get("pressure_reason")))
+        record("no_yield_ballooned_after_s", round(time.monotonic() - started, 1))
+        record("no_yield_pressure_share", round(share, 3))
+        # The guest that cannot yield was never asked to; the other one was asked first.
+        assert "yield-request" not in journal_kinds(ebbd, plain)
+        wait_for(lambda: "yield-request" in journal_kinds(ebbd, yielder), 30,
+                 f"ebbd to ask {yielder.name} to yield")
+        release_host(host)
+    finally:
+        release_host(host)
+        restart_agent(plain)
