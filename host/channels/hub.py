@@ -420,6 +420,7 @@ class GuestChannels:
                     if ch.path is not None and now >= ch.next_connect_mono:
                         self._connect(ch, now)
                     continue
+                session.refused.flush(now)
                 ping = session.due_ping(now)
                 if ping is not None:
                     self._queue(ch, ping)

@@ -49,6 +49,7 @@ from ebb.protocol import (
     error_reply,
     needs_error_reply,
 )
+from ebb.protocol.logs import RefusedInputLog, printable
 
 from .state import (
     ChannelLimits,
@@ -132,6 +133,8 @@ class GuestSession:
         self._hello_required_at = float("-inf")
         self._need_tick_mono = float("-inf")
         self._connected_mono: Optional[float] = None
+        # Refused input is logged at WARNING, one summary line a minute at most.
+        self.refused = RefusedInputLog(LOG, f"guest {vm}")
 
     # --- connection lifecycle (called by the hub) -------------------------------
 
@@ -199,13 +202,13 @@ class GuestSession:
     def _protocol_error(self, err: ProtocolError, now_mono: float, replies: List[bytes]) -> None:
         self.protocol_errors += 1
         if isinstance(err, FrameTooLarge):
-            raise CutOff(f"oversized frame: {err.message}")
+            raise CutOff(f"oversized frame: {printable(err.message)}")
         count = self._errors.add(now_mono)
-        LOG.debug("guest %s: protocol error %s", self.vm, err)
+        self.refused.record(err, now_mono)
         if count > self.limits.max_errors_per_window:
             raise CutOff(
                 f"garbage: {count} protocol errors within {self.limits.error_window_s:g} s "
-                f"(last: {err})"
+                f"(last: {printable(err)})"
             )
         if needs_error_reply(err):
             replies.append(encode_message(error_reply(err)))
@@ -226,11 +229,12 @@ class GuestSession:
         if isinstance(msg, Error):
             LOG.info(
                 "guest %s refused a %s message: %s: %s",
-                self.vm, msg.ref_type or "(unknown)", msg.code, msg.message,
+                self.vm, printable(msg.ref_type or "(unknown)"), msg.code,
+                printable(msg.message),
             )
             return
         if isinstance(msg, Bye):
-            LOG.info("guest %s: agent said bye (%s)", self.vm, msg.reason)
+            LOG.info("guest %s: agent said bye (%s)", self.vm, printable(msg.reason))
             self.state = SessionState.AWAITING_HELLO
             self.next_ping_mono = None
             return
@@ -275,10 +279,11 @@ class GuestSession:
                 msg.kib, msg.urgency
             )
             if msg.kib > 0 and changed:
+                reason = printable(msg.reason)
                 LOG.info(
                     "guest %s needs %d KiB (%s): %s",
-                    self.vm, msg.kib, msg.urgency, msg.reason,
-                    extra={"VM": self.vm, "ACTION": "need", "REASON": msg.reason},
+                    self.vm, msg.kib, msg.urgency, reason,
+                    extra={"VM": self.vm, "ACTION": "need", "REASON": reason},
                 )
                 # A guest may change its need often; it earns an immediate tick
                 # at most once per need_tick_min_interval_s (a more urgent need
@@ -298,7 +303,7 @@ class GuestSession:
         if version is None:
             LOG.warning(
                 "guest %s: agent %s speaks protocol versions %s; this ebbd speaks %s",
-                self.vm, hello.agent_version, list(hello.protocol_versions), [1],
+                self.vm, printable(hello.agent_version), list(hello.protocol_versions), [1],
             )
             replies.append(
                 encode_message(
@@ -334,8 +339,8 @@ class GuestSession:
         LOG.info(
             "guest %s: agent %s%s in session (protocol %d%s)",
             self.vm,
-            hello.agent_version,
-            f" on {hello.hostname}" if hello.hostname else "",
+            printable(hello.agent_version),
+            f" on {printable(hello.hostname)}" if hello.hostname else "",
             version,
             ", restarted" if restarted else "",
         )
