@@ -307,12 +307,11 @@ def hostile_payload(seed: int, edits: bytes) -> bytes:
 
 
 @MANY
-@given(seed=st.integers(0, 2**32 - 1), edits=st.binary(max_size=9),
-       garbage=st.binary(max_size=24), cuts=st.lists(st.integers(0, 255), max_size=3))
-def test_decoders_return_messages_or_protocol_errors(
-    seed: int, edits: bytes, garbage: bytes, cuts: List[int]
-) -> None:
+@given(seed=st.integers(0, 2**32 - 1), noise=st.binary(max_size=36))
+def test_decoders_return_messages_or_protocol_errors(seed: int, noise: bytes) -> None:
     """The framing reader and the message decoder, as both sides run them."""
+    # One draw for everything else keeps each example cheap: 10^4 of them run here.
+    edits, cuts, garbage = noise[:9], list(noise[9:12]), noise[12:]
     payload = hostile_payload(seed, edits)
     outcome = decode_result(payload)
     check_results([outcome])
