@@ -6,7 +6,7 @@ sample, send a report, offer or need, ping a quiet host). States::
 
     DISCONNECTED --open, hello--> HELLO_SENT --welcome--> ACTIVE
          ^                   hello again  |  ^  bye, hello_required,  |
-         |          (5 s doubling to 60 s)   |  unanswered keepalive   |
+         |          (1 s doubling to 10 s)   |  unanswered keepalive   |
          +-- host gone (EOF/HUP), write failed: reopen after 1 s doubling to 10 s
     STOPPED after stop(): a bye is sent first when the transport is open.
 
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from ebb.protocol.errors import ProtocolError
+from ebb.protocol.logs import RefusedInputLog, printable
 from ebb.protocol.messages import (
     CAPABILITIES,
     REQUEST_YIELD,
@@ -105,8 +106,11 @@ class AgentConfig:
     backoff_min_s: float = 1.0
     backoff_max_s: float = 10.0
     #: Wait for a welcome before saying hello again: doubles from min to max (PROTOCOL.md 4.1).
-    hello_retry_min_s: float = 5.0
-    hello_retry_max_s: float = 60.0
+    #: 1 s to 10 s: on a serial line the host may start listening at any time and
+    #: the agent learns it only from a welcome, so the wait stays short; a hello is
+    #: about 100 bytes, nothing for a line nobody reads.
+    hello_retry_min_s: float = 1.0
+    hello_retry_max_s: float = 10.0
     #: A write that cannot complete in this time means the host end is gone.
     write_timeout_s: float = 2.0
     #: Ping a host not heard from for this long; re-handshake if the ping goes unanswered
@@ -204,6 +208,8 @@ class Agent:
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
         self._reader = MessageReader()
+        # Refused input is logged at WARNING, one summary line a minute at most.
+        self._refused = RefusedInputLog(LOG, "host")
         self._error_budget = _TokenBucket(self.config.error_replies_per_s, clock)
         self._backoff_s = self.config.backoff_min_s
         self._hello_retry_s = self.config.hello_retry_min_s
@@ -298,6 +304,7 @@ class Agent:
 
     def _on_timers(self) -> None:
         now = self._clock()
+        self._refused.flush(now)
         if self._state is ConnectionState.HELLO_SENT:
             if now >= self._hello_due_at:
                 LOG.debug("no welcome yet; sending hello again")
@@ -421,7 +428,7 @@ class Agent:
     def _handle(self, item: object) -> None:
         if isinstance(item, ProtocolError):
             self.counters.protocol_errors += 1
-            LOG.debug("refused input from the host: %s", item)
+            self._refused.record(item, self._clock())
             if needs_error_reply(item):
                 self._reply_error(error_reply(item))
             return
@@ -464,9 +471,9 @@ class Agent:
                 return
             LOG.warning(
                 "the host refused a %s message: %s: %s",
-                item.ref_type or "(unknown)",
+                printable(item.ref_type or "(unknown)"),
                 item.code,
-                item.message,
+                printable(item.message),
             )
         else:
             assert isinstance(item, (Hello, Report, Offer, Need, Yielded))

@@ -24,7 +24,6 @@ from typing import (
     Any,
     ClassVar,
     Dict,
-    Iterable,
     List,
     Mapping,
     Optional,
@@ -38,6 +37,15 @@ import msgpack
 
 from .errors import DecodeError, ProtocolError, UnknownMessageType, ValidationError
 from .framing import MAX_FRAME_BYTES, encode_frame
+from .payload import (
+    MAX_ARRAY_ITEMS,
+    MAX_BIN_BYTES,
+    MAX_DEPTH,
+    MAX_KEYS,
+    MAX_STRING_BYTES,
+    MAX_STRING_CHARS,
+    scan_payload,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -75,6 +83,7 @@ __all__ = [
     "Yielded",
     "choose_version",
     "decode_message",
+    "decode_result",
     "encode_message",
     "encode_payload",
     "error_reply",
@@ -114,14 +123,6 @@ ERR_UNSUPPORTED_VERSION = "unsupported_version"
 ERR_UNKNOWN_REQUEST = "unknown_request"
 ERR_UNEXPECTED_MESSAGE = "unexpected_message"
 
-#: Most keys in any map of a payload.
-MAX_KEYS = 64
-#: Deepest nesting of maps and arrays; the top-level map is depth 1.
-MAX_DEPTH = 4
-#: Most items in any array of a payload.
-MAX_ARRAY_ITEMS = 64
-#: Longest string anywhere in a payload, in characters (fields have tighter limits).
-MAX_STRING_CHARS = 4096
 #: The report intervals a host may ask for in ``welcome`` (ms, inclusive).
 REPORT_INTERVAL_MS_MIN = 100
 REPORT_INTERVAL_MS_MAX = 3_600_000
@@ -668,89 +669,61 @@ def decode_message(payload: bytes) -> Message:
     that are not an acceptable msgpack map, :class:`ValidationError` (and
     :class:`UnknownMessageType`) for a map that is not a valid message.
     """
+    outcome = decode_result(payload)
+    if isinstance(outcome, ProtocolError):
+        raise outcome
+    return outcome
+
+
+def decode_result(payload: bytes) -> Union[Message, ProtocolError]:
+    """Like :func:`decode_message`, with the error as the return value.
+
+    A returned error has no traceback and no chained exception: it keeps nothing
+    of the refused payload alive, so a reader may hold on to it (to log it or
+    count it) without holding the decoded objects.
+    """
     if len(payload) > MAX_FRAME_BYTES:
-        raise DecodeError(
+        return DecodeError(
             f"payload of {len(payload)} bytes exceeds the {MAX_FRAME_BYTES}-byte limit",
             code="too_long",
         )
+    # The structure is checked on the bytes first (no object is built for a
+    # payload that breaks a limit); msgpack's own limits are a second guard.
+    problem, type_name = scan_payload(payload)
+    if problem is not None:
+        return problem
+    data: Any = None
+    failure: Optional[str] = None
     try:
         data = msgpack.unpackb(
             payload,
             raw=False,
             strict_map_key=True,
             use_list=True,
-            max_str_len=MAX_FRAME_BYTES,
-            max_bin_len=MAX_FRAME_BYTES,
-            max_array_len=MAX_FRAME_BYTES,
-            max_map_len=MAX_FRAME_BYTES,
+            max_str_len=MAX_STRING_BYTES,
+            max_bin_len=MAX_BIN_BYTES,
+            max_array_len=MAX_ARRAY_ITEMS,
+            max_map_len=MAX_KEYS,
             max_ext_len=0,
         )
-    except msgpack.StackError:
-        raise DecodeError(
-            f"payload nests maps/arrays deeper than {MAX_DEPTH} levels", code="too_deep"
-        ) from None
-    except msgpack.ExtraData:
-        raise DecodeError(
-            "payload holds more than one msgpack object (data after the map)",
-            code="bad_msgpack",
-        ) from None
     except Exception as err:
-        # msgpack signals bad input with ValueError, TypeError, UnicodeDecodeError
-        # and others; whatever it is, the peer sent something that is not a message.
-        raise DecodeError(f"payload is not valid msgpack: {err}", code="bad_msgpack") from err
-    if not isinstance(data, dict):
-        raise DecodeError(
-            f"payload must be a msgpack map, got {_type_name(data)}", code="not_a_map"
-        )
-    _check_structure(data)
-    return from_dict(data)
-
-
-def _check_structure(top: Dict[Any, Any]) -> None:
-    """Enforce key counts, nesting, array and string sizes over the whole map."""
-    # Only containers go on the stack; scalars are checked where they are met,
-    # which keeps a flat report's check to one pass over its values.
-    stack: List[Tuple[Any, int]] = [(top, 1)]
-    while stack:
-        container, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise DecodeError(f"maps/arrays nested deeper than {MAX_DEPTH} levels", code="too_deep")
-        if isinstance(container, dict):
-            if len(container) > MAX_KEYS:
-                raise DecodeError(
-                    f"a map has {len(container)} keys, at most {MAX_KEYS} allowed",
-                    code="too_many_keys",
-                )
-            for key in container:
-                if not isinstance(key, str):
-                    raise DecodeError(
-                        f"map keys must be strings, got {_type_name(key)}", code="bad_value"
-                    )
-                _check_scalar(key)
-            items: Iterable[Any] = container.values()
-        else:
-            if len(container) > MAX_ARRAY_ITEMS:
-                raise DecodeError(
-                    f"an array has {len(container)} items, at most {MAX_ARRAY_ITEMS} allowed",
-                    code="too_long",
-                )
-            items = container
-        for item in items:
-            if isinstance(item, (dict, list)):
-                stack.append((item, depth + 1))
-            else:
-                _check_scalar(item)
-
-
-def _check_scalar(value: Any) -> None:
-    if isinstance(value, str):
-        if len(value) > MAX_STRING_CHARS:
-            raise DecodeError(
-                f"a string has {len(value)} characters, at most {MAX_STRING_CHARS} allowed",
-                code="too_long",
-            )
-    elif not (value is None or isinstance(value, (bool, int, float, bytes))):
-        raise DecodeError(f"unsupported msgpack value {type(value).__name__}", code="bad_value")
+        # Not expected after the scan; whatever it is, the payload is refused.
+        failure = f"payload is not valid msgpack: {err}"
+    if failure is not None or not isinstance(data, dict):
+        return DecodeError(failure or "payload must be a msgpack map", code="bad_msgpack",
+                           ref_type=type_name)
+    try:
+        return from_dict(data)
+    except ProtocolError as err:
+        error = err
+    finally:
+        data = None
+    # The traceback would reach the frames that held the decoded map, and the
+    # chained exceptions the field checks' frames: drop both.
+    error.__traceback__ = None
+    error.__context__ = None
+    error.__cause__ = None
+    return error
 
 
 # --- helpers for both ends -------------------------------------------------------

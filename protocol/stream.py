@@ -14,7 +14,7 @@ from typing import List, Union
 
 from .errors import FramingError, ProtocolError, UnsupportedFrameVersion
 from .framing import FrameDecoder
-from .messages import Message, decode_message
+from .messages import Error, Message, decode_result
 
 LOG = logging.getLogger(__name__)
 
@@ -58,10 +58,9 @@ class MessageReader:
             if isinstance(frame, ProtocolError):
                 results.append(frame)
                 continue
-            try:
-                results.append(decode_message(frame))
-            except ProtocolError as err:
-                results.append(err)
+            # Errors come back as values without a traceback: nothing of a
+            # refused payload outlives this loop (PROTOCOL.md 7, "memory").
+            results.append(decode_result(frame))
         for item in results:
             if isinstance(item, ProtocolError):
                 self.errors += 1
@@ -77,6 +76,10 @@ def needs_error_reply(err: ProtocolError) -> bool:
     restarting, and answering garbage could feed an echo loop. A frame that
     arrived intact but held a bad message gets one, so its sender can log it; so
     does an intact frame of an unknown framing version, so a newer peer learns to
-    fall back.
+    fall back. An ``error`` message is never answered, not even an invalid one
+    (one whose ``type`` could be read as ``error``): two sides that each refuse
+    the other's errors would otherwise answer each other for ever.
     """
+    if err.ref_type == Error.TYPE:
+        return False
     return isinstance(err, UnsupportedFrameVersion) or not isinstance(err, FramingError)

@@ -521,6 +521,7 @@ class GuestChannels:
                         extra={"VM": session.vm, "ACTION": "yield-timeout"},
                     )
                     session.end_pending_yield(TIMED_OUT)
+                session.refused.flush(now)
                 ping = session.due_ping(now)
                 if ping is not None:
                     self._queue(ch, ping)

@@ -51,6 +51,7 @@ from ebb.protocol import (
     error_reply,
     needs_error_reply,
 )
+from ebb.protocol.logs import RefusedInputLog, printable
 
 from .state import (
     ChannelLimits,
@@ -176,6 +177,8 @@ class GuestSession:
         self._need_log = _LogLimit()
         self._session_log = _LogLimit()
         self._error_log = _LogLimit()
+        # Refused input is logged at WARNING, one summary line a minute at most.
+        self.refused = RefusedInputLog(LOG, f"guest {vm}")
 
     # --- connection lifecycle (called by the hub) -------------------------------
 
@@ -245,13 +248,13 @@ class GuestSession:
     def _protocol_error(self, err: ProtocolError, now_mono: float, replies: List[bytes]) -> None:
         self.protocol_errors += 1
         if isinstance(err, FrameTooLarge):
-            raise CutOff(f"oversized frame: {err.message}")
+            raise CutOff(f"oversized frame: {printable(err.message)}")
         count = self._errors.add(now_mono)
-        LOG.debug("guest %s: protocol error %s", self.vm, err)
+        self.refused.record(err, now_mono)
         if count > self.limits.max_errors_per_window:
             raise CutOff(
                 f"garbage: {count} protocol errors within {self.limits.error_window_s:g} s "
-                f"(last: {err})"
+                f"(last: {printable(err)})"
             )
         if needs_error_reply(err):
             replies.append(encode_message(error_reply(err)))
@@ -273,12 +276,13 @@ class GuestSession:
             level, note = self._error_log.level(now_mono)
             LOG.log(
                 level, "guest %s refused a %s message: %s: %s%s",
-                self.vm, msg.ref_type or "(unknown)", msg.code, msg.message, note,
+                self.vm, printable(msg.ref_type or "(unknown)"), msg.code,
+                printable(msg.message), note,
             )
             return
         if isinstance(msg, Bye):
             level, note = self._session_log.level(now_mono)
-            LOG.log(level, "guest %s: agent said bye (%s)%s", self.vm, msg.reason, note)
+            LOG.log(level, "guest %s: agent said bye (%s)%s", self.vm, printable(msg.reason), note)
             self.end_pending_yield(SESSION_ENDED)
             self.state = SessionState.AWAITING_HELLO
             self.next_ping_mono = None
@@ -325,10 +329,11 @@ class GuestSession:
             )
             if msg.kib > 0 and changed:
                 level, note = self._need_log.level(now_mono)
+                reason = printable(msg.reason)
                 LOG.log(
                     level, "guest %s needs %d KiB (%s): %s%s",
-                    self.vm, msg.kib, msg.urgency, msg.reason, note,
-                    extra={"VM": self.vm, "ACTION": "need", "REASON": msg.reason},
+                    self.vm, msg.kib, msg.urgency, reason, note,
+                    extra={"VM": self.vm, "ACTION": "need", "REASON": reason},
                 )
                 # A guest may change its need often; it earns an immediate tick
                 # at most once per need_tick_min_interval_s (a more urgent need
@@ -395,7 +400,7 @@ class GuestSession:
             level, note = self._session_log.level(now_mono, logging.WARNING)
             LOG.log(
                 level, "guest %s: agent %s speaks protocol versions %s; this ebbd speaks %s%s",
-                self.vm, hello.agent_version, list(hello.protocol_versions), [1], note,
+                self.vm, printable(hello.agent_version), list(hello.protocol_versions), [1], note,
             )
             replies.append(
                 encode_message(
@@ -439,8 +444,8 @@ class GuestSession:
             level,
             "guest %s: agent %s%s in session (protocol %d%s)%s",
             self.vm,
-            hello.agent_version,
-            f" on {hello.hostname}" if hello.hostname else "",
+            printable(hello.agent_version),
+            f" on {printable(hello.hostname)}" if hello.hostname else "",
             version,
             ", restarted" if restarted else "",
             note,

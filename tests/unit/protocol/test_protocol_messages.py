@@ -287,7 +287,7 @@ def test_unknown_type_reply_survives_an_absurd_type_name() -> None:
         (b"\x81\xa4type\xa2\xff\xfe", "bad_msgpack"),  # invalid UTF-8
         (b"\x93\x01\x02\x03", "not_a_map"),
         (b"\xa4ping", "not_a_map"),
-        (b"\x81\x01\x02", "bad_msgpack"),  # integer key (msgpack's strict_map_key)
+        (b"\x81\x01\x02", "bad_value"),  # integer key: PROTOCOL.md 6.1, not a string
         (b"\x82\xa4type\xa4ping\xc4\x01k\x01", "bad_value"),  # binary key
         (b"\x82\xa4type\xa4ping\xa5nonce\xd6\xff\x00\x00\x00\x01", "bad_msgpack"),  # timestamp ext
     ],

@@ -142,6 +142,7 @@ def test_error_codes_the_code_can_produce_are_documented(spec: str) -> None:
     source = "".join(p.read_text(encoding="utf-8") for p in SPEC_PATH.parent.glob("*.py"))
     produced |= set(re.findall(r'code="([a-z_]+)"', source))
     produced |= set(re.findall(r'_Bad\(\s*"([a-z_]+)"', source))
+    produced |= set(re.findall(r'_Problem\(\s*"([a-z_]+)"', source))
     produced.discard("protocol_error")  # fallback for a code that is not a token
     assert produced - set(codes) == set()
     assert set(codes) - produced == set()
