@@ -34,6 +34,7 @@ from ebb.host.channels import GuestChannelState, YieldHandle, YieldUnavailable
 from ebb.host.channels.yields import BUSY
 from ebb.host.governor import GuestView, fmt_kib
 from ebb.host.pressure import LEVEL_NAMES, HostPressure
+from ebb.protocol.logs import printable
 
 LOG = logging.getLogger(__name__)
 
@@ -478,7 +479,7 @@ class ManualYield:
             "agent_freed_kib": answer.freed_kib if answer is not None else None,
             "agent_asked_kib": answer.asked_kib if answer is not None else None,
             "stopped": answer.stopped if answer is not None else None,
-            "agent_reason": answer.reason if answer is not None else None,
+            "agent_reason": printable(answer.reason) if answer is not None else None,
             "agent_duration_ms": answer.duration_ms if answer is not None else None,
             "answered_after_s": round(answered_s, 3) if answered_s is not None else None,
             "elapsed_s": round(now_mono - self.started_mono, 3),

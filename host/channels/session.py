@@ -376,7 +376,7 @@ class GuestSession:
         LOG.info(
             "guest %s yielded %d KiB of %d asked in %d ms (%s%s)%s",
             self.vm, msg.freed_kib, msg.asked_kib, msg.duration_ms, msg.stopped,
-            f": {msg.reason}" if msg.reason else "",
+            f": {printable(msg.reason)}" if msg.reason else "",
             "" if received.requested else ", by itself",
             extra={"VM": self.vm, "ACTION": "yielded", "REASON": msg.stopped},
         )
@@ -534,8 +534,9 @@ class GuestSession:
             connected=connected,
             agent_active=active,
             stale=self.is_stale(now_mono),
-            agent_version=hello.agent_version if hello else None,
-            hostname=hello.hostname if hello else None,
+            # Guest-chosen text reaches ebbctl's screen: escaped like log lines.
+            agent_version=printable(hello.agent_version) if hello else None,
+            hostname=printable(hello.hostname) if hello else None,
             protocol_version=self.protocol_version if active else None,
             capabilities=self.capabilities if active else (),
             latest=self.latest,

@@ -108,6 +108,7 @@ class SimulatedAgent:
         request_id: Optional[int] = None,
         asked_kib: int = 0,
         stopped: str = "done",
+        reason: str = "simulated",
     ) -> None:
         """Answer a yield request (``request_id``) or report a background yield."""
         self.send(
@@ -118,7 +119,7 @@ class SimulatedAgent:
                 cache_after_kib=max(0, 300_000 - freed_kib),
                 duration_ms=120,
                 stopped=stopped,
-                reason="simulated",
+                reason=reason,
                 request_id=request_id,
             )
         )
