@@ -6,7 +6,11 @@ archive through debootstrap), boots the image under plain QEMU (TCG) with the
 host's kernel and Debian's initrd, systemd as init and the virtio-serial channel
 ``org.ebb.agent.0`` on a unix socket, and checks on the host end of that socket
 that the agent's hello and reports arrive: udev and systemd must start the agent
-by themselves. Then the port is unplugged and the agent's service must stop.
+by themselves. The agent under the packaged unit must be able to yield: its
+hello announces the ``yield`` capability, and a ``request`` kind ``yield`` is
+answered with a ``yielded`` that freed memory, after a test unit in the image
+read a file into the page cache. Then the port is unplugged and the agent's
+service must stop.
 Finally the package is purged in the image's tree and no file may be left
 behind.
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Callable, Dict, List
 
 import imagetools
 import pytest
@@ -42,18 +46,51 @@ REPORTS_WANTED = 3
 REPORTS_TIMEOUT_S = 60
 UNPLUG_TIMEOUT_S = 60
 
+#: A test unit in the image reads this (sparse) file at boot, so that the guest
+#: has page cache well above the agent's reserve (64 MiB here) to give back.
+FILL_FILE = "var/cache/ebb-test-fill"
+FILL_MIB = 192
+FILL_UNIT = """\
+[Unit]
+Description=ebb test: read a file into the page cache
+
+[Service]
+Type=oneshot
+ExecStart=/bin/dd if=/{path} of=/dev/null bs=1M
+
+[Install]
+WantedBy=multi-user.target
+"""
+FILL_TIMEOUT_S = 300
+YIELD_KIB = 64 * 1024
+YIELD_REQUEST_ID = 17
+YIELD_TIMEOUT_S = 60
+
+
+def _add_cache_fill(root: Path) -> None:
+    """The file and the boot-time unit that reads it into the guest's page cache."""
+    with open(root / FILL_FILE, "wb") as f:
+        f.truncate(FILL_MIB * 1024 * 1024)  # holes read as zeros, cached all the same
+    unit = "ebb-test-fill-cache.service"
+    (root / "etc/systemd/system" / unit).write_text(FILL_UNIT.format(path=FILL_FILE))
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(exist_ok=True)
+    (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+
 
 def _read_messages(
-    sock: socket.socket, reader: object, wanted: type, count: int, deadline: float, vm: Vm
+    sock: socket.socket, reader: object, wanted: type, count: int, deadline: float, vm: Vm,
+    match: Callable[[Any], bool] = lambda m: True,
 ) -> List[object]:
-    """Messages from the channel until ``count`` of type ``wanted`` arrived."""
+    """Messages from the channel until ``count`` of type ``wanted`` (and ``match``) arrived."""
     got: List[object] = []
-    while sum(isinstance(m, wanted) for m in got) < count:
+    while sum(isinstance(m, wanted) and match(m) for m in got) < count:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             kinds = [type(m).__name__ for m in got]
             raise AssertionError(
-                f"waited for {count} {wanted.__name__}; got {kinds}\n{vm.console_tail()}"
+                f"waited for {count} {wanted.__name__}; got {kinds}, last {got[-1:]}\n"
+                f"{vm.console_tail()}"
             )
         vm.check_running()
         sock.settimeout(min(remaining, 1.0))
@@ -74,12 +111,21 @@ def test_guest_package_boots_reports_and_purges_clean(debs: Dict[str, Path]) -> 
     require_root()
     require_tools("debootstrap", "mkfs.ext4", "qemu-system-x86_64")
     from ebb.protocol import MessageReader, ProtocolError
-    from ebb.protocol.messages import Hello, Report, Welcome, choose_version, encode_message
+    from ebb.protocol.messages import (
+        Hello,
+        Report,
+        Request,
+        Welcome,
+        Yielded,
+        choose_version,
+        encode_message,
+    )
 
     started = time.monotonic()
     version, vmlinuz, initrd = imagetools.host_kernel()
     with imagetools.scratch_dir() as workdir:
         root = imagetools.prepare_tree(workdir, INCLUDES, version)
+        _add_cache_fill(root)
         before_files = imagetools.file_list(root)
         before_accounts = imagetools.accounts(root)
 
@@ -111,9 +157,15 @@ def test_guest_package_boots_reports_and_purges_clean(debs: Dict[str, Path]) -> 
                 assert not [m for m in got if isinstance(m, ProtocolError)], got
                 chosen = choose_version(hello.protocol_versions)
                 assert chosen is not None, hello
+                # The packaged unit lets the agent write memory.reclaim (the agent
+                # logs why not otherwise: "yield: not offered to the host: ...").
+                assert "yield" in hello.capabilities, f"{hello}\n{vm.console_tail()}"
                 channel.sendall(
                     encode_message(
-                        Welcome(protocol_version=chosen, report_interval_ms=500, capabilities=())
+                        Welcome(
+                            protocol_version=chosen, report_interval_ms=500,
+                            capabilities=("yield",),
+                        )
                     )
                 )
                 got = _read_messages(
@@ -123,6 +175,28 @@ def test_guest_package_boots_reports_and_purges_clean(debs: Dict[str, Path]) -> 
                 reports = [m for m in got if isinstance(m, Report)]
                 assert reports[-1].mem_total_kib > 300 * 1024, reports[-1]
                 assert 0 < reports[-1].mem_available_kib <= reports[-1].mem_total_kib
+
+                # Yield: once the fill unit has read its file, the agent asked for
+                # a yield must make its kernel reclaim page cache.
+                got = _read_messages(
+                    channel, reader, Report, 1, time.monotonic() + FILL_TIMEOUT_S, vm,
+                    match=lambda r: r.cached_kib >= FILL_MIB * 1024,
+                )  # fmt: skip
+                channel.sendall(
+                    encode_message(
+                        Request(kind="yield", kib=YIELD_KIB, request_id=YIELD_REQUEST_ID,
+                                deadline_ms=20_000)
+                    )
+                )  # fmt: skip
+                got = _read_messages(
+                    channel, reader, Yielded, 1, time.monotonic() + YIELD_TIMEOUT_S, vm
+                )
+                yielded = next(m for m in got if isinstance(m, Yielded))
+                assert yielded.request_id == YIELD_REQUEST_ID, yielded
+                assert yielded.asked_kib > 0, yielded
+                assert yielded.freed_kib > 0, yielded
+                assert yielded.cache_after_kib < yielded.cache_before_kib, yielded
+                assert yielded.stopped != "error", yielded
                 assert reader.errors == 0
             # It was the unit that udev asked for, not some other way in.
             vm.wait_console(r"Started ebb-agent\.service", time.monotonic() + 30)
@@ -144,5 +218,6 @@ def test_guest_package_boots_reports_and_purges_clean(debs: Dict[str, Path]) -> 
 
         print(
             f"\nimage prepared in {prepared_s:.0f} s, hello {hello_s:.0f} s after QEMU "
-            f"started, {len(reports)} reports, total {time.monotonic() - started:.0f} s"
+            f"started, {len(reports)} reports, yield freed {yielded.freed_kib // 1024} MiB "
+            f"({yielded.stopped}), total {time.monotonic() - started:.0f} s"
         )
