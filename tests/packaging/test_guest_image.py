@@ -9,8 +9,10 @@ that the agent's hello and reports arrive: udev and systemd must start the agent
 by themselves. The agent under the packaged unit must be able to yield: its
 hello announces the ``yield`` capability, and a ``request`` kind ``yield`` is
 answered with a ``yielded`` that freed memory, after a test unit in the image
-read a file into the page cache. Then the port is unplugged and the agent's
-service must stop.
+read a file into the page cache; that unit also reports on the console that
+the agent runs as root with no capabilities and can write no cgroup file but
+the root's memory.reclaim. Then the port is unplugged and the agent's service
+must stop.
 Finally the package is purged in the image's tree and no file may be left
 behind.
 
@@ -47,35 +49,66 @@ REPORTS_TIMEOUT_S = 60
 UNPLUG_TIMEOUT_S = 60
 
 #: A test unit in the image reads this (sparse) file at boot, so that the guest
-#: has page cache well above the agent's reserve (64 MiB here) to give back.
+#: has page cache well above the agent's reserve (64 MiB here) to give back,
+#: then reports on the console, as "EBB-PROBE key=value" lines, what the
+#: packaged unit gave the agent's process: its uid, its capability bounding set,
+#: and which cgroup mounts it sees writable.
 FILL_FILE = "var/cache/ebb-test-fill"
 FILL_MIB = 192
-FILL_UNIT = """\
+PROBE_UNIT = """\
 [Unit]
-Description=ebb test: read a file into the page cache
+Description=ebb packaging test: fill the page cache, probe the agent
 
 [Service]
 Type=oneshot
-ExecStart=/bin/dd if=/{path} of=/dev/null bs=1M
+ExecStart=/usr/local/sbin/ebb-test-probe
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
 
 [Install]
 WantedBy=multi-user.target
 """
-FILL_TIMEOUT_S = 300
+PROBE_SCRIPT = """\
+#!/bin/sh
+p() { echo "EBB-PROBE $1=$2"; }
+dd if=/@FILL@ of=/dev/null bs=1M 2>/dev/null
+p filled "$?"
+i=0
+until [ "$(systemctl is-active ebb-agent.service)" = active ] || [ $i -ge 300 ]; do
+    sleep 1; i=$((i + 1))
+done
+pid=$(systemctl show -p MainPID --value ebb-agent.service)
+p uid "$(awk '/^Uid:/ {print $2}' /proc/$pid/status)"
+p caps "$(awk '/^CapBnd:/ {print $2}' /proc/$pid/status)"
+p cgroup_ro "$(grep -c ' /sys/fs/cgroup ro,' /proc/$pid/mountinfo)"
+p reclaim_rw "$(grep -c ' /sys/fs/cgroup/memory.reclaim rw,' /proc/$pid/mountinfo)"
+p cgroup_rw "$(awk '$5 ~ /^\\/sys\\/fs\\/cgroup/ && $6 ~ /^rw/ {print $5}' /proc/$pid/mountinfo \\
+    | tr '\\n' ' ')"
+p done 1
+"""
+PROBE_TIMEOUT_S = 300
 YIELD_KIB = 64 * 1024
 YIELD_REQUEST_ID = 17
 YIELD_TIMEOUT_S = 60
 
 
-def _add_cache_fill(root: Path) -> None:
-    """The file and the boot-time unit that reads it into the guest's page cache."""
+def _add_probe(root: Path) -> None:
+    """The file to cache and the boot-time unit that reads it and probes the agent."""
     with open(root / FILL_FILE, "wb") as f:
         f.truncate(FILL_MIB * 1024 * 1024)  # holes read as zeros, cached all the same
-    unit = "ebb-test-fill-cache.service"
-    (root / "etc/systemd/system" / unit).write_text(FILL_UNIT.format(path=FILL_FILE))
+    unit = "ebb-test-probe.service"
+    (root / "etc/systemd/system" / unit).write_text(PROBE_UNIT)
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(exist_ok=True)
     (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+    script = root / "usr/local/sbin/ebb-test-probe"
+    script.write_text(PROBE_SCRIPT.replace("@FILL@", FILL_FILE))
+    script.chmod(0o755)
+
+
+def _probe(vm: Vm, key: str, deadline: float) -> str:
+    return vm.wait_console(rf"EBB-PROBE {key}=(.*)$", deadline).group(1).strip()
 
 
 def _read_messages(
@@ -125,7 +158,7 @@ def test_guest_package_boots_reports_and_purges_clean(debs: Dict[str, Path]) -> 
     version, vmlinuz, initrd = imagetools.host_kernel()
     with imagetools.scratch_dir() as workdir:
         root = imagetools.prepare_tree(workdir, INCLUDES, version)
-        _add_cache_fill(root)
+        _add_probe(root)
         before_files = imagetools.file_list(root)
         before_accounts = imagetools.accounts(root)
 
@@ -176,10 +209,11 @@ def test_guest_package_boots_reports_and_purges_clean(debs: Dict[str, Path]) -> 
                 assert reports[-1].mem_total_kib > 300 * 1024, reports[-1]
                 assert 0 < reports[-1].mem_available_kib <= reports[-1].mem_total_kib
 
-                # Yield: once the fill unit has read its file, the agent asked for
-                # a yield must make its kernel reclaim page cache.
+                # Yield: once the probe has read its file, the agent asked for a
+                # yield must make its kernel reclaim page cache.
+                assert _probe(vm, "filled", vm.started + PROBE_TIMEOUT_S) == "0"
                 got = _read_messages(
-                    channel, reader, Report, 1, time.monotonic() + FILL_TIMEOUT_S, vm,
+                    channel, reader, Report, 1, time.monotonic() + REPORTS_TIMEOUT_S, vm,
                     match=lambda r: r.cached_kib >= FILL_MIB * 1024,
                 )  # fmt: skip
                 channel.sendall(
@@ -200,6 +234,21 @@ def test_guest_package_boots_reports_and_purges_clean(debs: Dict[str, Path]) -> 
                 assert reader.errors == 0
             # It was the unit that udev asked for, not some other way in.
             vm.wait_console(r"Started ebb-agent\.service", time.monotonic() + 30)
+            # What the unit gave: root without capabilities, the cgroup tree
+            # read-only but for the root cgroup's memory.reclaim.
+            deadline = time.monotonic() + 60
+            _probe(vm, "done", deadline)
+            facts = {
+                key: _probe(vm, key, deadline)
+                for key in ("uid", "caps", "cgroup_ro", "reclaim_rw", "cgroup_rw")
+            }
+            assert facts == {
+                "uid": "0",
+                "caps": "0000000000000000",
+                "cgroup_ro": "1",
+                "reclaim_rw": "1",
+                "cgroup_rw": "/sys/fs/cgroup/memory.reclaim",
+            }, f"{facts}\n{vm.console_tail()}"
 
             # Unplugging the port must stop the agent (BindsTo the device unit).
             vm.qmp("device_del", id="port0")
