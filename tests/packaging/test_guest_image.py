@@ -52,7 +52,9 @@ UNPLUG_TIMEOUT_S = 60
 #: has page cache well above the agent's reserve (64 MiB here) to give back,
 #: then reports on the console, as "EBB-PROBE key=value" lines, what the
 #: packaged unit gave the agent's process: its uid, its capability bounding set,
-#: and which cgroup mounts it sees writable.
+#: and which cgroup mounts it sees writable. The lines go through the journal,
+#: which the kernel command line forwards to the console: writing to ttyS0
+#: directly fails once serial-getty starts there and hangs the line up.
 FILL_FILE = "var/cache/ebb-test-fill"
 FILL_MIB = 192
 PROBE_UNIT = """\
@@ -62,9 +64,6 @@ Description=ebb packaging test: fill the page cache, probe the agent
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/ebb-test-probe
-StandardOutput=tty
-StandardError=tty
-TTYPath=/dev/ttyS0
 
 [Install]
 WantedBy=multi-user.target
