@@ -2,10 +2,10 @@
 
 The host package is checked by its contents (no VM boots it): the daemon, its
 unit, tmpfiles and sysusers entries, the default configuration and policies as
-conffiles, and nothing of the guest; the guest package holds the agent, its unit
-and udev rule and nothing of the host. Each unit in a package must be the one
-copy in packaging/systemd/. The Debian packages must pass lintian and the RPMs
-rpmlint without errors.
+conffiles, and nothing of the guest; the guest package holds the agent, its unit,
+udev rule and configuration file (a conffile) and nothing of the host. Each
+unit in a package must be the one copy in packaging/systemd/. The Debian
+packages must pass lintian and the RPMs rpmlint without errors.
 """
 
 from __future__ import annotations
@@ -104,15 +104,23 @@ def test_versions_agree() -> None:
     assert spec_version and spec_version.group(1) == version.group(1)
 
 
-def _default_config() -> str:
-    """The /etc/ebb/ebbd.toml the package build makes from this tree's config."""
-    spec = importlib.util.spec_from_file_location(
-        "make_ebbd_toml", REPO / "packaging" / "make_ebbd_toml.py"
-    )
+def _render(script: str) -> str:
+    """The file ``packaging/SCRIPT.py`` makes from this tree at package build time."""
+    spec = importlib.util.spec_from_file_location(script, REPO / "packaging" / f"{script}.py")
     assert spec is not None and spec.loader is not None
     maker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(maker)
     return str(maker.render())
+
+
+def _default_config() -> str:
+    """The /etc/ebb/ebbd.toml the package build makes from this tree's config."""
+    return _render("make_ebbd_toml")
+
+
+def _agent_config() -> str:
+    """The /etc/ebb/ebb-agent.conf the package build makes from this tree's agent."""
+    return _render("make_agent_conf")
 
 
 def test_default_config_shows_every_key_with_the_daemons_default(tmp_path: Path) -> None:
@@ -135,6 +143,31 @@ def test_default_config_shows_every_key_with_the_daemons_default(tmp_path: Path)
     assert len(re.findall(r"^#\w+ = ", text, re.M)) == sum(map(len, defaults.values()))
 
 
+def test_agent_config_names_every_key_and_changes_nothing(tmp_path: Path) -> None:
+    """The shipped ebb-agent.conf is read by the agent as empty; each "#key = value"
+    line, uncommented, is valid and is the agent's default; each key whose default
+    is computed shows a valid example after "# "; and no key is missing."""
+    from ebb.guest import cli
+
+    text = _agent_config()
+    shipped = tmp_path / "shipped.conf"
+    shipped.write_text(text)
+    assert cli.read_config(str(shipped)) == {}
+
+    defaults = re.findall(r"^#(\w+) = (.+)$", text, re.M)
+    examples = re.findall(r"^# (\w+) = (.+)$", text, re.M)
+    assert sorted(k for k, _ in defaults + examples) == sorted(cli.CONFIG_KEYS)
+    active = tmp_path / "active.conf"
+    active.write_text(re.sub(r"^# ?(\w+ = .+)$", r"\1", text, flags=re.M))
+    values = cli.read_config(str(active))
+    parser = cli.build_parser()
+    for key, _ in defaults:
+        dest = cli.CONFIG_KEYS[key][0]
+        assert values[dest] == parser.get_default(dest), key
+    for key, _ in examples:
+        assert parser.get_default(cli.CONFIG_KEYS[key][0]) is None, key
+
+
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     """The units parse without unknown keys or bad values (Exec*= pointed at
     /bin/true: the programs are not installed on the build machine)."""
@@ -155,6 +188,21 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     noise = re.compile(r"Unit \S+\.target not found|Failed to create \S+/start")
     problems = [line for line in proc.stderr.splitlines() if not noise.search(line)]
     assert problems == [], proc.stderr
+
+
+def test_agent_unit_lets_it_write_memory_reclaim_and_nothing_more() -> None:
+    """Root (the owner of memory.reclaim) without capabilities, one writable file."""
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(SYSTEMD / "ebb-agent.service")
+    service = unit["Service"]
+    assert service.get("DynamicUser", "no") == "no" and service.get("User", "root") == "root"
+    assert service["CapabilityBoundingSet"] == "" and service["AmbientCapabilities"] == ""
+    assert service["NoNewPrivileges"] == "yes"
+    assert service["ReadWritePaths"].split() == ["-/sys/fs/cgroup/memory.reclaim"]
+    for key in ("ProtectControlGroups", "ProtectKernelTunables"):
+        assert service[key] == "yes", key
+    assert service["ProtectSystem"] == "strict"
 
 
 def test_ebbd_unit_keeps_what_the_daemon_needs() -> None:
@@ -212,6 +260,7 @@ def test_debs_split_host_and_guest_code(debs: Dict[str, Path]) -> None:
             for path in system_files:
                 assert (path in other_files) == (other == name), (path, other)
     assert "etc/ebb/ebbd.toml" in files["ebb-host"]
+    assert "etc/ebb/ebb-agent.conf" in files["ebb-guest"]
     for path in files["ebb-host"]:
         assert "/ebb/guest/" not in path and path != "usr/bin/ebb-agent", path
         assert "udev" not in path, path
@@ -228,6 +277,8 @@ def test_debs_ship_the_one_copy_of_each_system_file(debs: Dict[str, Path]) -> No
             assert _deb_member(debs[name], path) == source.read_bytes(), path
     shipped = _deb_member(debs["ebb-host"], "etc/ebb/ebbd.toml").decode()
     assert shipped == _default_config()
+    shipped = _deb_member(debs["ebb-guest"], "etc/ebb/ebb-agent.conf").decode()
+    assert shipped == _agent_config()
 
 
 @pytest.mark.slow
@@ -236,7 +287,9 @@ def test_deb_conffiles_and_dependencies(debs: Dict[str, Path]) -> None:
     assert sorted(conffiles) == sorted(
         ["/etc/ebb/ebbd.toml"] + [f"/etc/ebb/policy.d/{p}" for p in DEFAULT_POLICIES]
     )
-    assert _deb_control_file(debs["ebb-guest"], "conffiles") == ""
+    assert _deb_control_file(debs["ebb-guest"], "conffiles").split() == [
+        "/etc/ebb/ebb-agent.conf"
+    ]
 
     def names(field: str) -> Set[str]:
         return {re.split(r"[ (]", d.strip())[0] for d in re.split(r"[,|]", field) if d.strip()}
@@ -317,8 +370,11 @@ def test_rpms_split_and_ship_the_same_units(rpms: Dict[str, Path], tmp_path: Pat
     for installed, source in pairs.items():
         assert (tmp_path / installed).read_bytes() == source.read_bytes(), installed
     assert (tmp_path / "ebb-host/etc/ebb/ebbd.toml").read_text() == _default_config()
+    assert (tmp_path / "ebb-guest/etc/ebb/ebb-agent.conf").read_text() == _agent_config()
     config = run(["rpm", "-qcp", str(rpms["ebb-host"])], timeout_s=30).stdout.split()
     assert "/etc/ebb/ebbd.toml" in config
+    guest_config = run(["rpm", "-qcp", str(rpms["ebb-guest"])], timeout_s=30).stdout.split()
+    assert guest_config == ["/etc/ebb/ebb-agent.conf"]
     assert sorted(Path(c).name for c in config if "/policy.d/" in c) == DEFAULT_POLICIES
 
 
