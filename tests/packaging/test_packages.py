@@ -212,6 +212,8 @@ def test_ebbd_unit_keeps_what_the_daemon_needs() -> None:
     service = unit["Service"]
     assert service["Type"] == "notify"
     assert service["Restart"] == "on-failure"
+    # A config or policy error (exit 2) is not retried in a loop.
+    assert service["RestartPreventExitStatus"] == "2"
     assert service["WatchdogSec"]
     assert "/sys/kernel/mm/ksm" in service["ReadWritePaths"].split()
     assert "/run/ebb" in service["ReadWritePaths"].split()
