@@ -22,13 +22,17 @@ import contextlib
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 from e2e_support import (
     AGENT_ARGS,
+    COLD_FILE,
+    COLD_FILE_MIB,
     GUEST_COUNT,
     GUEST_MEMORY_MIB,
+    MIB,
     POLICY_THRESHOLD,
     PREFIX,
     RESULTS,
@@ -164,3 +168,14 @@ def ebbd_factory(request: pytest.FixtureRequest,
             daemon.stop()
 
 
+@pytest.fixture(scope="session")
+def cold_file() -> Iterator[Path]:
+    """A file of random bytes the guests can read over 9p (random: nothing merges it)."""
+    path = COLD_FILE
+    if not path.exists() or path.stat().st_size != COLD_FILE_MIB * MIB * 1024:
+        with open(path, "wb") as out:
+            for _ in range(COLD_FILE_MIB):
+                out.write(os.urandom(1024 * 1024))
+    path.chmod(0o644)
+    yield path
+    path.unlink(missing_ok=True)

@@ -34,6 +34,8 @@ from ebb.host.lab.manager import Lab, LabSettings
 PREFIX = os.environ.get("EBB_E2E_PREFIX", "ebb-e2e")
 STATE_DIR = Path(os.environ.get("EBB_LAB_STATE_DIR", "/var/lib/ebb-lab"))
 GUEST_MEMORY_MIB = 512
+#: KiB in a MiB: the unit the tests' sizes are written in.
+MIB = 1024
 GUEST_COUNT = 2
 #: Lab agents retry the host every 2 s at most, so a restarted ebbd is seen fast.
 AGENT_ARGS = "--backoff-max 2"
@@ -369,3 +371,38 @@ def wait_agents(ebbd: Ebbd, guests: List[Guest], timeout_s: float = 60.0) -> Dic
     return wait_for(lambda: both_fresh(ebbd, names), timeout_s,
                     "both agents connected with fresh reports",
                     last=lambda: [ebbd.vm(n) for n in names])
+
+
+#: Size of the file read into a guest's page cache (the guests have 512 MiB).
+COLD_FILE_MIB = 160
+#: Where the cold-cache file lives: under the lab's state dir, which the guests
+#: see over 9p with caching (their /tmp is tmpfs and would not count).
+COLD_FILE = STATE_DIR / "e2e-cold-cache.bin"
+
+
+def guest_meminfo(guest: Guest) -> Dict[str, int]:
+    out = guest.run("cat", "/proc/meminfo").stdout
+    values = {}
+    for line in out.splitlines():
+        name, _, rest = line.partition(":")
+        if rest.split():
+            values[name.strip()] = int(rest.split()[0])
+    return values
+
+
+def fill_cache(guest: Guest, path: Path) -> int:
+    """Read ``path`` in the guest; return KiB its page cache grew by (fails if it did not)."""
+    before = guest_meminfo(guest)["Cached"]
+    guest.run("dd", f"if={path}", "of=/dev/null", "bs=1M", timeout_s=300)
+    grown = guest_meminfo(guest)["Cached"] - before
+    if grown < COLD_FILE_MIB * MIB // 2:
+        pytest.fail(f"reading {path} in {guest.name} grew its page cache by only "
+                    f"{grown // MIB} MiB: is the guest's root still 9p with caching?")
+    return grown
+
+
+def restart_agent(guest: Guest, *extra: str) -> None:
+    guest.kill_agent()
+    wait_for(lambda: not guest.agent_pids(), 30, f"the agent in {guest.name} to stop")
+    guest.start_agent(*extra)
+    wait_for(guest.agent_pids, 30, f"the agent in {guest.name} to start")

@@ -10,18 +10,20 @@ the guest's page cache (the guest's /tmp is tmpfs and would not count).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
 import pytest
 from e2e_support import (
-    STATE_DIR,
+    COLD_FILE_MIB,
+    MIB,
     Ebbd,
     Guest,
+    fill_cache,
     record,
     release_host,
+    restart_agent,
     squeeze_host,
     wait_agents,
     wait_for,
@@ -29,54 +31,8 @@ from e2e_support import (
 
 pytestmark = pytest.mark.e2e
 
-MIB = 1024
-#: Size of the file read into a guest's page cache (the guests have 512 MiB).
-COLD_FILE_MIB = 160
-
-
-@pytest.fixture(scope="module")
-def cold_file() -> Iterator[Path]:
-    """A file of random bytes the guests can read over 9p (random: nothing merges it)."""
-    path = STATE_DIR / "e2e-cold-cache.bin"
-    if not path.exists() or path.stat().st_size != COLD_FILE_MIB * MIB * 1024:
-        with open(path, "wb") as out:
-            for _ in range(COLD_FILE_MIB):
-                out.write(os.urandom(1024 * 1024))
-    path.chmod(0o644)
-    yield path
-    path.unlink(missing_ok=True)
-
-
-def guest_meminfo(guest: Guest) -> Dict[str, int]:
-    out = guest.run("cat", "/proc/meminfo").stdout
-    values = {}
-    for line in out.splitlines():
-        name, _, rest = line.partition(":")
-        if rest.split():
-            values[name.strip()] = int(rest.split()[0])
-    return values
-
-
-def fill_cache(guest: Guest, path: Path) -> int:
-    """Read ``path`` in the guest; return KiB its page cache grew by (fails if it did not)."""
-    before = guest_meminfo(guest)["Cached"]
-    guest.run("dd", f"if={path}", "of=/dev/null", "bs=1M", timeout_s=300)
-    grown = guest_meminfo(guest)["Cached"] - before
-    if grown < COLD_FILE_MIB * MIB // 2:
-        pytest.fail(f"reading {path} in {guest.name} grew its page cache by only "
-                    f"{grown // MIB} MiB: is the guest's root still 9p with caching?")
-    return grown
-
-
 def yield_status(ebbd: Ebbd, guest: Guest) -> Dict[str, Any]:
     return dict(ebbd.vm(guest.name).get("yield") or {})
-
-
-def restart_agent(guest: Guest, *extra: str) -> None:
-    guest.kill_agent()
-    wait_for(lambda: not guest.agent_pids(), 30, f"the agent in {guest.name} to stop")
-    guest.start_agent(*extra)
-    wait_for(guest.agent_pids, 30, f"the agent in {guest.name} to start")
 
 
 def journal_kinds(ebbd: Ebbd, guest: Guest) -> List[str]:

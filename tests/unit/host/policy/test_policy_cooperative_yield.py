@@ -13,6 +13,8 @@ from policy_testkit import GiB, guest
 
 HOST_16G = 16 * GiB
 MiB = 1024
+#: What a 4 GiB guest's agent keeps of its cache by default: 5 % of its memory.
+KEEP_4G = 0.05 * 4 * GiB
 
 
 def run(host_fields: Dict[str, Any], guests: List[Entity], name: str = "cooperative") -> Evaluation:
@@ -65,7 +67,9 @@ def test_yields_by_cache_that_cover_the_deficit_take_nothing_by_force() -> None:
     ev = run({"pressure_level": 1, "meminfo_available": 2 * GiB}, guests)
     asked = yields(ev)
     assert set(asked) == {"big", "small"}
-    assert abs(asked["big"] - 3 * asked["small"]) <= 3  # in proportion to their cache
+    # In proportion to the cache each holds above what its agent keeps.
+    ratio = (3 * GiB - KEEP_4G) / (GiB - KEEP_4G)
+    assert abs(asked["big"] - ratio * asked["small"]) <= 3
     assert abs(sum(asked.values()) - 1258291) < 4
     assert all(t is None for t in ev.proposed_targets().values())  # the yields cover it
 
@@ -75,12 +79,27 @@ def test_high_pressure_balloons_only_what_yields_do_not_cover_starting_without_a
     # from the guest without an agent, not from the yielder.
     guests = [yielder("y", cache=512 * MiB, offer=600 * MiB), legacy("old")]
     ev = run({"pressure_level": 2, "meminfo_available": 2 * GiB}, guests)
-    assert yields(ev) == {"y": 512 * MiB}
+    assert abs(yields(ev)["y"] - (512 * MiB - KEEP_4G)) < 1
     targets = ev.proposed_targets()
     assert targets["old"] is not None and targets["old"] < 4 * GiB
     # The yielder's offer is taken only for what the guest without an agent does not
     # give: here the deficit beyond the yield is 734003 KiB and its offer share covers it.
     assert targets.get("y") is None or targets["y"] >= 4 * GiB - 600 * MiB
+
+
+def test_a_guest_with_no_cache_above_what_it_keeps_is_not_asked_to_yield() -> None:
+    # A 512 MiB guest holding 19 MiB of cache keeps all of it (its reserve is 64 MiB):
+    # asking would cost a round trip and give nothing. The balloon takes its offer.
+    small = yielder("s", cache=19 * MiB, balloon_cur=512 * MiB, balloon_max=512 * MiB,
+                    balloon_min=128 * MiB, rss=512 * MiB, offer=240 * MiB)
+    ev = run({"pressure_level": 1, "meminfo_available": 3 * GiB}, [small])
+    assert yields(ev) == {}
+    assert ev.proposed_targets()["s"] is not None and ev.proposed_targets()["s"] < 512 * MiB
+    # With 100 MiB of cache it is asked for what lies above the 64 MiB it keeps.
+    cached = yielder("s", cache=100 * MiB, balloon_cur=512 * MiB, balloon_max=512 * MiB,
+                     balloon_min=128 * MiB, rss=512 * MiB, offer=240 * MiB)
+    ev = run({"pressure_level": 1, "meminfo_available": 3 * GiB}, [cached])
+    assert yields(ev) == {"s": 36 * MiB}
 
 
 def test_yields_that_cover_the_deficit_spare_every_balloon() -> None:
