@@ -47,11 +47,18 @@ class Compiler:
         #: name -> set of arities of every (def ...) in the whole program.
         self.functions = functions
         self.errors: List[PolicyError] = []
+        #: The value stack of every variable name (see Compiled).
+        self.program = Compiled()
+        for name in READ_ONLY:
+            self.program.stack(name)
+
+    def stack(self, name: str) -> List[Any]:
+        return self.program.stack(name)
 
     # -- entry points
 
     def compile_top(self, nodes: Sequence[Node]) -> Compiled:
-        out = Compiled()
+        out = Compiled(stacks=self.program.stacks)
         for node in nodes:
             try:
                 out.exprs.append((self.expr(node), size(node), node))
@@ -97,7 +104,7 @@ class Compiler:
             raise node.error(f"'{name}' is a function, not a value; call it as ({name} ...)")
         if "." not in name:
             check_variable_name(node, name)
-            return variable(node, name)
+            return variable(node, name, self.stack(name))
         head, _, attr = name.partition(".")
         check_variable_name(node, head)
         if "." in attr:
@@ -108,7 +115,7 @@ class Compiler:
             raise node.error(
                 f"unknown field '{attr}' in '{name}' (fields are listed in docs/policy.md)"
             )
-        return dot(node, head, attr)
+        return dot(node, head, attr, self.stack(head))
 
     # -- lists
 
@@ -199,7 +206,7 @@ class Compiler:
                 )
         elif args and args[0].kind in (INT, FLOAT, LIST, BLOCK) and method != "SetVar":
             pass  # checked at run time: may still evaluate to a string
-        return METHOD_BUILDERS[method](head, obj, name, self.exprs(args))
+        return METHOD_BUILDERS[method](head, obj, name, self.exprs(args), self.stack(obj))
 
     # -- special forms
 
@@ -207,18 +214,15 @@ class Compiler:
         check_arity(head, "defvar", len(args), 2, 2)
         name = self.binding_name(args[0], "defvar")
         value = self.expr(args[1])
+        stack = self.stack(name)
 
         def defvar(ctx: Context) -> Any:
             val = value(ctx)
             scope = ctx.scopes[-1]
             if name in scope:
-                return ctx.vars[name][-1]
+                return stack[-1]
             scope.append(name)
-            stack = ctx.vars.get(name)
-            if stack is None:
-                ctx.vars[name] = [val]
-            else:
-                stack.append(val)
+            stack.append(val)
             return val
 
         return defvar
@@ -229,10 +233,10 @@ class Compiler:
         name = self.binding_name(args[0], form)
         value = self.expr(args[1])
         target = args[0]
+        stack = self.stack(name)
 
         def set_(ctx: Context) -> Any:
             val = value(ctx)
-            stack = ctx.vars.get(name)
             if not stack:
                 raise target.error(
                     f"({form} {name} ...): no variable '{name}' exists; "
@@ -274,6 +278,7 @@ class Compiler:
             sum(size(b) for b in body_nodes) + 1,
             name_node,
             scoped=binds_variables(body_nodes),
+            stacks=tuple(self.stack(p) for p in params),
         )
 
         def define(ctx: Context) -> Any:
@@ -302,21 +307,16 @@ class Compiler:
         if not binds_variables(body_nodes) and not any(
             binds_variables([b.value[1]]) for b in bindings_node.value
         ):
-            names = [bname for bname, _ in bindings]
+            pushes = [(self.stack(bname), code) for bname, code in bindings]
+            stacks = [stack for stack, _ in pushes]
 
             # Nothing inside binds in this scope: push and pop the bindings only.
             def let_unscoped(ctx: Context) -> Any:
-                variables = ctx.vars
-                for bname, code in bindings:
-                    val = code(ctx)
-                    stack = variables.get(bname)
-                    if stack is None:
-                        variables[bname] = [val]
-                    else:
-                        stack.append(val)
+                for stack, code in pushes:
+                    stack.append(code(ctx))
                 result = body(ctx)
-                for bname in names:
-                    variables[bname].pop()
+                for stack in stacks:
+                    stack.pop()
                 return result
 
             return let_unscoped
@@ -382,6 +382,7 @@ class Compiler:
         items = self.expr(list_node)
         body = self.block(node, body_nodes)
         cost = sum(size(b) for b in body_nodes) + 1
+        stack = self.stack(var)
         if not binds_variables(body_nodes):
             # The body binds nothing in its scope: push and pop the item only.
             def with_unscoped(ctx: Context) -> Any:
@@ -393,9 +394,6 @@ class Compiler:
                 builder = ListBuilder(head)
                 results = builder.items
                 scalars = 0
-                stack = ctx.vars.get(var)
-                if stack is None:
-                    ctx.vars[var] = stack = []
                 for item in seq:
                     steps = ctx.steps + cost
                     if steps > ctx.step_limit:
@@ -567,34 +565,55 @@ def user_call(node: Node, name: str, args: List[Code]) -> Code:
             variables[bound].pop()
         return result
 
+    if nargs == 1:
+        (arg,) = args
+
+        # One argument, the common case: no list of values, no loop.
+        def call1(ctx: Context) -> Any:
+            fn = ctx.funcs.get(name)
+            if fn is None or fn.arity != 1:
+                fn = function_of(ctx)
+            value = arg(ctx)
+            steps = ctx.steps + fn.cost
+            depth = ctx.depth
+            if steps > ctx.step_limit or depth >= ctx.max_depth:
+                enter(ctx, fn)  # checks the budget, raises the right error
+            ctx.steps = steps
+            ctx.depth = depth + 1
+            stack = fn.stacks[0]
+            stack.append(value)
+            if fn.scoped:
+                result = run_scoped(ctx, fn, list(fn.params))
+            else:
+                result = fn.body(ctx)
+                stack.pop()
+            ctx.depth = depth
+            return result
+
+        return call1
+
     def call(ctx: Context) -> Any:
         fn = ctx.funcs.get(name)
         if fn is None or fn.arity != nargs:
             fn = function_of(ctx)
         # All arguments first (in the caller's scope), then bind them.
-        values = []
-        for arg in args:
-            values.append(arg(ctx))
+        values = [arg(ctx) for arg in args]
         steps = ctx.steps + fn.cost
         depth = ctx.depth
         if steps > ctx.step_limit or depth >= ctx.max_depth:
             enter(ctx, fn)  # checks the budget, raises the right error
         ctx.steps = steps
         ctx.depth = depth + 1
-        variables = ctx.vars
-        params = fn.params
-        for param, value in zip(params, values):
-            try:
-                variables[param].append(value)
-            except KeyError:  # the first binding of this name in this evaluation
-                variables[param] = [value]
+        stacks = fn.stacks
+        for stack, value in zip(stacks, values):
+            stack.append(value)
         if fn.scoped:
-            result = run_scoped(ctx, fn, list(params))
+            result = run_scoped(ctx, fn, list(fn.params))
         else:
             # A body without defvar needs no scope: pop the parameters only.
             result = fn.body(ctx)
-            for param in params:
-                variables[param].pop()
+            for stack in stacks:
+                stack.pop()
         ctx.depth = depth
         return result
 

@@ -177,10 +177,7 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
             # (op x name): the variable read inline.
             def compare_variable(ctx: Context) -> Any:
                 x = a(ctx)
-                try:
-                    y = ctx.vars[second][-1]
-                except (KeyError, IndexError):
-                    y = b(ctx)  # raises the right error
+                y = second[-1] if second else b(ctx)  # b raises the right error
                 try:
                     return fn(x, y)
                 except TypeError:
@@ -291,14 +288,13 @@ def _build_or(node: Node, codes: List[Code]) -> Code:
         dot = DOTS.get(a)
         default = constant_value(b)
         if dot is not None and default is not NO_VALUE:
-            head, attr = dot
+            stack, attr = dot
 
             # (or g.field 0), the policies' way to read a field that may be
             # missing, in one call: the read is done inline when the variable
             # holds a view with that field, else by the dot closure (which
             # reads a property or raises the right error).
             def or_field(ctx: Context) -> Any:
-                stack = ctx.vars.get(head)
                 if stack:
                     view = stack[-1]
                     if view.__class__ is View and attr in view.field_names:
@@ -423,9 +419,7 @@ def _build_valid(node: Node, codes: List[Code]) -> Code:
 
         # (valid g.a g.b ...): the field reads inline (see _build_or).
         def valid_fields(ctx: Context) -> Any:
-            variables = ctx.vars
-            for head, attr, code in reads:
-                stack = variables.get(head)
+            for stack, attr, code in reads:
                 if stack:
                     view = stack[-1]
                     if view.__class__ is View and attr in view.field_names:

@@ -9,10 +9,11 @@ host or a guest). The sizes of values are bounded here (see
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ebb.host.policy import fields as F
 from ebb.host.policy.limits import (
@@ -100,8 +101,11 @@ class Context:
         max_depth: int,
         max_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        variables: Optional[Dict[str, List[Any]]] = None,
     ) -> None:
-        self.vars: Dict[str, List[Any]] = {}
+        #: name -> stack of values, innermost binding last. A compiled program
+        #: passes its own (see :class:`Compiled`): its closures hold the stacks.
+        self.vars: Dict[str, List[Any]] = {} if variables is None else variables
         # Names bound in each open scope, innermost last (lists: scopes are tiny).
         self.scopes: List[List[str]] = [[]]
         self.funcs: Dict[str, Function] = {}
@@ -120,7 +124,11 @@ class Context:
 
     def bind_global(self, name: str, value: Any) -> None:
         self.scopes[0].append(name)
-        self.vars[name] = [value]
+        stack = self.vars.get(name)
+        if stack is None:
+            self.vars[name] = [value]
+        else:
+            stack.append(value)
 
     def check_budget(self, node: Node, steps: int) -> None:
         """Raise at ``node`` when ``steps`` or the wall time is over budget."""
@@ -241,6 +249,8 @@ class Function:
     #: Whether the body may bind with defvar, and so needs a scope of its own
     #: (most functions do not: a call then only pushes and pops its parameters).
     scoped: bool = True
+    #: The value stacks of the parameters (see :class:`Compiled`), in order.
+    stacks: Tuple[List[Any], ...] = ()
     arity: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -249,18 +259,36 @@ class Function:
 
 @dataclass
 class Compiled:
-    """A compiled program: top-level expressions with their node and step cost."""
+    """A compiled program: top-level expressions with their node and step cost.
+
+    ``stacks`` holds one stack of values per variable name of the program
+    (every name is written in its text, so all are known when it is
+    compiled): the closures that read or bind a variable hold its stack, and
+    a read is an index, not a lookup. The stacks belong to the evaluation
+    running now, so evaluations of one program take ``lock`` in turn and
+    start and end with every stack empty.
+    """
 
     exprs: List[Tuple[Code, int, Node]] = field(default_factory=list)
+    stacks: Dict[str, List[Any]] = field(default_factory=dict)
+    lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def stack(self, name: str) -> List[Any]:
+        """The value stack of variable ``name`` (made on first use)."""
+        stack = self.stacks.get(name)
+        if stack is None:
+            stack = self.stacks[name] = []
+        return stack
 
 
 #: Closures that return a constant, and their value: operators built on a
 #: constant operand use the value directly instead of calling for it.
 _CONSTANTS: weakref.WeakKeyDictionary[Code, Any] = weakref.WeakKeyDictionary()
-#: Closures that read ``head.attr`` (a field or property), with (head, attr).
-DOTS: weakref.WeakKeyDictionary[Code, Tuple[str, str]] = weakref.WeakKeyDictionary()
-#: Closures that read a variable, with its name.
-VARIABLES: weakref.WeakKeyDictionary[Code, str] = weakref.WeakKeyDictionary()
+#: Closures that read ``head.attr`` (a field or property), with head's value
+#: stack and attr.
+DOTS: weakref.WeakKeyDictionary[Code, Tuple[List[Any], str]] = weakref.WeakKeyDictionary()
+#: Closures that read a variable, with its value stack.
+VARIABLES: weakref.WeakKeyDictionary[Code, List[Any]] = weakref.WeakKeyDictionary()
 NO_VALUE: Any = object()
 
 
