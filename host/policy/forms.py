@@ -33,6 +33,7 @@ from ebb.host.policy.runtime import (
     ListBuilder,
     constant,
     constant_value,
+    stack_of,
     type_name,
 )
 
@@ -351,24 +352,25 @@ class Compiler:
 
     def if_code(self, codes: Sequence[Code]) -> Code:
         cond, yes, no = codes
+        sc = stack_of(cond)  # (if name ...): the variable read inline
         # (if c x 0) is the common shape: a constant branch costs no call.
         no_value = constant_value(no)
         if no_value is not NO_VALUE:
 
             def if_else_constant(ctx: Context) -> Any:
-                return yes(ctx) if cond(ctx) else no_value
+                return yes(ctx) if (sc[-1] if sc else cond(ctx)) else no_value
 
             return if_else_constant
         yes_value = constant_value(yes)
         if yes_value is not NO_VALUE:
 
             def if_then_constant(ctx: Context) -> Any:
-                return yes_value if cond(ctx) else no(ctx)
+                return yes_value if (sc[-1] if sc else cond(ctx)) else no(ctx)
 
             return if_then_constant
 
         def if_(ctx: Context) -> Any:
-            return yes(ctx) if cond(ctx) else no(ctx)
+            return yes(ctx) if (sc[-1] if sc else cond(ctx)) else no(ctx)
 
         return if_
 
@@ -567,13 +569,14 @@ def user_call(node: Node, name: str, args: List[Code]) -> Code:
 
     if nargs == 1:
         (arg,) = args
+        sarg = stack_of(arg)  # (f name): the variable read inline
 
         # One argument, the common case: no list of values, no loop.
         def call1(ctx: Context) -> Any:
             fn = ctx.funcs.get(name)
             if fn is None or fn.arity != 1:
                 fn = function_of(ctx)
-            value = arg(ctx)
+            value = sarg[-1] if sarg else arg(ctx)
             steps = ctx.steps + fn.cost
             depth = ctx.depth
             if steps > ctx.step_limit or depth >= ctx.max_depth:

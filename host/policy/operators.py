@@ -31,6 +31,7 @@ from ebb.host.policy.runtime import (
     View,
     constant_value,
     show,
+    stack_of,
     type_name,
 )
 
@@ -75,11 +76,12 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
     def build(node: Node, codes: List[Code]) -> Code:
         if len(codes) == 2:
             a, b = codes
+            sa, sb = stack_of(a), stack_of(b)
             k = constant_value(b)
             if k.__class__ in NUM_TYPES and not checks_operands:
 
                 def arith_constant(ctx: Context) -> Any:
-                    x = a(ctx)
+                    x = sa[-1] if sa else a(ctx)
                     if x.__class__ in NUM_TYPES:
                         r = fn(x, k)
                         if r.__class__ is not int or -MAX_INT <= r <= MAX_INT:
@@ -90,8 +92,8 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
                 return arith_constant
 
             def arith2(ctx: Context) -> Any:
-                x = a(ctx)
-                y = b(ctx)
+                x = sa[-1] if sa else a(ctx)
+                y = sb[-1] if sb else b(ctx)
                 if x.__class__ in NUM_TYPES and y.__class__ in NUM_TYPES:
                     if checks_operands:
                         return _apply(node, op, fn, x, y)
@@ -132,10 +134,11 @@ def _build_sub(node: Node, codes: List[Code]) -> Code:
 
 def _build_div(node: Node, codes: List[Code]) -> Code:
     a, b = codes
+    sa, sb = stack_of(a), stack_of(b)
 
     def div(ctx: Context) -> Any:
-        x = _num(node, "/", a(ctx))
-        y = _num(node, "/", b(ctx))
+        x = _num(node, "/", sa[-1] if sa else a(ctx))
+        y = _num(node, "/", sb[-1] if sb else b(ctx))
         if not y:
             raise node.error(f"division by zero ({show(x)} / {show(y)})")
         return x / y
@@ -146,10 +149,11 @@ def _build_div(node: Node, codes: List[Code]) -> Code:
 def _shift(op: str, left: bool) -> Callable[[Node, List[Code]], Code]:
     def build(node: Node, codes: List[Code]) -> Code:
         a, b = codes
+        sa, sb = stack_of(a), stack_of(b)
 
         def shift(ctx: Context) -> Any:
-            x = a(ctx)
-            y = b(ctx)
+            x = sa[-1] if sa else a(ctx)
+            y = sb[-1] if sb else b(ctx)
             if x.__class__ not in (int, bool) or y.__class__ not in (int, bool):
                 raise node.error(f"'{op}' needs whole numbers, got {show(x)} and {show(y)}")
             if not 0 <= y <= MAX_SHIFT:
@@ -169,6 +173,7 @@ def _shift(op: str, left: bool) -> Callable[[Node, List[Code]], Code]:
 def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Code]], Code]:
     def build(node: Node, codes: List[Code]) -> Code:
         a, b = codes
+        sa, sb = stack_of(a), stack_of(b)
         k = constant_value(b)
         if k is not NO_VALUE:
             return _compare_constant(node, op, a, k)
@@ -176,7 +181,7 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
         if second is not None:
             # (op x name): the variable read inline.
             def compare_variable(ctx: Context) -> Any:
-                x = a(ctx)
+                x = sa[-1] if sa else a(ctx)
                 y = second[-1] if second else b(ctx)  # b raises the right error
                 try:
                     return fn(x, y)
@@ -186,8 +191,8 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
             return compare_variable
 
         def compare(ctx: Context) -> Any:
-            x = a(ctx)
-            y = b(ctx)
+            x = sa[-1] if sa else a(ctx)
+            y = sb[-1] if sb else b(ctx)
             try:
                 # Numbers with numbers, strings with strings: anything else
                 # (nil, objects) raises TypeError, reported with the position.
@@ -202,6 +207,7 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
 
 def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     """``(op x K)`` with a constant K: the comparison inline, no call for K."""
+    sa = stack_of(a)
 
     def fail(x: Any) -> PolicyError:
         return node.error(f"'{op}' cannot compare {show(x)} with {show(k)}")
@@ -209,7 +215,7 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     if op == "<":
 
         def lt(ctx: Context) -> Any:
-            x = a(ctx)
+            x = sa[-1] if sa else a(ctx)
             try:
                 return x < k
             except TypeError:
@@ -219,7 +225,7 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     if op == ">":
 
         def gt(ctx: Context) -> Any:
-            x = a(ctx)
+            x = sa[-1] if sa else a(ctx)
             try:
                 return x > k
             except TypeError:
@@ -229,7 +235,7 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     if op == "<=":
 
         def le(ctx: Context) -> Any:
-            x = a(ctx)
+            x = sa[-1] if sa else a(ctx)
             try:
                 return x <= k
             except TypeError:
@@ -238,7 +244,7 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
         return le
 
     def ge(ctx: Context) -> Any:
-        x = a(ctx)
+        x = sa[-1] if sa else a(ctx)
         try:
             return x >= k
         except TypeError:
@@ -250,14 +256,15 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
 def _build_eq(negate: bool) -> Callable[[Node, List[Code]], Code]:
     def build(node: Node, codes: List[Code]) -> Code:
         a, b = codes
+        sa, sb = stack_of(a), stack_of(b)
         k = constant_value(b)
         if k is not NO_VALUE:
             if negate:
-                return lambda ctx: a(ctx) != k
-            return lambda ctx: a(ctx) == k
+                return lambda ctx: (sa[-1] if sa else a(ctx)) != k
+            return lambda ctx: (sa[-1] if sa else a(ctx)) == k
         if negate:
-            return lambda ctx: a(ctx) != b(ctx)
-        return lambda ctx: a(ctx) == b(ctx)
+            return lambda ctx: (sa[-1] if sa else a(ctx)) != (sb[-1] if sb else b(ctx))
+        return lambda ctx: (sa[-1] if sa else a(ctx)) == (sb[-1] if sb else b(ctx))
 
     return build
 
@@ -265,9 +272,10 @@ def _build_eq(negate: bool) -> Callable[[Node, List[Code]], Code]:
 def _build_and(node: Node, codes: List[Code]) -> Code:
     if len(codes) == 2:
         a, b = codes
+        sa, sb = stack_of(a), stack_of(b)
 
         def and2(ctx: Context) -> Any:
-            return a(ctx) and b(ctx)
+            return (sa[-1] if sa else a(ctx)) and (sb[-1] if sb else b(ctx))
 
         return and2
 
@@ -285,6 +293,7 @@ def _build_and(node: Node, codes: List[Code]) -> Code:
 def _build_or(node: Node, codes: List[Code]) -> Code:
     if len(codes) == 2:
         a, b = codes
+        sa, sb = stack_of(a), stack_of(b)
         dot = DOTS.get(a)
         default = constant_value(b)
         if dot is not None and default is not NO_VALUE:
@@ -304,7 +313,7 @@ def _build_or(node: Node, codes: List[Code]) -> Code:
             return or_field
 
         def or2(ctx: Context) -> Any:
-            return a(ctx) or b(ctx)
+            return (sa[-1] if sa else a(ctx)) or (sb[-1] if sb else b(ctx))
 
         return or2
 
@@ -334,13 +343,14 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
 
         if len(codes) == 2:
             a, b = codes
+            sa, sb = stack_of(a), stack_of(b)
             # (max 0 x), (min x 1): a constant operand costs no call. Ties
             # keep the first operand, as Python's min/max do.
             k = constant_value(a)
             if k.__class__ in NUM_TYPES:
 
                 def constant_first(ctx: Context) -> Any:
-                    y: Any = b(ctx)
+                    y: Any = sb[-1] if sb else b(ctx)
                     if y.__class__ not in NUM_TYPES:
                         raise bad([k, y])
                     if smaller:
@@ -352,7 +362,7 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
             if k.__class__ in NUM_TYPES:
 
                 def constant_second(ctx: Context) -> Any:
-                    x: Any = a(ctx)
+                    x: Any = sa[-1] if sa else a(ctx)
                     if x.__class__ not in NUM_TYPES:
                         raise bad([x, k])
                     if smaller:
@@ -362,8 +372,8 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
                 return constant_second
 
             def extreme2(ctx: Context) -> Any:
-                x: Any = a(ctx)
-                y: Any = b(ctx)
+                x: Any = sa[-1] if sa else a(ctx)
+                y: Any = sb[-1] if sb else b(ctx)
                 numbers = x.__class__ in NUM_TYPES and y.__class__ in NUM_TYPES
                 if numbers:
                     # Ties keep the first operand, as Python's min/max do.

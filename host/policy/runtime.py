@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ebb.host.policy import fields as F
 from ebb.host.policy.limits import (
@@ -290,6 +290,18 @@ DOTS: weakref.WeakKeyDictionary[Code, Tuple[List[Any], str]] = weakref.WeakKeyDi
 #: Closures that read a variable, with its value stack.
 VARIABLES: weakref.WeakKeyDictionary[Code, List[Any]] = weakref.WeakKeyDictionary()
 NO_VALUE: Any = object()
+
+
+def stack_of(code: Code) -> Sequence[Any]:
+    """The value stack a variable read reads, or ``()`` for any other closure.
+
+    Closures read an operand that is a variable inline, with
+    ``x = stack[-1] if stack else code(ctx)``: for any other operand (and
+    for a variable not bound, whose closure raises the error) the empty
+    tuple sends them to the operand's closure.
+    """
+    stack = VARIABLES.get(code)
+    return () if stack is None else stack
 
 
 def constant(value: Any) -> Code:
