@@ -30,6 +30,7 @@ from ebb.host.policy.runtime import (
     Context,
     View,
     constant_value,
+    dot_of,
     show,
     stack_of,
     type_name,
@@ -77,11 +78,17 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
         if len(codes) == 2:
             a, b = codes
             sa, sb = stack_of(a), stack_of(b)
+            (da, fa), (db, fb) = dot_of(a), dot_of(b)
             k = constant_value(b)
             if k.__class__ in NUM_TYPES and not checks_operands:
 
                 def arith_constant(ctx: Context) -> Any:
-                    x = sa[-1] if sa else a(ctx)
+                    if sa:
+                        x = sa[-1]
+                    elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                        x = view.latest.get(fa)
+                    else:
+                        x = a(ctx)
                     if x.__class__ in NUM_TYPES:
                         r = fn(x, k)
                         if r.__class__ is not int or -MAX_INT <= r <= MAX_INT:
@@ -92,8 +99,18 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
                 return arith_constant
 
             def arith2(ctx: Context) -> Any:
-                x = sa[-1] if sa else a(ctx)
-                y = sb[-1] if sb else b(ctx)
+                if sa:
+                    x = sa[-1]
+                elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                    x = view.latest.get(fa)
+                else:
+                    x = a(ctx)
+                if sb:
+                    y = sb[-1]
+                elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
+                    y = view.latest.get(fb)
+                else:
+                    y = b(ctx)
                 if x.__class__ in NUM_TYPES and y.__class__ in NUM_TYPES:
                     if checks_operands:
                         return _apply(node, op, fn, x, y)
@@ -174,6 +191,7 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
     def build(node: Node, codes: List[Code]) -> Code:
         a, b = codes
         sa, sb = stack_of(a), stack_of(b)
+        (da, fa), (db, fb) = dot_of(a), dot_of(b)
         k = constant_value(b)
         if k is not NO_VALUE:
             return _compare_constant(node, op, a, k)
@@ -181,7 +199,12 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
         if second is not None:
             # (op x name): the variable read inline.
             def compare_variable(ctx: Context) -> Any:
-                x = sa[-1] if sa else a(ctx)
+                if sa:
+                    x = sa[-1]
+                elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                    x = view.latest.get(fa)
+                else:
+                    x = a(ctx)
                 y = second[-1] if second else b(ctx)  # b raises the right error
                 try:
                     return fn(x, y)
@@ -191,8 +214,18 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
             return compare_variable
 
         def compare(ctx: Context) -> Any:
-            x = sa[-1] if sa else a(ctx)
-            y = sb[-1] if sb else b(ctx)
+            if sa:
+                x = sa[-1]
+            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                x = view.latest.get(fa)
+            else:
+                x = a(ctx)
+            if sb:
+                y = sb[-1]
+            elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
+                y = view.latest.get(fb)
+            else:
+                y = b(ctx)
             try:
                 # Numbers with numbers, strings with strings: anything else
                 # (nil, objects) raises TypeError, reported with the position.
@@ -208,6 +241,7 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
 def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     """``(op x K)`` with a constant K: the comparison inline, no call for K."""
     sa = stack_of(a)
+    da, fa = dot_of(a)
 
     def fail(x: Any) -> PolicyError:
         return node.error(f"'{op}' cannot compare {show(x)} with {show(k)}")
@@ -215,7 +249,12 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     if op == "<":
 
         def lt(ctx: Context) -> Any:
-            x = sa[-1] if sa else a(ctx)
+            if sa:
+                x = sa[-1]
+            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                x = view.latest.get(fa)
+            else:
+                x = a(ctx)
             try:
                 return x < k
             except TypeError:
@@ -225,7 +264,12 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     if op == ">":
 
         def gt(ctx: Context) -> Any:
-            x = sa[-1] if sa else a(ctx)
+            if sa:
+                x = sa[-1]
+            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                x = view.latest.get(fa)
+            else:
+                x = a(ctx)
             try:
                 return x > k
             except TypeError:
@@ -235,7 +279,12 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     if op == "<=":
 
         def le(ctx: Context) -> Any:
-            x = sa[-1] if sa else a(ctx)
+            if sa:
+                x = sa[-1]
+            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                x = view.latest.get(fa)
+            else:
+                x = a(ctx)
             try:
                 return x <= k
             except TypeError:
@@ -244,7 +293,12 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
         return le
 
     def ge(ctx: Context) -> Any:
-        x = sa[-1] if sa else a(ctx)
+        if sa:
+            x = sa[-1]
+        elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+            x = view.latest.get(fa)
+        else:
+            x = a(ctx)
         try:
             return x >= k
         except TypeError:
@@ -258,6 +312,19 @@ def _build_eq(negate: bool) -> Callable[[Node, List[Code]], Code]:
         a, b = codes
         sa, sb = stack_of(a), stack_of(b)
         k = constant_value(b)
+        da, fa = dot_of(a)
+        if k is not NO_VALUE and da:
+            # (== g.field K): the field read inline (see dot_of).
+
+            def eq_field(ctx: Context) -> Any:
+                view = da[-1] if da else None
+                if view.__class__ is View and fa in view.field_names:
+                    x = view.latest.get(fa)
+                else:
+                    x = a(ctx)
+                return x != k if negate else x == k
+
+            return eq_field
         if k is not NO_VALUE:
             if negate:
                 return lambda ctx: (sa[-1] if sa else a(ctx)) != k
@@ -344,13 +411,19 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
         if len(codes) == 2:
             a, b = codes
             sa, sb = stack_of(a), stack_of(b)
+            (da, fa), (db, fb) = dot_of(a), dot_of(b)
             # (max 0 x), (min x 1): a constant operand costs no call. Ties
             # keep the first operand, as Python's min/max do.
             k = constant_value(a)
             if k.__class__ in NUM_TYPES:
 
                 def constant_first(ctx: Context) -> Any:
-                    y: Any = sb[-1] if sb else b(ctx)
+                    if sb:
+                        y = sb[-1]
+                    elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
+                        y = view.latest.get(fb)
+                    else:
+                        y = b(ctx)
                     if y.__class__ not in NUM_TYPES:
                         raise bad([k, y])
                     if smaller:
@@ -362,7 +435,12 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
             if k.__class__ in NUM_TYPES:
 
                 def constant_second(ctx: Context) -> Any:
-                    x: Any = sa[-1] if sa else a(ctx)
+                    if sa:
+                        x = sa[-1]
+                    elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                        x = view.latest.get(fa)
+                    else:
+                        x = a(ctx)
                     if x.__class__ not in NUM_TYPES:
                         raise bad([x, k])
                     if smaller:
@@ -372,8 +450,18 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
                 return constant_second
 
             def extreme2(ctx: Context) -> Any:
-                x: Any = sa[-1] if sa else a(ctx)
-                y: Any = sb[-1] if sb else b(ctx)
+                if sa:
+                    x = sa[-1]
+                elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                    x = view.latest.get(fa)
+                else:
+                    x = a(ctx)
+                if sb:
+                    y = sb[-1]
+                elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
+                    y = view.latest.get(fb)
+                else:
+                    y = b(ctx)
                 numbers = x.__class__ in NUM_TYPES and y.__class__ in NUM_TYPES
                 if numbers:
                     # Ties keep the first operand, as Python's min/max do.

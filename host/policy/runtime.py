@@ -304,6 +304,17 @@ def stack_of(code: Code) -> Sequence[Any]:
     return () if stack is None else stack
 
 
+def dot_of(code: Code) -> Tuple[Sequence[Any], str]:
+    """``(stack, attr)`` of a field read ``head.attr`` (head's value stack), else ``((), "")``.
+
+    Closures read such an operand inline when the variable holds a view that
+    has the field (``if stack and view has attr``), else call its closure
+    (which reads a property or raises the error).
+    """
+    dot = DOTS.get(code)
+    return ((), "") if dot is None else dot
+
+
 def constant(value: Any) -> Code:
     def const(ctx: Context) -> Any:
         return value
