@@ -23,6 +23,7 @@ from ebb.host.policy.limits import (
 from ebb.host.policy.reader import Node
 from ebb.host.policy.runtime import (
     DOTS,
+    FIELDS_OR,
     NO_VALUE,
     NUM_TYPES,
     VARIABLES,
@@ -238,6 +239,9 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
     return build
 
 
+COMPARISONS = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge}
+
+
 def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     """``(op x K)`` with a constant K: the comparison inline, no call for K."""
     sa = stack_of(a)
@@ -245,6 +249,28 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
 
     def fail(x: Any) -> PolicyError:
         return node.error(f"'{op}' cannot compare {show(x)} with {show(k)}")
+
+    field_or = FIELDS_OR.get(a)
+    if field_or is not None:
+        stack, attr, default = field_or
+        fn = COMPARISONS[op]
+
+        # (op (or g.field D) K), as in is_needy: the read inline (see _build_or).
+        def compare_field_or(ctx: Context) -> Any:
+            if stack:
+                view = stack[-1]
+                if view.__class__ is View and attr in view.field_names:
+                    x = view.latest.get(attr) or default
+                else:
+                    x = a(ctx)
+            else:
+                x = a(ctx)
+            try:
+                return fn(x, k)
+            except TypeError:
+                raise fail(x) from None
+
+        return compare_field_or
 
     if op == "<":
 
@@ -377,6 +403,7 @@ def _build_or(node: Node, codes: List[Code]) -> Code:
                         return view.latest.get(attr) or default
                 return a(ctx) or default
 
+            FIELDS_OR[or_field] = (stack, attr, default)
             return or_field
 
         def or2(ctx: Context) -> Any:

@@ -287,6 +287,10 @@ _CONSTANTS: weakref.WeakKeyDictionary[Code, Any] = weakref.WeakKeyDictionary()
 #: Closures that read ``head.attr`` (a field or property), with head's value
 #: stack and attr.
 DOTS: weakref.WeakKeyDictionary[Code, Tuple[List[Any], str]] = weakref.WeakKeyDictionary()
+#: Closures of ``(or head.attr K)`` with a constant K, with (head's stack, attr, K).
+FIELDS_OR: weakref.WeakKeyDictionary[Code, Tuple[List[Any], str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
 #: Closures that read a variable, with its value stack.
 VARIABLES: weakref.WeakKeyDictionary[Code, List[Any]] = weakref.WeakKeyDictionary()
 NO_VALUE: Any = object()
