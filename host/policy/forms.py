@@ -44,9 +44,13 @@ READ_ONLY = frozenset({"Host", "Guests"})
 class Compiler:
     """Compiles the nodes of a program; collects errors instead of stopping at the first."""
 
-    def __init__(self, functions: Dict[str, Set[int]]) -> None:
+    def __init__(
+        self, functions: Dict[str, Set[int]], defs: Optional[Dict[str, int]] = None
+    ) -> None:
         #: name -> set of arities of every (def ...) in the whole program.
         self.functions = functions
+        #: name -> how many (def ...) of it the program has.
+        self.defs = defs or {}
         self.errors: List[PolicyError] = []
         #: The value stack of every variable name (see Compiled).
         self.program = Compiled()
@@ -181,7 +185,9 @@ class Compiler:
         if len(args) not in arities:
             want = " or ".join(str(a) for a in sorted(arities))
             raise head.error(f"'{name}' takes {want} argument(s), given {len(args)}")
-        return user_call(head, name, self.exprs(args))
+        # A name defined once: its call sites hold its Function.
+        known = self.program.function(name, head) if self.defs.get(name) == 1 else None
+        return user_call(head, name, self.exprs(args), known)
 
     def method_call(self, node: Node, head: Node, name: str, args: Sequence[Node]) -> Code:
         obj, _, method = name.partition(".")
@@ -272,18 +278,19 @@ class Compiler:
                 raise p.error(f"{form} {fname}: parameter '{p.value}' appears twice")
             params.append(p.value)
         body = self.block(node, body_nodes)
-        fn = Function(
-            fname,
-            tuple(params),
-            body,
-            sum(size(b) for b in body_nodes) + 1,
-            name_node,
-            scoped=binds_variables(body_nodes),
-            stacks=tuple(self.stack(p) for p in params),
-        )
+        cost = sum(size(b) for b in body_nodes) + 1
+        stacks = tuple(self.stack(p) for p in params)
+        scoped = binds_variables(body_nodes)
+        if self.defs.get(fname) == 1:
+            fn = self.program.function(fname, name_node)
+            fn.params, fn.body, fn.cost, fn.node = tuple(params), body, cost, name_node
+            fn.scoped, fn.stacks, fn.arity = scoped, stacks, len(params)
+        else:
+            fn = Function(fname, tuple(params), body, cost, name_node, scoped, stacks)
 
         def define(ctx: Context) -> Any:
             ctx.funcs[fname] = fn
+            fn.live = True
             return fname
 
         return define
@@ -513,8 +520,13 @@ def check_function_name(node: Node, name: str) -> None:
         raise node.error(f"'{name}' is built in and cannot be redefined")
 
 
-def collect_functions(nodes: Sequence[Node], out: Dict[str, Set[int]]) -> None:
-    """Find every ``(def name (params) ...)`` anywhere in the program."""
+def collect_functions(
+    nodes: Sequence[Node], out: Dict[str, Set[int]], defs: Optional[Dict[str, int]] = None
+) -> None:
+    """Find every ``(def name (params) ...)`` anywhere in the program.
+
+    ``out`` gets each name's arities, ``defs`` (when given) how many defs it has.
+    """
     stack = list(nodes)
     while stack:
         node = stack.pop()
@@ -531,12 +543,15 @@ def collect_functions(nodes: Sequence[Node], out: Dict[str, Set[int]]) -> None:
             and items[2].kind == LIST
         ):
             out.setdefault(items[1].value, set()).add(len(items[2].value))
+            if defs is not None:
+                defs[items[1].value] = defs.get(items[1].value, 0) + 1
 
 
 # --- user functions ------------------------------------------------------------
 
 
-def user_call(node: Node, name: str, args: List[Code]) -> Code:
+def user_call(node: Node, name: str, args: List[Code], known: Optional[Function] = None) -> Code:
+    """A call of a user function; ``known``: the one function of that name, if so."""
     nargs = len(args)
 
     def function_of(ctx: Context) -> Function:
@@ -570,6 +585,33 @@ def user_call(node: Node, name: str, args: List[Code]) -> Code:
     if nargs == 1:
         (arg,) = args
         sarg = stack_of(arg)  # (f name): the variable read inline
+
+        if known is not None:
+            fn1 = known
+
+            # The usual call: one argument, a function defined once (no lookup).
+            def call1_known(ctx: Context) -> Any:
+                fn = fn1
+                if not fn.live:
+                    function_of(ctx)  # raises: its def has not run
+                value = sarg[-1] if sarg else arg(ctx)
+                steps = ctx.steps + fn.cost
+                depth = ctx.depth
+                if steps > ctx.step_limit or depth >= ctx.max_depth:
+                    enter(ctx, fn)  # checks the budget, raises the right error
+                ctx.steps = steps
+                ctx.depth = depth + 1
+                stack = fn.stacks[0]
+                stack.append(value)
+                if fn.scoped:
+                    result = run_scoped(ctx, fn, list(fn.params))
+                else:
+                    result = fn.body(ctx)
+                    stack.pop()
+                ctx.depth = depth
+                return result
+
+            return call1_known
 
         # One argument, the common case: no list of values, no loop.
         def call1(ctx: Context) -> Any:

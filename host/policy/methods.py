@@ -190,13 +190,13 @@ def _m_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[A
             raise node.error(f"{name} {key!r}: value must be a number, got {show(value)}")
         if value.__class__ is float and not math.isfinite(value):
             raise node.error(f"{name} {key!r}: value must be finite, got {value}")
-        if not -MAX_INT <= value <= MAX_INT:  # type: ignore[operator]
+        if not -MAX_INT <= value <= MAX_INT:
             raise node.error(
                 f"{name} {key!r}: value {show(value)} is outside -{MAX_INT}..{MAX_INT}"
             )
         # Every control is a whole number (KiB, pages, ms, a mode); the
         # controllers take integers, as MOM's did.
-        value = int(value)  # type: ignore[call-overload]
+        value = int(value)
         view.controls[key] = value
         return value
 

@@ -73,7 +73,6 @@ def _apply(node: Node, op: str, fn: Callable[[Any, Any], Any], x: Any, y: Any) -
 
 
 def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]], Code]:
-    checks_operands = op == "*"
 
     def build(node: Node, codes: List[Code]) -> Code:
         if len(codes) == 2:
@@ -81,9 +80,11 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
             sa, sb = stack_of(a), stack_of(b)
             (da, fa), (db, fb) = dot_of(a), dot_of(b)
             k = constant_value(b)
-            if k.__class__ in NUM_TYPES and not checks_operands:
+            add, sub = op == "+", op == "-"
+            if k.__class__ in NUM_TYPES and _int_ok(k):
 
                 def arith_constant(ctx: Context) -> Any:
+                    x: Any
                     if sa:
                         x = sa[-1]
                     elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
@@ -91,7 +92,14 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
                     else:
                         x = a(ctx)
                     if x.__class__ in NUM_TYPES:
-                        r = fn(x, k)
+                        if add:
+                            r = x + k
+                        elif sub:
+                            r = x - k
+                        elif x.__class__ is int and not -MAX_INT <= x <= MAX_INT:
+                            raise _range_error(node, op, "an operand")
+                        else:
+                            r = x * k
                         if r.__class__ is not int or -MAX_INT <= r <= MAX_INT:
                             return r
                         raise _range_error(node, op, "the result")
@@ -99,7 +107,11 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
 
                 return arith_constant
 
+            # The operation inline (no call of fn); the operands of * are
+            # checked before multiplying (see _apply).
             def arith2(ctx: Context) -> Any:
+                x: Any
+                y: Any
                 if sa:
                     x = sa[-1]
                 elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
@@ -113,9 +125,16 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
                 else:
                     y = b(ctx)
                 if x.__class__ in NUM_TYPES and y.__class__ in NUM_TYPES:
-                    if checks_operands:
-                        return _apply(node, op, fn, x, y)
-                    r = fn(x, y)
+                    if add:
+                        r = x + y
+                    elif sub:
+                        r = x - y
+                    elif (x.__class__ is int and not -MAX_INT <= x <= MAX_INT) or (
+                        y.__class__ is int and not -MAX_INT <= y <= MAX_INT
+                    ):
+                        raise _range_error(node, op, "an operand")
+                    else:
+                        r = x * y
                     if r.__class__ is not int or -MAX_INT <= r <= MAX_INT:
                         return r
                     raise _range_error(node, op, "the result")
@@ -471,8 +490,8 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
                     if x.__class__ not in NUM_TYPES:
                         raise bad([x, k])
                     if smaller:
-                        return k if k < x else x  # type: ignore[operator]
-                    return k if k > x else x  # type: ignore[operator]
+                        return k if k < x else x
+                    return k if k > x else x
 
                 return constant_second
 

@@ -91,15 +91,12 @@ class Program:
         # The variables' stacks are the program's (see Compiled): one
         # evaluation at a time, each starting and ending with them empty.
         with compiled.lock:
-            stacks = compiled.stacks.values()
-            for stack in stacks:
-                stack.clear()
+            compiled.reset()
             try:
                 ctx = Context(max_steps, max_depth, max_seconds, clock, compiled.stacks)
                 return self._evaluate(ctx, inp, host_store, guest_stores)
             finally:
-                for stack in stacks:
-                    stack.clear()
+                compiled.reset()
 
     def _evaluate(
         self,
@@ -251,10 +248,13 @@ def load_policy_texts(sources: Sequence[Tuple[str, str]]) -> Program:
         except PolicyError as err:
             errors.append(err)
     functions: Dict[str, Any] = {}
+    defs: Dict[str, int] = {}
     for _, nodes in files:
-        collect_functions(nodes, functions)
-    compiler = Compiler(functions)
-    program_exprs = Compiled(stacks=compiler.program.stacks)
+        collect_functions(nodes, functions, defs)
+    compiler = Compiler(functions, defs)
+    program_exprs = Compiled(
+        stacks=compiler.program.stacks, functions=compiler.program.functions
+    )
     for path, nodes in files:
         try:
             part = compiler.compile_top(nodes)

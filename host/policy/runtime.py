@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from ebb.host.policy import fields as F
 from ebb.host.policy.limits import (
@@ -28,7 +28,7 @@ from ebb.host.policy.reader import Node
 
 Code = Callable[["Context"], Any]
 
-NUM_TYPES = frozenset({int, float, bool})
+NUM_TYPES: FrozenSet[Any] = frozenset({int, float, bool})
 
 class View:
     """What a policy holds for the host or a guest during one evaluation.
@@ -251,6 +251,9 @@ class Function:
     scoped: bool = True
     #: The value stacks of the parameters (see :class:`Compiled`), in order.
     stacks: Tuple[List[Any], ...] = ()
+    #: Whether its (def ...) has been evaluated in the evaluation running now,
+    #: for a name defined once in the program (see :meth:`Compiled.function`).
+    live: bool = False
     arity: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -271,6 +274,9 @@ class Compiled:
 
     exprs: List[Tuple[Code, int, Node]] = field(default_factory=list)
     stacks: Dict[str, List[Any]] = field(default_factory=dict)
+    #: The functions of names the program defines once, which call sites hold
+    #: (their ``live`` flag says whether the def ran in this evaluation).
+    functions: Dict[str, Function] = field(default_factory=dict)
     lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def stack(self, name: str) -> List[Any]:
@@ -279,6 +285,20 @@ class Compiled:
         if stack is None:
             stack = self.stacks[name] = []
         return stack
+
+    def function(self, name: str, node: Node) -> Function:
+        """The one function named ``name``, filled in when its def is compiled."""
+        fn = self.functions.get(name)
+        if fn is None:
+            fn = self.functions[name] = Function(name, (), constant(None), 0, node)
+        return fn
+
+    def reset(self) -> None:
+        """Forget the evaluation that ran (or failed): empty stacks, no def run."""
+        for stack in self.stacks.values():
+            stack.clear()
+        for fn in self.functions.values():
+            fn.live = False
 
 
 #: Closures that return a constant, and their value: operators built on a
