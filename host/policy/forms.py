@@ -596,9 +596,11 @@ def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]
                     function_of(ctx)  # raises: its def has not run
                 value = sarg[-1] if sarg else arg(ctx)
                 steps = ctx.steps + fn.cost
+                if steps > ctx.step_limit:
+                    ctx.check_budget(node, steps)
                 depth = ctx.depth
-                if steps > ctx.step_limit or depth >= ctx.max_depth:
-                    enter(ctx, fn)  # checks the budget, raises the right error
+                if depth >= ctx.max_depth:
+                    enter(ctx, fn)  # raises the right error
                 ctx.steps = steps
                 ctx.depth = depth + 1
                 stack = fn.stacks[0]
@@ -620,9 +622,11 @@ def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]
                 fn = function_of(ctx)
             value = sarg[-1] if sarg else arg(ctx)
             steps = ctx.steps + fn.cost
+            if steps > ctx.step_limit:
+                ctx.check_budget(node, steps)
             depth = ctx.depth
-            if steps > ctx.step_limit or depth >= ctx.max_depth:
-                enter(ctx, fn)  # checks the budget, raises the right error
+            if depth >= ctx.max_depth:
+                enter(ctx, fn)  # raises the right error
             ctx.steps = steps
             ctx.depth = depth + 1
             stack = fn.stacks[0]

@@ -425,6 +425,13 @@ def _build_or(node: Node, codes: List[Code]) -> Code:
             FIELDS_OR[or_field] = (stack, attr, default)
             return or_field
 
+        if default is not NO_VALUE:
+
+            def or_constant(ctx: Context) -> Any:
+                return (sa[-1] if sa else a(ctx)) or default
+
+            return or_constant
+
         def or2(ctx: Context) -> Any:
             return (sa[-1] if sa else a(ctx)) or (sb[-1] if sb else b(ctx))
 

@@ -138,7 +138,8 @@ class Context:
             raise node.error(
                 f"evaluation took longer than {self.max_seconds:g} s (see Bounds in docs/policy.md)"
             )
-        self.step_limit = min(self.max_steps, steps + CLOCK_EVERY_STEPS)
+        limit = steps + CLOCK_EVERY_STEPS
+        self.step_limit = limit if limit < self.max_steps else self.max_steps
 
 
 class PolicyList(list):  # type: ignore[type-arg]
