@@ -54,14 +54,10 @@ class Entity:
             return self._avg_cache[field_name]
         except KeyError:
             pass
-        total: float = 0
-        count = 0
-        for sample in self.samples:
-            value = sample.get(field_name)
-            if value is not None:
-                total += value
-                count += 1
-        result = total / count if count else None
+        values = [sample.get(field_name) for sample in self.samples]
+        if None in values:
+            values = [value for value in values if value is not None]
+        result = sum(values) / len(values) if values else None  # type: ignore[arg-type]
         self._avg_cache[field_name] = result
         return result
 

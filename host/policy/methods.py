@@ -281,7 +281,19 @@ def _m_get_var(node: Node, obj: str, name: str, codes: List[Code], stack: List[A
             raise node.error(f"{name}: the variable name must be a string, got {show(key)}")
         return view.store.get(key)
 
-    return get_var
+    constant_key = constant_value(key_code)
+    if constant_key.__class__ is not str:
+        return get_var
+
+    # (x.GetVar "name"), as in _m_stat.
+    def get_var_key(ctx: Context) -> Any:
+        if stack:
+            view = stack[-1]
+            if view.__class__ is View:
+                return view.store.get(constant_key)
+        return get_var(ctx)
+
+    return get_var_key
 
 
 METHOD_BUILDERS: Dict[str, Callable[[Node, str, str, List[Code], List[Any]], Code]] = {
