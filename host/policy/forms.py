@@ -285,6 +285,9 @@ class Compiler:
             fn = self.program.function(fname, name_node)
             fn.params, fn.body, fn.cost, fn.node = tuple(params), body, cost, name_node
             fn.scoped, fn.stacks, fn.arity = scoped, stacks, len(params)
+            for bind in fn.sites:  # call sites compiled before this def
+                bind()
+            fn.sites.clear()
         else:
             fn = Function(fname, tuple(params), body, cost, name_node, scoped, stacks)
 
@@ -587,15 +590,31 @@ def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]
         sarg = stack_of(arg)  # (f name): the variable read inline
 
         if known is not None:
-            fn1 = known
+            fn = known
+            # What the call needs of the function, held here once its def is
+            # compiled (bind runs then, or now when it already is).
+            cost = 0
+            body: Code = fn.body
+            stack: List[Any] = []
+            scoped = True
+            param = ""
+
+            def bind() -> None:
+                nonlocal cost, body, stack, scoped, param
+                cost, body, stack, scoped = fn.cost, fn.body, fn.stacks[0], fn.scoped
+                param = fn.params[0]
+
+            if fn.cost:
+                bind()
+            else:
+                fn.sites.append(bind)
 
             # The usual call: one argument, a function defined once (no lookup).
             def call1_known(ctx: Context) -> Any:
-                fn = fn1
                 if not fn.live:
                     function_of(ctx)  # raises: its def has not run
                 value = sarg[-1] if sarg else arg(ctx)
-                steps = ctx.steps + fn.cost
+                steps = ctx.steps + cost
                 if steps > ctx.step_limit:
                     ctx.check_budget(node, steps)
                 depth = ctx.depth
@@ -603,12 +622,11 @@ def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]
                     enter(ctx, fn)  # raises the right error
                 ctx.steps = steps
                 ctx.depth = depth + 1
-                stack = fn.stacks[0]
                 stack.append(value)
-                if fn.scoped:
-                    result = run_scoped(ctx, fn, list(fn.params))
+                if scoped:
+                    result = run_scoped(ctx, fn, [param])
                 else:
-                    result = fn.body(ctx)
+                    result = body(ctx)
                     stack.pop()
                 ctx.depth = depth
                 return result
