@@ -216,6 +216,8 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
         if k is not NO_VALUE:
             return _compare_constant(node, op, a, k)
         second = VARIABLES.get(b)
+        # (op (or g.field K) name), as in is_stalling: that read inline too.
+        so, fo, ko = FIELDS_OR.get(a, ((), "", None))
         if second is not None:
             # (op x name): the variable read inline.
             def compare_variable(ctx: Context) -> Any:
@@ -223,6 +225,8 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
                     x = sa[-1]
                 elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
                     x = view.latest.get(fa)
+                elif so and (view := so[-1]).__class__ is View and fo in view.field_names:
+                    x = view.latest.get(fo) or ko
                 else:
                     x = a(ctx)
                 y = second[-1] if second else b(ctx)  # b raises the right error
@@ -358,7 +362,7 @@ def _build_eq(negate: bool) -> Callable[[Node, List[Code]], Code]:
         sa, sb = stack_of(a), stack_of(b)
         k = constant_value(b)
         da, fa = dot_of(a)
-        if k is not NO_VALUE and da:
+        if k is not NO_VALUE and a in DOTS:
             # (== g.field K): the field read inline (see dot_of).
 
             def eq_field(ctx: Context) -> Any:
@@ -564,28 +568,19 @@ def _build_null(node: Node, codes: List[Code]) -> Code:
 
 
 def _build_valid(node: Node, codes: List[Code]) -> Code:
-    dots = [DOTS.get(c) for c in codes]
-    if all(d is not None for d in dots):
-        reads = [(d[0], d[1], c) for d, c in zip(dots, codes) if d is not None]
+    reads = [(*dot_of(c), c) for c in codes]
 
-        # (valid g.a g.b ...): the field reads inline (see _build_or).
-        def valid_fields(ctx: Context) -> Any:
-            for stack, attr, code in reads:
-                if stack:
-                    view = stack[-1]
-                    if view.__class__ is View and attr in view.field_names:
-                        if view.latest.get(attr) is None:
-                            return False
-                        continue
-                if code(ctx) is None:
-                    return False
-            return True
-
-        return valid_fields
-
+    # (valid g.a g.b ...): the field reads inline (see dot_of), other operands
+    # through their closure.
     def valid(ctx: Context) -> Any:
-        for c in codes:  # noqa: SIM110 (as in null)
-            if c(ctx) is None:
+        for stack, attr, code in reads:
+            if stack:
+                view = stack[-1]
+                if view.__class__ is View and attr in view.field_names:
+                    if view.latest.get(attr) is None:
+                        return False
+                    continue
+            if code(ctx) is None:
                 return False
         return True
 
