@@ -659,12 +659,17 @@ def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]
 
         return call1
 
+    # Arguments that are variables are read inline (see stack_of).
+    operands = [(stack_of(arg), arg) for arg in args]
+
     def call(ctx: Context) -> Any:
         fn = ctx.funcs.get(name)
         if fn is None or fn.arity != nargs:
             fn = function_of(ctx)
         # All arguments first (in the caller's scope), then bind them.
-        values = [arg(ctx) for arg in args]
+        values = []
+        for stack, arg in operands:
+            values.append(stack[-1] if stack else arg(ctx))
         steps = ctx.steps + fn.cost
         depth = ctx.depth
         if steps > ctx.step_limit or depth >= ctx.max_depth:
