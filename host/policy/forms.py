@@ -10,8 +10,11 @@ not exist, names outside the sandbox. Nothing here generates or executes
 Python source: the closures are the evaluator.
 
 Variables are dynamically scoped (a function sees its caller's variables, as in
-MOM). The context keeps one stack of values per name ("shallow binding"), so a
-variable read is one dictionary lookup however deep the call chain is.
+MOM). Each variable name of the program has one stack of values ("shallow
+binding", see :class:`~ebb.host.policy.runtime.Compiled`), held by the
+closures that read or bind it, so a read is one index however deep the call
+chain is. Operators read operands that are variables or fields (``x.field``)
+inline, without calling their closures.
 """
 
 from __future__ import annotations
