@@ -394,6 +394,13 @@ def _build_and(node: Node, codes: List[Code]) -> Code:
             return (sa[-1] if sa else a(ctx)) and (sb[-1] if sb else b(ctx))
 
         return and2
+    if len(codes) == 3:
+        a, b, c = codes
+
+        def and3(ctx: Context) -> Any:
+            return a(ctx) and b(ctx) and c(ctx)
+
+        return and3
 
     def and_n(ctx: Context) -> Any:
         value = None
