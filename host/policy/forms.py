@@ -288,6 +288,7 @@ class Compiler:
             fn = self.program.function(fname, name_node)
             fn.params, fn.body, fn.cost, fn.node = tuple(params), body, cost, name_node
             fn.scoped, fn.stacks, fn.arity = scoped, stacks, len(params)
+            fn.leaf = not calls_functions(body_nodes, self.functions)
             for bind in fn.sites:  # call sites compiled before this def
                 bind()
             fn.sites.clear()
@@ -492,6 +493,20 @@ def binds_variables(nodes: Sequence[Node]) -> bool:
     return False
 
 
+def calls_functions(nodes: Sequence[Node], functions: Dict[str, Set[int]]) -> bool:
+    """Whether ``nodes`` may call a user function (any call of a defined name counts)."""
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if node.kind not in (LIST, BLOCK):
+            continue
+        items = node.value
+        if node.kind == LIST and items and items[0].kind == SYM and items[0].value in functions:
+            return True
+        stack.extend(items)
+    return False
+
+
 def size(node: Node) -> int:
     """Number of nodes in a tree (the step cost of evaluating it once)."""
     if node.kind in (LIST, BLOCK):
@@ -600,11 +615,13 @@ def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]
             body: Code = fn.body
             stack: List[Any] = []
             scoped = True
+            plain = False
             param = ""
 
             def bind() -> None:
-                nonlocal cost, body, stack, scoped, param
+                nonlocal cost, body, stack, scoped, plain, param
                 cost, body, stack, scoped = fn.cost, fn.body, fn.stacks[0], fn.scoped
+                plain = fn.leaf and not fn.scoped
                 param = fn.params[0]
 
             if fn.cost:
@@ -624,6 +641,13 @@ def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]
                 if depth >= ctx.max_depth:
                     enter(ctx, fn)  # raises the right error
                 ctx.steps = steps
+                if plain:
+                    # No defvar and no call in the body: nothing in it reads
+                    # the depth or a scope, so neither changes.
+                    stack.append(value)
+                    result = body(ctx)
+                    stack.pop()
+                    return result
                 ctx.depth = depth + 1
                 stack.append(value)
                 if scoped:

@@ -255,6 +255,8 @@ class Function:
     #: Whether its (def ...) has been evaluated in the evaluation running now,
     #: for a name defined once in the program (see :meth:`Compiled.function`).
     live: bool = False
+    #: Whether the body calls no user function (so a call need not count depth).
+    leaf: bool = False
     #: Call sites waiting for the def to be compiled (see forms.user_call).
     sites: List[Callable[[], None]] = field(default_factory=list)
     arity: int = field(init=False)
