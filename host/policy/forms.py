@@ -408,21 +408,22 @@ class Compiler:
                         f"with: expected a list such as Guests, got {type_name(seq)}"
                     )
                 builder = ListBuilder(head)
-                results = builder.items
+                keep, push, pop = builder.items.append, stack.append, stack.pop
+                numbers = NUM_TYPES
                 scalars = 0
                 for item in seq:
                     steps = ctx.steps + cost
                     if steps > ctx.step_limit:
                         ctx.check_budget(head, steps)
                     ctx.steps = steps
-                    stack.append(item)
+                    push(item)
                     value = body(ctx)
-                    results.append(value)
-                    if value.__class__ in NUM_TYPES or value is None:
+                    keep(value)
+                    if value.__class__ in numbers or value is None:
                         scalars += 1
                     else:
                         builder.add(value)
-                    stack.pop()
+                    pop()
                 return builder.done(scalars)
 
             return with_unscoped
