@@ -5,7 +5,7 @@ and 95th percentile time of one tick: policy evaluation (PolicyRunner.evaluate)
 plus the governor (building its views and Governor.decide), and the two parts
 separately. Half the guests have an agent (some offering, some needing), half
 have balloon statistics only; the host is under pressure so every branch of the
-policies runs. Targets (issue 3): <= 2 ms at 32 guests, <= 50 ms at 1000 guests.
+policies runs. Targets: <= 2 ms at 32 guests, <= 50 ms at 1000 guests (median).
 
 ``--compare OLD_TREE`` measures an earlier checkout (for example
 ``git worktree add --detach /tmp/ebb-old HEAD~3``) against this one in the same

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from itertools import repeat
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 Number = Union[int, float]
 SampleValue = Optional[Number]
@@ -50,18 +51,18 @@ class Entity:
 
     def stat_avg(self, field_name: str) -> Optional[float]:
         """Mean of a field over the kept samples that have it; ``None`` if none do."""
-        try:
-            return self._avg_cache[field_name]
-        except KeyError:
-            pass
-        total: float = 0
-        count = 0
-        for sample in self.samples:
-            value = sample.get(field_name)
-            if value is not None:
-                total += value
-                count += 1
-        result = total / count if count else None
+        cache = self._avg_cache
+        if field_name in cache:
+            return cache[field_name]
+        try:  # samples are dicts (a Mapping of another kind takes the loop)
+            values: List[SampleValue] = list(
+                map(dict.get, self.samples, repeat(field_name))  # type: ignore[arg-type]
+            )
+        except TypeError:
+            values = [sample.get(field_name) for sample in self.samples]
+        if None in values:
+            values = [value for value in values if value is not None]
+        result = sum(values) / len(values) if values else None  # type: ignore[arg-type]
         self._avg_cache[field_name] = result
         return result
 

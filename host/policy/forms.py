@@ -10,8 +10,11 @@ not exist, names outside the sandbox. Nothing here generates or executes
 Python source: the closures are the evaluator.
 
 Variables are dynamically scoped (a function sees its caller's variables, as in
-MOM). The context keeps one stack of values per name ("shallow binding"), so a
-variable read is one dictionary lookup however deep the call chain is.
+MOM). Each variable name of the program has one stack of values ("shallow
+binding", see :class:`~ebb.host.policy.runtime.Compiled`), held by the
+closures that read or bind it, so a read is one index however deep the call
+chain is. Operators read operands that are variables or fields (``x.field``)
+inline, without calling their closures.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ebb.host.policy.runtime import (
     ListBuilder,
     constant,
     constant_value,
+    stack_of,
     type_name,
 )
 
@@ -43,15 +47,26 @@ READ_ONLY = frozenset({"Host", "Guests"})
 class Compiler:
     """Compiles the nodes of a program; collects errors instead of stopping at the first."""
 
-    def __init__(self, functions: Dict[str, Set[int]]) -> None:
+    def __init__(
+        self, functions: Dict[str, Set[int]], defs: Optional[Dict[str, int]] = None
+    ) -> None:
         #: name -> set of arities of every (def ...) in the whole program.
         self.functions = functions
+        #: name -> how many (def ...) of it the program has.
+        self.defs = defs or {}
         self.errors: List[PolicyError] = []
+        #: The value stack of every variable name (see Compiled).
+        self.program = Compiled()
+        for name in READ_ONLY:
+            self.program.stack(name)
+
+    def stack(self, name: str) -> List[Any]:
+        return self.program.stack(name)
 
     # -- entry points
 
     def compile_top(self, nodes: Sequence[Node]) -> Compiled:
-        out = Compiled()
+        out = Compiled(stacks=self.program.stacks)
         for node in nodes:
             try:
                 out.exprs.append((self.expr(node), size(node), node))
@@ -97,7 +112,7 @@ class Compiler:
             raise node.error(f"'{name}' is a function, not a value; call it as ({name} ...)")
         if "." not in name:
             check_variable_name(node, name)
-            return variable(node, name)
+            return variable(node, name, self.stack(name))
         head, _, attr = name.partition(".")
         check_variable_name(node, head)
         if "." in attr:
@@ -108,7 +123,7 @@ class Compiler:
             raise node.error(
                 f"unknown field '{attr}' in '{name}' (fields are listed in docs/policy.md)"
             )
-        return dot(node, head, attr)
+        return dot(node, head, attr, self.stack(head))
 
     # -- lists
 
@@ -173,7 +188,9 @@ class Compiler:
         if len(args) not in arities:
             want = " or ".join(str(a) for a in sorted(arities))
             raise head.error(f"'{name}' takes {want} argument(s), given {len(args)}")
-        return user_call(head, name, self.exprs(args))
+        # A name defined once: its call sites hold its Function.
+        known = self.program.function(name, head) if self.defs.get(name) == 1 else None
+        return user_call(head, name, self.exprs(args), known)
 
     def method_call(self, node: Node, head: Node, name: str, args: Sequence[Node]) -> Code:
         obj, _, method = name.partition(".")
@@ -199,7 +216,7 @@ class Compiler:
                 )
         elif args and args[0].kind in (INT, FLOAT, LIST, BLOCK) and method != "SetVar":
             pass  # checked at run time: may still evaluate to a string
-        return METHOD_BUILDERS[method](head, obj, name, self.exprs(args))
+        return METHOD_BUILDERS[method](head, obj, name, self.exprs(args), self.stack(obj))
 
     # -- special forms
 
@@ -207,18 +224,15 @@ class Compiler:
         check_arity(head, "defvar", len(args), 2, 2)
         name = self.binding_name(args[0], "defvar")
         value = self.expr(args[1])
+        stack = self.stack(name)
 
         def defvar(ctx: Context) -> Any:
             val = value(ctx)
             scope = ctx.scopes[-1]
             if name in scope:
-                return ctx.vars[name][-1]
+                return stack[-1]
             scope.append(name)
-            stack = ctx.vars.get(name)
-            if stack is None:
-                ctx.vars[name] = [val]
-            else:
-                stack.append(val)
+            stack.append(val)
             return val
 
         return defvar
@@ -229,10 +243,10 @@ class Compiler:
         name = self.binding_name(args[0], form)
         value = self.expr(args[1])
         target = args[0]
+        stack = self.stack(name)
 
         def set_(ctx: Context) -> Any:
             val = value(ctx)
-            stack = ctx.vars.get(name)
             if not stack:
                 raise target.error(
                     f"({form} {name} ...): no variable '{name}' exists; "
@@ -267,17 +281,23 @@ class Compiler:
                 raise p.error(f"{form} {fname}: parameter '{p.value}' appears twice")
             params.append(p.value)
         body = self.block(node, body_nodes)
-        fn = Function(
-            fname,
-            tuple(params),
-            body,
-            sum(size(b) for b in body_nodes) + 1,
-            name_node,
-            scoped=binds_variables(body_nodes),
-        )
+        cost = sum(size(b) for b in body_nodes) + 1
+        stacks = tuple(self.stack(p) for p in params)
+        scoped = binds_variables(body_nodes)
+        if self.defs.get(fname) == 1:
+            fn = self.program.function(fname, name_node)
+            fn.params, fn.body, fn.cost, fn.node = tuple(params), body, cost, name_node
+            fn.scoped, fn.stacks, fn.arity = scoped, stacks, len(params)
+            fn.leaf = not calls_functions(body_nodes, self.functions)
+            for bind in fn.sites:  # call sites compiled before this def
+                bind()
+            fn.sites.clear()
+        else:
+            fn = Function(fname, tuple(params), body, cost, name_node, scoped, stacks)
 
         def define(ctx: Context) -> Any:
             ctx.funcs[fname] = fn
+            fn.live = True
             return fname
 
         return define
@@ -302,21 +322,16 @@ class Compiler:
         if not binds_variables(body_nodes) and not any(
             binds_variables([b.value[1]]) for b in bindings_node.value
         ):
-            names = [bname for bname, _ in bindings]
+            pushes = [(self.stack(bname), code) for bname, code in bindings]
+            stacks = [stack for stack, _ in pushes]
 
             # Nothing inside binds in this scope: push and pop the bindings only.
             def let_unscoped(ctx: Context) -> Any:
-                variables = ctx.vars
-                for bname, code in bindings:
-                    val = code(ctx)
-                    stack = variables.get(bname)
-                    if stack is None:
-                        variables[bname] = [val]
-                    else:
-                        stack.append(val)
+                for stack, code in pushes:
+                    stack.append(code(ctx))
                 result = body(ctx)
-                for bname in names:
-                    variables[bname].pop()
+                for stack in stacks:
+                    stack.pop()
                 return result
 
             return let_unscoped
@@ -351,24 +366,25 @@ class Compiler:
 
     def if_code(self, codes: Sequence[Code]) -> Code:
         cond, yes, no = codes
+        sc = stack_of(cond)  # (if name ...): the variable read inline
         # (if c x 0) is the common shape: a constant branch costs no call.
         no_value = constant_value(no)
         if no_value is not NO_VALUE:
 
             def if_else_constant(ctx: Context) -> Any:
-                return yes(ctx) if cond(ctx) else no_value
+                return yes(ctx) if (sc[-1] if sc else cond(ctx)) else no_value
 
             return if_else_constant
         yes_value = constant_value(yes)
         if yes_value is not NO_VALUE:
 
             def if_then_constant(ctx: Context) -> Any:
-                return yes_value if cond(ctx) else no(ctx)
+                return yes_value if (sc[-1] if sc else cond(ctx)) else no(ctx)
 
             return if_then_constant
 
         def if_(ctx: Context) -> Any:
-            return yes(ctx) if cond(ctx) else no(ctx)
+            return yes(ctx) if (sc[-1] if sc else cond(ctx)) else no(ctx)
 
         return if_
 
@@ -382,6 +398,7 @@ class Compiler:
         items = self.expr(list_node)
         body = self.block(node, body_nodes)
         cost = sum(size(b) for b in body_nodes) + 1
+        stack = self.stack(var)
         if not binds_variables(body_nodes):
             # The body binds nothing in its scope: push and pop the item only.
             def with_unscoped(ctx: Context) -> Any:
@@ -391,24 +408,22 @@ class Compiler:
                         f"with: expected a list such as Guests, got {type_name(seq)}"
                     )
                 builder = ListBuilder(head)
-                results = builder.items
+                keep, push, pop = builder.items.append, stack.append, stack.pop
+                numbers = NUM_TYPES
                 scalars = 0
-                stack = ctx.vars.get(var)
-                if stack is None:
-                    ctx.vars[var] = stack = []
                 for item in seq:
                     steps = ctx.steps + cost
                     if steps > ctx.step_limit:
                         ctx.check_budget(head, steps)
                     ctx.steps = steps
-                    stack.append(item)
+                    push(item)
                     value = body(ctx)
-                    results.append(value)
-                    if value.__class__ in NUM_TYPES or value is None:
+                    keep(value)
+                    if value.__class__ in numbers or value is None:
                         scalars += 1
                     else:
                         builder.add(value)
-                    stack.pop()
+                    pop()
                 return builder.done(scalars)
 
             return with_unscoped
@@ -479,6 +494,20 @@ def binds_variables(nodes: Sequence[Node]) -> bool:
     return False
 
 
+def calls_functions(nodes: Sequence[Node], functions: Dict[str, Set[int]]) -> bool:
+    """Whether ``nodes`` may call a user function (any call of a defined name counts)."""
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if node.kind not in (LIST, BLOCK):
+            continue
+        items = node.value
+        if node.kind == LIST and items and items[0].kind == SYM and items[0].value in functions:
+            return True
+        stack.extend(items)
+    return False
+
+
 def size(node: Node) -> int:
     """Number of nodes in a tree (the step cost of evaluating it once)."""
     if node.kind in (LIST, BLOCK):
@@ -513,8 +542,13 @@ def check_function_name(node: Node, name: str) -> None:
         raise node.error(f"'{name}' is built in and cannot be redefined")
 
 
-def collect_functions(nodes: Sequence[Node], out: Dict[str, Set[int]]) -> None:
-    """Find every ``(def name (params) ...)`` anywhere in the program."""
+def collect_functions(
+    nodes: Sequence[Node], out: Dict[str, Set[int]], defs: Optional[Dict[str, int]] = None
+) -> None:
+    """Find every ``(def name (params) ...)`` anywhere in the program.
+
+    ``out`` gets each name's arities, ``defs`` (when given) how many defs it has.
+    """
     stack = list(nodes)
     while stack:
         node = stack.pop()
@@ -531,12 +565,15 @@ def collect_functions(nodes: Sequence[Node], out: Dict[str, Set[int]]) -> None:
             and items[2].kind == LIST
         ):
             out.setdefault(items[1].value, set()).add(len(items[2].value))
+            if defs is not None:
+                defs[items[1].value] = defs.get(items[1].value, 0) + 1
 
 
 # --- user functions ------------------------------------------------------------
 
 
-def user_call(node: Node, name: str, args: List[Code]) -> Code:
+def user_call(node: Node, name: str, args: List[Code], known: Optional[Function] = None) -> Code:
+    """A call of a user function; ``known``: the one function of that name, if so."""
     nargs = len(args)
 
     def function_of(ctx: Context) -> Function:
@@ -567,34 +604,116 @@ def user_call(node: Node, name: str, args: List[Code]) -> Code:
             variables[bound].pop()
         return result
 
+    if nargs == 1:
+        (arg,) = args
+        sarg = stack_of(arg)  # (f name): the variable read inline
+
+        if known is not None:
+            fn = known
+            # What the call needs of the function, held here once its def is
+            # compiled (bind runs then, or now when it already is).
+            cost = 0
+            body: Code = fn.body
+            stack: List[Any] = []
+            scoped = True
+            plain = False
+            param = ""
+
+            def bind() -> None:
+                nonlocal cost, body, stack, scoped, plain, param
+                cost, body, stack, scoped = fn.cost, fn.body, fn.stacks[0], fn.scoped
+                plain = fn.leaf and not fn.scoped
+                param = fn.params[0]
+
+            if fn.cost:
+                bind()
+            else:
+                fn.sites.append(bind)
+
+            # The usual call: one argument, a function defined once (no lookup).
+            def call1_known(ctx: Context) -> Any:
+                if not fn.live:
+                    function_of(ctx)  # raises: its def has not run
+                value = sarg[-1] if sarg else arg(ctx)
+                steps = ctx.steps + cost
+                if steps > ctx.step_limit:
+                    ctx.check_budget(node, steps)
+                depth = ctx.depth
+                if depth >= ctx.max_depth:
+                    enter(ctx, fn)  # raises the right error
+                ctx.steps = steps
+                if plain:
+                    # No defvar and no call in the body: nothing in it reads
+                    # the depth or a scope, so neither changes.
+                    stack.append(value)
+                    result = body(ctx)
+                    stack.pop()
+                    return result
+                ctx.depth = depth + 1
+                stack.append(value)
+                if scoped:
+                    result = run_scoped(ctx, fn, [param])
+                else:
+                    result = body(ctx)
+                    stack.pop()
+                ctx.depth = depth
+                return result
+
+            return call1_known
+
+        # One argument, the common case: no list of values, no loop.
+        def call1(ctx: Context) -> Any:
+            fn = ctx.funcs.get(name)
+            if fn is None or fn.arity != 1:
+                fn = function_of(ctx)
+            value = sarg[-1] if sarg else arg(ctx)
+            steps = ctx.steps + fn.cost
+            if steps > ctx.step_limit:
+                ctx.check_budget(node, steps)
+            depth = ctx.depth
+            if depth >= ctx.max_depth:
+                enter(ctx, fn)  # raises the right error
+            ctx.steps = steps
+            ctx.depth = depth + 1
+            stack = fn.stacks[0]
+            stack.append(value)
+            if fn.scoped:
+                result = run_scoped(ctx, fn, list(fn.params))
+            else:
+                result = fn.body(ctx)
+                stack.pop()
+            ctx.depth = depth
+            return result
+
+        return call1
+
+    # Arguments that are variables are read inline (see stack_of).
+    operands = [(stack_of(arg), arg) for arg in args]
+
     def call(ctx: Context) -> Any:
         fn = ctx.funcs.get(name)
         if fn is None or fn.arity != nargs:
             fn = function_of(ctx)
         # All arguments first (in the caller's scope), then bind them.
         values = []
-        for arg in args:
-            values.append(arg(ctx))
+        for stack, arg in operands:
+            values.append(stack[-1] if stack else arg(ctx))
         steps = ctx.steps + fn.cost
         depth = ctx.depth
         if steps > ctx.step_limit or depth >= ctx.max_depth:
             enter(ctx, fn)  # checks the budget, raises the right error
         ctx.steps = steps
         ctx.depth = depth + 1
-        variables = ctx.vars
-        params = fn.params
-        for param, value in zip(params, values):
-            try:
-                variables[param].append(value)
-            except KeyError:  # the first binding of this name in this evaluation
-                variables[param] = [value]
+        stacks = fn.stacks
+        for stack, value in zip(stacks, values):
+            stack.append(value)
         if fn.scoped:
-            result = run_scoped(ctx, fn, list(params))
+            result = run_scoped(ctx, fn, list(fn.params))
         else:
             # A body without defvar needs no scope: pop the parameters only.
             result = fn.body(ctx)
-            for param in params:
-                variables[param].pop()
+            for stack in stacks:
+                stack.pop()
         ctx.depth = depth
         return result
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, List
 
+from ebb.host.policy import fields as F
 from ebb.host.policy.limits import (
     MAX_INT,
     MAX_STORE_CELLS,
@@ -32,46 +33,66 @@ from ebb.host.policy.runtime import (
 )
 
 
-def variable(node: Node, name: str) -> Code:
+def variable(node: Node, name: str, stack: List[Any]) -> Code:
+    """A read of variable ``name``, whose value stack is ``stack``."""
+
     def var(ctx: Context) -> Any:
         try:
-            return ctx.vars[name][-1]
-        except (KeyError, IndexError):
+            return stack[-1]
+        except IndexError:
             raise node.error(f"undefined variable '{name}'") from None
 
-    VARIABLES[var] = name
+    VARIABLES[var] = stack
     return var
 
 
-def _entity_of(ctx: Context, node: Node, name: str) -> View:
-    try:
-        value = ctx.vars[name][-1]
-    except (KeyError, IndexError):
-        raise node.error(f"undefined variable '{name}'") from None
+def _entity_of(stack: List[Any], node: Node, name: str) -> View:
+    """The view in variable ``name`` (whose stack is ``stack``), or the error."""
+    if not stack:
+        raise node.error(f"undefined variable '{name}'")
+    value = stack[-1]
     if value.__class__ is not View:
         raise node.error(f"'{name}' is {type_name(value)}, not the host or a guest")
     view: View = value
     return view
 
 
-def dot(node: Node, head: str, attr: str) -> Code:
+def dot(node: Node, head: str, attr: str, stack: List[Any]) -> Code:
+    """A read of ``head.attr`` (a field or property), ``stack`` being head's."""
     full = f"{head}.{attr}"
 
-    def dot(ctx: Context) -> Any:
-        try:
-            view = ctx.vars[head][-1]
-        except (KeyError, IndexError):
-            raise node.error(f"undefined variable '{head}'") from None
+    def dot_error(ctx: Context) -> Any:
+        if not stack:
+            raise node.error(f"undefined variable '{head}'")
+        view = stack[-1]
         if view.__class__ is View:
-            if attr in view.field_names:
-                return view.latest.get(attr)
-            if attr in view.prop_names:
-                return view.props.get(attr)
             raise node.error(f"'{full}': {view.describe()} has no field '{attr}'")
         raise node.error(f"'{full}': '{head}' is {type_name(view)}, not the host or a guest")
 
-    DOTS[dot] = (head, attr)
-    return dot
+    if attr in F.HOST_PROPS or attr in F.GUEST_PROPS:
+
+        def prop_or_field(ctx: Context) -> Any:
+            view = stack[-1] if stack else None
+            if view.__class__ is View:
+                if attr in view.field_names:
+                    return view.latest.get(attr)
+                if attr in view.prop_names:
+                    return view.props.get(attr)
+            return dot_error(ctx)
+
+        DOTS[prop_or_field] = (stack, attr)
+        return prop_or_field
+
+    def field(ctx: Context) -> Any:
+        # The common case in one test: a view that has this field.
+        if stack:
+            view = stack[-1]
+            if view.__class__ is View and attr in view.field_names:
+                return view.latest.get(attr)
+        return dot_error(ctx)
+
+    DOTS[field] = (stack, attr)
+    return field
 
 
 # --- methods -------------------------------------------------------------------
@@ -85,11 +106,11 @@ def _field_arg(node: Node, view: View, method: str, value: Any) -> str:
     return value
 
 
-def _m_stat(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+def _m_stat(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
     (arg,) = codes
 
     def stat(ctx: Context) -> Any:
-        view = _entity_of(ctx, node, obj)
+        view = _entity_of(stack, node, obj)
         return view.latest.get(_field_arg(node, view, name, arg(ctx)))
 
     field_name = constant_value(arg)
@@ -99,7 +120,6 @@ def _m_stat(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
     # (g.Stat "field"): the common case inline; anything else (not a view,
     # no such field here) goes through the general closure for its error.
     def stat_field(ctx: Context) -> Any:
-        stack = ctx.vars.get(obj)
         if stack:
             view = stack[-1]
             if view.__class__ is View and field_name in view.field_names:
@@ -109,11 +129,11 @@ def _m_stat(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
     return stat_field
 
 
-def _m_stat_avg(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+def _m_stat_avg(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
     (arg,) = codes
 
     def stat_avg(ctx: Context) -> Any:
-        view = _entity_of(ctx, node, obj)
+        view = _entity_of(stack, node, obj)
         return view.entity.stat_avg(_field_arg(node, view, name, arg(ctx)))
 
     field_name = constant_value(arg)
@@ -122,7 +142,6 @@ def _m_stat_avg(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
 
     # (g.StatAvg "field"), as in _m_stat.
     def stat_avg_field(ctx: Context) -> Any:
-        stack = ctx.vars.get(obj)
         if stack:
             view = stack[-1]
             if view.__class__ is View and field_name in view.field_names:
@@ -132,11 +151,11 @@ def _m_stat_avg(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
     return stat_avg_field
 
 
-def _m_prop(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+def _m_prop(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
     (arg,) = codes
 
     def prop(ctx: Context) -> Any:
-        view = _entity_of(ctx, node, obj)
+        view = _entity_of(stack, node, obj)
         key = arg(ctx)
         if not isinstance(key, str) or key.startswith("_"):
             raise node.error(f"{name}: the property name must be a string, got {show(key)}")
@@ -163,7 +182,7 @@ def _control_name(node: Node, view: View, method: str, value: Any) -> str:
     return value
 
 
-def _m_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+def _m_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
     key_code, value_code = codes
 
     def set_control(view: View, key: str, value: Any) -> Any:
@@ -171,18 +190,18 @@ def _m_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
             raise node.error(f"{name} {key!r}: value must be a number, got {show(value)}")
         if value.__class__ is float and not math.isfinite(value):
             raise node.error(f"{name} {key!r}: value must be finite, got {value}")
-        if not -MAX_INT <= value <= MAX_INT:  # type: ignore[operator]
+        if not -MAX_INT <= value <= MAX_INT:
             raise node.error(
                 f"{name} {key!r}: value {show(value)} is outside -{MAX_INT}..{MAX_INT}"
             )
         # Every control is a whole number (KiB, pages, ms, a mode); the
         # controllers take integers, as MOM's did.
-        value = int(value)  # type: ignore[call-overload]
+        value = int(value)
         view.controls[key] = value
         return value
 
     def control(ctx: Context) -> Any:
-        view = _entity_of(ctx, node, obj)
+        view = _entity_of(stack, node, obj)
         key = _control_name(node, view, name, key_code(ctx))
         return set_control(view, key, value_code(ctx))
 
@@ -193,7 +212,6 @@ def _m_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
     # (g.Control "name" value): the checks of the name inline, the general
     # closure for the errors.
     def control_key(ctx: Context) -> Any:
-        stack = ctx.vars.get(obj)
         if stack:
             view = stack[-1]
             if view.__class__ is View and constant_key in view.control_names:
@@ -203,11 +221,11 @@ def _m_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
     return control_key
 
 
-def _m_get_control(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+def _m_get_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
     (key_code,) = codes
 
     def get_control(ctx: Context) -> Any:
-        view = _entity_of(ctx, node, obj)
+        view = _entity_of(stack, node, obj)
         return view.controls.get(_control_name(node, view, name, key_code(ctx)))
 
     return get_control
@@ -222,11 +240,11 @@ def _store_cells(store: Dict[str, Any], skip: str) -> int:
     return total
 
 
-def _m_set_var(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+def _m_set_var(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
     key_code, value_code = codes
 
     def set_var(ctx: Context) -> Any:
-        view = _entity_of(ctx, node, obj)
+        view = _entity_of(stack, node, obj)
         key = key_code(ctx)
         if not isinstance(key, str):
             raise node.error(f"{name}: the variable name must be a string, got {show(key)}")
@@ -253,20 +271,32 @@ def _m_set_var(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
     return set_var
 
 
-def _m_get_var(node: Node, obj: str, name: str, codes: List[Code]) -> Code:
+def _m_get_var(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
     (key_code,) = codes
 
     def get_var(ctx: Context) -> Any:
-        view = _entity_of(ctx, node, obj)
+        view = _entity_of(stack, node, obj)
         key = key_code(ctx)
         if not isinstance(key, str):
             raise node.error(f"{name}: the variable name must be a string, got {show(key)}")
         return view.store.get(key)
 
-    return get_var
+    constant_key = constant_value(key_code)
+    if constant_key.__class__ is not str:
+        return get_var
+
+    # (x.GetVar "name"), as in _m_stat.
+    def get_var_key(ctx: Context) -> Any:
+        if stack:
+            view = stack[-1]
+            if view.__class__ is View:
+                return view.store.get(constant_key)
+        return get_var(ctx)
+
+    return get_var_key
 
 
-METHOD_BUILDERS: Dict[str, Callable[[Node, str, str, List[Code]], Code]] = {
+METHOD_BUILDERS: Dict[str, Callable[[Node, str, str, List[Code], List[Any]], Code]] = {
     "Stat": _m_stat,
     "StatAvg": _m_stat_avg,
     "Prop": _m_prop,

@@ -23,6 +23,7 @@ from ebb.host.policy.limits import (
 from ebb.host.policy.reader import Node
 from ebb.host.policy.runtime import (
     DOTS,
+    FIELDS_OR,
     NO_VALUE,
     NUM_TYPES,
     VARIABLES,
@@ -30,7 +31,9 @@ from ebb.host.policy.runtime import (
     Context,
     View,
     constant_value,
+    dot_of,
     show,
+    stack_of,
     type_name,
 )
 
@@ -70,18 +73,33 @@ def _apply(node: Node, op: str, fn: Callable[[Any, Any], Any], x: Any, y: Any) -
 
 
 def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]], Code]:
-    checks_operands = op == "*"
 
     def build(node: Node, codes: List[Code]) -> Code:
         if len(codes) == 2:
             a, b = codes
+            sa, sb = stack_of(a), stack_of(b)
+            (da, fa), (db, fb) = dot_of(a), dot_of(b)
             k = constant_value(b)
-            if k.__class__ in NUM_TYPES and not checks_operands:
+            add, sub = op == "+", op == "-"
+            if k.__class__ in NUM_TYPES and _int_ok(k):
 
                 def arith_constant(ctx: Context) -> Any:
-                    x = a(ctx)
+                    x: Any
+                    if sa:
+                        x = sa[-1]
+                    elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                        x = view.latest.get(fa)
+                    else:
+                        x = a(ctx)
                     if x.__class__ in NUM_TYPES:
-                        r = fn(x, k)
+                        if add:
+                            r = x + k
+                        elif sub:
+                            r = x - k
+                        elif x.__class__ is int and not -MAX_INT <= x <= MAX_INT:
+                            raise _range_error(node, op, "an operand")
+                        else:
+                            r = x * k
                         if r.__class__ is not int or -MAX_INT <= r <= MAX_INT:
                             return r
                         raise _range_error(node, op, "the result")
@@ -89,13 +107,34 @@ def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]
 
                 return arith_constant
 
+            # The operation inline (no call of fn); the operands of * are
+            # checked before multiplying (see _apply).
             def arith2(ctx: Context) -> Any:
-                x = a(ctx)
-                y = b(ctx)
+                x: Any
+                y: Any
+                if sa:
+                    x = sa[-1]
+                elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                    x = view.latest.get(fa)
+                else:
+                    x = a(ctx)
+                if sb:
+                    y = sb[-1]
+                elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
+                    y = view.latest.get(fb)
+                else:
+                    y = b(ctx)
                 if x.__class__ in NUM_TYPES and y.__class__ in NUM_TYPES:
-                    if checks_operands:
-                        return _apply(node, op, fn, x, y)
-                    r = fn(x, y)
+                    if add:
+                        r = x + y
+                    elif sub:
+                        r = x - y
+                    elif (x.__class__ is int and not -MAX_INT <= x <= MAX_INT) or (
+                        y.__class__ is int and not -MAX_INT <= y <= MAX_INT
+                    ):
+                        raise _range_error(node, op, "an operand")
+                    else:
+                        r = x * y
                     if r.__class__ is not int or -MAX_INT <= r <= MAX_INT:
                         return r
                     raise _range_error(node, op, "the result")
@@ -132,10 +171,11 @@ def _build_sub(node: Node, codes: List[Code]) -> Code:
 
 def _build_div(node: Node, codes: List[Code]) -> Code:
     a, b = codes
+    sa, sb = stack_of(a), stack_of(b)
 
     def div(ctx: Context) -> Any:
-        x = _num(node, "/", a(ctx))
-        y = _num(node, "/", b(ctx))
+        x = _num(node, "/", sa[-1] if sa else a(ctx))
+        y = _num(node, "/", sb[-1] if sb else b(ctx))
         if not y:
             raise node.error(f"division by zero ({show(x)} / {show(y)})")
         return x / y
@@ -146,10 +186,11 @@ def _build_div(node: Node, codes: List[Code]) -> Code:
 def _shift(op: str, left: bool) -> Callable[[Node, List[Code]], Code]:
     def build(node: Node, codes: List[Code]) -> Code:
         a, b = codes
+        sa, sb = stack_of(a), stack_of(b)
 
         def shift(ctx: Context) -> Any:
-            x = a(ctx)
-            y = b(ctx)
+            x = sa[-1] if sa else a(ctx)
+            y = sb[-1] if sb else b(ctx)
             if x.__class__ not in (int, bool) or y.__class__ not in (int, bool):
                 raise node.error(f"'{op}' needs whole numbers, got {show(x)} and {show(y)}")
             if not 0 <= y <= MAX_SHIFT:
@@ -169,18 +210,26 @@ def _shift(op: str, left: bool) -> Callable[[Node, List[Code]], Code]:
 def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Code]], Code]:
     def build(node: Node, codes: List[Code]) -> Code:
         a, b = codes
+        sa, sb = stack_of(a), stack_of(b)
+        (da, fa), (db, fb) = dot_of(a), dot_of(b)
         k = constant_value(b)
         if k is not NO_VALUE:
             return _compare_constant(node, op, a, k)
         second = VARIABLES.get(b)
+        # (op (or g.field K) name), as in is_stalling: that read inline too.
+        so, fo, ko = FIELDS_OR.get(a, ((), "", None))
         if second is not None:
             # (op x name): the variable read inline.
             def compare_variable(ctx: Context) -> Any:
-                x = a(ctx)
-                try:
-                    y = ctx.vars[second][-1]
-                except (KeyError, IndexError):
-                    y = b(ctx)  # raises the right error
+                if sa:
+                    x = sa[-1]
+                elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                    x = view.latest.get(fa)
+                elif so and (view := so[-1]).__class__ is View and fo in view.field_names:
+                    x = view.latest.get(fo) or ko
+                else:
+                    x = a(ctx)
+                y = second[-1] if second else b(ctx)  # b raises the right error
                 try:
                     return fn(x, y)
                 except TypeError:
@@ -189,8 +238,18 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
             return compare_variable
 
         def compare(ctx: Context) -> Any:
-            x = a(ctx)
-            y = b(ctx)
+            if sa:
+                x = sa[-1]
+            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                x = view.latest.get(fa)
+            else:
+                x = a(ctx)
+            if sb:
+                y = sb[-1]
+            elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
+                y = view.latest.get(fb)
+            else:
+                y = b(ctx)
             try:
                 # Numbers with numbers, strings with strings: anything else
                 # (nil, objects) raises TypeError, reported with the position.
@@ -203,16 +262,48 @@ def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Co
     return build
 
 
+COMPARISONS = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge}
+
+
 def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     """``(op x K)`` with a constant K: the comparison inline, no call for K."""
+    sa = stack_of(a)
+    da, fa = dot_of(a)
 
     def fail(x: Any) -> PolicyError:
         return node.error(f"'{op}' cannot compare {show(x)} with {show(k)}")
 
+    field_or = FIELDS_OR.get(a)
+    if field_or is not None:
+        stack, attr, default = field_or
+        fn = COMPARISONS[op]
+
+        # (op (or g.field D) K), as in is_needy: the read inline (see _build_or).
+        def compare_field_or(ctx: Context) -> Any:
+            if stack:
+                view = stack[-1]
+                if view.__class__ is View and attr in view.field_names:
+                    x = view.latest.get(attr) or default
+                else:
+                    x = a(ctx)
+            else:
+                x = a(ctx)
+            try:
+                return fn(x, k)
+            except TypeError:
+                raise fail(x) from None
+
+        return compare_field_or
+
     if op == "<":
 
         def lt(ctx: Context) -> Any:
-            x = a(ctx)
+            if sa:
+                x = sa[-1]
+            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                x = view.latest.get(fa)
+            else:
+                x = a(ctx)
             try:
                 return x < k
             except TypeError:
@@ -222,7 +313,12 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     if op == ">":
 
         def gt(ctx: Context) -> Any:
-            x = a(ctx)
+            if sa:
+                x = sa[-1]
+            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                x = view.latest.get(fa)
+            else:
+                x = a(ctx)
             try:
                 return x > k
             except TypeError:
@@ -232,7 +328,12 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
     if op == "<=":
 
         def le(ctx: Context) -> Any:
-            x = a(ctx)
+            if sa:
+                x = sa[-1]
+            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                x = view.latest.get(fa)
+            else:
+                x = a(ctx)
             try:
                 return x <= k
             except TypeError:
@@ -241,7 +342,12 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
         return le
 
     def ge(ctx: Context) -> Any:
-        x = a(ctx)
+        if sa:
+            x = sa[-1]
+        elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+            x = view.latest.get(fa)
+        else:
+            x = a(ctx)
         try:
             return x >= k
         except TypeError:
@@ -253,14 +359,28 @@ def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
 def _build_eq(negate: bool) -> Callable[[Node, List[Code]], Code]:
     def build(node: Node, codes: List[Code]) -> Code:
         a, b = codes
+        sa, sb = stack_of(a), stack_of(b)
         k = constant_value(b)
+        da, fa = dot_of(a)
+        if k is not NO_VALUE and a in DOTS:
+            # (== g.field K): the field read inline (see dot_of).
+
+            def eq_field(ctx: Context) -> Any:
+                view = da[-1] if da else None
+                if view.__class__ is View and fa in view.field_names:
+                    x = view.latest.get(fa)
+                else:
+                    x = a(ctx)
+                return x != k if negate else x == k
+
+            return eq_field
         if k is not NO_VALUE:
             if negate:
-                return lambda ctx: a(ctx) != k
-            return lambda ctx: a(ctx) == k
+                return lambda ctx: (sa[-1] if sa else a(ctx)) != k
+            return lambda ctx: (sa[-1] if sa else a(ctx)) == k
         if negate:
-            return lambda ctx: a(ctx) != b(ctx)
-        return lambda ctx: a(ctx) == b(ctx)
+            return lambda ctx: (sa[-1] if sa else a(ctx)) != (sb[-1] if sb else b(ctx))
+        return lambda ctx: (sa[-1] if sa else a(ctx)) == (sb[-1] if sb else b(ctx))
 
     return build
 
@@ -268,11 +388,19 @@ def _build_eq(negate: bool) -> Callable[[Node, List[Code]], Code]:
 def _build_and(node: Node, codes: List[Code]) -> Code:
     if len(codes) == 2:
         a, b = codes
+        sa, sb = stack_of(a), stack_of(b)
 
         def and2(ctx: Context) -> Any:
-            return a(ctx) and b(ctx)
+            return (sa[-1] if sa else a(ctx)) and (sb[-1] if sb else b(ctx))
 
         return and2
+    if len(codes) == 3:
+        a, b, c = codes
+
+        def and3(ctx: Context) -> Any:
+            return a(ctx) and b(ctx) and c(ctx)
+
+        return and3
 
     def and_n(ctx: Context) -> Any:
         value = None
@@ -288,27 +416,35 @@ def _build_and(node: Node, codes: List[Code]) -> Code:
 def _build_or(node: Node, codes: List[Code]) -> Code:
     if len(codes) == 2:
         a, b = codes
+        sa, sb = stack_of(a), stack_of(b)
         dot = DOTS.get(a)
         default = constant_value(b)
         if dot is not None and default is not NO_VALUE:
-            head, attr = dot
+            stack, attr = dot
 
             # (or g.field 0), the policies' way to read a field that may be
             # missing, in one call: the read is done inline when the variable
             # holds a view with that field, else by the dot closure (which
             # reads a property or raises the right error).
             def or_field(ctx: Context) -> Any:
-                stack = ctx.vars.get(head)
                 if stack:
                     view = stack[-1]
                     if view.__class__ is View and attr in view.field_names:
                         return view.latest.get(attr) or default
                 return a(ctx) or default
 
+            FIELDS_OR[or_field] = (stack, attr, default)
             return or_field
 
+        if default is not NO_VALUE:
+
+            def or_constant(ctx: Context) -> Any:
+                return (sa[-1] if sa else a(ctx)) or default
+
+            return or_constant
+
         def or2(ctx: Context) -> Any:
-            return a(ctx) or b(ctx)
+            return (sa[-1] if sa else a(ctx)) or (sb[-1] if sb else b(ctx))
 
         return or2
 
@@ -338,13 +474,20 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
 
         if len(codes) == 2:
             a, b = codes
+            sa, sb = stack_of(a), stack_of(b)
+            (da, fa), (db, fb) = dot_of(a), dot_of(b)
             # (max 0 x), (min x 1): a constant operand costs no call. Ties
             # keep the first operand, as Python's min/max do.
             k = constant_value(a)
             if k.__class__ in NUM_TYPES:
 
                 def constant_first(ctx: Context) -> Any:
-                    y: Any = b(ctx)
+                    if sb:
+                        y = sb[-1]
+                    elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
+                        y = view.latest.get(fb)
+                    else:
+                        y = b(ctx)
                     if y.__class__ not in NUM_TYPES:
                         raise bad([k, y])
                     if smaller:
@@ -356,18 +499,33 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
             if k.__class__ in NUM_TYPES:
 
                 def constant_second(ctx: Context) -> Any:
-                    x: Any = a(ctx)
+                    if sa:
+                        x = sa[-1]
+                    elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                        x = view.latest.get(fa)
+                    else:
+                        x = a(ctx)
                     if x.__class__ not in NUM_TYPES:
                         raise bad([x, k])
                     if smaller:
-                        return k if k < x else x  # type: ignore[operator]
-                    return k if k > x else x  # type: ignore[operator]
+                        return k if k < x else x
+                    return k if k > x else x
 
                 return constant_second
 
             def extreme2(ctx: Context) -> Any:
-                x: Any = a(ctx)
-                y: Any = b(ctx)
+                if sa:
+                    x = sa[-1]
+                elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
+                    x = view.latest.get(fa)
+                else:
+                    x = a(ctx)
+                if sb:
+                    y = sb[-1]
+                elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
+                    y = view.latest.get(fb)
+                else:
+                    y = b(ctx)
                 numbers = x.__class__ in NUM_TYPES and y.__class__ in NUM_TYPES
                 if numbers:
                     # Ties keep the first operand, as Python's min/max do.
@@ -417,30 +575,19 @@ def _build_null(node: Node, codes: List[Code]) -> Code:
 
 
 def _build_valid(node: Node, codes: List[Code]) -> Code:
-    dots = [DOTS.get(c) for c in codes]
-    if all(d is not None for d in dots):
-        reads = [(d[0], d[1], c) for d, c in zip(dots, codes) if d is not None]
+    reads = [(*dot_of(c), c) for c in codes]
 
-        # (valid g.a g.b ...): the field reads inline (see _build_or).
-        def valid_fields(ctx: Context) -> Any:
-            variables = ctx.vars
-            for head, attr, code in reads:
-                stack = variables.get(head)
-                if stack:
-                    view = stack[-1]
-                    if view.__class__ is View and attr in view.field_names:
-                        if view.latest.get(attr) is None:
-                            return False
-                        continue
-                if code(ctx) is None:
-                    return False
-            return True
-
-        return valid_fields
-
+    # (valid g.a g.b ...): the field reads inline (see dot_of), other operands
+    # through their closure.
     def valid(ctx: Context) -> Any:
-        for c in codes:  # noqa: SIM110 (as in null)
-            if c(ctx) is None:
+        for stack, attr, code in reads:
+            if stack:
+                view = stack[-1]
+                if view.__class__ is View and attr in view.field_names:
+                    if view.latest.get(attr) is None:
+                        return False
+                    continue
+            if code(ctx) is None:
                 return False
         return True
 

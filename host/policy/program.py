@@ -87,7 +87,24 @@ class Program:
         """
         if max_steps is None:
             max_steps = STEPS_BASE + STEPS_PER_GUEST * len(inp.guests)
-        ctx = Context(max_steps, max_depth, max_seconds, clock)
+        compiled = self.compiled
+        # The variables' stacks are the program's (see Compiled): one
+        # evaluation at a time, each starting and ending with them empty.
+        with compiled.lock:
+            compiled.reset()
+            try:
+                ctx = Context(max_steps, max_depth, max_seconds, clock, compiled.stacks)
+                return self._evaluate(ctx, inp, host_store, guest_stores)
+            finally:
+                compiled.reset()
+
+    def _evaluate(
+        self,
+        ctx: Context,
+        inp: PolicyInput,
+        host_store: Optional[Dict[str, Any]],
+        guest_stores: Optional[Mapping[str, Dict[str, Any]]],
+    ) -> Evaluation:
         host_view = View(inp.host, True, host_store if host_store is not None else {})
         stores = guest_stores or {}
         guest_views = [View(g, False, {}) for g in inp.guests]
@@ -231,10 +248,13 @@ def load_policy_texts(sources: Sequence[Tuple[str, str]]) -> Program:
         except PolicyError as err:
             errors.append(err)
     functions: Dict[str, Any] = {}
+    defs: Dict[str, int] = {}
     for _, nodes in files:
-        collect_functions(nodes, functions)
-    compiler = Compiler(functions)
-    program_exprs = Compiled()
+        collect_functions(nodes, functions, defs)
+    compiler = Compiler(functions, defs)
+    program_exprs = Compiled(
+        stacks=compiler.program.stacks, functions=compiler.program.functions
+    )
     for path, nodes in files:
         try:
             part = compiler.compile_top(nodes)

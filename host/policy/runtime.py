@@ -9,10 +9,11 @@ host or a guest). The sizes of values are bounded here (see
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from ebb.host.policy import fields as F
 from ebb.host.policy.limits import (
@@ -27,7 +28,7 @@ from ebb.host.policy.reader import Node
 
 Code = Callable[["Context"], Any]
 
-NUM_TYPES = frozenset({int, float, bool})
+NUM_TYPES: FrozenSet[Any] = frozenset({int, float, bool})
 
 class View:
     """What a policy holds for the host or a guest during one evaluation.
@@ -100,8 +101,11 @@ class Context:
         max_depth: int,
         max_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        variables: Optional[Dict[str, List[Any]]] = None,
     ) -> None:
-        self.vars: Dict[str, List[Any]] = {}
+        #: name -> stack of values, innermost binding last. A compiled program
+        #: passes its own (see :class:`Compiled`): its closures hold the stacks.
+        self.vars: Dict[str, List[Any]] = {} if variables is None else variables
         # Names bound in each open scope, innermost last (lists: scopes are tiny).
         self.scopes: List[List[str]] = [[]]
         self.funcs: Dict[str, Function] = {}
@@ -120,7 +124,11 @@ class Context:
 
     def bind_global(self, name: str, value: Any) -> None:
         self.scopes[0].append(name)
-        self.vars[name] = [value]
+        stack = self.vars.get(name)
+        if stack is None:
+            self.vars[name] = [value]
+        else:
+            stack.append(value)
 
     def check_budget(self, node: Node, steps: int) -> None:
         """Raise at ``node`` when ``steps`` or the wall time is over budget."""
@@ -130,7 +138,8 @@ class Context:
             raise node.error(
                 f"evaluation took longer than {self.max_seconds:g} s (see Bounds in docs/policy.md)"
             )
-        self.step_limit = min(self.max_steps, steps + CLOCK_EVERY_STEPS)
+        limit = steps + CLOCK_EVERY_STEPS
+        self.step_limit = limit if limit < self.max_steps else self.max_steps
 
 
 class PolicyList(list):  # type: ignore[type-arg]
@@ -241,6 +250,15 @@ class Function:
     #: Whether the body may bind with defvar, and so needs a scope of its own
     #: (most functions do not: a call then only pushes and pops its parameters).
     scoped: bool = True
+    #: The value stacks of the parameters (see :class:`Compiled`), in order.
+    stacks: Tuple[List[Any], ...] = ()
+    #: Whether its (def ...) has been evaluated in the evaluation running now,
+    #: for a name defined once in the program (see :meth:`Compiled.function`).
+    live: bool = False
+    #: Whether the body calls no user function (so a call need not count depth).
+    leaf: bool = False
+    #: Call sites waiting for the def to be compiled (see forms.user_call).
+    sites: List[Callable[[], None]] = field(default_factory=list)
     arity: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -249,19 +267,81 @@ class Function:
 
 @dataclass
 class Compiled:
-    """A compiled program: top-level expressions with their node and step cost."""
+    """A compiled program: top-level expressions with their node and step cost.
+
+    ``stacks`` holds one stack of values per variable name of the program
+    (every name is written in its text, so all are known when it is
+    compiled): the closures that read or bind a variable hold its stack, and
+    a read is an index, not a lookup. The stacks belong to the evaluation
+    running now, so evaluations of one program take ``lock`` in turn and
+    start and end with every stack empty.
+    """
 
     exprs: List[Tuple[Code, int, Node]] = field(default_factory=list)
+    stacks: Dict[str, List[Any]] = field(default_factory=dict)
+    #: The functions of names the program defines once, which call sites hold
+    #: (their ``live`` flag says whether the def ran in this evaluation).
+    functions: Dict[str, Function] = field(default_factory=dict)
+    lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def stack(self, name: str) -> List[Any]:
+        """The value stack of variable ``name`` (made on first use)."""
+        stack = self.stacks.get(name)
+        if stack is None:
+            stack = self.stacks[name] = []
+        return stack
+
+    def function(self, name: str, node: Node) -> Function:
+        """The one function named ``name``, filled in when its def is compiled."""
+        fn = self.functions.get(name)
+        if fn is None:
+            fn = self.functions[name] = Function(name, (), constant(None), 0, node)
+        return fn
+
+    def reset(self) -> None:
+        """Forget the evaluation that ran (or failed): empty stacks, no def run."""
+        for stack in self.stacks.values():
+            stack.clear()
+        for fn in self.functions.values():
+            fn.live = False
 
 
 #: Closures that return a constant, and their value: operators built on a
 #: constant operand use the value directly instead of calling for it.
 _CONSTANTS: weakref.WeakKeyDictionary[Code, Any] = weakref.WeakKeyDictionary()
-#: Closures that read ``head.attr`` (a field or property), with (head, attr).
-DOTS: weakref.WeakKeyDictionary[Code, Tuple[str, str]] = weakref.WeakKeyDictionary()
-#: Closures that read a variable, with its name.
-VARIABLES: weakref.WeakKeyDictionary[Code, str] = weakref.WeakKeyDictionary()
+#: Closures that read ``head.attr`` (a field or property), with head's value
+#: stack and attr.
+DOTS: weakref.WeakKeyDictionary[Code, Tuple[List[Any], str]] = weakref.WeakKeyDictionary()
+#: Closures of ``(or head.attr K)`` with a constant K, with (head's stack, attr, K).
+FIELDS_OR: weakref.WeakKeyDictionary[Code, Tuple[List[Any], str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+#: Closures that read a variable, with its value stack.
+VARIABLES: weakref.WeakKeyDictionary[Code, List[Any]] = weakref.WeakKeyDictionary()
 NO_VALUE: Any = object()
+
+
+def stack_of(code: Code) -> Sequence[Any]:
+    """The value stack a variable read reads, or ``()`` for any other closure.
+
+    Closures read an operand that is a variable inline, with
+    ``x = stack[-1] if stack else code(ctx)``: for any other operand (and
+    for a variable not bound, whose closure raises the error) the empty
+    tuple sends them to the operand's closure.
+    """
+    stack = VARIABLES.get(code)
+    return () if stack is None else stack
+
+
+def dot_of(code: Code) -> Tuple[Sequence[Any], str]:
+    """``(stack, attr)`` of a field read ``head.attr`` (head's value stack), else ``((), "")``.
+
+    Closures read such an operand inline when the variable holds a view that
+    has the field (``if stack and view has attr``), else call its closure
+    (which reads a property or raises the error).
+    """
+    dot = DOTS.get(code)
+    return ((), "") if dot is None else dot
 
 
 def constant(value: Any) -> Code:
