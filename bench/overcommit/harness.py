@@ -36,7 +36,13 @@ from ebb.host.lab.guestcmd import CommandResult, GuestShell
 from . import labguests
 from .cpu import CpuMeter
 from .hostctl import HostMemory, ksm_counters, read_vmstat
-from .stall import HostStallMeter, guest_total_stall_s, psi_delta_s, stall_summary
+from .stall import (
+    HostStallMeter,
+    guest_total_stall_s,
+    host_vcpu_wait_s,
+    psi_delta_s,
+    stall_summary,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -429,6 +435,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
                 figures["guest_stall_some_s"] = guest_psi.get("some")
                 figures["guest_stall_full_s"] = guest_psi.get("full")
             figures.update(host_stall.get(name, {}))
+            figures["host_wait_s"] = host_vcpu_wait_s(figures)
             figures["stall_s"] = guest_total_stall_s(figures)
             figures["setup"] = setup[name]
             per_guest[name] = figures

@@ -47,7 +47,8 @@ STALL_LIMIT_PCT = 5.0
 #: CPU figures of a run (runs from before they were measured have none).
 CPU_KEYS = ("host_cpu_busy_pct", "qemu_cpu_pct", "ebbd_cpu_pct", "agent_cpu_pct_mean")
 STALL_KEYS = ("stall_s", "stall_share_pct", "guest_stall_some_s", "guest_stall_full_s",
-              "host_stall_some_s", "host_stall_vcpu_s", "qemu_major_faults",
+              "host_stall_some_s", "host_stall_vcpu_s", "host_io_vcpu_s", "host_wait_s",
+              "qemu_major_faults",
               "qemu_blkio_delay_s")
 
 
@@ -228,7 +229,7 @@ def scenario_table(name: str, scen: Dict[str, Any]) -> List[str]:
     work_key, work_label, _ = WORK[kind]
     head = [f"## {TITLES.get(name, name)}", "",
             f"| configuration | {work_label} | vs none | vs fpr | memory stall (s, % of wall) "
-            "| vs none | vs fpr | guest PSI some / full (s) | host stall of QEMU (s) | QEMU "
+            "| vs none | vs fpr | guest PSI some / full (s) | vCPUs' wait on the host (s) | QEMU "
             "major faults | host swap ops | guest swap ops | balloon moves (count / MiB) |",
             "|---|---:|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     rows = []
@@ -247,7 +248,7 @@ def scenario_table(name: str, scen: Dict[str, Any]) -> List[str]:
             "-" if config == "none" else words(interval_of(scen, "none", config, STALL)),
             "-" if config == "fpr" else words(interval_of(scen, "fpr", config, STALL)),
             f"{_num(med.get('guest_stall_some_s'), 1)} / {_num(med.get('guest_stall_full_s'), 1)}",
-            _num(med.get("host_stall_vcpu_s", med.get("host_stall_some_s")), 1),
+            _num(med.get("host_wait_s", med.get("host_stall_some_s")), 1),
             _num(med.get("qemu_major_faults")),
             _num(med.get("host_swap_ops")),
             _num(med.get("guest_swap_ops")),
@@ -475,9 +476,16 @@ def markdown(results: Dict[str, Any]) -> str:
     lines = [f"# ebb evaluation results ({results['mode']} mode)", ""]
     top = headline(summary)
     if top:
-        note = ("Memory stall: seconds the workloads waited for memory (guest PSI plus the "
-                "host's stall of their QEMU); intervals: " + _interval_words(results)
-                + ". Details below.")
+        measured = any(STALL in med for scen in summary.values()
+                       for med in (scen.get("medians") or {}).values())
+        if measured:
+            note = ("Memory stall: seconds the workloads waited for memory (guest PSI plus "
+                    "the time their vCPUs waited on the host); intervals: "
+                    + _interval_words(results) + ". Details below.")
+        else:
+            note = ("These runs were measured before the memory stall and the `fpr` "
+                    "baseline existed: throughput and latency only; intervals: "
+                    + _interval_words(results) + ".")
         lines += [*top[:7], "", note, ""]
     lines += [f"Run {results['started']} .. {results.get('finished', '(running)')} on "
               f"{results['host']}; repetitions: {results['reps']}. Medians over repetitions; "

@@ -8,10 +8,13 @@ Two places can make a guest wait for memory, and neither sees the other:
   or reclaimed. The guest does not know (its clock simply moves on). libvirt puts
   every guest's QEMU in its own cgroup v2 group (``machine/qemu-N-NAME.libvirt-qemu``
   with ``emulator`` and ``vcpuN`` below it), and the host kernel's PSI counts the
-  stalls of that group in its ``memory.pressure``. The major faults of the QEMU
-  process (``/proc/PID/stat``) say how many such faults there were, and, where the
-  host has delay accounting on (``kernel.task_delayacct``), its block I/O delay
-  (``delayacct_blkio_ticks``) how long they took.
+  stalls of that group in its ``memory.pressure``. PSI memory counts reclaim and
+  refaults of recently evicted pages; a swap-in of a page evicted long ago is an
+  I/O wait (``io.pressure``), so the vCPU groups' I/O stall is read too. The
+  major faults of the QEMU process (``/proc/PID/stat``) say how many such faults
+  there were, and, where the host has delay accounting on
+  (``kernel.task_delayacct``), its block I/O delay (``delayacct_blkio_ticks``)
+  how long they took.
 
 PSI ``total`` counters are cumulative microseconds; a run's figure is the delta
 over the workload. Everything here but :class:`HostStallMeter` is pure.
@@ -104,6 +107,7 @@ class GuestReading:
     blkio_ticks: Optional[int] = None
     psi: Dict[str, int] = field(default_factory=dict)
     vcpu_psi: Dict[str, int] = field(default_factory=dict)
+    vcpu_io: Dict[str, int] = field(default_factory=dict)
 
 
 def host_delta(before: GuestReading, after: GuestReading,
@@ -122,21 +126,37 @@ def host_delta(before: GuestReading, after: GuestReading,
     vcpu = psi_delta_s(before.vcpu_psi, after.vcpu_psi)
     if vcpu:
         out["host_stall_vcpu_s"] = vcpu.get("some")
+    vcpu_io = psi_delta_s(before.vcpu_io, after.vcpu_io)
+    if vcpu_io:
+        out["host_io_vcpu_s"] = vcpu_io.get("some")
     return out
+
+
+def host_vcpu_wait_s(figures: Mapping[str, Any]) -> Optional[float]:
+    """Seconds the guest's vCPUs waited on the host for memory or for a swap-in.
+
+    A vCPU thread under TCG does no other synchronous I/O (the disks run on
+    QEMU's I/O threads), so its I/O stall is its host swap-ins. A refault of a
+    recently evicted page is both a memory and an I/O stall, so the two cannot
+    be added: the larger is a lower bound of their union. Without vCPU groups,
+    the whole QEMU group's memory stall.
+    """
+    mem, io = figures.get("host_stall_vcpu_s"), figures.get("host_io_vcpu_s")
+    if mem is None and io is None:
+        return figures.get("host_stall_some_s")
+    return max(mem or 0.0, io or 0.0)
 
 
 def guest_total_stall_s(figures: Mapping[str, Any]) -> Optional[float]:
     """The primary figure of one guest: seconds its workload waited for memory.
 
-    Its own PSI ``some`` plus the host's stall of its vCPU threads (the whole
-    QEMU group when the vCPU groups cannot be read). Under a 1-vCPU guest both
-    stop the workload; they are counted by different kernels and do not overlap.
-    ``None`` when neither side could be read.
+    Its own PSI ``some`` plus what its vCPUs waited on the host
+    (:func:`host_vcpu_wait_s`). Under a 1-vCPU guest both stop the workload; they
+    are counted by different kernels and do not overlap (the guest's clock does not
+    see the host's stalls). ``None`` when neither side could be read.
     """
     inside = figures.get("guest_stall_some_s")
-    outside = figures.get("host_stall_vcpu_s")
-    if outside is None:
-        outside = figures.get("host_stall_some_s")
+    outside = host_vcpu_wait_s(figures)
     if inside is None and outside is None:
         return None
     return round((inside or 0.0) + (outside or 0.0), 3)
@@ -159,6 +179,8 @@ def stall_summary(per_guest: Mapping[str, Mapping[str, Any]], elapsed_s: float
         "guest_stall_full_s": total("guest_stall_full_s"),
         "host_stall_some_s": total("host_stall_some_s"),
         "host_stall_vcpu_s": total("host_stall_vcpu_s"),
+        "host_io_vcpu_s": total("host_io_vcpu_s"),
+        "host_wait_s": total("host_wait_s"),
         "qemu_major_faults": total("qemu_major_faults"),
         "qemu_blkio_delay_s": total("qemu_blkio_delay_s"),
         "stall_s": total("stall_s"),
@@ -214,14 +236,14 @@ class HostStallMeter:
             return reading
         with contextlib.suppress(OSError):
             reading.psi = parse_psi((group / "memory.pressure").read_text())
-        vcpu: Dict[str, int] = {}
-        for vdir in sorted(group.glob("vcpu*")):
-            try:
-                for key, value in parse_psi((vdir / "memory.pressure").read_text()).items():
-                    vcpu[key] = vcpu.get(key, 0) + value
-            except OSError:
-                continue
-        reading.vcpu_psi = vcpu
+        for resource, into in (("memory", reading.vcpu_psi), ("io", reading.vcpu_io)):
+            for vdir in sorted(group.glob("vcpu*")):
+                try:
+                    text = (vdir / f"{resource}.pressure").read_text()
+                except OSError:
+                    continue
+                for key, value in parse_psi(text).items():
+                    into[key] = into.get(key, 0) + value
         return reading
 
     def start(self) -> None:

@@ -42,19 +42,23 @@ def test_the_host_side_reads_the_guests_own_cgroup_and_its_qemu(tmp_path: Path) 
     (proc / "4242/cgroup").write_text("4:memory:/machine/qemu-3-g1.libvirt-qemu\n"
                                       "0::/machine/qemu-3-g1.libvirt-qemu/emulator\n")
 
-    def state(majflt: int, some: int, vcpu_some: int) -> None:
+    def state(majflt: int, some: int, vcpu_some: int, vcpu_io: int) -> None:
         (proc / "4242/stat").write_text(_stat(majflt, 7))
         (group / "memory.pressure").write_text(PSI.format(some=some, full=0))
         (group / "vcpu0/memory.pressure").write_text(PSI.format(some=vcpu_some, full=0))
+        (group / "vcpu0/io.pressure").write_text(PSI.format(some=vcpu_io, full=0))
 
     meter = stall.HostStallMeter(["g1"], proc=proc, run_dir=run)
-    state(100, 1_000_000, 500_000)
+    state(100, 1_000_000, 500_000, 0)
     meter.start()
-    state(350, 9_000_000, 6_500_000)
+    state(350, 9_000_000, 6_500_000, 10_000_000)
     meter.end()
     figures = meter.figures()["g1"]
     assert figures["qemu_major_faults"] == 250
     assert figures["host_stall_some_s"] == 8.0 and figures["host_stall_vcpu_s"] == 6.0
+    # Swap-ins of pages evicted long ago are I/O waits: the vCPU waited 10 s in all.
+    assert figures["host_io_vcpu_s"] == 10.0
+    assert stall.host_vcpu_wait_s(figures) == 10.0
     # Delay accounting is off: its block I/O delay is not reported as if it were 0.
     assert "qemu_blkio_delay_s" not in figures
 
@@ -67,7 +71,7 @@ def test_a_guest_in_the_root_cgroup_has_no_group_of_its_own() -> None:
 
 def test_the_total_stall_adds_the_guests_psi_and_the_host_stall_of_its_vcpus() -> None:
     per_guest = {"g1": {"guest_stall_some_s": 3.0, "host_stall_vcpu_s": 2.0,
-                        "host_stall_some_s": 2.5},
+                        "host_io_vcpu_s": 1.5, "host_stall_some_s": 2.5},
                  "g2": {"guest_stall_some_s": 1.0, "host_stall_some_s": 4.0}}
     for figures in per_guest.values():
         figures["stall_s"] = stall.guest_total_stall_s(figures)
