@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List
@@ -123,3 +124,26 @@ def test_the_page_opens_with_what_each_configuration_wins_or_loses() -> None:
     real = text.split("## Which differences are real")[1]
     assert "overcommit, cooperative vs fpr, stall_s" in real
     assert "throughput_mb_s" not in real
+
+
+def test_the_growers_throughput_counts_only_after_it_started_growing() -> None:
+    from overcommit.memknobs_eval import throughput
+
+    lines = "\n".join(
+        json.dumps({"t_s": t, "size_mib": size, "mb_per_s": rate})
+        for t, size, rate in ((10, 64, 9000), (20, 64, 9000), (30, 400, 100), (40, 400, 300)))
+    assert throughput(lines)["mb_per_s"] == round((9000 * 20 + 100 * 10 + 300 * 10) / 40, 1)
+    assert throughput(lines, since_s=20)["mb_per_s"] == 200.0
+
+
+def test_the_cold_cache_figures_separate_the_grower_from_the_cache_guests() -> None:
+    from pagecache.coldcache import coldcache_figures
+
+    run = {"guests": {
+        "cc-1": {"role": "cache", "latency_p95_ms": 3.0},
+        "cc-2": {"role": "cache", "latency_p95_ms": 5.0},
+        "cc-3": {"role": "grower", "mb_per_s": 1200.0, "stall_s": 14.5,
+                 "swap_in_pages": 10, "swap_out_pages": 30}}}
+    assert coldcache_figures(run) == {
+        "grower_mb_s": 1200.0, "grower_stall_s": 14.5, "grower_swap_ops": 40.0,
+        "cache_latency_p95_ms": 4.0, "cache_latency_p95_worst_ms": 5.0}
