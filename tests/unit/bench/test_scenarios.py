@@ -147,3 +147,21 @@ def test_the_cold_cache_figures_separate_the_grower_from_the_cache_guests() -> N
     assert coldcache_figures(run) == {
         "grower_mb_s": 1200.0, "grower_stall_s": 14.5, "grower_swap_ops": 40.0,
         "cache_latency_p95_ms": 4.0, "cache_latency_p95_worst_ms": 5.0}
+
+
+def test_the_cold_cache_target_compares_cooperative_with_fpr() -> None:
+    def run(config: str, rep: int, host_swap: int, grower_stall: float, p95: float) -> Any:
+        return {"config": config, "rep": rep, "host_swap_in_pages": host_swap,
+                "host_swap_out_pages": 0, "host_swap_ops": host_swap, "guest_swap_ops": 0,
+                "ksm_pages_sharing_max": 0, "balloon": {"count": 0, "moved_mib": 0.0},
+                "guests": {"c1": {"role": "cache", "latency_p95_ms": p95},
+                           "g": {"role": "grower", "mb_per_s": 100.0,
+                                 "stall_s": grower_stall}}}
+
+    runs = [run("fpr", r, 10000, 40.0, 3.0) for r in range(3)]
+    good = runs + [run("cooperative", r, 500, 10.0, 3.1) for r in range(3)]
+    target = report.targets({"coldcache": report.summarise("coldcache", good)})[0]
+    assert target["met"], target
+    slow_cache = runs + [run("cooperative", r, 500, 10.0, 3.3) for r in range(3)]
+    target = report.targets({"coldcache": report.summarise("coldcache", slow_cache)})[0]
+    assert not target["met"] and "cache p95 +10 %" in target["measured"]
