@@ -361,7 +361,10 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         host.ksm_off()
         scenario.prepare_images(say)
         started = time.monotonic()
-        say(f"[{scenario.name}/{config}] booting {len(names)} x {scenario.memory_mib} MiB")
+        sizes = scenario.memory_of()
+        say(f"[{scenario.name}/{config}] booting {len(names)} x {scenario.memory_mib} MiB"
+            + "".join(f", {n} {m} MiB" for n, m in sizes.items())
+            + f", free page reporting {'on' if FREE_PAGE_REPORTING.get(config) else 'off'}")
         fpr = FREE_PAGE_REPORTING.get(config, False)
         labguests.boot_guests(lab, names, scenario.memory_mib, scenario.disks(),
                               floor_mib=scenario.floor_mib, progress=lambda m: LOG.info(m),
