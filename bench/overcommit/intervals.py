@@ -11,6 +11,8 @@ the interval is
   three values only says the same, less honestly).
 
 A result whose interval holds 1.0 ("no change") is written "no difference".
+One repetition has no interval at all: its ratio is shown as such and never
+counts as a difference.
 Pure functions; the bootstrap's generator is seeded, so a report is reproducible.
 """
 
@@ -34,11 +36,12 @@ class RatioInterval:
     low: float
     high: float
     reps: int
-    method: str  # "bootstrap95" or "min-max"
+    method: str  # "bootstrap95", "min-max", or "single" (one repetition: no interval)
 
     @property
     def no_difference(self) -> bool:
-        return self.low <= 1.0 <= self.high
+        """The interval holds "no change" (or there is no interval to tell)."""
+        return self.reps < 2 or self.low <= 1.0 <= self.high
 
     def as_dict(self) -> Dict[str, Any]:
         return {"ratio": round(self.ratio, 3), "low": round(self.low, 3),
@@ -53,6 +56,8 @@ def ratio_interval(ratios: Sequence[float], seed: int = SEED,
     if not values:
         return None
     point = statistics.median(values)
+    if len(values) == 1:
+        return RatioInterval(point, point, point, 1, "single")
     if len(values) < BOOTSTRAP_MIN_REPS:
         return RatioInterval(point, min(values), max(values), len(values), "min-max")
     rng = random.Random(seed)
@@ -74,9 +79,12 @@ def _pct(ratio: float) -> str:
 
 
 def words(interval: Optional[Dict[str, Any]]) -> str:
-    """``+12 % [+3 %, +20 %]``, or ``no difference (-4 % .. +18 %)``, or ``n/a``."""
+    """``+12 % [+3 % .. +20 %]``, ``no difference (-4 % .. +18 %)``, ``+12 % (one
+    repetition)``, or ``n/a``."""
     if not interval:
         return "n/a"
+    if interval.get("reps", 2) < 2:
+        return f"{_pct(interval['ratio'])} (one repetition)"
     span = f"{_pct(interval['low'])} .. {_pct(interval['high'])}"
     if interval.get("no_difference"):
         return f"no difference ({span})"

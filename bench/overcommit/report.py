@@ -167,7 +167,7 @@ def headline(summary: Dict[str, Any]) -> List[str]:
         if config == "none":
             continue
         parts: List[str] = []
-        same = compared = 0
+        same = compared = single = 0
         for baseline in BASELINES:
             if baseline == config:
                 continue
@@ -182,6 +182,9 @@ def headline(summary: Dict[str, Any]) -> List[str]:
                     interval = interval_of(scen, baseline, config, key)
                     if interval is None:
                         continue
+                    if interval.get("reps", 2) < 2:
+                        single += 1
+                        continue
                     compared += 1
                     verdict = _verdict(interval, up)
                     if verdict is None:
@@ -191,6 +194,9 @@ def headline(summary: Dict[str, Any]) -> List[str]:
             if items:
                 parts.append(f"vs `{baseline}`: " + "; ".join(items))
         if not compared:
+            if single:
+                lines.append(f"- **{config}**: one repetition, so no interval: {single} "
+                             "ratios to the baselines, in the tables below.")
             continue
         if not parts:
             tail = f"no difference in any of {compared} comparisons with the baselines"
@@ -524,8 +530,10 @@ def markdown(results: Dict[str, Any]) -> str:
 
 def _interval_words(results: Dict[str, Any]) -> str:
     reps = results.get("reps", 0)
+    if reps < 2:
+        return "none (one repetition)"
     return ("bootstrap 95 % over the repetitions" if reps >= 5
-            else f"min-max over {reps} repetition{'s' if reps != 1 else ''}")
+            else f"min-max over {reps} repetitions")
 
 
 def disturbed_lines(results: Dict[str, Any]) -> List[str]:

@@ -42,3 +42,9 @@ def test_ratios_pair_repetitions_and_skip_a_baseline_of_zero() -> None:
     assert paired_ratios({0: 10.0, 1: 30.0, 2: 5.0, 3: 4.0},
                          {0: 20.0, 1: 15.0, 3: 0.0}) == [0.5, 2.0]
     assert ratio_interval([]) is None
+
+
+def test_one_repetition_has_no_interval_and_is_never_a_difference() -> None:
+    single = ratio_interval([1.87])
+    assert single is not None and single.method == "single" and single.no_difference
+    assert words(single.as_dict()) == "+87 % (one repetition)"
