@@ -1,20 +1,23 @@
-"""The evaluation of issue 8: the MOM article's two experiments on the lab, with ebb.
+"""ebb's evaluation on the lab: the MOM article's experiments and the baselines users pick.
 
 One command runs it all (as root; it boots lab guests and shrinks the host)::
 
-    sudo .venv/bin/python bench/eval_ebb.py                 # full: tens of minutes
+    sudo .venv/bin/python bench/eval_ebb.py                 # full: hours
     sudo .venv/bin/python bench/eval_ebb.py --short         # a few minutes (CI)
     sudo .venv/bin/python bench/eval_ebb.py --only overcommit:classic --reps 1
 
-Scenarios: ``overcommit`` (Memknobs guests whose demand shifts between them;
-configurations none, ksm, classic, cooperative, and unconstrained: the host not
-shrunk, a reference for what the workload gets when memory is not short) and
-``pagecache`` (guests reading a working set of files from a virtio disk; none,
-classic, cooperative).
-Every configuration runs on freshly booted guests, with the same pattern and
-duration; repetitions alternate the order of the configurations. Results go to
-``--results`` (default ``results/``): ``evaluation.json``, ``evaluation.md`` and
-one PNG per configuration; docs/evaluation.md explains them.
+Scenarios (docs/evaluation.md describes each): ``overcommit`` (Memknobs guests
+whose demand shifts between them), ``pagecache`` (guests reading a working set
+of files from a virtio disk), ``coldcache`` (guests holding page cache they read
+once while another guest grows), ``slowdisk`` (Memknobs, two guests sharing 100
+IOPS), and ``sweep`` (Memknobs at overcommit ratios 1.25x to 2.5x: the host
+budget each configuration needs to keep the memory stall under 5 %).
+Configurations: ``none``, ``fpr`` (free page reporting, no ebbd),
+``unconstrained`` (the host not shrunk) as baselines, and ``ksm``, ``classic``,
+``cooperative``. Every configuration runs on freshly booted guests, with the
+same pattern and duration; repetitions alternate the order of the
+configurations. Results go to ``--results`` (default ``results/``):
+``evaluation.json``, ``evaluation.md`` and one PNG per configuration.
 
 While it runs it holds ``/run/ebb-host-memory.lock`` and puts the host back
 (hugepages, swap file, KSM, its ``ebb-bench-*`` guests) on every exit, Ctrl-C
@@ -24,11 +27,11 @@ included.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -41,25 +44,61 @@ from ebb.host.lab.errors import LabError
 from overcommit import harness, plots
 from overcommit.hostctl import HostMemory, HostMemoryError
 from overcommit.memknobs_eval import MemknobsScenario
+from overcommit.report import (  # noqa: F401
+    CONFIGS,
+    CPU_KEYS,
+    KIND,
+    cpu_figures,
+    cpu_table,
+    figures_of,
+    markdown,
+    operator_figure,
+    pagecache_figures,
+    summarise,
+    sweep_points,
+    targets,
+    total_throughput,
+)
+from pagecache.coldcache import ColdCacheScenario
 from pagecache.scenario import PageCacheScenario
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "ebb-bench"
-OVERCOMMIT_CONFIGS = ("none", "ksm", "classic", "cooperative", "unconstrained")
-PAGECACHE_CONFIGS = ("none", "classic", "cooperative")
+SCENARIOS = ("overcommit", "pagecache", "coldcache", "slowdisk", "sweep")
+#: The sweep leaves out the ceiling: the unshrunk host has no budget to sweep.
+SWEEP_CONFIGS = ("none", "fpr", "ksm", "classic", "cooperative")
+SWEEP_RATIOS = (1.25, 1.5, 2.0, 2.5)
+#: What ``--short`` runs: every scenario but the sweep, end to end, with the
+#: configurations that exercise each path (free page reporting, ebbd, the disk limit).
+SHORT_PLAN = {"overcommit": ["none", "fpr"], "pagecache": ["cooperative"],
+              "coldcache": ["cooperative"], "slowdisk": ["none"]}
 WORKDIR = Path("/var/lib/ebb-bench/runs")
+# Kept for scripts that import them.
+OVERCOMMIT_CONFIGS = CONFIGS
+PAGECACHE_CONFIGS = CONFIGS
 
 
 def scenarios(short: bool, duration_s: Optional[float]) -> Dict[str, harness.Scenario]:
     if short:
         oc = MemknobsScenario(name="overcommit", prefix=f"{PREFIX}-oc", guests=2,
-                              memory_mib=512, floor_mib=128, duration_s=duration_s or 40,
+                              memory_mib=512, floor_mib=128, duration_s=duration_s or 30,
                               host_budget_mib=700, host_swap_mib=2048, slot_s=10,
                               guest_swap_mib=512)
         pc = PageCacheScenario(name="pagecache", prefix=f"{PREFIX}-pc", guests=2,
                                memory_mib=384, floor_mib=96, duration_s=duration_s or 30,
                                host_budget_mib=600, host_swap_mib=2048, files=200,
                                file_kib=512, guest_swap_mib=256)
+        cc = ColdCacheScenario(name="coldcache", prefix=f"{PREFIX}-cc", guests=3,
+                               memory_mib=384, floor_mib=96, duration_s=duration_s or 40,
+                               host_budget_mib=800, host_swap_mib=2048, files=200,
+                               file_kib=512, guest_swap_mib=256, grower_memory_mib=512,
+                               grower_high_mib=384, hold_s=15, grow_steps=3, step_s=5)
+        # Short of memory only a little: at 100 IOPS a host that swaps much stretches
+        # the 30 s of workload to minutes, and the short mode only proves the limit works.
+        sd = MemknobsScenario(name="slowdisk", prefix=f"{PREFIX}-sd", guests=2,
+                              memory_mib=512, floor_mib=128, duration_s=duration_s or 30,
+                              host_budget_mib=900, host_swap_mib=2048, slot_s=10,
+                              guest_swap_mib=512, disk_iops=100)
     else:
         oc = MemknobsScenario(name="overcommit", prefix=f"{PREFIX}-oc", guests=4,
                               memory_mib=768, floor_mib=192, duration_s=duration_s or 240,
@@ -69,7 +108,38 @@ def scenarios(short: bool, duration_s: Optional[float]) -> Dict[str, harness.Sce
                                memory_mib=512, floor_mib=128, duration_s=duration_s or 90,
                                host_budget_mib=1024, host_swap_mib=4096, files=600,
                                file_kib=512, guest_swap_mib=512)
-    return {"overcommit": oc, "pagecache": pc}
+        # Three cache guests hold 300 MiB of cache each; the grower's 768 MiB do not
+        # fit beside that cache in 1792 MiB, and fit once the cold cache is given back.
+        cc = ColdCacheScenario(name="coldcache", prefix=f"{PREFIX}-cc", guests=4,
+                               memory_mib=512, floor_mib=128, duration_s=duration_s or 300,
+                               host_budget_mib=1792, host_swap_mib=4096, files=600,
+                               file_kib=512, guest_swap_mib=512, grower_memory_mib=1024,
+                               grower_high_mib=768, hold_s=150, grow_steps=4, step_s=15)
+        # The regime where the unshrunk host beat none by 25 % (results/log-2026-12.md).
+        sd = MemknobsScenario(name="slowdisk", prefix=f"{PREFIX}-sd", guests=2,
+                              memory_mib=768, floor_mib=192, duration_s=duration_s or 240,
+                              host_budget_mib=1024, host_swap_mib=4096, slot_s=40,
+                              guest_swap_mib=1024, disk_iops=100)
+    if duration_s is not None:
+        # A shorter run keeps the cold-cache pattern's shape: half cold, then growth.
+        cc.hold_s = min(cc.hold_s, float(int(duration_s / 2)))
+        cc.step_s = min(cc.step_s, float(max(1, int(duration_s / (4 * cc.grow_steps)))))
+    sweep = dataclasses.replace(oc, name="sweep", prefix=f"{PREFIX}-sw")
+    return {"overcommit": oc, "pagecache": pc, "coldcache": cc, "slowdisk": sd,
+            "sweep": sweep}
+
+
+def sweep_budgets(scenario: harness.Scenario,
+                  ratios: Sequence[float] = SWEEP_RATIOS) -> Dict[float, int]:
+    """Host budget (MiB) per overcommit ratio: the guests' memory over the ratio."""
+    return {r: round(scenario.total_memory_mib / r) for r in ratios}
+
+
+def summarise_any(name: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """A scenario's summary; the sweep's is the operator's figure."""
+    if name == "sweep":
+        return {"operator": operator_figure(sweep_points(runs))}
+    return summarise(name, runs)
 
 
 def order_for(configs: Sequence[str], rep: int) -> List[str]:
@@ -81,283 +151,39 @@ def order_for(configs: Sequence[str], rep: int) -> List[str]:
     return items[shift % len(items):] + items[:shift % len(items)]
 
 
-# -- summaries -------------------------------------------------------------------------------
-def total_throughput(run: Dict[str, Any]) -> float:
-    return round(sum(g.get("mb_per_s", 0.0) for g in run["guests"].values()), 1)
-
-
-def pagecache_figures(run: Dict[str, Any]) -> Dict[str, float]:
-    guests = list(run["guests"].values())
-    p95 = [g.get("latency_p95_ms", 0.0) for g in guests]
-    return {
-        "latency_p95_ms": round(statistics.mean(p95), 2) if p95 else 0.0,
-        "latency_p95_worst_ms": round(max(p95), 2) if p95 else 0.0,
-        "rate_per_s_per_guest": round(statistics.mean(g.get("rate_per_s", 0) for g in guests),
-                                      2) if guests else 0.0,
-        "throughput_kib_s_per_guest": round(statistics.mean(
-            g.get("throughput_kib_s", 0) for g in guests), 1) if guests else 0.0,
-    }
-
-
-def figures_of(scenario: str, run: Dict[str, Any]) -> Dict[str, float]:
-    out = {
-        "host_swap_in_pages": run["host_swap_in_pages"],
-        "host_swap_out_pages": run["host_swap_out_pages"],
-        "host_swap_ops": run["host_swap_ops"],
-        "guest_swap_ops": run["guest_swap_ops"],
-        "total_swap_ops": run["host_swap_ops"] + run["guest_swap_ops"],
-        "balloon_moves": run["balloon"]["count"],
-        "balloon_moved_mib": run["balloon"]["moved_mib"],
-        "ksm_pages_sharing_max": run["ksm_pages_sharing_max"],
-    }
-    freeable = (run.get("host_freeable_mib") or {}).get("median")
-    if freeable is not None:
-        # How short the host was while the workload ran (runs before 2026-12-05 lack it).
-        out["host_freeable_mib"] = freeable
-    if scenario == "overcommit":
-        out["throughput_mb_s"] = total_throughput(run)
-    else:
-        out.update(pagecache_figures(run))
-    out.update(cpu_figures(run))
-    return out
-
-
-#: CPU figures of a run (runs from before they were measured have none).
-CPU_KEYS = ("host_cpu_busy_pct", "qemu_cpu_pct", "ebbd_cpu_pct", "agent_cpu_pct_mean")
-
-
-def cpu_figures(run: Dict[str, Any]) -> Dict[str, float]:
-    cpu = run.get("cpu") or {}
-    return {k: float(cpu[k]) for k in CPU_KEYS if cpu.get(k) is not None}
-
-
-def summarise(scenario: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Medians per configuration, and medians of the per-repetition ratios to none."""
-    by_config: Dict[str, List[Dict[str, float]]] = {}
-    by_rep: Dict[int, Dict[str, Dict[str, float]]] = {}
-    for run in runs:
-        fig = figures_of(scenario, run)
-        by_config.setdefault(run["config"], []).append(fig)
-        by_rep.setdefault(run["rep"], {})[run["config"]] = fig
-    medians = {c: {k: statistics.median(f[k] for f in figs if k in f)
-                   for k in sorted({k for f in figs for k in f})}
-               for c, figs in by_config.items()}
-    ratios: Dict[str, Dict[str, Optional[float]]] = {}
-    for config in by_config:
-        per_key: Dict[str, List[float]] = {}
-        for rep_figs in by_rep.values():
-            if "none" not in rep_figs or config not in rep_figs:
-                continue
-            for key, value in rep_figs[config].items():
-                base = rep_figs["none"].get(key)
-                if base:
-                    per_key.setdefault(key, []).append(value / base)
-        ratios[config] = {k: round(statistics.median(v), 3) for k, v in per_key.items()}
-    return {"medians": medians, "ratios_to_none": ratios,
-            "repetitions": {c: len(f) for c, f in by_config.items()}}
-
-
-def _mib(value: Optional[float]) -> str:
-    return "-" if value is None else f"{value:.0f}"
-
-
-def _pct(ratio: Optional[float]) -> str:
-    return "n/a" if ratio is None else f"{(ratio - 1) * 100:+.0f} %"
-
-
-def setup_line(setup: Dict[str, Any]) -> str:
-    """One scenario's set-up in words (from :meth:`harness.Scenario.describe`)."""
-    words = (f"{setup['guests']} guests x {setup['memory_mib']} MiB, host budget "
-             f"{setup['host_budget_mib']} MiB, host swap {setup['host_swap_mib']} MiB, "
-             f"{setup['duration_s']:.0f} s of workload")
-    if setup.get("disk_iops"):
-        words += f", the guests sharing {setup['disk_iops']} IOPS on the host disk"
-    return words
-
-
-def markdown(results: Dict[str, Any]) -> str:
-    lines = [f"# ebb evaluation results ({results['mode']} mode)", "",
-             f"Run {results['started']} .. {results.get('finished', '(running)')} on "
-             f"{results['host']}; repetitions: {results['reps']}. Medians over repetitions; "
-             "ratios are medians of the ratio to `none` measured in the same repetition.", ""]
-    for name, setup in (results.get("scenarios") or {}).items():
-        if setup:
-            lines.append(f"- {name}: {setup_line(setup)}")
-    if results.get("scenarios"):
-        lines.append("")
-    oc = results["summary"].get("overcommit")
-    if oc:
-        lines += ["## Memknobs total average throughput (the article's Table 1, plus rows)", "",
-                  "| configuration | total average throughput (MB/s) | vs none | host swap-in "
-                  "(pages) | host swap-out (pages) | host swap ops vs none | guest swap ops "
-                  "(pages) | host + guest swap ops vs none | balloon moves (count / MiB) | "
-                  "KSM pages sharing (max) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        labels = {"none": "None", "ksm": "KSM only", "classic": "KSM and ballooning (classic)",
-                  "cooperative": "ebb cooperative",
-                  "unconstrained": "Host not shrunk (reference)"}
-        for config in OVERCOMMIT_CONFIGS:
-            med = oc["medians"].get(config)
-            if med is None:
-                continue
-            ratio = oc["ratios_to_none"].get(config, {})
-            lines.append(
-                f"| {labels[config]} | {med['throughput_mb_s']:.1f} | "
-                f"{_pct(ratio.get('throughput_mb_s')) if config != 'none' else '-'} | "
-                f"{med['host_swap_in_pages']:.0f} | {med['host_swap_out_pages']:.0f} | "
-                f"{_pct(ratio.get('host_swap_ops')) if config != 'none' else '-'} | "
-                f"{med['guest_swap_ops']:.0f} | "
-                f"{_pct(ratio.get('total_swap_ops')) if config != 'none' else '-'} | "
-                f"{med['balloon_moves']:.0f} / "
-                f"{med['balloon_moved_mib']:.0f} | {med['ksm_pages_sharing_max']:.0f} |")
-        lines.append("")
-    pc = results["summary"].get("pagecache")
-    if pc:
-        lines += ["## Page-cache workload (the article's Table 2 shape)", "",
-                  "| configuration | p95 latency (ms, mean over guests) | vs none | worst guest "
-                  "p95 (ms) | requests/s per guest | throughput (KiB/s per guest) | vs none | "
-                  "host swap ops | guest swap ops | balloon moves (count / MiB) | "
-                  "host freeable while it ran (MiB, median) |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for config in PAGECACHE_CONFIGS:
-            med = pc["medians"].get(config)
-            if med is None:
-                continue
-            ratio = pc["ratios_to_none"].get(config, {})
-            lines.append(
-                f"| {config} | {med['latency_p95_ms']:.1f} | "
-                f"{_pct(ratio.get('latency_p95_ms')) if config != 'none' else '-'} | "
-                f"{med['latency_p95_worst_ms']:.1f} | {med['rate_per_s_per_guest']:.2f} | "
-                f"{med['throughput_kib_s_per_guest']:.0f} | "
-                f"{_pct(ratio.get('throughput_kib_s_per_guest')) if config != 'none' else '-'}"
-                f" | {med['host_swap_ops']:.0f} | {med['guest_swap_ops']:.0f} | "
-                f"{med['balloon_moves']:.0f} / {med['balloon_moved_mib']:.0f} | "
-                f"{_mib(med.get('host_freeable_mib'))} |")
-        lines.append("")
-    lines += cpu_table(results["summary"])
-    targets = results.get("targets") or []
-    if targets:
-        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
-        for t in targets:
-            lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |")
-        lines.append("")
-    disturbed = [(name, r) for name, runs in results["runs"].items() for r in runs
-                 if r.get("disturbed") or r.get("foreign_ballooning")
-                 or r.get("ksm_on_by_others")]
-    if disturbed:
-        lines += ["## Runs disturbed by other work on the host", ""]
-        for name, r in disturbed:
-            why = list(r.get("disturbed") or [])
-            if r.get("ksm_on_by_others"):
-                why.append("KSM was running (run=1) although no ebbd of ours ran: another "
-                           "ebbd on the host turned it on")
-            if r.get("foreign_ballooning"):
-                why.append("balloon below maximum without our ebbd: "
-                           + ", ".join(r["foreign_ballooning"]))
-            lines.append(f"- {name}/{r['config']} (repetition {r.get('rep', 0) + 1}): "
-                         + "; ".join(why))
-        lines.append("")
-    if results.get("plots"):
-        lines += ["## Figures", ""]
-        for name in results["plots"]:
-            lines.append(f"- [{name}]({name})")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def cpu_table(summary: Dict[str, Any]) -> List[str]:
-    """What the host, the guests, ebbd and the agents used while the workloads ran."""
-    rows = []
-    for name, configs in (("overcommit", OVERCOMMIT_CONFIGS), ("pagecache", PAGECACHE_CONFIGS)):
-        scenario = summary.get(name) or {}
-        for config in configs:
-            med = (scenario.get("medians") or {}).get(config)
-            if not med or "host_cpu_busy_pct" not in med:
-                continue
-            cells = [f"{med[k]:.{d}f}" if k in med else "-"
-                     for k, d in zip(CPU_KEYS, (1, 1, 2, 2))]
-            rows.append(f"| {name} | {config} | " + " | ".join(cells) + " |")
-    if not rows:
-        return []
-    return ["## CPU while the workloads ran", "",
-            "Medians. Host busy is a share of all the host's CPUs; the others are "
-            "shares of one core: all the guests' QEMU processes together, ebbd, and one "
-            "guest's ebb-agent (mean over the guests, measured inside the guest).", "",
-            "| scenario | configuration | host busy (%) | QEMU, all guests (% of a core) | "
-            "ebbd (% of a core) | agent per guest (% of its vCPU) |",
-            "|---|---|---:|---:|---:|---:|", *rows, ""]
-
-
-def targets(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
-    out: List[Dict[str, Any]] = []
-    oc = summary.get("overcommit")
-    if oc and "none" in oc["medians"]:
-        r = oc["ratios_to_none"]
-        med = oc["medians"]
-        if "classic" in r:
-            t, s = r["classic"].get("throughput_mb_s"), r["classic"].get("host_swap_ops")
-            out.append({"target": "classic vs none: >= +20 % throughput, fewer host swap ops",
-                        "measured": f"throughput {_pct(t)}, host swap ops {_pct(s)}",
-                        "met": bool(t and t >= 1.20 and s is not None and s < 1.0)})
-        if "cooperative" in r:
-            t, s = r["cooperative"].get("throughput_mb_s"), r["cooperative"].get("host_swap_ops")
-            out.append({"target": "cooperative vs none: >= +30 % throughput, >= 60 % fewer "
-                                  "host swap ops",
-                        "measured": f"throughput {_pct(t)}, host swap ops {_pct(s)}",
-                        "met": bool(t and t >= 1.30 and s is not None and s <= 0.40)})
-        if "classic" in med and "cooperative" in med:
-            tc, tk = med["cooperative"]["throughput_mb_s"], med["classic"]["throughput_mb_s"]
-            bc, bk = med["cooperative"]["balloon_moves"], med["classic"]["balloon_moves"]
-            out.append({"target": "cooperative vs classic: more throughput, fewer balloon moves",
-                        "measured": f"throughput {tc:.1f} vs {tk:.1f} MB/s, balloon moves "
-                                    f"{bc:.0f} vs {bk:.0f}",
-                        "met": tc > tk and bc < bk})
-    pc = summary.get("pagecache")
-    if pc and "none" in pc["medians"]:
-        worst = []
-        for config, ratio in pc["ratios_to_none"].items():
-            if config == "none":
-                continue
-            lat = ratio.get("latency_p95_ms")
-            thr = ratio.get("throughput_kib_s_per_guest")
-            worst.append((config, lat, thr))
-        met = all((lat is None or lat <= 1.05) and (thr is None or thr >= 0.95)
-                  for _, lat, thr in worst)
-        out.append({"target": "page cache: no configuration worse than none by > 5 % "
-                              "(p95 latency, throughput)",
-                    "measured": ", ".join(f"{c}: p95 {_pct(lat)}, throughput {_pct(thr)}"
-                                          for c, lat, thr in worst),
-                    "met": met})
-    return out
-
-
 # -- running ---------------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Run ebb's evaluation (issue 8): overcommit and page-cache scenarios.")
+        description="Run ebb's evaluation: Memknobs, page cache, cold cache + growth, the slow "
+                    "disk, and the overcommit sweep, against none, fpr and the unshrunk host.")
     parser.add_argument("--short", action="store_true",
-                        help="a few minutes, 2 small guests, 2 configurations per scenario "
-                        "(proves the benchmark works; figures are not meaningful)")
+                        help="a few minutes, small guests, every scenario but the sweep with "
+                        "one or two configurations (proves the benchmark works; figures are "
+                        "not meaningful)")
     parser.add_argument("--only", action="append", default=[], metavar="SCENARIO[:CONFIG]",
-                        help="run only this scenario (overcommit, pagecache), or one "
+                        help="run only this scenario (" + ", ".join(SCENARIOS) + "), or one "
                         "configuration of it (e.g. overcommit:classic); repeatable")
     parser.add_argument("--reps", type=int, default=None, metavar="N",
                         help="repetitions (default 1 short, 3 full)")
+    parser.add_argument("--sweep-reps", type=int, default=1, metavar="N",
+                        help="repetitions of each point of the sweep (default 1)")
     parser.add_argument("--duration", type=float, default=None, metavar="S",
-                        help="workload seconds per configuration (default 240/90 full, "
-                        "40/30 short)")
+                        help="workload seconds per configuration (default 240 Memknobs, 90 "
+                        "page cache, 300 cold cache; 30-50 short)")
     parser.add_argument("--host-budget", type=int, default=None, metavar="MIB",
                         help="host MemAvailable left to the guests, for every scenario run "
-                        "(default 2048 overcommit, 1024 pagecache; 700/600 short): how far "
-                        "the host is overcommitted")
+                        "but the sweep (defaults in docs/evaluation.md): how far the host is "
+                        "overcommitted")
     parser.add_argument("--guests", type=int, default=None, metavar="N",
-                        help="guests per scenario (default 4 overcommit, 3 pagecache; 2 short); "
-                        "with fewer guests than CPUs a guest that waits for memory leaves its "
-                        "CPU idle instead of to the other guests (pair with --host-budget)")
+                        help="guests per scenario (default 4 overcommit, 3 pagecache, 3+1 "
+                        "coldcache, 2 slowdisk; 2 short); with fewer guests than CPUs a guest "
+                        "that waits for memory leaves its CPU idle instead of to the other "
+                        "guests (pair with --host-budget)")
     parser.add_argument("--disk-iops", type=int, default=None, metavar="N",
                         help="the guests' QEMU processes together may do at most N reads and N "
                         "writes a second on the host disk (host swap-ins and guest disk I/O "
-                        "alike), as one disk of the article's era would; default: unlimited")
+                        "alike), as one disk of the article's era would; default: unlimited "
+                        "(100 for slowdisk)")
     parser.add_argument("--results", default=str(REPO / "results"), metavar="DIR",
                         help="where evaluation.json/.md and the PNGs go (default results/)")
     parser.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",
@@ -384,8 +210,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.host_budget is not None:
         if args.host_budget <= 0:
             parser.error(f"--host-budget {args.host_budget}: must be a positive MiB count")
-        for scenario in scen.values():
-            scenario.host_budget_mib = args.host_budget
+        for name, scenario in scen.items():
+            if name != "sweep":
+                scenario.host_budget_mib = args.host_budget
     if args.guests is not None:
         if args.guests < 2:
             parser.error(f"--guests {args.guests}: at least 2 (demand shifts between guests)")
@@ -396,32 +223,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--disk-iops {args.disk_iops}: must be a positive count")
         for scenario in scen.values():
             scenario.disk_iops = args.disk_iops
+    if args.sweep_reps < 1:
+        parser.error(f"--sweep-reps {args.sweep_reps}: at least 1")
     reps = args.reps or (1 if args.short else 3)
-    plan: Dict[str, List[str]] = {}
-    if args.short:
-        default = {"overcommit": ["none", "cooperative"], "pagecache": ["none", "cooperative"]}
-    else:
-        default = {"overcommit": list(OVERCOMMIT_CONFIGS), "pagecache": list(PAGECACHE_CONFIGS)}
-    if args.only:
-        for item in args.only:
-            name, _, config = item.partition(":")
-            if name not in scen:
-                parser.error(f"--only {item}: unknown scenario (overcommit, pagecache)")
-            known = OVERCOMMIT_CONFIGS if name == "overcommit" else PAGECACHE_CONFIGS
-            if config and config not in known:
-                parser.error(f"--only {item}: unknown configuration (known: {', '.join(known)})")
-            plan.setdefault(name, [])
-            for c in ([config] if config else default[name]):
-                if c not in plan[name]:
-                    plan[name].append(c)
-    else:
-        plan = default
+    try:
+        plan = make_plan(args.short, args.only)
+    except ValueError as err:
+        parser.error(str(err))
+    budgets = sweep_budgets(scen["sweep"])
 
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(args.workdir)
-    total = sum(len(c) for c in plan.values()) * reps
+    total = sum(len(c) * (len(budgets) * args.sweep_reps if n == "sweep" else reps)
+                for n, c in plan.items())
     started = time.monotonic()
+    described = {n: scen[n].describe() for n in plan}
+    if "sweep" in described:
+        described["sweep"].update({"ratios": list(budgets), "budgets_mib": list(
+            budgets.values()), "reps": args.sweep_reps})
     results: Dict[str, Any] = {
         "mode": "short" if args.short else "full",
         "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -429,7 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"{_mem_total_gib():.0f} GiB, TCG guests",
         "reps": reps,
         "command": " ".join(["bench/eval_ebb.py", *(argv if argv is not None else sys.argv[1:])]),
-        "scenarios": {n: scen[n].describe() for n in plan},
+        "scenarios": described,
         "runs": {n: [] for n in plan},
         "summary": {},
         "plots": [],
@@ -441,40 +261,63 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         el = time.monotonic() - started
         print(f"[{el / 60:5.1f} min] {message}", flush=True)
 
+    def one(name: str, config: str, rep: int, rundir: Path,
+            label: str) -> Optional[Dict[str, Any]]:
+        nonlocal done, completed
+        done += 1
+        say(f"({done}/{total}) {name} {config}{label}, repetition {rep + 1}")
+        run = None
+        for attempt in range(1 + args.retries):
+            try:
+                run = harness.run_config(scen[name], config, rundir, host, say)
+            except LabError as err:
+                say(f"{name}/{config} failed: {err}")
+                run = None
+                continue
+            if not run.get("disturbed"):
+                break
+            say(f"{name}/{config} disturbed: {'; '.join(run['disturbed'])}"
+                + ("; running it again" if attempt < args.retries else ""))
+        if run is None:
+            return None
+        run["rep"] = rep
+        completed += 1
+        say(f"{name}/{config}{label}: " + _one_line(name, run))
+        return run
+
     holding = False  # the host-memory lock; until then the guests are not ours to remove
     try:
         with HostMemory(lock_timeout_s=args.lock_timeout, progress=say) as host:
             holding = True
             host.add_swap(max(s.host_swap_mib for n, s in scen.items() if n in plan))
             for name, configs in plan.items():
-                scenario = scen[name]
+                if name == "sweep":
+                    for ratio, budget in budgets.items():
+                        scen[name].host_budget_mib = budget
+                        for rep in range(args.sweep_reps):
+                            for config in order_for(configs, rep):
+                                rundir = workdir / name / f"{ratio:g}x" / f"rep{rep + 1}-{config}"
+                                run = one(name, config, rep, rundir,
+                                          f" at {ratio:g}x ({budget} MiB)")
+                                if run is None:
+                                    continue
+                                run.update({"ratio": ratio, "budget_mib": budget})
+                                results["runs"][name].append(run)
+                                results["summary"][name] = summarise_any(
+                                    name, results["runs"][name])
+                                _write(results, results_dir)
+                    continue
                 for rep in range(first_rep, first_rep + reps):
                     for config in order_for(configs, rep):
-                        done += 1
-                        say(f"({done}/{total}) {name} {config}, repetition {rep + 1}")
                         rundir = workdir / name / f"rep{rep + 1}-{config}"
-                        run = None
-                        for attempt in range(1 + args.retries):
-                            try:
-                                run = harness.run_config(scenario, config, rundir, host, say)
-                            except LabError as err:
-                                say(f"{name}/{config} failed: {err}")
-                                run = None
-                                continue
-                            if not run.get("disturbed"):
-                                break
-                            say(f"{name}/{config} disturbed: {'; '.join(run['disturbed'])}"
-                                + ("; running it again" if attempt < args.retries else ""))
+                        run = one(name, config, rep, rundir, "")
                         if run is None:
                             continue
-                        run["rep"] = rep
-                        completed += 1
                         results["runs"][name].append(run)
-                        say(f"{name}/{config}: " + _one_line(name, run))
                         if rep == first_rep and not any(
                                 p.startswith(f"{name}-{config}.") for p in results["plots"]):
                             results["plots"] += _plots(name, config, rundir, results_dir)
-                        results["summary"][name] = summarise(name, results["runs"][name])
+                        results["summary"][name] = summarise_any(name, results["runs"][name])
                         _write(results, results_dir)
     except HostMemoryError as err:
         print(f"eval_ebb: {err}", file=sys.stderr)
@@ -498,6 +341,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(markdown(results))
     say(f"done; results in {results_dir}")
     return 1 if completed < total else 0
+
+
+def make_plan(short: bool, only: Sequence[str]) -> Dict[str, List[str]]:
+    """Scenario -> configurations to run, from ``--short`` and ``--only`` items.
+
+    ValueError names an unknown scenario or configuration.
+    """
+    if short:
+        default = {n: list(c) for n, c in SHORT_PLAN.items()}
+        default["sweep"] = ["none", "cooperative"]
+    else:
+        default = {n: list(SWEEP_CONFIGS if n == "sweep" else CONFIGS) for n in SCENARIOS}
+    if not only:
+        return {n: c for n, c in default.items() if not (short and n == "sweep")}
+    plan: Dict[str, List[str]] = {}
+    for item in only:
+        name, _, config = item.partition(":")
+        if name not in SCENARIOS:
+            raise ValueError(f"--only {item}: unknown scenario (known: {', '.join(SCENARIOS)})")
+        known = SWEEP_CONFIGS if name == "sweep" else CONFIGS
+        if config and config not in known:
+            raise ValueError(f"--only {item}: unknown configuration (known: {', '.join(known)})")
+        plan.setdefault(name, [])
+        for c in ([config] if config else default[name]):
+            if c not in plan[name]:
+                plan[name].append(c)
+    return plan
 
 
 def _report(results_dir: Path) -> int:
@@ -525,7 +395,8 @@ def _report(results_dir: Path) -> int:
             run["ksm_run_seen"] = seen
             if run["config"] == "none" and 1 in seen:
                 run["ksm_on_by_others"] = True
-    results["summary"] = {n: summarise(n, runs) for n, runs in results["runs"].items() if runs}
+    results["summary"] = {n: summarise_any(n, runs) for n, runs in results["runs"].items()
+                          if runs}
     results["targets"] = targets(results["summary"])
     _write(results, results_dir)
     print(markdown(results))
@@ -579,7 +450,7 @@ def _carry_over(results: Dict[str, Any], path: Path, plan: Dict[str, List[str]],
         results["runs"].setdefault(name, [])
         results["runs"][name] = keep + results["runs"][name]
         results["scenarios"].setdefault(name, (old.get("scenarios") or {}).get(name))
-        results["summary"][name] = summarise(name, results["runs"][name])
+        results["summary"][name] = summarise_any(name, results["runs"][name])
         kept_configs = {r["config"] for r in keep}
         results["plots"] += [p for p in old.get("plots") or []
                              if p.startswith(f"{name}-") and
@@ -591,9 +462,18 @@ def _carry_over(results: Dict[str, Any], path: Path, plan: Dict[str, List[str]],
 
 def _one_line(name: str, run: Dict[str, Any]) -> str:
     fig = figures_of(name, run)
-    head = (f"throughput {fig['throughput_mb_s']:.1f} MB/s" if name == "overcommit" else
-            f"p95 {fig['latency_p95_ms']:.1f} ms, {fig['throughput_kib_s_per_guest']:.0f} KiB/s")
-    return (f"{head}, host swap {fig['host_swap_ops']} pages, guest swap "
+    kind = KIND.get(name, "memknobs")
+    if kind == "memknobs":
+        head = f"throughput {fig['throughput_mb_s']:.1f} MB/s"
+    elif kind == "pagecache":
+        head = (f"p95 {fig['latency_p95_ms']:.1f} ms, "
+                f"{fig['throughput_kib_s_per_guest']:.0f} KiB/s")
+    else:
+        head = (f"grower {fig.get('grower_mb_s', 0):.1f} MB/s, cache p95 "
+                f"{fig.get('cache_latency_p95_ms', 0):.1f} ms")
+    stall = (f"memory stall {fig['stall_s']:.1f} s ({fig.get('stall_share_pct', 0):.1f} %)"
+             if "stall_s" in fig else "memory stall not measured")
+    return (f"{head}, {stall}, host swap {fig['host_swap_ops']} pages, guest swap "
             f"{fig['guest_swap_ops']} pages, balloon {fig['balloon_moves']} moves / "
             f"{fig['balloon_moved_mib']} MiB, KSM sharing {fig['ksm_pages_sharing_max']}")
 
@@ -604,8 +484,12 @@ def _plots(name: str, config: str, rundir: Path, results_dir: Path) -> List[str]
     guest_lines = {}
     rate_key, label = ("mb_per_s", "memknobs MB/s")
     for out in sorted(rundir.glob("*.out")):
-        if name == "overcommit":
+        if KIND.get(name) == "memknobs":
             guest_lines[out.stem] = plots.memknobs_lines(out.read_text())
+        elif KIND.get(name) == "coldcache":
+            lines = plots.memknobs_lines(out.read_text())
+            if any("mb_per_s" in ln for ln in lines):  # the growing guest
+                guest_lines[out.stem] = lines
     if name == "pagecache":
         # The request loop's p95 latency per 10 s window, per guest.
         try:

@@ -7,7 +7,9 @@ the configuration's policy (none: no ebbd), runs the workloads for the same
 duration, samples the host and the balloons every second, and returns the
 figures: host swap operations (/proc/vmstat deltas), guest swap operations
 (each guest's /proc/vmstat), balloon movements (ebbd's trace), KSM sharing, and
-whatever the scenario reads from its workload.
+whatever the scenario reads from its workload; and the memory stall of every
+guest, inside it (its PSI) and on the host (its QEMU's PSI group and major
+faults; :mod:`overcommit.stall`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ from ebb.host.lab.guestcmd import CommandResult, GuestShell
 from . import labguests
 from .cpu import CpuMeter
 from .hostctl import HostMemory, ksm_counters, read_vmstat
+from .stall import (
+    HostStallMeter,
+    guest_total_stall_s,
+    host_vcpu_wait_s,
+    psi_delta_s,
+    stall_summary,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -43,6 +52,8 @@ BIN = Path(sys.executable).parent
 #: Policy directory per configuration (None: ebbd does not run).
 POLICIES: Dict[str, Optional[Path]] = {
     "none": None,
+    # Free page reporting on, no ebbd: what a user does instead of installing ebb.
+    "fpr": None,
     # A reference, not a contender: no ebbd and the host not shrunk, so the guests
     # never wait for host memory. It measures what the workload gets when memory is
     # not short, the ceiling that no policy can beat.
@@ -50,6 +61,15 @@ POLICIES: Dict[str, Optional[Path]] = {
     "ksm": BENCH_DIR / "overcommit" / "policies" / "ksm",
     "classic": REPO / "host" / "policies" / "classic",
     "cooperative": REPO / "host" / "policies" / "cooperative",
+}
+#: Configurations whose guests' balloons report free pages to the host
+#: (``<memballoon freePageReporting='on'>``). ebb's own configurations run with it,
+#: as a user who installs ebb would (and as ebb's lab does): what they add is then
+#: measured against ``fpr``. ``none``, ``ksm`` and ``unconstrained`` keep the
+#: article's balloon-only guests.
+FREE_PAGE_REPORTING: Dict[str, bool] = {
+    "none": False, "unconstrained": False, "ksm": False,
+    "fpr": True, "classic": True, "cooperative": True,
 }
 SAMPLE_INTERVAL_S = 1.0
 PAGE_KIB = 4
@@ -74,8 +94,6 @@ class Scenario:
     #: Reads and writes a second the guests' QEMU processes together may do on the
     #: host disk (host swap-ins and guest disk I/O); None: the disk as it is.
     disk_iops: Optional[int] = None
-    #: The guests' balloons report the pages they free (``freePageReporting='on'``).
-    free_page_reporting: bool = False
 
     @property
     def names(self) -> List[str]:
@@ -83,6 +101,15 @@ class Scenario:
 
     def disks(self) -> Dict[str, List[labguests.Disk]]:
         return {}
+
+    def memory_of(self) -> Dict[str, int]:
+        """Guests whose size is not :attr:`memory_mib` (MiB by name)."""
+        return {}
+
+    @property
+    def total_memory_mib(self) -> int:
+        sizes = self.memory_of()
+        return sum(sizes.get(n, self.memory_mib) for n in self.names)
 
     def prepare_images(self, say: Progress) -> None:
         """Create disk images (before guests boot)."""
@@ -101,8 +128,7 @@ class Scenario:
         return {"guests": self.guests, "memory_mib": self.memory_mib,
                 "floor_mib": self.floor_mib, "duration_s": self.duration_s,
                 "host_budget_mib": self.host_budget_mib, "host_swap_mib": self.host_swap_mib,
-                **({"disk_iops": self.disk_iops} if self.disk_iops else {}),
-                **({"free_page_reporting": True} if self.free_page_reporting else {})}
+                **({"disk_iops": self.disk_iops} if self.disk_iops else {})}
 
 
 class Sampler(threading.Thread):
@@ -335,10 +361,14 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         host.ksm_off()
         scenario.prepare_images(say)
         started = time.monotonic()
-        say(f"[{scenario.name}/{config}] booting {len(names)} x {scenario.memory_mib} MiB")
+        sizes = scenario.memory_of()
+        say(f"[{scenario.name}/{config}] booting {len(names)} x {scenario.memory_mib} MiB"
+            + "".join(f", {n} {m} MiB" for n, m in sizes.items())
+            + f", free page reporting {'on' if FREE_PAGE_REPORTING.get(config) else 'off'}")
+        fpr = FREE_PAGE_REPORTING.get(config, False)
         labguests.boot_guests(lab, names, scenario.memory_mib, scenario.disks(),
                               floor_mib=scenario.floor_mib, progress=lambda m: LOG.info(m),
-                              free_page_reporting=scenario.free_page_reporting)
+                              free_page_reporting=fpr, memory_of=scenario.memory_of())
         say(f"[{scenario.name}/{config}] guests up in {time.monotonic() - started:.0f} s")
         shells = [lab.shell(n) for n in names]
         setup = {n: scenario.setup_guest(i, sh) for i, (n, sh) in enumerate(zip(names, shells))}
@@ -361,7 +391,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
             if len(agents) < len(names):
                 say(f"[{scenario.name}/{config}] only {len(agents)}/{len(names)} agents "
                     "connected to ebbd (another ebbd may hold their channels)")
-        guest_before = [labguests.guest_vmstat(sh) for sh in shells]
+        guest_before = [labguests.guest_counters(sh) for sh in shells]
         host_before = read_vmstat()
         disk_before = disk.ios() if disk is not None else None
         host.ensure_swap()
@@ -369,6 +399,8 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         sampler.start()
         cpu = CpuMeter(names, ebbd.proc.pid if ebbd is not None and ebbd.proc else None)
         cpu.start(shells)
+        stall = HostStallMeter(names)
+        stall.start()
         jobs = [sh.spawn(scenario.workload(i)) for i, sh in enumerate(shells)]
         t_start = time.monotonic()
         say(f"[{scenario.name}/{config}] workload running for {scenario.duration_s:.0f} s")
@@ -376,6 +408,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         results = _wait_jobs(shells, jobs, scenario.duration_s + 120.0)
         elapsed = time.monotonic() - t_start
         t_end_wall = time.time()
+        stall.end()
         host_after = read_vmstat()
         disk_after = disk.ios() if disk is not None else None
         # The run is over: stop sampling and ebbd before reading anything in the
@@ -386,7 +419,8 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         if ebbd is not None:
             ebbd.stop()
         cpu_used = cpu.stop(shells)
-        guest_after = [labguests.guest_vmstat(sh) for sh in shells]
+        guest_after = [labguests.guest_counters(sh) for sh in shells]
+        host_stall = stall.figures()
         per_guest = {}
         for i, (name, res) in enumerate(zip(names, results)):
             (workdir / f"{name}.out").write_text(res.stdout)
@@ -394,10 +428,18 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
             figures["exit"] = res.returncode
             if res.returncode not in (0, None):
                 figures["stderr"] = res.stderr[-500:]
-            figures["swap_in_pages"] = guest_after[i].get("pswpin", 0) - guest_before[i].get(
-                "pswpin", 0)
-            figures["swap_out_pages"] = guest_after[i].get("pswpout", 0) - guest_before[i].get(
-                "pswpout", 0)
+            (vm_before, psi_before), (vm_after, psi_after) = guest_before[i], guest_after[i]
+            figures["swap_in_pages"] = vm_after.get("pswpin", 0) - vm_before.get("pswpin", 0)
+            figures["swap_out_pages"] = vm_after.get("pswpout", 0) - vm_before.get("pswpout", 0)
+            figures["major_faults"] = vm_after.get("pgmajfault", 0) - vm_before.get(
+                "pgmajfault", 0)
+            guest_psi = psi_delta_s(psi_before, psi_after)
+            if guest_psi:
+                figures["guest_stall_some_s"] = guest_psi.get("some")
+                figures["guest_stall_full_s"] = guest_psi.get("full")
+            figures.update(host_stall.get(name, {}))
+            figures["host_wait_s"] = host_vcpu_wait_s(figures)
+            figures["stall_s"] = guest_total_stall_s(figures)
             figures["setup"] = setup[name]
             per_guest[name] = figures
         ksm_sharing = [s["host"]["ksm_pages_sharing"] for s in sampler.samples if "host" in s]
@@ -419,6 +461,10 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
             "balloon": (balloon_movements(ebbd.trace, until=t_end_wall) if ebbd is not None else
                         {"count": 0, "moved_mib": 0.0, "inflations": 0, "deflations": 0}),
             "guests": per_guest,
+            # Seconds the guests' workloads waited for memory, inside and outside them.
+            "stall": stall_summary(per_guest, elapsed),
+            "free_page_reporting": fpr,
+            "delayacct": stall.delayacct,
             # Agents in session with our ebbd when the workload started.
             "agents_connected": agents,
             # What the host, the guests, ebbd and the agents used while the workload ran.
@@ -455,8 +501,9 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         # Someone else's ebbd could balloon our guests: with no ebbd of ours, any balloon
         # below the maximum says so.
         if ebbd is None:
+            sizes = scenario.memory_of()
             low = [n for s in sampler.samples for n, g in s.get("guests", {}).items()
-                   if g.get("actual", scenario.memory_mib * 1024) < scenario.memory_mib * 1024]
+                   if g.get("actual", 1 << 62) < sizes.get(n, scenario.memory_mib) * 1024]
             result["foreign_ballooning"] = sorted(set(low))
         (workdir / "samples.json").write_text(json.dumps(sampler.samples))
         (workdir / "result.json").write_text(json.dumps(result, indent=1))

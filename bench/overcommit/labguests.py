@@ -23,13 +23,15 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ebb.host.lab import domain as domain_xml
 from ebb.host.lab import guestenv
 from ebb.host.lab.errors import LabError
 from ebb.host.lab.guestcmd import GuestShell
 from ebb.host.lab.manager import DEFAULT_AGENT_ARGS, Lab, LabSettings, kvm_usable
+
+from .stall import parse_psi
 
 LOG = logging.getLogger(__name__)
 
@@ -91,11 +93,12 @@ def _prepare_guest_dir(lab: Lab, name: str) -> Path:
 def boot_guests(lab: Lab, names: Sequence[str], memory_mib: int,
                 disks: Dict[str, List[Disk]], floor_mib: Optional[int] = None,
                 timeout_s: float = 300.0, progress: Optional[Progress] = None,
-                free_page_reporting: bool = False) -> None:
+                free_page_reporting: bool = False,
+                memory_of: Optional[Dict[str, int]] = None) -> None:
     """Define and start ``names`` (replacing earlier ones of ours); wait for their agents.
 
-    The balloons have no free page reporting unless ``free_page_reporting`` is
-    set: the evaluation's configurations so far were measured without it.
+    ``memory_of`` gives some guests another size than ``memory_mib``;
+    ``free_page_reporting`` switches the balloon's free page reporting on.
     """
     say = progress or (lambda _m: None)
     lab.check_prerequisites()
@@ -113,7 +116,8 @@ def boot_guests(lab: Lab, names: Sequence[str], memory_mib: int,
     for name in names:
         gdir = _prepare_guest_dir(lab, name)
         spec = domain_xml.GuestSpec(
-            name=name, memory_mib=memory_mib, kernel=kernel_image, initramfs=initrd,
+            name=name, memory_mib=(memory_of or {}).get(name, memory_mib),
+            kernel=kernel_image, initramfs=initrd,
             python=guest_py.python, bin_dir=guest_py.bin_dir, guest_dir=gdir,
             state_dir=lab.state_dir, domain_type=domain_type, agent=True,
             agent_args=AGENT_ARGS, free_page_reporting=free_page_reporting,
@@ -175,13 +179,28 @@ def mount_data(shell: GuestShell, device: str, mountpoint: str) -> None:
 
 def guest_vmstat(shell: GuestShell) -> Dict[str, int]:
     """The guest's /proc/vmstat counters."""
-    out = run_checked(shell, ["cat", "/proc/vmstat"], timeout_s=60.0)
+    return guest_counters(shell)[0]
+
+
+#: Between /proc/vmstat and /proc/pressure/memory in :func:`guest_counters`' output.
+_PSI_MARK = "--- psi ---"
+
+
+def guest_counters(shell: GuestShell) -> Tuple[Dict[str, int], Dict[str, int]]:
+    """The guest's /proc/vmstat counters and its memory PSI totals (µs), in one command.
+
+    The PSI totals are empty when the guest kernel has no PSI (``psi=1`` is on the
+    lab's kernel command line; a kernel built without it has no /proc/pressure).
+    """
+    out = run_checked(shell, ["sh", "-c", f"cat /proc/vmstat; echo '{_PSI_MARK}'; "
+                              "cat /proc/pressure/memory 2>/dev/null || true"], timeout_s=60.0)
+    vmstat_text, _, psi_text = out.partition(_PSI_MARK)
     values = {}
-    for line in out.splitlines():
+    for line in vmstat_text.splitlines():
         key, _, value = line.partition(" ")
         with contextlib.suppress(ValueError):
             values[key] = int(value)
-    return values
+    return values, parse_psi(psi_text)
 
 
 #: The benchmark's own lab state folder: kernel, initramfs, guest Python and the

@@ -78,8 +78,11 @@ class MemknobsScenario(Scenario):
         return throughput(output)
 
 
-def throughput(output: str) -> Dict[str, Any]:
-    """A guest's memknobs lines -> its mean throughput (MB/s) while it had a buffer."""
+def throughput(output: str, since_s: float = 0.0) -> Dict[str, Any]:
+    """A guest's memknobs lines -> its mean throughput (MB/s) while it had a buffer.
+
+    Only the lines after ``since_s`` seconds count (a phase of the pattern).
+    """
     previous_t = 0.0
     bytes_mb = active_s = 0.0
     line_rates = []
@@ -92,6 +95,8 @@ def throughput(output: str) -> Dict[str, Any]:
         t = float(line["t_s"])
         window = max(0.0, t - previous_t)
         previous_t = t
+        if t <= since_s:
+            continue
         lines += 1
         if line.get("size_mib", 0) > 0:
             rate = float(line["mb_per_s"])

@@ -1,7 +1,7 @@
 """``ebbctl plot``: a run over time, from its trace, as one PNG.
 
-Four panels sharing the time axis, the kind of figure the MOM article used to
-show its results:
+Five panels sharing the time axis, the first four the kind of figure the MOM
+article used to show its results:
 
 1. host memory: freeable memory (MemFree+Buffers+Cached) and the ballooning
    threshold (the policy's: recorded in the trace, or read from the policy
@@ -9,7 +9,9 @@ show its results:
 2. balloons: each VM's current size (solid) and the target ebbd set (dashed,
    same colour);
 3. swap: host swap-in and swap-out, and each guest's swap-in+out, in MiB/s;
-4. KSM: pages shared and pages sharing.
+4. KSM: pages shared and pages sharing;
+5. memory stall: each guest's memory PSI ``some`` avg10 (from its agent's
+   reports; guests without an agent have none) and the host's, in % of time.
 
 Drawn with matplotlib's Agg canvas (no display, no pyplot global state).
 """
@@ -61,6 +63,8 @@ class Series:
     ksm_pages_sharing: List[Optional[float]] = field(default_factory=list)
     ksm_run: List[Optional[float]] = field(default_factory=list)
     inflations: List[Tuple[float, str]] = field(default_factory=list)
+    host_psi_some_pct: List[Optional[float]] = field(default_factory=list)
+    guest_psi_some_pct: Dict[str, List[Optional[float]]] = field(default_factory=dict)
 
     @property
     def vms(self) -> List[str]:
@@ -186,6 +190,7 @@ def extract_series(
         out.ksm_pages_shared.append(_num(host.get("ksm_pages_shared")))
         out.ksm_pages_sharing.append(_num(host.get("ksm_pages_sharing")))
         out.ksm_run.append(_num(host.get("ksm_run")))
+        out.host_psi_some_pct.append(_num(host.get("psi_some_avg10")))
 
         for decision in record.get("decisions") or []:
             if not isinstance(decision, Mapping):
@@ -218,9 +223,11 @@ def extract_series(
             _pad(out.guest_swap_mib_s, name, index).append(
                 None if rate is None else rate / KIB_PER_MIB)
             previous[f"guest_swap:{name}"] = swapped
+            _pad(out.guest_psi_some_pct, name, index).append(_num(sample.get("psi_some_avg10")))
         previous["ts"] = ts
     length = len(out.t_s)
-    for table in (out.balloon_cur_mib, out.balloon_target_mib, out.guest_swap_mib_s):
+    for table in (out.balloon_cur_mib, out.balloon_target_mib, out.guest_swap_mib_s,
+                  out.guest_psi_some_pct):
         for name in list(table):
             _pad(table, name, length)
     return out
@@ -231,16 +238,16 @@ def _xs(values: Sequence[Optional[float]]) -> List[float]:
 
 
 def build_figure(series: Series, title: str = "") -> Any:
-    """The matplotlib Figure for ``series`` (four panels sharing the time axis)."""
+    """The matplotlib Figure for ``series`` (five panels sharing the time axis)."""
     from matplotlib.figure import Figure
 
     minutes = bool(series.t_s) and series.t_s[-1] > 600
     t = [x / 60.0 for x in series.t_s] if minutes else list(series.t_s)
     unit = "min" if minutes else "s"
 
-    figure = Figure(figsize=(11, 11), dpi=100, layout="constrained")
-    axes = figure.subplots(4, 1, sharex=True, height_ratios=[1.0, 1.3, 1.0, 0.8])
-    mem_ax, balloon_ax, swap_ax, ksm_ax = axes
+    figure = Figure(figsize=(11, 13), dpi=100, layout="constrained")
+    axes = figure.subplots(5, 1, sharex=True, height_ratios=[1.0, 1.3, 1.0, 0.8, 0.9])
+    mem_ax, balloon_ax, swap_ax, ksm_ax, stall_ax = axes
 
     mem_ax.plot(t, _xs(series.freeable_gib), color="tab:blue", linewidth=1.8,
                 label="host freeable (MemFree+Buffers+Cached)")
@@ -290,7 +297,19 @@ def build_figure(series: Series, title: str = "") -> Any:
     ksm_ax.set_ylabel("pages")
     ksm_ax.set_title("KSM", loc="left", fontsize=11)
     ksm_ax.set_ylim(bottom=0)
-    ksm_ax.set_xlabel(f"time since the first tick ({unit})")
+
+    # The time the guests' tasks waited for memory: where a policy that takes memory
+    # from a guest shows what it cost that guest.
+    stall_ax.plot(t, _xs(series.host_psi_some_pct), color="black", linewidth=1.6,
+                  label="host")
+    for colour, width, vm in zip(colours, widths, series.vms):
+        stall_ax.plot(t, _xs(series.guest_psi_some_pct.get(vm, [])), color=colour,
+                      linewidth=width * 0.7, label=f"{vm}")
+    stall_ax.set_ylabel("% of time")
+    stall_ax.set_title("Memory stall (PSI some, avg10; guests from their agents)", loc="left",
+                       fontsize=11)
+    stall_ax.set_ylim(bottom=0)
+    stall_ax.set_xlabel(f"time since the first tick ({unit})")
 
     for ax in axes:
         ax.grid(True, alpha=0.3)

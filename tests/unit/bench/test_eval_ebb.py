@@ -94,8 +94,9 @@ def test_the_unshrunk_host_is_a_reference_row_and_no_target() -> None:
                               "reps": 1, "summary": summary, "targets": [], "plots": [],
                               "runs": {"overcommit": runs}})
 
-    row = next(line for line in text.splitlines() if line.startswith("| Host not shrunk"))
-    assert "| 150.0 | +50 % |" in row, row
+    row = next(line for line in text.splitlines() if line.startswith("| `unconstrained`"))
+    # One repetition: a ratio without an interval, not claimed as a difference.
+    assert "| 150 | +50 % (one repetition) |" in row, row
     assert all("unconstrained" not in t["target"] for t in eval_ebb.targets(summary))
 
 
@@ -175,12 +176,12 @@ def test_the_page_cache_table_says_how_short_the_host_was() -> None:
     summary = eval_ebb.summarise("pagecache", runs)
     assert summary["medians"]["classic"]["host_freeable_mib"] == 610
     text = eval_ebb.markdown(_results(summary))
-    rows = [line for line in text.splitlines() if line.startswith("| classic")]
+    rows = [line for line in text.splitlines() if line.startswith("| classic |")]
     assert rows and rows[0].endswith("| 610 |")
     # Runs from before the figure was recorded show a dash, not a zero.
     old = eval_ebb.summarise("pagecache", [_run("none", 0, 2.0)])
     text = eval_ebb.markdown(_results(old))
-    none_row = next(line for line in text.splitlines() if line.startswith("| none"))
+    none_row = next(line for line in text.splitlines() if line.startswith("| none |"))
     assert none_row.endswith("| - |")
 
 

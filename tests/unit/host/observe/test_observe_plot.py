@@ -107,3 +107,25 @@ def test_packaged_policy_threshold_is_found(recorded_trace: Dict[str, Path]) -> 
     records = list(read_trace(recorded_trace["trace"]))
     share = policy_threshold_share([packaged_policy_dir("cooperative")], records[0]["state"])
     assert share == pytest.approx(0.20)
+
+
+def test_the_stall_panel_shows_each_guests_psi_from_the_trace(tmp_path: Path) -> None:
+    def record(ts: float, host_psi: float, vm1_psi: object) -> Dict[str, object]:
+        return {"ts": ts, "state": {
+            "host": {"samples": [{"mem_available": 4194304, "mem_free": 1048576,
+                                  "psi_some_avg10": host_psi}]},
+            "guests": [{"props": {"name": "vm1"},
+                        "samples": [{"balloon_cur": 524288, "psi_some_avg10": vm1_psi}]},
+                       {"props": {"name": "vm2"}, "samples": [{"balloon_cur": 524288}]}]}}
+
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in (
+        record(100.0, 0.5, 12.0), record(102.0, 1.5, 30.0), record(104.0, 0.0, None))))
+    series = extract_series(read_trace(trace))
+    assert series.host_psi_some_pct == [0.5, 1.5, 0.0]
+    assert series.guest_psi_some_pct["vm1"] == [12.0, 30.0, None]
+    assert series.guest_psi_some_pct["vm2"] == [None, None, None]  # no agent: no PSI
+    stall = build_figure(series).axes[4]
+    assert stall.get_title(loc="left").startswith("Memory stall")
+    assert [line.get_label() for line in stall.get_lines()] == ["host", "vm1", "vm2"]
+    assert list(stall.get_lines()[1].get_ydata()[:2]) == [12.0, 30.0]

@@ -1,0 +1,556 @@
+"""The evaluation's summaries and ``results/evaluation.md``: pure functions of the runs.
+
+A run (one configuration of one scenario in one repetition) becomes a flat dict
+of figures (:func:`figures_of`); a scenario's runs become medians per
+configuration and, for every figure, a ratio to each baseline (``none`` and
+``fpr``) with its interval over repetitions (:mod:`overcommit.intervals`). The
+page opens with at most ten lines: what each configuration wins or loses against
+``none`` and ``fpr`` on the memory stall and on the scenario's work figure.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from pagecache.coldcache import coldcache_figures
+
+from .intervals import paired_ratios, ratio_interval, words
+
+#: Every configuration, in table order. ``none``, ``fpr`` and ``unconstrained``
+#: are the baselines; ``unconstrained`` is the ceiling (the host not shrunk).
+CONFIGS = ("none", "fpr", "ksm", "classic", "cooperative", "unconstrained")
+BASELINES = ("none", "fpr")
+LABELS = {"none": "`none`", "fpr": "`fpr` (free page reporting, no ebbd)",
+          "ksm": "`ksm` (KSM only)", "classic": "`classic` (KSM and ballooning)",
+          "cooperative": "`cooperative` (ebb)",
+          "unconstrained": "`unconstrained` (host not shrunk)"}
+
+#: What each scenario's workload is (which figures it has).
+KIND = {"overcommit": "memknobs", "slowdisk": "memknobs", "pagecache": "pagecache",
+        "coldcache": "coldcache", "sweep": "memknobs"}
+TITLES = {"overcommit": "Memknobs (the article's Table 1)",
+          "pagecache": "Page cache (the article's Table 2 shape)",
+          "coldcache": "Cold cache + growth",
+          "slowdisk": "Two guests on a slow disk (Memknobs, 100 IOPS)"}
+#: The work figure of each kind: key, label, and whether higher is better.
+WORK: Dict[str, Tuple[str, str, bool]] = {
+    "memknobs": ("throughput_mb_s", "throughput (MB/s)", True),
+    "pagecache": ("latency_p95_ms", "p95 latency (ms)", False),
+    "coldcache": ("grower_mb_s", "growing guest's throughput (MB/s)", True),
+}
+#: The primary figure: seconds the guests' workloads waited for memory.
+STALL = "stall_s"
+#: The operator's line: memory stall under this share of the guests' wall time.
+STALL_LIMIT_PCT = 5.0
+
+#: CPU figures of a run (runs from before they were measured have none).
+CPU_KEYS = ("host_cpu_busy_pct", "qemu_cpu_pct", "ebbd_cpu_pct", "agent_cpu_pct_mean")
+STALL_KEYS = ("stall_s", "stall_share_pct", "guest_stall_some_s", "guest_stall_full_s",
+              "host_stall_some_s", "host_stall_vcpu_s", "host_io_vcpu_s", "host_wait_s",
+              "qemu_major_faults",
+              "qemu_blkio_delay_s")
+
+
+# -- one run ---------------------------------------------------------------------------------
+def total_throughput(run: Dict[str, Any]) -> float:
+    return round(sum(g.get("mb_per_s", 0.0) for g in run["guests"].values()), 1)
+
+
+def pagecache_figures(run: Dict[str, Any]) -> Dict[str, float]:
+    guests = list(run["guests"].values())
+    p95 = [g.get("latency_p95_ms", 0.0) for g in guests]
+    return {
+        "latency_p95_ms": round(statistics.mean(p95), 2) if p95 else 0.0,
+        "latency_p95_worst_ms": round(max(p95), 2) if p95 else 0.0,
+        "rate_per_s_per_guest": round(statistics.mean(g.get("rate_per_s", 0) for g in guests),
+                                      2) if guests else 0.0,
+        "throughput_kib_s_per_guest": round(statistics.mean(
+            g.get("throughput_kib_s", 0) for g in guests), 1) if guests else 0.0,
+    }
+
+
+def cpu_figures(run: Dict[str, Any]) -> Dict[str, float]:
+    cpu = run.get("cpu") or {}
+    return {k: float(cpu[k]) for k in CPU_KEYS if cpu.get(k) is not None}
+
+
+def stall_figures(run: Dict[str, Any]) -> Dict[str, float]:
+    stall = run.get("stall") or {}
+    return {k: float(stall[k]) for k in STALL_KEYS if stall.get(k) is not None}
+
+
+def figures_of(scenario: str, run: Dict[str, Any]) -> Dict[str, float]:
+    out = {
+        "host_swap_in_pages": run["host_swap_in_pages"],
+        "host_swap_out_pages": run["host_swap_out_pages"],
+        "host_swap_ops": run["host_swap_ops"],
+        "guest_swap_ops": run["guest_swap_ops"],
+        "total_swap_ops": run["host_swap_ops"] + run["guest_swap_ops"],
+        "balloon_moves": run["balloon"]["count"],
+        "balloon_moved_mib": run["balloon"]["moved_mib"],
+        "ksm_pages_sharing_max": run["ksm_pages_sharing_max"],
+    }
+    freeable = (run.get("host_freeable_mib") or {}).get("median")
+    if freeable is not None:
+        # How short the host was while the workload ran (runs before 2026-12-05 lack it).
+        out["host_freeable_mib"] = freeable
+    kind = KIND.get(scenario, "memknobs")
+    if kind == "memknobs":
+        out["throughput_mb_s"] = total_throughput(run)
+    elif kind == "pagecache":
+        out.update(pagecache_figures(run))
+    else:
+        out.update(coldcache_figures(run))
+    out.update(cpu_figures(run))
+    out.update(stall_figures(run))
+    return out
+
+
+# -- a scenario's runs ------------------------------------------------------------------------
+def summarise(scenario: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Medians per configuration; per-repetition ratios to each baseline, with intervals."""
+    by_config: Dict[str, List[Dict[str, float]]] = {}
+    by_rep: Dict[str, Dict[int, Dict[str, float]]] = {}
+    for run in runs:
+        fig = figures_of(scenario, run)
+        by_config.setdefault(run["config"], []).append(fig)
+        by_rep.setdefault(run["config"], {})[run.get("rep", 0)] = fig
+    medians = {c: {k: statistics.median(f[k] for f in figs if k in f)
+                   for k in sorted({k for f in figs for k in f})}
+               for c, figs in by_config.items()}
+    intervals: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    for baseline in BASELINES:
+        if baseline not in by_rep:
+            continue
+        per_config: Dict[str, Dict[str, Any]] = {}
+        for config, reps in by_rep.items():
+            per_key: Dict[str, Any] = {}
+            for key in sorted({k for f in reps.values() for k in f}):
+                ratios = paired_ratios({r: f[key] for r, f in reps.items() if key in f},
+                                       {r: f[key] for r, f in by_rep[baseline].items()
+                                        if key in f})
+                interval = ratio_interval(ratios)
+                if interval is not None:
+                    per_key[key] = interval.as_dict()
+            per_config[config] = per_key
+        intervals[baseline] = per_config
+    ratios_to_none = {c: {k: v["ratio"] for k, v in keys.items()}
+                      for c, keys in intervals.get("none", {}).items()}
+    return {"medians": medians, "ratios_to_none": ratios_to_none, "intervals": intervals,
+            "repetitions": {c: len(f) for c, f in by_config.items()}}
+
+
+def interval_of(summary: Dict[str, Any], baseline: str, config: str,
+                key: str) -> Optional[Dict[str, Any]]:
+    return (((summary.get("intervals") or {}).get(baseline) or {}).get(config) or {}).get(key)
+
+
+# -- the opening lines ------------------------------------------------------------------------
+def _verdict(interval: Optional[Dict[str, Any]], higher_is_better: bool) -> Optional[str]:
+    """"wins", "loses" or None (no difference, or nothing to compare)."""
+    if not interval or interval.get("no_difference"):
+        return None
+    better = interval["ratio"] > 1.0 if higher_is_better else interval["ratio"] < 1.0
+    return "wins" if better else "loses"
+
+
+def headline(summary: Dict[str, Any]) -> List[str]:
+    """One line per configuration: what it wins or loses against ``none`` and ``fpr``.
+
+    Judged on the memory stall (less is better) and on each scenario's work
+    figure; a comparison whose interval holds "no change" is counted, not
+    listed. At most :data:`CONFIGS` minus ``none`` lines.
+    """
+    lines = []
+    for config in CONFIGS:
+        if config == "none":
+            continue
+        parts: List[str] = []
+        same = compared = single = 0
+        for baseline in BASELINES:
+            if baseline == config:
+                continue
+            items = []
+            for name, scen in summary.items():
+                kind = KIND.get(name)
+                if kind is None or name == "sweep" or config not in scen.get("medians", {}):
+                    continue
+                work_key, work_label, higher = WORK[kind]
+                for key, label, up in ((STALL, "memory stall", False),
+                                       (work_key, work_label.split(" (")[0], higher)):
+                    interval = interval_of(scen, baseline, config, key)
+                    if interval is None:
+                        continue
+                    if interval.get("reps", 2) < 2:
+                        single += 1
+                        continue
+                    compared += 1
+                    verdict = _verdict(interval, up)
+                    if verdict is None:
+                        same += 1
+                        continue
+                    items.append(f"{verdict} on {label} in {name} {words(interval)}")
+            if items:
+                parts.append(f"vs `{baseline}`: " + "; ".join(items))
+        if not compared:
+            if single:
+                lines.append(f"- **{config}**: one repetition, so no interval: {single} "
+                             "ratios to the baselines, in the tables below.")
+            continue
+        if not parts:
+            tail = f"no difference in any of {compared} comparisons with the baselines"
+        elif same:
+            tail = f"No difference in the other {same} of {compared} comparisons"
+        else:
+            tail = ""
+        lines.append(f"- **{config}**: " + ". ".join(p for p in [*parts, tail] if p) + ".")
+    return lines
+
+
+# -- the page ---------------------------------------------------------------------------------
+def _num(value: Optional[float], digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def setup_line(setup: Dict[str, Any]) -> str:
+    """One scenario's set-up in words (from :meth:`harness.Scenario.describe`)."""
+    guests = f"{setup['guests']} guests x {setup['memory_mib']} MiB"
+    if setup.get("grower_memory_mib"):
+        guests = (f"{setup['cache_guests']} cache guests x {setup['memory_mib']} MiB and a "
+                  f"growing guest of {setup['grower_memory_mib']} MiB "
+                  f"(`{setup.get('grower_pattern', '')}`)")
+    words_ = (f"{guests}, host budget {setup['host_budget_mib']} MiB, host swap "
+              f"{setup['host_swap_mib']} MiB, {setup['duration_s']:.0f} s of workload")
+    if setup.get("disk_iops"):
+        words_ += f", the guests sharing {setup['disk_iops']} IOPS on the host disk"
+    if setup.get("ratios"):
+        words_ += ", overcommit ratios " + ", ".join(f"{r:g}x" for r in setup["ratios"])
+    return words_
+
+
+def scenario_table(name: str, scen: Dict[str, Any]) -> List[str]:
+    """The scenario's table: work figure and stall beside each other, with intervals."""
+    kind = KIND.get(name, "memknobs")
+    work_key, work_label, _ = WORK[kind]
+    head = [f"## {TITLES.get(name, name)}", "",
+            f"| configuration | {work_label} | vs none | vs fpr | memory stall (s, % of wall) "
+            "| vs none | vs fpr | guest PSI some / full (s) | vCPUs' wait on the host (s) | QEMU "
+            "major faults | host swap ops | guest swap ops | balloon moves (count / MiB) |",
+            "|---|---:|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = []
+    for config in CONFIGS:
+        med = scen["medians"].get(config)
+        if med is None:
+            continue
+        work_digits = 2 if kind == "pagecache" else 0
+        cells = [
+            LABELS[config],
+            _num(med.get(work_key), work_digits),
+            "-" if config == "none" else words(interval_of(scen, "none", config, work_key)),
+            "-" if config == "fpr" else words(interval_of(scen, "fpr", config, work_key)),
+            (f"{_num(med.get(STALL), 1)} ({_num(med.get('stall_share_pct'), 1)} %)"
+             if med.get(STALL) is not None else "-"),
+            "-" if config == "none" else words(interval_of(scen, "none", config, STALL)),
+            "-" if config == "fpr" else words(interval_of(scen, "fpr", config, STALL)),
+            f"{_num(med.get('guest_stall_some_s'), 1)} / {_num(med.get('guest_stall_full_s'), 1)}",
+            _num(med.get("host_wait_s", med.get("host_stall_some_s")), 1),
+            _num(med.get("qemu_major_faults")),
+            _num(med.get("host_swap_ops")),
+            _num(med.get("guest_swap_ops")),
+            f"{_num(med.get('balloon_moves'))} / {_num(med.get('balloon_moved_mib'))}",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    extra: List[str] = []
+    if kind == "pagecache":
+        extra = _pagecache_extra(scen)
+    elif kind == "coldcache":
+        extra = _coldcache_extra(scen)
+    return head + rows + [""] + extra
+
+
+def _pagecache_extra(scen: Dict[str, Any]) -> List[str]:
+    lines = ["| configuration | worst guest p95 (ms) | requests/s per guest | throughput "
+             "(KiB/s per guest) | host freeable while it ran (MiB, median) |",
+             "|---|---:|---:|---:|---:|"]
+    for config in CONFIGS:
+        med = scen["medians"].get(config)
+        if med is None:
+            continue
+        lines.append(f"| {config} | {_num(med.get('latency_p95_worst_ms'), 1)} | "
+                     f"{_num(med.get('rate_per_s_per_guest'), 2)} | "
+                     f"{_num(med.get('throughput_kib_s_per_guest'))} | "
+                     f"{_num(med.get('host_freeable_mib'))} |")
+    return [*lines, ""]
+
+
+def _coldcache_extra(scen: Dict[str, Any]) -> List[str]:
+    lines = ["| configuration | growing guest's stall (s) | vs fpr | its swap ops | cache guests' "
+             "p95 (ms) | vs fpr | host freeable while it ran (MiB, median) |",
+             "|---|---:|---|---:|---:|---|---:|"]
+    for config in CONFIGS:
+        med = scen["medians"].get(config)
+        if med is None:
+            continue
+        vs = ("-" if config == "fpr" else
+              words(interval_of(scen, "fpr", config, "grower_stall_s")))
+        vs_p95 = ("-" if config == "fpr" else
+                  words(interval_of(scen, "fpr", config, "cache_latency_p95_ms")))
+        lines.append(f"| {config} | {_num(med.get('grower_stall_s'), 1)} | {vs} | "
+                     f"{_num(med.get('grower_swap_ops'))} | "
+                     f"{_num(med.get('cache_latency_p95_ms'), 2)} | {vs_p95} | "
+                     f"{_num(med.get('host_freeable_mib'))} |")
+    return [*lines, ""]
+
+
+def cpu_table(summary: Dict[str, Any]) -> List[str]:
+    """What the host, the guests, ebbd and the agents used while the workloads ran."""
+    rows = []
+    for name, scenario in summary.items():
+        for config in CONFIGS:
+            med = ((scenario or {}).get("medians") or {}).get(config)
+            if not med or "host_cpu_busy_pct" not in med:
+                continue
+            cells = [f"{med[k]:.{d}f}" if k in med else "-"
+                     for k, d in zip(CPU_KEYS, (1, 1, 2, 2))]
+            rows.append(f"| {name} | {config} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["## CPU while the workloads ran", "",
+            "Medians. Host busy is a share of all the host's CPUs; the others are "
+            "shares of one core: all the guests' QEMU processes together, ebbd, and one "
+            "guest's ebb-agent (mean over the guests, measured inside the guest).", "",
+            "| scenario | configuration | host busy (%) | QEMU, all guests (% of a core) | "
+            "ebbd (% of a core) | agent per guest (% of its vCPU) |",
+            "|---|---|---:|---:|---:|---:|", *rows, ""]
+
+
+# -- the operator's figure --------------------------------------------------------------------
+def operator_figure(points: Sequence[Dict[str, Any]],
+                    limit_pct: float = STALL_LIMIT_PCT) -> Dict[str, Any]:
+    """Per configuration: the stall share at each overcommit ratio, and the highest
+    ratio (smallest host budget) at which it stays under ``limit_pct``.
+
+    ``points`` are sweep runs' ``{"config", "ratio", "budget_mib", "stall_share_pct"}``.
+    A configuration "carries" a ratio when the median stall share there is under
+    the limit and it carried every smaller ratio too (a lucky run past a failed
+    one does not count).
+    """
+    table: Dict[str, Dict[float, List[float]]] = {}
+    budgets: Dict[float, int] = {}
+    for p in points:
+        if p.get("stall_share_pct") is None:
+            continue
+        table.setdefault(p["config"], {}).setdefault(float(p["ratio"]), []).append(
+            float(p["stall_share_pct"]))
+        budgets[float(p["ratio"])] = int(p["budget_mib"])
+    out: Dict[str, Any] = {}
+    for config, by_ratio in table.items():
+        shares = {r: round(statistics.median(v), 2) for r, v in sorted(by_ratio.items())}
+        carried: Optional[float] = None
+        for ratio, share in shares.items():
+            if share >= limit_pct:
+                break
+            carried = ratio
+        out[config] = {"stall_share_pct": {f"{r:g}": s for r, s in shares.items()},
+                       "max_ratio": carried,
+                       "min_budget_mib": budgets.get(carried) if carried else None}
+    return out
+
+
+def sweep_points(runs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [{"config": r["config"], "ratio": r["ratio"], "budget_mib": r["budget_mib"],
+             "stall_share_pct": (r.get("stall") or {}).get("stall_share_pct")} for r in runs]
+
+
+def sweep_table(fig: Dict[str, Any]) -> List[str]:
+    if not fig:
+        return []
+    ratios = sorted({float(r) for c in fig.values() for r in c["stall_share_pct"]})
+    lines = ["## The operator's figure: how far each configuration overcommits", "",
+             f"Memknobs at each overcommit ratio (guests' memory / host budget); the cells "
+             f"are the memory stall as a share of wall time (median). The last column is "
+             f"the highest ratio at which the stall stays under {STALL_LIMIT_PCT:g} %.", "",
+             "| configuration | " + " | ".join(f"{r:g}x" for r in ratios)
+             + " | carries up to |", "|---|" + "---:|" * (len(ratios) + 1)]
+    for config in CONFIGS:
+        c = fig.get(config)
+        if c is None:
+            continue
+        cells = [_num(c["stall_share_pct"].get(f"{r:g}"), 1) + " %"
+                 if c["stall_share_pct"].get(f"{r:g}") is not None else "-" for r in ratios]
+        best = (f"{c['max_ratio']:g}x ({c['min_budget_mib']} MiB)" if c["max_ratio"]
+                else "none of them")
+        lines.append(f"| {config} | " + " | ".join(cells) + f" | {best} |")
+    return [*lines, ""]
+
+
+# -- targets ----------------------------------------------------------------------------------
+def _median(summary: Dict[str, Any], config: str, key: str) -> Optional[float]:
+    return ((summary.get("medians") or {}).get(config) or {}).get(key)
+
+
+def targets(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The targets of the yield work, each judged on medians and intervals."""
+    out: List[Dict[str, Any]] = []
+    cc = summary.get("coldcache")
+    if cc and "fpr" in cc["medians"] and "cooperative" in cc["medians"]:
+        swap = (_median(cc, "cooperative", "host_swap_ops"), _median(cc, "fpr", "host_swap_ops"))
+        stall = (_median(cc, "cooperative", "grower_stall_s"),
+                 _median(cc, "fpr", "grower_stall_s"))
+        p95 = interval_of(cc, "fpr", "cooperative", "cache_latency_p95_ms")
+        out.append({"target": "cold cache + growth, cooperative vs fpr: host swap ops <= 10 %, "
+                              "growing guest's stall <= 50 %, cache guests' p95 within 5 %",
+                    "measured": f"host swap ops {_num(swap[0])} vs {_num(swap[1])}, growing "
+                                f"guest's stall {_num(stall[0], 1)} vs {_num(stall[1], 1)} s, "
+                                f"cache p95 {words(p95)}",
+                    "met": bool(None not in swap and None not in stall and p95
+                                and swap[0] <= 0.10 * swap[1]  # type: ignore[operator]
+                                and stall[0] <= 0.5 * stall[1]  # type: ignore[operator]
+                                and p95["ratio"] <= 1.05)})
+    oc = summary.get("overcommit")
+    if oc and "none" in oc["medians"] and "cooperative" in oc["medians"]:
+        hs = (_median(oc, "cooperative", "host_swap_ops"), _median(oc, "none", "host_swap_ops"))
+        gs = (_median(oc, "cooperative", "guest_swap_ops"),
+              _median(oc, "none", "guest_swap_ops"))
+        thr = interval_of(oc, "none", "cooperative", "throughput_mb_s")
+        out.append({"target": "Memknobs, cooperative vs none: host swap ops <= 10 %, guest "
+                              "swap ops <= 1.2x, throughput not below none beyond its interval",
+                    "measured": f"host swap ops {_num(hs[0])} vs {_num(hs[1])}, guest swap ops "
+                                f"{_num(gs[0])} vs {_num(gs[1])}, throughput {words(thr)}",
+                    "met": bool(None not in hs and None not in gs and thr
+                                and hs[0] <= 0.10 * hs[1]  # type: ignore[operator]
+                                and gs[0] <= 1.2 * gs[1]  # type: ignore[operator]
+                                and thr["high"] >= 1.0)})
+    if oc and "none" in oc["medians"]:
+        # The article's result (issue 8): ballooning beat no policy by about 25 %.
+        for config, gain in (("classic", 1.20), ("cooperative", 1.30)):
+            thr = interval_of(oc, "none", config, "throughput_mb_s")
+            fewer_swap = interval_of(oc, "none", config, "host_swap_ops")
+            if thr is None:
+                continue
+            out.append({"target": f"Memknobs, {config} vs none: throughput >= "
+                                  f"{(gain - 1) * 100:+.0f} % beyond its interval, fewer "
+                                  "host swap ops",
+                        "measured": f"throughput {words(thr)}, host swap ops "
+                                    f"{words(fewer_swap)}",
+                        "met": bool(thr["low"] >= gain and fewer_swap
+                                    and fewer_swap["high"] < 1.0)})
+    pc = summary.get("pagecache")
+    if pc and "none" in pc["medians"]:
+        worst = []
+        for config in CONFIGS:
+            if config == "none" or config not in pc["medians"]:
+                continue
+            worst.append((config, interval_of(pc, "none", config, "latency_p95_ms")))
+        out.append({"target": "page cache: no configuration's p95 more than 5 % above none",
+                    "measured": ", ".join(f"{c}: {words(i)}" for c, i in worst),
+                    "met": all(i is None or i["ratio"] <= 1.05 for _, i in worst)})
+    return out
+
+
+# -- which differences are real --------------------------------------------------------------
+def real_differences(summary: Dict[str, Any]) -> List[str]:
+    """Every comparison of the key figures whose interval is clear of "no change"."""
+    lines = []
+    kept = 0
+    for name, scen in summary.items():
+        kind = KIND.get(name)
+        if kind is None or name == "sweep":
+            continue
+        keys = (STALL, WORK[kind][0], "host_swap_ops", "guest_swap_ops")
+        for baseline in BASELINES:
+            for config in CONFIGS:
+                if config == baseline:
+                    continue
+                for key in keys:
+                    interval = interval_of(scen, baseline, config, key)
+                    if interval is None:
+                        continue
+                    if interval["no_difference"]:
+                        kept += 1
+                        continue
+                    lines.append(f"- {name}, {config} vs {baseline}, {key}: {words(interval)}")
+    if not lines and not kept:
+        return []
+    return (["## Which differences are real", "",
+             "Intervals clear of \"no change\" (the rest, "
+             f"{kept} comparisons, are no difference):", ""]
+            + (lines or ["- none"]) + [""])
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    summary = results.get("summary") or {}
+    lines = [f"# ebb evaluation results ({results['mode']} mode)", ""]
+    top = headline(summary)
+    if top:
+        measured = any(STALL in med for scen in summary.values()
+                       for med in (scen.get("medians") or {}).values())
+        if measured:
+            note = ("Memory stall: seconds the workloads waited for memory (guest PSI plus "
+                    "the time their vCPUs waited on the host); intervals: "
+                    + _interval_words(results) + ". Details below.")
+        else:
+            note = ("These runs were measured before the memory stall and the `fpr` "
+                    "baseline existed: throughput and latency only; intervals: "
+                    + _interval_words(results) + ".")
+        lines += [*top[:7], "", note, ""]
+    lines += [f"Run {results['started']} .. {results.get('finished', '(running)')} on "
+              f"{results['host']}; repetitions: {results['reps']}. Medians over repetitions; "
+              "ratios are medians of the ratio to the baseline measured in the same "
+              "repetition, with the interval over repetitions (bootstrap 95 % from 5 "
+              "repetitions, min-max below); \"no difference\" when it holds no change.", ""]
+    for name, setup in (results.get("scenarios") or {}).items():
+        if setup:
+            lines.append(f"- {name}: {setup_line(setup)}")
+    if results.get("scenarios"):
+        lines.append("")
+    for name, scen in summary.items():
+        if name == "sweep" or not scen.get("medians"):
+            continue
+        lines += scenario_table(name, scen)
+    if summary.get("sweep"):
+        lines += sweep_table(summary["sweep"].get("operator") or {})
+    lines += cpu_table({n: s for n, s in summary.items() if n != "sweep"})
+    targets_ = results.get("targets") or []
+    if targets_:
+        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        for t in targets_:
+            lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |")
+        lines.append("")
+    lines += disturbed_lines(results)
+    lines += real_differences({n: s for n, s in summary.items() if n != "sweep"})
+    if results.get("plots"):
+        lines += ["## Figures", ""]
+        for name in results["plots"]:
+            lines.append(f"- [{name}]({name})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _interval_words(results: Dict[str, Any]) -> str:
+    reps = results.get("reps", 0)
+    if reps < 2:
+        return "none (one repetition)"
+    return ("bootstrap 95 % over the repetitions" if reps >= 5
+            else f"min-max over {reps} repetitions")
+
+
+def disturbed_lines(results: Dict[str, Any]) -> List[str]:
+    disturbed = [(name, r) for name, runs in (results.get("runs") or {}).items() for r in runs
+                 if r.get("disturbed") or r.get("foreign_ballooning")
+                 or r.get("ksm_on_by_others")]
+    if not disturbed:
+        return []
+    lines = ["## Runs disturbed by other work on the host", ""]
+    for name, r in disturbed:
+        why = list(r.get("disturbed") or [])
+        if r.get("ksm_on_by_others"):
+            why.append("KSM was running (run=1) although no ebbd of ours ran: another "
+                       "ebbd on the host turned it on")
+        if r.get("foreign_ballooning"):
+            why.append("balloon below maximum without our ebbd: "
+                       + ", ".join(r["foreign_ballooning"]))
+        lines.append(f"- {name}/{r['config']} (repetition {r.get('rep', 0) + 1}): "
+                     + "; ".join(why))
+    return [*lines, ""]

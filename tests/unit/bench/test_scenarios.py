@@ -1,0 +1,157 @@
+"""The evaluation's scenarios, plan, baselines and opening lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[3] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import eval_ebb  # noqa: E402
+from overcommit import harness, report  # noqa: E402
+
+BALLOON = "    <memballoon model='virtio'>\n      <stats period='2'/>\n    </memballoon>\n"
+
+
+def test_ebbs_configurations_run_with_free_page_reporting_and_the_article_rows_without() -> None:
+    fpr = harness.FREE_PAGE_REPORTING
+    assert [c for c in report.CONFIGS if fpr[c]] == ["fpr", "classic", "cooperative"]
+    assert harness.POLICIES["fpr"] is None  # no ebbd: what a user does instead of ebb
+
+
+@pytest.mark.parametrize("short", [True, False])
+def test_the_growing_guest_grows_after_the_cache_went_cold_and_for_the_whole_run(
+        short: bool) -> None:
+    cc = eval_ebb.scenarios(short, None)["coldcache"]
+    steps = [step.split(":") for step in cc.grower_pattern().split(",")]
+    seconds = [float(d.rstrip("s")) for _, d in steps]
+    sizes = [int(s.rstrip("M")) for s, _ in steps]
+    assert sum(seconds) == cc.duration_s
+    assert sizes == sorted(sizes) and sizes[-1] == cc.grower_high_mib
+    assert seconds[0] == cc.hold_s
+    assert cc.memory_of() == {cc.grower: cc.grower_memory_mib}
+    # The grower has no data disk; the cache guests share the page-cache image.
+    disks = cc.disks()
+    assert [d.target for d in disks[cc.grower]] == ["vda"]
+    assert [d.target for d in disks[cc.names[0]]] == ["vda", "vdb"]
+    # A shorter --duration keeps a pattern that fits.
+    cc_short = eval_ebb.scenarios(short, 40.0)["coldcache"]
+    assert sum(float(s.split(":")[1].rstrip("s"))
+               for s in cc_short.grower_pattern().split(",")) == 40.0
+
+
+def test_the_short_mode_runs_every_scenario_but_the_sweep() -> None:
+    plan = eval_ebb.make_plan(True, [])
+    assert set(plan) == set(eval_ebb.SCENARIOS) - {"sweep"}
+    assert "fpr" in plan["overcommit"] and "cooperative" in plan["coldcache"]
+    full = eval_ebb.make_plan(False, [])
+    assert full["coldcache"] == list(report.CONFIGS)
+    assert "unconstrained" not in full["sweep"]
+    assert eval_ebb.make_plan(False, ["slowdisk:fpr"]) == {"slowdisk": ["fpr"]}
+    with pytest.raises(ValueError, match="unknown scenario"):
+        eval_ebb.make_plan(False, ["memknobs"])
+    with pytest.raises(ValueError, match="unknown configuration"):
+        eval_ebb.make_plan(False, ["sweep:unconstrained"])
+
+
+def test_the_slow_disk_regime_is_a_named_scenario() -> None:
+    sd = eval_ebb.scenarios(False, None)["slowdisk"]
+    assert (sd.guests, sd.disk_iops) == (2, 100)
+
+
+def test_the_sweep_steps_are_the_overcommit_ratios() -> None:
+    sweep = eval_ebb.scenarios(False, None)["sweep"]
+    assert sweep.total_memory_mib == 4 * 768
+    assert eval_ebb.sweep_budgets(sweep) == {1.25: 2458, 1.5: 2048, 2.0: 1536, 2.5: 1229}
+
+
+def test_the_operator_figure_is_the_highest_ratio_under_five_percent_stall() -> None:
+    points: List[Dict[str, Any]] = []
+    for config, shares in (("none", (2.0, 7.0, 12.0, 30.0)),
+                           ("cooperative", (1.0, 2.0, 4.0, 9.0)),
+                           # A lucky run past a failed one does not count.
+                           ("fpr", (6.0, 3.0, 4.0, 20.0))):
+        for ratio, budget, share in zip((1.25, 1.5, 2.0, 2.5), (2458, 2048, 1536, 1229), shares):
+            points.append({"config": config, "ratio": ratio, "budget_mib": budget,
+                           "stall_share_pct": share})
+    fig = report.operator_figure(points)
+    assert (fig["none"]["max_ratio"], fig["none"]["min_budget_mib"]) == (1.25, 2458)
+    assert (fig["cooperative"]["max_ratio"], fig["cooperative"]["min_budget_mib"]) == (2.0, 1536)
+    assert fig["fpr"]["max_ratio"] is None
+    table = "\n".join(report.sweep_table(fig))
+    assert "| cooperative | 1.0 % | 2.0 % | 4.0 % | 9.0 % | 2x (1536 MiB) |" in table
+    assert "| fpr | 6.0 % | 3.0 % | 4.0 % | 20.0 % | none of them |" in table
+
+
+def _run(config: str, rep: int, stall_s: float, mb_s: float) -> Dict[str, Any]:
+    return {"config": config, "rep": rep, "host_swap_in_pages": 0, "host_swap_out_pages": 0,
+            "host_swap_ops": 0, "guest_swap_ops": 0, "ksm_pages_sharing_max": 0,
+            "balloon": {"count": 0, "moved_mib": 0.0}, "guests": {"g1": {"mb_per_s": mb_s}},
+            "stall": {"stall_s": stall_s, "stall_share_pct": stall_s / 2.4}}
+
+
+def test_the_page_opens_with_what_each_configuration_wins_or_loses() -> None:
+    runs = []
+    for rep in range(3):
+        runs += [_run("none", rep, 100.0 + rep, 1000.0 + rep),
+                 _run("fpr", rep, 60.0 + rep, 1000.0 - rep),
+                 _run("cooperative", rep, 20.0 + rep, 1000.0 + 2 * rep)]
+    summary = {"overcommit": report.summarise("overcommit", runs)}
+    results = {"mode": "full", "started": "s", "finished": "f", "host": "h", "reps": 3,
+               "summary": summary, "runs": {"overcommit": runs}}
+    text = report.markdown(results)
+    opening = text.split("\nRun s ..")[0].strip().splitlines()
+    assert len(opening) <= 10
+    coop = next(line for line in opening if line.startswith("- **cooperative**"))
+    assert "vs `none`: wins on memory stall in overcommit -79 % [-80 % .. -78 %]" in coop
+    assert "vs `fpr`: wins on memory stall in overcommit -66 % [-67 % .. -64 %]" in coop
+    assert "No difference in the other 2 of 4 comparisons" in coop  # throughput
+    real = text.split("## Which differences are real")[1]
+    assert "overcommit, cooperative vs fpr, stall_s" in real
+    assert "throughput_mb_s" not in real
+
+
+def test_the_growers_throughput_counts_only_after_it_started_growing() -> None:
+    from overcommit.memknobs_eval import throughput
+
+    lines = "\n".join(
+        json.dumps({"t_s": t, "size_mib": size, "mb_per_s": rate})
+        for t, size, rate in ((10, 64, 9000), (20, 64, 9000), (30, 400, 100), (40, 400, 300)))
+    assert throughput(lines)["mb_per_s"] == round((9000 * 20 + 100 * 10 + 300 * 10) / 40, 1)
+    assert throughput(lines, since_s=20)["mb_per_s"] == 200.0
+
+
+def test_the_cold_cache_figures_separate_the_grower_from_the_cache_guests() -> None:
+    from pagecache.coldcache import coldcache_figures
+
+    run = {"guests": {
+        "cc-1": {"role": "cache", "latency_p95_ms": 3.0},
+        "cc-2": {"role": "cache", "latency_p95_ms": 5.0},
+        "cc-3": {"role": "grower", "mb_per_s": 1200.0, "stall_s": 14.5,
+                 "swap_in_pages": 10, "swap_out_pages": 30}}}
+    assert coldcache_figures(run) == {
+        "grower_mb_s": 1200.0, "grower_stall_s": 14.5, "grower_swap_ops": 40.0,
+        "cache_latency_p95_ms": 4.0, "cache_latency_p95_worst_ms": 5.0}
+
+
+def test_the_cold_cache_target_compares_cooperative_with_fpr() -> None:
+    def run(config: str, rep: int, host_swap: int, grower_stall: float, p95: float) -> Any:
+        return {"config": config, "rep": rep, "host_swap_in_pages": host_swap,
+                "host_swap_out_pages": 0, "host_swap_ops": host_swap, "guest_swap_ops": 0,
+                "ksm_pages_sharing_max": 0, "balloon": {"count": 0, "moved_mib": 0.0},
+                "guests": {"c1": {"role": "cache", "latency_p95_ms": p95},
+                           "g": {"role": "grower", "mb_per_s": 100.0,
+                                 "stall_s": grower_stall}}}
+
+    runs = [run("fpr", r, 10000, 40.0, 3.0) for r in range(3)]
+    good = runs + [run("cooperative", r, 500, 10.0, 3.1) for r in range(3)]
+    target = report.targets({"coldcache": report.summarise("coldcache", good)})[0]
+    assert target["met"], target
+    slow_cache = runs + [run("cooperative", r, 500, 10.0, 3.3) for r in range(3)]
+    target = report.targets({"coldcache": report.summarise("coldcache", slow_cache)})[0]
+    assert not target["met"] and "cache p95 +10 %" in target["measured"]
