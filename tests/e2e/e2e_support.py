@@ -391,7 +391,12 @@ def guest_meminfo(guest: Guest) -> Dict[str, int]:
 
 
 def fill_cache(guest: Guest, path: Path) -> int:
-    """Read ``path`` in the guest; return KiB its page cache grew by (fails if it did not)."""
+    """Read ``path`` in the guest; return KiB its page cache grew by (fails if it did not).
+
+    The guest's clean caches are dropped first: an earlier test may have read the
+    same file, and pages already cached would not grow the cache again.
+    """
+    guest.run("sh", "-c", "sync; echo 1 > /proc/sys/vm/drop_caches")
     before = guest_meminfo(guest)["Cached"]
     guest.run("dd", f"if={path}", "of=/dev/null", "bs=1M", timeout_s=300)
     grown = guest_meminfo(guest)["Cached"] - before
