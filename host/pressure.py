@@ -12,7 +12,8 @@ Levels (the same numbers go to the agents in ``pressure`` messages, PROTOCOL.md)
 
 - 0 none: the host has memory to spare. Nothing is asked of anyone.
 - 1 low: available memory is getting short (or a little swapping or stalling).
-  Agents may yield cold cache; no balloon is inflated for it.
+  Agents may yield cold cache. Whether balloons act from this level is the
+  policy's choice (the cooperative policy's ``balloon_level``, 1 by default).
 - 2 high: the host swaps or stalls, or available memory is short. Yields
   first, then balloons for what is still missing.
 - 3 critical: the host is nearly out. Guests that offer nothing may be squeezed.
