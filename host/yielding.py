@@ -399,12 +399,20 @@ def _int_or_none(value: Any) -> int | None:
 # --- ebbctl yield ----------------------------------------------------------------------
 
 
+#: A fall of the RSS smaller than this is noise, not pages still being reported.
+RSS_FALL_KIB = 1024
+
+
 @dataclass
 class ManualYield:
     """One ``ebbctl yield``: asked once, then polled until it is over.
 
-    Over means: the agent answered and ``settle_s`` have passed (the RSS is
-    measured then), or the request failed. ``result()`` is what the control
+    Over means: the agent answered and the VM's QEMU RSS has stopped falling
+    (no new low for ``quiet_s``, and at least ``settle_s`` after the answer, at
+    most ``settle_max_s``), or the request failed. Free page reporting hands the
+    freed pages to the host in batches, seconds apart, so a fixed wait would
+    undercount. The RSS is sampled on each poll; the lowest is what came back.
+    ``result()`` is what the control
     socket returns; ``error`` is set when the yield gave the host nothing or
     never happened, so ``ebbctl`` exits non-zero with that reason.
     """
@@ -415,8 +423,12 @@ class ManualYield:
     rss_before_kib: int | None
     started_mono: float
     settle_s: float
+    settle_max_s: float = 15.0
+    quiet_s: float = 2.0
     answered_mono: float | None = None
     rss_after_kib: int | None = None
+    #: When the RSS last reached a new low (by at least ``RSS_FALL_KIB``).
+    rss_fell_mono: float | None = None
     finished: bool = False
     error: str | None = None
 
@@ -431,9 +443,20 @@ class ManualYield:
         if handle.answer is not None:
             if self.answered_mono is None:
                 self.answered_mono = now_mono
-            if now_mono - self.answered_mono < self.settle_s:
+                self.rss_fell_mono = now_mono
+            rss = rss_now()
+            if rss is not None:
+                low = self.rss_after_kib
+                if low is None or rss < low:
+                    if low is None or low - rss >= RSS_FALL_KIB:
+                        self.rss_fell_mono = now_mono
+                    self.rss_after_kib = rss
+            since_answer = now_mono - self.answered_mono
+            quiet = now_mono - (self.rss_fell_mono or self.answered_mono)
+            if since_answer < self.settle_max_s and (
+                since_answer < self.settle_s or quiet < self.quiet_s
+            ):
                 return
-            self.rss_after_kib = rss_now()
             self.finished = True
             returned = rss_drop_kib(self.rss_before_kib, self.rss_after_kib)
             freed = handle.answer.yielded.freed_kib

@@ -146,7 +146,7 @@ def format_yield(result: Dict[str, Any]) -> str:
         lines.append(
             f"  host: QEMU RSS {_mib(before)} -> {_mib(after)}: "
             f"{_mib(result.get('returned_kib'))} back"
-            f" (measured {float(result.get('settle_s') or 0):.0f} s after the answer)"
+            " (lowest after the answer, once it stopped falling)"
         )
     lines.append(f"  took {float(result.get('elapsed_s') or 0):.1f} s")
     return "\n".join(lines) + "\n"
