@@ -161,3 +161,24 @@ def test_an_agent_that_cannot_yield_is_ballooned_for_what_the_yields_miss() -> N
     assert targets["plain"] is not None and targets["plain"] < 4 * GiB
     # The yielding guest's offer is taken only for what the other's offer leaves.
     assert targets.get("y") is None or targets["y"] > targets["plain"]
+
+
+def test_a_guest_that_reports_and_yields_is_not_ballooned_until_the_host_is_critical() -> None:
+    # Free page reporting gives its free memory back and yields its cold cache: a balloon
+    # below the critical level would only take memory it wants again (on the lab the
+    # growing guest's offer was ballooned and the guest then swapped while it deflated).
+    def reporting() -> Entity:
+        return yielder("r", cache=256 * MiB, offer=2 * GiB, free_page_reporting=1,
+                       rss=3 * GiB)
+
+    for level in (1, 2):
+        ev = run({"pressure_level": level, "meminfo_available": 2 * GiB}, [reporting()])
+        assert yields(ev)["r"] > 0
+        assert ev.proposed_targets().get("r") is None, level
+    # The same guest without free page reporting is ballooned for what its yield misses.
+    plain = yielder("r", cache=256 * MiB, offer=2 * GiB, rss=3 * GiB)
+    ev = run({"pressure_level": 2, "meminfo_available": 2 * GiB}, [plain])
+    assert ev.proposed_targets()["r"] < 4 * GiB
+    # Critical: the balloon is the backstop for every guest.
+    ev = run({"pressure_level": 3, "meminfo_available": 512 * MiB}, [reporting()])
+    assert ev.proposed_targets()["r"] < 4 * GiB
