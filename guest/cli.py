@@ -18,7 +18,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import __version__
 from .agent import Agent, AgentConfig
 from .collect import DEFAULT_PROC_ROOT, CollectError, MemoryCollector
-from .reclaim import DEFAULT_RUNTIME_DIR, ReclaimSupport, probe, release
+from .reclaim import (
+    COMPACT_FILE,
+    DEFAULT_RUNTIME_DIR,
+    ReclaimSupport,
+    probe,
+    probe_compaction,
+    release,
+)
 from .sdnotify import notify
 from .transport import (
     DEFAULT_DEV_ROOT,
@@ -452,7 +459,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  else "capped at clean page cache: the kernel has no swappiness= key")
     else:
         LOG.info("yield: not offered to the host: %s", support.why_not)
-    yielder = Yielder(support, collector, yield_config, limits)
+    compactor = probe_compaction(args.proc_root) if support.supported else None
+    if support.supported and compactor is None:
+        LOG.info("yield: %s is not writable: memory freed by a yield is not compacted, and "
+                 "free page reporting returns less of it", os.path.join(args.proc_root,
+                                                                        COMPACT_FILE))
+    yielder = Yielder(support, collector, yield_config, limits, compactor=compactor)
     agent = Agent(transport, collector, config, notify=notify, yielder=yielder)
 
     stop_signals = StopSignals(agent.stop)

@@ -105,6 +105,45 @@ class Reclaimer:
             os.close(fd)
 
 
+#: Writing to it makes the kernel compact all of the guest's memory (CONFIG_COMPACTION).
+COMPACT_FILE = os.path.join("sys", "vm", "compact_memory")
+
+
+class Compactor:
+    """Asks the guest's kernel to compact its memory after a yield.
+
+    Free page reporting hands the host only whole free blocks (2 MiB on x86); the
+    page cache a yield frees is scattered between pages still in use, so little of
+    it comes back until the kernel moves those pages together. Writing ``1`` to
+    ``/proc/sys/vm/compact_memory`` does that for every zone, synchronously.
+    ``_write`` is the only system call; tests subclass it.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def compact(self) -> None:
+        """Compact all memory now. Raises OSError."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"1")
+        finally:
+            os.close(fd)
+
+
+def probe_compaction(proc_root: str) -> Optional[Compactor]:
+    """A :class:`Compactor` when ``PROC_ROOT/sys/vm/compact_memory`` is writable, else None.
+
+    Nothing is written: a test write would compact. A kernel without compaction has
+    no such file; under the shipped systemd unit the file is the one writable entry
+    of ``/proc/sys`` (ProtectKernelTunables makes the rest read-only).
+    """
+    path = os.path.join(proc_root, COMPACT_FILE)
+    if os.path.exists(path) and os.access(path, os.W_OK):
+        return Compactor(path)
+    return None
+
+
 def probe(cgroup_dir: Optional[str], proc_root: str, runtime_dir: str,
           may_mount: bool = True) -> ReclaimSupport:
     """Find the root cgroup's ``memory.reclaim`` and check that it can be used.

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional
 from ebb.protocol.messages import Yielded
 
 from .collect import CollectError, MemoryCollector, MemorySample
-from .reclaim import Reclaimer, ReclaimSupport
+from .reclaim import Compactor, Reclaimer, ReclaimSupport
 from .yielding import (
     MIB_KIB,
     STOP_DISABLED,
@@ -38,6 +38,12 @@ from .yielding import (
 )
 
 LOG = logging.getLogger(__name__)
+
+#: A yield that freed at least this much is followed by a compaction of the guest's
+#: memory (free page reporting returns only whole 2 MiB blocks; see Compactor).
+COMPACT_MIN_FREED_KIB = 16 * MIB_KIB
+#: At most one compaction in this many seconds: it costs the guest CPU time.
+COMPACT_INTERVAL_S = 30.0
 
 
 @dataclass
@@ -69,6 +75,7 @@ class Yielder:
         limits: ReclaimLimits,
         reclaimer: Optional[Reclaimer] = None,
         clock: Callable[[], float] = time.monotonic,
+        compactor: Optional[Compactor] = None,
     ) -> None:
         self.support = support
         self.collector = collector
@@ -78,6 +85,8 @@ class Yielder:
         if reclaimer is None and support.path is not None:
             reclaimer = Reclaimer(support.path, support.swappiness_arg)
         self._reclaimer = reclaimer
+        self._compactor = compactor
+        self._last_compact_s: Optional[float] = None
         self._window = ReclaimWindow()
         self._job: Optional[_Job] = None
         self._last_background_s: Optional[float] = None
@@ -193,11 +202,31 @@ class Yielder:
         except CollectError:
             return fallback
 
+    def _compact_after(self, freed_kib: int) -> None:
+        """Compact the guest's memory after a yield that freed enough, at most so often."""
+        if self._compactor is None or freed_kib < COMPACT_MIN_FREED_KIB:
+            return
+        now_s = self._clock()
+        if self._last_compact_s is not None and now_s - self._last_compact_s < COMPACT_INTERVAL_S:
+            return
+        self._last_compact_s = now_s
+        try:
+            self._compactor.compact()
+        except OSError as err:
+            LOG.warning("cannot compact memory after a yield (%s: %s); yields go on without",
+                        self._compactor.path, err)
+            self._compactor = None
+            return
+        LOG.info("compacted memory in %d ms, so the %d MiB freed reach the host in whole "
+                 "blocks", int((self._clock() - now_s) * 1000), freed_kib // MIB_KIB)
+
     def _finish(self, job: _Job, after: MemorySample, stopped: str, reason: str) -> Yielded:
         self._job = None
         start = job.progress.start
-        duration_ms = max(0, int((self._clock() - job.progress.started_s) * 1000))
         freed_kib = max(0, after.mem_free_kib - start.mem_free_kib)
+        # Before the answer: the host measures the RSS drop from the answer on.
+        self._compact_after(freed_kib)
+        duration_ms = max(0, int((self._clock() - job.progress.started_s) * 1000))
         msg = Yielded(
             asked_kib=job.progress.asked_kib,
             freed_kib=freed_kib,

@@ -82,6 +82,8 @@ p uid "$(awk '/^Uid:/ {print $2}' /proc/$pid/status)"
 p caps "$(awk '/^CapBnd:/ {print $2}' /proc/$pid/status)"
 p cgroup_ro "$(grep -c ' /sys/fs/cgroup ro,' /proc/$pid/mountinfo)"
 p reclaim_rw "$(grep -c ' /sys/fs/cgroup/memory.reclaim rw,' /proc/$pid/mountinfo)"
+p compact_rw "$(grep -c ' /proc/sys/vm/compact_memory rw,' /proc/$pid/mountinfo)"
+p sysctl_ro "$(grep -c ' /proc/sys ro,' /proc/$pid/mountinfo)"
 p cgroup_rw "$(awk '$5 ~ /^\\/sys\\/fs\\/cgroup/ && $6 ~ /^rw/ {print $5}' /proc/$pid/mountinfo \\
     | tr '\\n' ' ')"
 p done 1
@@ -234,12 +236,14 @@ def test_guest_package_boots_reports_and_purges_clean(debs: Dict[str, Path]) -> 
             # It was the unit that udev asked for, not some other way in.
             vm.wait_console(r"Started ebb-agent\.service", time.monotonic() + 30)
             # What the unit gave: root without capabilities, the cgroup tree
-            # read-only but for the root cgroup's memory.reclaim.
+            # read-only but for the root cgroup's memory.reclaim, /proc/sys read-only
+            # but for compact_memory.
             deadline = time.monotonic() + 60
             _probe(vm, "done", deadline)
             facts = {
                 key: _probe(vm, key, deadline)
-                for key in ("uid", "caps", "cgroup_ro", "reclaim_rw", "cgroup_rw")
+                for key in ("uid", "caps", "cgroup_ro", "reclaim_rw", "cgroup_rw", "compact_rw",
+                            "sysctl_ro")
             }
             assert facts == {
                 "uid": "0",
@@ -247,6 +251,8 @@ def test_guest_package_boots_reports_and_purges_clean(debs: Dict[str, Path]) -> 
                 "cgroup_ro": "1",
                 "reclaim_rw": "1",
                 "cgroup_rw": "/sys/fs/cgroup/memory.reclaim",
+                "compact_rw": "1",
+                "sysctl_ro": "1",
             }, f"{facts}\n{vm.console_tail()}"
 
             # Unplugging the port must stop the agent (BindsTo the device unit).

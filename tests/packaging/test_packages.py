@@ -191,7 +191,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
 
 
 def test_agent_unit_lets_it_write_memory_reclaim_and_nothing_more() -> None:
-    """Root (the owner of memory.reclaim) without capabilities, one writable file."""
+    """Root (the owner of memory.reclaim) without capabilities, two writable files."""
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
     unit.read(SYSTEMD / "ebb-agent.service")
@@ -199,7 +199,8 @@ def test_agent_unit_lets_it_write_memory_reclaim_and_nothing_more() -> None:
     assert service.get("DynamicUser", "no") == "no" and service.get("User", "root") == "root"
     assert service["CapabilityBoundingSet"] == "" and service["AmbientCapabilities"] == ""
     assert service["NoNewPrivileges"] == "yes"
-    assert service["ReadWritePaths"].split() == ["-/sys/fs/cgroup/memory.reclaim"]
+    assert service["ReadWritePaths"].split() == [
+        "-/sys/fs/cgroup/memory.reclaim", "-/proc/sys/vm/compact_memory"]
     for key in ("ProtectControlGroups", "ProtectKernelTunables"):
         assert service[key] == "yes", key
     assert service["ProtectSystem"] == "strict"

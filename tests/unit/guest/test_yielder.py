@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import logging
+from pathlib import Path
 from typing import List
 
 import pytest
 from agent_testkit import MIB_KIB, FakeKernel, ProcTree
 from ebb.guest.collect import MemoryCollector
-from ebb.guest.reclaim import ReclaimSupport
-from ebb.guest.yielder import Yielder
+from ebb.guest.reclaim import Compactor, ReclaimSupport, probe_compaction
+from ebb.guest.yielder import COMPACT_INTERVAL_S, Yielder
 from ebb.guest.yielding import ReclaimLimits, YieldConfig
 from ebb.protocol.messages import Yielded
 
@@ -123,3 +124,67 @@ def test_a_new_request_ends_the_yield_under_way(proc_tree: ProcTree) -> None:
     assert [a.request_id for a in answers] == [1]
     assert answers[0].asked_kib == 32 * MIB_KIB
     assert run(yielder, []).request_id == 2
+
+
+class FakeCompactor(Compactor):
+    def __init__(self, fail_with: int = 0) -> None:
+        super().__init__("/fake/compact_memory")
+        self.calls = 0
+        self.fail_with = fail_with
+
+    def compact(self) -> None:
+        self.calls += 1
+        if self.fail_with:
+            raise OSError(self.fail_with, "fake")
+
+
+def test_a_yield_that_freed_enough_is_followed_by_one_compaction(
+    proc_tree: ProcTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Free page reporting returns whole 2 MiB blocks: what a yield frees reaches the
+    # host only once the kernel has compacted the pages still in use.
+    kernel = FakeKernel(proc_tree)
+    compactor = FakeCompactor()
+    clock = FakeClock()
+    yielder = Yielder(SUPPORTED, MemoryCollector(str(proc_tree.root), clock=clock),
+                      YieldConfig(), LIMITS, reclaimer=kernel, clock=clock, compactor=compactor)
+    caplog.set_level(logging.INFO, logger="ebb.guest.yielder")
+    run(yielder, yielder.request(80 * MIB_KIB, request_id=1, deadline_ms=60_000))
+    assert compactor.calls == 1
+    assert "compacted memory" in caplog.text
+    # A second yield within the interval is not followed by another compaction...
+    run(yielder, yielder.request(40 * MIB_KIB, request_id=2, deadline_ms=60_000))
+    assert compactor.calls == 1
+    # ...one after it is.
+    clock.now_s += COMPACT_INTERVAL_S
+    run(yielder, yielder.request(40 * MIB_KIB, request_id=3, deadline_ms=60_000))
+    assert compactor.calls == 2
+    # A small yield is not worth a compaction.
+    clock.now_s += COMPACT_INTERVAL_S
+    run(yielder, yielder.request(8 * MIB_KIB, request_id=4, deadline_ms=60_000))
+    assert compactor.calls == 2
+
+
+def test_a_failing_compaction_is_logged_once_and_the_yield_still_answers(
+    proc_tree: ProcTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel = FakeKernel(proc_tree)
+    compactor = FakeCompactor(fail_with=errno.EROFS)
+    clock = FakeClock()
+    yielder = Yielder(SUPPORTED, MemoryCollector(str(proc_tree.root), clock=clock),
+                      YieldConfig(), LIMITS, reclaimer=kernel, clock=clock, compactor=compactor)
+    answer = run(yielder, yielder.request(80 * MIB_KIB, request_id=1, deadline_ms=60_000))
+    assert answer.freed_kib == 80 * MIB_KIB and answer.stopped == "done"
+    assert "cannot compact memory" in caplog.text
+    clock.now_s += COMPACT_INTERVAL_S
+    run(yielder, yielder.request(80 * MIB_KIB, request_id=2, deadline_ms=60_000))
+    assert compactor.calls == 1  # not tried again
+
+
+def test_compaction_is_used_only_where_the_file_is_writable(tmp_path: Path) -> None:
+    assert probe_compaction(str(tmp_path)) is None  # a kernel without compaction
+    vm = tmp_path / "sys" / "vm"
+    vm.mkdir(parents=True)
+    (vm / "compact_memory").write_text("")
+    found = probe_compaction(str(tmp_path))
+    assert found is not None and found.path == str(vm / "compact_memory")
