@@ -171,6 +171,9 @@ class TickRecord:
     #: The policy's ``SetVar`` values kept after this tick:
     #: ``{"host": {...}, "guests": {VM: {...}}}`` (JSON-friendly).
     variables: dict[str, Any] | None = None
+    #: Yield requests sent and yield results judged this tick (the journal's
+    #: ``yield-request`` / ``yield-result`` entries: vm, kind, outcome, reason, inputs).
+    yields: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -615,6 +618,7 @@ class Engine:
             reasons=reasons,
             mono=started,
             variables=self._policy_variables(),
+            yields=[dict(e) for e in yield_events],
         )
         self._journal_decisions(record, decisions, applied)
         self._journal_events(record, yield_events)

@@ -201,3 +201,18 @@ def test_the_host_level_is_a_policy_field_and_reaches_the_agents(tmp_path):
     rig.tick()
     assert rig.channels.levels == [0]  # told again only when it changes
     assert rig.engine.status_host()["pressure"] == "none"
+
+
+def test_yield_requests_and_results_are_in_the_trace(tmp_path):
+    # The trace is what the evaluation and `ebbctl replay` read: a yield must show
+    # there with what the host measured, not only in the journal.
+    rig = YieldRig(tmp_path)
+    rig.tick()
+    sent = rig.engine.last_record.to_dict()["yields"]
+    assert [(e["vm"], e["kind"], e["outcome"]) for e in sent] == [("web", "yield-request", "sent")]
+    rig.channels.answer(freed_kib=10 * MIB)
+    rig.set_rss(3 * GIB_KIB - 200 * MIB)
+    rig.tick()
+    judged = rig.engine.last_record.to_dict()["yields"]
+    assert [(e["kind"], e["outcome"]) for e in judged] == [("yield-result", "returned")]
+    assert judged[0]["inputs"]["returned_kib"] == 200 * MIB
