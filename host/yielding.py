@@ -383,6 +383,7 @@ class YieldCoordinator:
                 "returned_kib": returned,
                 "agent_freed_kib": answer.freed_kib if answer is not None else None,
                 "fruitless_in_a_row": st.fruitless,
+                "took_s": round(took_s, 3),
             },
         }
 

@@ -318,6 +318,39 @@ def balloon_movements(trace: Path, until: Optional[float] = None) -> Dict[str, A
             "inflations": inflations, "deflations": deflations}
 
 
+def yield_outcomes(trace: Path, until: Optional[float] = None) -> Dict[str, Any]:
+    """Yields ebbd asked for and judged, from its trace (up to ``until``, wall clock).
+
+    ``took_s`` of each yield that returned memory is the time from the request to the
+    tick on which the host saw its QEMU RSS fall (tick granularity).
+    """
+    from ebb.host.observe.trace import TraceError, read_trace
+
+    requests = 0
+    outcomes: Dict[str, int] = {}
+    returned_kib = 0
+    took_s: List[float] = []
+    try:
+        for record in read_trace(trace):
+            if until is not None and record.get("ts", 0.0) > until:
+                break
+            for event in record.get("yields") or []:
+                if event.get("kind") == "yield-request":
+                    requests += 1
+                elif event.get("kind") == "yield-result":
+                    outcome = str(event.get("outcome"))
+                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                    inputs = event.get("inputs") or {}
+                    if outcome == "returned":
+                        returned_kib += int(inputs.get("returned_kib") or 0)
+                        if inputs.get("took_s") is not None:
+                            took_s.append(float(inputs["took_s"]))
+    except TraceError:
+        pass
+    return {"requests": requests, "outcomes": outcomes,
+            "returned_mib": round(returned_kib / 1024, 1), "took_s": took_s}
+
+
 def freeable_during(samples: Sequence[Dict[str, Any]], start_s: float,
                     end_s: float) -> Dict[str, Optional[int]]:
     """The host's freeable memory (MiB) while the workload ran: median and least."""
@@ -460,6 +493,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
                                                  t_end_wall - sampler.t0),
             "balloon": (balloon_movements(ebbd.trace, until=t_end_wall) if ebbd is not None else
                         {"count": 0, "moved_mib": 0.0, "inflations": 0, "deflations": 0}),
+            "yields": yield_outcomes(ebbd.trace, until=t_end_wall) if ebbd is not None else None,
             "guests": per_guest,
             # Seconds the guests' workloads waited for memory, inside and outside them.
             "stall": stall_summary(per_guest, elapsed),

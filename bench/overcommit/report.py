@@ -80,6 +80,18 @@ def stall_figures(run: Dict[str, Any]) -> Dict[str, float]:
     return {k: float(stall[k]) for k in STALL_KEYS if stall.get(k) is not None}
 
 
+def yield_figures(yields: Dict[str, Any]) -> Dict[str, float]:
+    """A run's yields: how many, what came back at the host, request -> RSS drop seconds."""
+    took = sorted(yields.get("took_s") or [])
+    out = {"yield_requests": float(yields["requests"]),
+           "yield_returned": float((yields.get("outcomes") or {}).get("returned", 0)),
+           "yield_returned_mib": float(yields.get("returned_mib") or 0.0)}
+    if took:
+        out["yield_took_median_s"] = took[len(took) // 2]
+        out["yield_took_p95_s"] = took[min(len(took) - 1, round(0.95 * (len(took) - 1)))]
+    return out
+
+
 def figures_of(scenario: str, run: Dict[str, Any]) -> Dict[str, float]:
     out = {
         "host_swap_in_pages": run["host_swap_in_pages"],
@@ -95,6 +107,9 @@ def figures_of(scenario: str, run: Dict[str, Any]) -> Dict[str, float]:
     if freeable is not None:
         # How short the host was while the workload ran (runs before 2026-12-05 lack it).
         out["host_freeable_mib"] = freeable
+    yields = run.get("yields")
+    if yields and yields.get("requests"):
+        out.update(yield_figures(yields))
     kind = KIND.get(scenario, "memknobs")
     if kind == "memknobs":
         out["throughput_mb_s"] = total_throughput(run)
@@ -266,7 +281,25 @@ def scenario_table(name: str, scen: Dict[str, Any]) -> List[str]:
         extra = _pagecache_extra(scen)
     elif kind == "coldcache":
         extra = _coldcache_extra(scen)
-    return head + rows + [""] + extra
+    return head + rows + [""] + extra + _yields_extra(scen)
+
+
+def _yields_extra(scen: Dict[str, Any]) -> List[str]:
+    """Yields per configuration that asked for any (medians over repetitions)."""
+    lines = ["| configuration | yields asked | returned memory | MiB back at the host | "
+             "request -> RSS drop, median / p95 (s) |", "|---|---:|---:|---:|---:|"]
+    rows = 0
+    for config in CONFIGS:
+        med = scen["medians"].get(config)
+        if not med or not med.get("yield_requests"):
+            continue
+        rows += 1
+        lines.append(f"| {config} | {_num(med.get('yield_requests'))} | "
+                     f"{_num(med.get('yield_returned'))} | "
+                     f"{_num(med.get('yield_returned_mib'))} | "
+                     f"{_num(med.get('yield_took_median_s'), 1)} / "
+                     f"{_num(med.get('yield_took_p95_s'), 1)} |")
+    return [*lines, ""] if rows else []
 
 
 def _pagecache_extra(scen: Dict[str, Any]) -> List[str]:

@@ -11,7 +11,8 @@ sys.path.insert(0, str(BENCH))
 
 import ebb.host.observe.trace  # noqa: E402,F401 - imported here: prometheus_client reads /proc
 from overcommit import cpu  # noqa: E402
-from overcommit.harness import balloon_movements, freeable_during  # noqa: E402
+from overcommit.harness import balloon_movements, freeable_during, yield_outcomes  # noqa: E402
+from overcommit.report import yield_figures  # noqa: E402
 
 
 def _tick(ts: float, before_kib: int, target_kib: int) -> dict:
@@ -52,3 +53,24 @@ def test_cpu_shares_end_when_the_workload_ends(tmp_path: Path, monkeypatch) -> N
     meter.start([])
     meter.end()
     assert meter.stop([])["host_cpu_busy_pct"] == 50.0
+
+
+def test_yields_are_counted_with_what_came_back_and_how_long_it_took(tmp_path: Path) -> None:
+    def tick(ts: float, *events: dict) -> dict:
+        return {"ts": ts, "tick": int(ts), "state": {"host": {"samples": []}, "guests": []},
+                "applied": [], "yields": list(events)}
+
+    def result(outcome: str, returned_kib: int, took_s: float) -> dict:
+        return {"vm": "g1", "kind": "yield-result", "outcome": outcome,
+                "inputs": {"returned_kib": returned_kib, "took_s": took_s}}
+
+    request = {"vm": "g1", "kind": "yield-request", "outcome": "sent", "inputs": {}}
+    trace = tmp_path / "trace.jsonl"
+    ticks = [tick(100.0, request), tick(102.0, result("returned", 40 * 1024, 2.0), request),
+             tick(106.0, result("nothing", 0, 5.0)), tick(130.0, request)]
+    trace.write_text("".join(json.dumps(t) + "\n" for t in ticks))
+    got = yield_outcomes(trace, until=120.0)
+    assert got == {"requests": 2, "outcomes": {"returned": 1, "nothing": 1},
+                   "returned_mib": 40.0, "took_s": [2.0]}
+    figures = yield_figures(got)
+    assert figures["yield_took_median_s"] == 2.0 and figures["yield_returned"] == 1
