@@ -80,6 +80,8 @@ _HOST_GAUGES: Tuple[Tuple[str, str, Tuple[str, ...], Callable[[Any], Optional[fl
      ("swap_out_per_s",), _number),
     ("ebb_host_memory_pressure_some_avg10", "Host memory PSI 'some' avg10, percent of time.",
      ("psi_some_avg10",), _number),
+    ("ebb_host_memory_pressure_level", "Host pressure level ebbd judged (0 none, 1 low, "
+     "2 high, 3 critical; docs/policy.md).", ("pressure_level",), _number),
     ("ebb_host_ksm_run", "KSM run mode (/sys/kernel/mm/ksm/run: 0 stopped, 1 running).",
      ("ksm", "run"), _number),
     ("ebb_host_ksm_pages_to_scan", "KSM pages scanned per wake-up.",
@@ -278,8 +280,20 @@ class EbbMetrics:
             "Ticks where the policy failed (the last good decisions were kept).",
             registry=self.registry,
         )
+        self.yields = Counter(
+            "ebb_yields",
+            "Yields ebbd judged, by outcome (returned: the VM's QEMU RSS fell; nothing; "
+            "timeout; failed).",
+            labelnames=["outcome"],
+            registry=self.registry,
+        )
+        self.yield_returned = Counter(
+            "ebb_yield_returned_bytes",
+            "Memory yields gave back to the host, measured by the fall of QEMU RSS.",
+            registry=self.registry,
+        )
         for counter in (self.ticks, self.tick_duration, self.decisions, self.actions,
-                        self.policy_errors):
+                        self.policy_errors, self.yields, self.yield_returned):
             self.http_registry.register(counter)
         if status_source is not None:
             self.registry.register(StatusCollector(status_source))
@@ -310,6 +324,14 @@ class EbbMetrics:
                 continue
             self.actions.labels(kind=str(fields.get("kind") or "unknown"),
                                 rule=str(fields.get("rule") or "unknown")).inc()
+        for event in _get(record, "yields") or ():
+            fields = _as_dict(event)
+            if fields.get("kind") != "yield-result":
+                continue
+            self.yields.labels(outcome=str(fields.get("outcome") or "unknown")).inc()
+            returned = _bytes(_as_dict(fields.get("inputs") or {}).get("returned_kib"))
+            if returned is not None and returned > 0:
+                self.yield_returned.inc(returned)
 
     def exposition(self) -> bytes:
         """The Prometheus text exposition of every metric."""

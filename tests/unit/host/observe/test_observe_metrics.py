@@ -219,3 +219,23 @@ def test_allow_remote_in_the_config_file_opens_a_non_loopback_listen() -> None:
     allowed = config_from_dict({"metrics": {"listen": "0.0.0.0:9677", "allow_remote": True}})
     server = build_observability(allowed).server
     assert server is not None and (server.address, server.port) == ("0.0.0.0", 9677)
+
+
+def test_yields_are_counted_by_outcome_with_what_came_back() -> None:
+    metrics = EbbMetrics(_status)
+
+    def result(outcome: str, returned_kib: int) -> Dict[str, Any]:
+        return {"vm": "vm2", "kind": "yield-result", "outcome": outcome,
+                "inputs": {"returned_kib": returned_kib}}
+
+    tick = dict(_tick(1.0))
+    tick["yields"] = [{"vm": "vm2", "kind": "yield-request", "outcome": "sent"},
+                      result("returned", 81920), result("nothing", 0)]
+    metrics.on_tick(tick)
+    tick["yields"] = [result("returned", 20480)]
+    metrics.on_tick(tick)
+    samples = _samples(metrics.text())
+    assert samples[("ebb_yields_total", (("outcome", "returned"),))] == 2
+    assert samples[("ebb_yields_total", (("outcome", "nothing"),))] == 1
+    assert samples[("ebb_yield_returned_bytes_total", ())] == 100 * 1024 * 1024
+    assert samples[("ebb_host_memory_pressure_level", ())] == 2
