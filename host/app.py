@@ -46,6 +46,7 @@ from ebb.host.hypervisor.connection import domain_matches
 from ebb.host.logsetup import set_level
 from ebb.host.notify import SystemdNotifier
 from ebb.host.policy import PolicyRunner, PolicyStartError
+from ebb.host.pressure import pressure_thresholds
 from ebb.host.rundir import prepare_run_dir
 from ebb.host.threads import Waker, start_thread
 from ebb.host.yielding import YIELD_RESULT, ManualYields
@@ -122,6 +123,7 @@ def engine_settings(config: EbbdConfig) -> EngineSettings:
         pressure_threshold_share=config.host.pressure_tick_threshold,
         ksm_enabled=config.ksm.enabled,
         memtune_uncooperative=config.memtune.soft_limit_uncooperative,
+        pressure=pressure_thresholds(config.pressure),
     )
 
 

@@ -186,6 +186,34 @@ class HostConfig:
 
 
 @dataclass(frozen=True)
+class PressureConfig:
+    """``[pressure]``: where each host pressure level starts (docs/policy.md, "Host fields").
+
+    The level (0 none, 1 low, 2 high, 3 critical) is the highest that any one
+    measure reaches: MemAvailable below a share of host memory, swapping at a
+    rate, memory PSI. Policies read it as ``Host.pressure_level``; agents are
+    told it (and yield in the background only while it is 1 or more).
+    """
+
+    #: MemAvailable below these shares of host memory (MemTotal less hugepages).
+    available_low_share: float = field(default=0.20, metadata=_rule(_share))
+    available_high_share: float = field(default=0.10, metadata=_rule(_share))
+    available_critical_share: float = field(default=0.05, metadata=_rule(_share))
+    #: Host swap-in plus swap-out at or above these rates, KiB per second.
+    swap_low_kib_s: float = field(default=64.0, metadata=_rule(_between(0, MAX_RATE, above=True)))
+    swap_high_kib_s: float = field(
+        default=1024.0, metadata=_rule(_between(0, MAX_RATE, above=True))
+    )
+    swap_critical_kib_s: float = field(
+        default=16384.0, metadata=_rule(_between(0, MAX_RATE, above=True))
+    )
+    #: Host memory PSI avg10, percent of time: "some" for low and high, "full" for critical.
+    psi_some_low: float = field(default=1.0, metadata=_rule(_between(0, 100, above=True)))
+    psi_some_high: float = field(default=10.0, metadata=_rule(_between(0, 100, above=True)))
+    psi_full_critical: float = field(default=10.0, metadata=_rule(_between(0, 100, above=True)))
+
+
+@dataclass(frozen=True)
 class HypervisorConfig:
     """``[hypervisor]``: libvirt housekeeping (stats period, re-listing, reconnecting)."""
 
@@ -334,6 +362,7 @@ class EbbdConfig:
 
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     host: HostConfig = field(default_factory=HostConfig)
+    pressure: PressureConfig = field(default_factory=PressureConfig)
     hypervisor: HypervisorConfig = field(default_factory=HypervisorConfig)
     guests: GuestsConfig = field(default_factory=GuestsConfig)
     governor: GovernorSection = field(default_factory=GovernorSection)
@@ -361,6 +390,7 @@ class EbbdConfig:
 SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig,
     "host": HostConfig,
+    "pressure": PressureConfig,
     "hypervisor": HypervisorConfig,
     "guests": GuestsConfig,
     "governor": GovernorSection,
@@ -500,6 +530,21 @@ def _check_across_keys(config: EbbdConfig, where: str) -> None:
             f"{where}: guests.cut_off_backoff_max_s: must be >= guests.cut_off_backoff_s "
             f"({gs.cut_off_backoff_s}), got {gs.cut_off_backoff_max_s}"
         )
+    pr = config.pressure
+    for low, high, what in (
+        ("available_low_share", "available_high_share", ">"),
+        ("available_high_share", "available_critical_share", ">"),
+        ("swap_low_kib_s", "swap_high_kib_s", "<"),
+        ("swap_high_kib_s", "swap_critical_kib_s", "<"),
+        ("psi_some_low", "psi_some_high", "<"),
+    ):
+        a, b = getattr(pr, low), getattr(pr, high)
+        if (what == ">" and not a > b) or (what == "<" and not a < b):
+            raise ConfigError(
+                f"{where}: pressure.{low}: must be {'above' if what == '>' else 'below'} "
+                f"pressure.{high} ({b}): each level starts further than the one before, "
+                f"got {a}"
+            )
     gv = config.governor
     if gv.uncooperative_after_s < gv.stuck_after_s:
         raise ConfigError(

@@ -46,7 +46,7 @@ from ebb.host.governor import Decision, Governor, GuestView, fmt_kib
 from ebb.host.hypervisor import DomainInfo, guest_sample
 from ebb.host.hypervisor.domain_xml import free_page_reporting_warning
 from ebb.host.policy import GUEST_FIELDS, Entity, PolicyError, PolicyInput, PolicyRunner
-from ebb.host.pressure import LEVEL_NAMES, HostPressure, sample_pressure
+from ebb.host.pressure import LEVEL_NAMES, HostPressure, PressureThresholds, sample_pressure
 from ebb.host.yielding import YieldCoordinator
 
 LOG = logging.getLogger(__name__)
@@ -226,6 +226,8 @@ class EngineSettings:
     memtune_uncooperative: bool = False
     #: Ticks in a row that may fail with an unexpected error before the engine gives up.
     max_failed_ticks: int = 5
+    #: Where each host pressure level starts (config ``[pressure]``).
+    pressure: PressureThresholds = field(default_factory=PressureThresholds)
 
 
 # --- per-VM knowledge kept between ticks -----------------------------------------------------
@@ -660,7 +662,7 @@ class Engine:
 
     def _judge_pressure(self, host_sample: HostSample) -> HostPressure:
         """The host's pressure level as a Host field; agents told when it changes."""
-        pressure = sample_pressure(host_sample, _PAGE_KIB)
+        pressure = sample_pressure(host_sample, _PAGE_KIB, self.settings.pressure)
         host_sample.fields["pressure_level"] = pressure.level
         host_sample.fields["meminfo_available"] = host_sample.mem_available_kib
         self.last_pressure = pressure

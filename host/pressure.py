@@ -127,6 +127,13 @@ def host_pressure(
     return HostPressure(level, reason)
 
 
+def pressure_thresholds(section: object) -> PressureThresholds:
+    """:class:`PressureThresholds` from the config's ``[pressure]`` section (same key names)."""
+    return PressureThresholds(**{
+        name: float(getattr(section, name)) for name in PressureThresholds.__dataclass_fields__
+    })
+
+
 def sample_pressure(
     sample: object, page_kib: int = 4, thresholds: PressureThresholds = PressureThresholds()
 ) -> HostPressure:

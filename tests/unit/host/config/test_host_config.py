@@ -81,6 +81,17 @@ proc_root = "/fixture/proc"
 sys_root = "/fixture/sys"
 pressure_tick_threshold = 0.1
 
+[pressure]
+available_low_share = 0.3
+available_high_share = 0.15
+available_critical_share = 0.03
+swap_low_kib_s = 32
+swap_high_kib_s = 2048
+swap_critical_kib_s = 32768
+psi_some_low = 2.0
+psi_some_high = 20.0
+psi_full_critical = 5.0
+
 [hypervisor]
 stats_period_s = 5
 relist_interval_s = 60
@@ -192,6 +203,11 @@ per_vm = true
          "host.pressure_tick_threshold: must be a share in (0, 1], got 1.5"),
         ("[hypervisor]\nreconnect_max_s = 0.5\n",
          "hypervisor.reconnect_max_s: must be >= hypervisor.reconnect_initial_s"),
+        ("[pressure]\navailable_high_share = 0.3\n",
+         "pressure.available_low_share: must be above pressure.available_high_share (0.3)"),
+        ("[pressure]\nswap_high_kib_s = 20000\n",
+         "pressure.swap_high_kib_s: must be below pressure.swap_critical_kib_s (16384.0)"),
+        ("[pressure]\npsi_some_high = 0\n", "pressure.psi_some_high: must be > 0, got 0"),
         ("[governor]\nuncooperative_after_s = 2\n",
          "governor.uncooperative_after_s: must be >= governor.stuck_after_s"),
         ("[governor]\nmax_change_share = 0\n", "governor.max_change_share: must be a share"),

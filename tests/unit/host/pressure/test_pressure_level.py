@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from ebb.host.pressure import CRITICAL, HIGH, LOW, NONE, host_pressure
+from ebb.host.config import PressureConfig, config_from_dict
+from ebb.host.pressure import (
+    CRITICAL,
+    HIGH,
+    LOW,
+    NONE,
+    PressureThresholds,
+    host_pressure,
+    pressure_thresholds,
+)
 
 GIB = 1024 * 1024
 
@@ -72,3 +82,19 @@ def test_without_memavailable_the_freeable_memory_stands_in() -> None:
 def test_unknown_psi_and_empty_host_are_no_pressure() -> None:
     assert level(psi_some_avg10=None, psi_full_avg10=None) == NONE
     assert level(mem_total_kib=0, mem_available_kib=0) == NONE
+
+
+def test_the_levels_follow_the_config_and_a_reload() -> None:
+    # An operator who wants yields only once the host has less than 10 % available.
+    config = config_from_dict({"pressure": {"available_low_share": 0.10,
+                                            "available_high_share": 0.05,
+                                            "available_critical_share": 0.02}})
+    thresholds = pressure_thresholds(config.pressure)
+    args = dict(mem_total_kib=1000, mem_available_kib=150, freeable_kib=150, swap_in_kib_s=0.0,
+                swap_out_kib_s=0.0, psi_some_avg10=0.0, psi_full_avg10=0.0)
+    assert host_pressure(**args).level == LOW  # 15 % < 20 % by default
+    assert host_pressure(**args, thresholds=thresholds).level == NONE
+    assert host_pressure(**{**args, "mem_available_kib": 40}, thresholds=thresholds).level == HIGH
+    # Every threshold of the level function is a config key.
+    assert set(PressureThresholds.__dataclass_fields__) == {
+        f.name for f in dataclasses.fields(PressureConfig)}
