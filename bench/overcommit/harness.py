@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ebb.host.collectors.procfs import freeable_kib
-from ebb.host.lab import hostmem
-from ebb.host.lab.errors import LabError
-from ebb.host.lab.guestcmd import CommandResult, GuestShell
+from ebb.lab import hostmem
+from ebb.lab.errors import LabError
+from ebb.lab.guestcmd import CommandResult, GuestShell
 
 from . import labguests
 from .cpu import CpuMeter

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ebb.host.lab import domain as domain_xml
-from ebb.host.lab import guestenv
-from ebb.host.lab.errors import LabError
-from ebb.host.lab.guestcmd import GuestShell
-from ebb.host.lab.manager import DEFAULT_AGENT_ARGS, Lab, LabSettings, kvm_usable
+from ebb.lab import domain as domain_xml
+from ebb.lab import guestenv
+from ebb.lab.errors import LabError
+from ebb.lab.guestcmd import GuestShell
+from ebb.lab.manager import DEFAULT_AGENT_ARGS, Lab, LabSettings, kvm_usable
 
 from .stall import parse_psi
 
