@@ -255,7 +255,7 @@ class Daemon:
         if self.control is not None:
             self.control.start(on_crash=self._thread_died)
         if self.c.observability is not None:
-            self.c.observability.start()
+            self.c.observability.start(on_crash=self._thread_died)
         self._engine_thread = start_thread(
             "ebbd-engine", lambda: self.engine.run(self.stop_event), LOG, "engine",
             self._thread_died,
