@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ebb.host.channels import ChannelLimits, GuestChannels
-from ebb.host.channels.simulated import SimulatedAgent
 from ebb.host.collectors import HostCollector
 from ebb.host.config import packaged_policy_dir
 from ebb.host.controllers import BalloonController, KsmController
@@ -55,6 +54,7 @@ from ebb.host.engine import Engine, EngineSettings
 from ebb.host.governor import Governor, GovernorConfig
 from ebb.host.hypervisor import DomainGone, DomainInfo, DomainSettings
 from ebb.host.policy import PolicyRunner
+from ebb.lab.simulated import SimulatedAgent
 from ebb.protocol import Decision
 
 GIB_KIB = 1024 * 1024

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ebb.host.lab.errors import LabError
+from ebb.lab.errors import LabError
 from overcommit import harness, plots
 from overcommit.hostctl import HostMemory, HostMemoryError
 from overcommit.memknobs_eval import MemknobsScenario

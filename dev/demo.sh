@@ -140,7 +140,7 @@ pressure_loop() {
     while true; do
         sleep "$PHASE" & wait $!
         # Holds the memory until killed (and dies with this shell if it is killed).
-        $PY -m ebb.host.lab.hostmem hold 0.15 3072 2>> "$WORK/phases.log" &
+        $PY -m ebb.lab.hostmem hold 0.15 3072 2>> "$WORK/phases.log" &
         holder=$!
         echo "$(date +%T) host being shrunk to 15% freeable memory (ballast pid $holder)" >> "$WORK/phases.log"
         sleep "$PHASE" & wait $!

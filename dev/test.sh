@@ -24,8 +24,8 @@ step "unit tests"
 
 step "end-to-end tests (real libvirtd, real guests)"
 # The tests put the host back themselves; this is the net for a run that is killed.
-host_before=$(.venv/bin/python -m ebb.host.lab.hostmem save)
-trap '.venv/bin/python -m ebb.host.lab.hostmem restore "$host_before"; .venv/bin/ebbctl lab down --prefix ebb-e2e >/dev/null 2>&1 || true' EXIT
+host_before=$(.venv/bin/python -m ebb.lab.hostmem save)
+trap '.venv/bin/python -m ebb.lab.hostmem restore "$host_before"; .venv/bin/ebbctl lab down --prefix ebb-e2e >/dev/null 2>&1 || true' EXIT
 .venv/bin/python -m pytest -q -m e2e tests/e2e || status=1
 
 step "packaging: .deb and .rpm builds, lintian, rpmlint, the guest package booted in a real image"

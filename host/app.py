@@ -257,7 +257,7 @@ class Daemon:
         if self.control is not None:
             self.control.start(on_crash=self._thread_died)
         if self.c.observability is not None:
-            self.c.observability.start()
+            self.c.observability.start(on_crash=self._thread_died)
         self._engine_thread = start_thread(
             "ebbd-engine", lambda: self.engine.run(self.stop_event), LOG, "engine",
             self._thread_died,
@@ -577,7 +577,8 @@ def _empty_host() -> dict[str, Any]:
 _RESTART_KEYS = (
     ("daemon", "libvirt_uri"), ("daemon", "run_dir"), ("daemon", "control_socket"),
     ("host", "proc_root"), ("host", "sys_root"), ("hypervisor", "stats_period_s"),
-    ("hypervisor", "qemu_run_dir"), ("ksm", "enabled"), ("memtune", "soft_limit_uncooperative"),
+    ("hypervisor", "qemu_run_dir"), ("hypervisor", "manage_opted_out"),
+    ("guests", "agent_channel"), ("ksm", "enabled"), ("memtune", "soft_limit_uncooperative"),
     ("trace", "path"), ("trace", "max_bytes"), ("trace", "keep_files"), ("metrics", "listen"),
     ("metrics", "allow_remote"), ("metrics", "per_vm"),
 )
@@ -609,6 +610,8 @@ def build_components(
         reconnect_max_s=hv.reconnect_max_s,
         qemu_run_dir=hv.qemu_run_dir,
         domains=hv.domains,
+        agent_channel=config.guests.agent_channel,
+        manage_opted_out=hv.manage_opted_out,
         on_change=on_domains_changed,
     )
     observability = None

@@ -2,25 +2,66 @@
 
 Each group of subcommands lives in its own module under ``ebb.host.ctl`` and
 registers itself here. The list is explicit on purpose: no command is loaded by
-a name taken from configuration.
+a name taken from configuration. ``lab`` comes from ``ebb.lab`` (a clone, or
+the ``ebb-lab`` package); where that is not installed, a stand-in says how to
+get it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from ebb.host.ctl import daemon as daemon_cmds
-from ebb.host.ctl import lab as lab_cmds
 from ebb.host.ctl import observe as observe_cmds
 from ebb.host.ctl import policy as policy_cmds
 from ebb.host.ctl import yielding as yield_cmds
 
 DEFAULT_CONTROL_SOCKET = "/run/ebb/ebbd.sock"
 
-COMMAND_GROUPS = (daemon_cmds, yield_cmds, policy_cmds, lab_cmds, observe_cmds)
+#: What ``ebbctl lab`` says where the lab is not installed.
+LAB_MISSING = (
+    "ebbctl lab: the lab is not installed (module ebb.lab): install the ebb-lab package "
+    "(apt install ebb-lab, or dnf install ebb-lab), or run ebbctl from a clone of the "
+    "repository (see docs/lab.md)"
+)
+
+Register = Callable[["argparse._SubParsersAction[Any]"], None]
+
+
+def _lab_missing(args: argparse.Namespace) -> int:
+    print(LAB_MISSING, file=sys.stderr)
+    return 1
+
+
+def _register_lab_missing(sub: argparse._SubParsersAction[Any]) -> None:
+    """A ``lab`` command that says how to get the lab, instead of argparse calling it unknown."""
+    lab = sub.add_parser("lab", help="a lab of real VMs (needs the ebb-lab package)",
+                         description=LAB_MISSING.removeprefix("ebbctl lab: "))
+    lab.add_argument("lab_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    lab.set_defaults(func=_lab_missing)
+
+
+def _register_lab() -> Register:
+    """``ebbctl lab`` from ``ebb.lab`` (a clone, or the ebb-lab package) if it is installed.
+
+    The lab is tooling for trying and testing ebb, so the ebb-host package does
+    not hold it.
+    """
+    if importlib.util.find_spec("ebb.lab") is None:
+        return _register_lab_missing
+    from ebb.lab import ctl
+
+    return ctl.register
+
+
+def command_groups() -> Sequence[Register]:
+    """Each group's ``register``, in the order ``ebbctl --help`` lists them."""
+    return (daemon_cmds.register, yield_cmds.register, policy_cmds.register, _register_lab(),
+            observe_cmds.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for group in COMMAND_GROUPS:
-        group.register(sub)
+    for register in command_groups():
+        register(sub)
     return parser
 
 

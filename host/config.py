@@ -16,6 +16,7 @@ docs/configuration.md lists every key; a unit test keeps the two in agreement.
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,17 @@ def _domain_patterns(value: Any) -> str | None:
     return None
 
 
+#: A virtio-serial port name ebbd accepts: what the guest sees in /dev/virtio-ports/.
+_PORT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _port_name(value: Any) -> str | None:
+    if _PORT_NAME.fullmatch(value):
+        return None
+    return ("must be a virtio-serial port name (1 to 128 letters, digits, '.', '-' or '_', "
+            f"starting with a letter or digit, e.g. \"org.ebb.agent.0\"), got {value!r}")
+
+
 def _rule(check: Check) -> dict[str, Check]:
     """Field metadata carrying a key's range/choice check."""
     return {"check": check}
@@ -228,6 +240,10 @@ class HypervisorConfig:
     #: Shell-style patterns (fnmatch) of the domain names ebbd manages; others
     #: are ignored entirely (no balloon, no agent channel, not in status).
     domains: tuple[str, ...] = field(default=("*",), metadata=_rule(_domain_patterns))
+    #: Manage every VM ``domains`` matches even when its XML opts out
+    #: (``<ebb:vm enabled="no">``): for an ebbd dedicated to VMs that every other
+    #: ebbd on the host must leave alone.
+    manage_opted_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,6 +267,9 @@ class GuestsConfig:
     cut_off_backoff_max_s: float = field(default=300.0, metadata=_rule(_between(0.1, DAY_S)))
     #: Wait between attempts to open a channel socket that is not there yet.
     connect_retry_s: float = field(default=2.0, metadata=_rule(_between(0.1, HOUR_S)))
+    #: The virtio-serial port (``<target type='virtio' name=...>``) of a VM's
+    #: agent; a VM without a port of this name is managed without an agent.
+    agent_channel: str = field(default="org.ebb.agent.0", metadata=_rule(_port_name))
 
 
 @dataclass(frozen=True)

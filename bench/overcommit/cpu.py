@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-from ebb.host.lab.guestcmd import GuestShell
+from ebb.lab.guestcmd import GuestShell
 
 #: /proc/PID/stat counts in USER_HZ ticks, the same in the guests (same kernel).
 CLK_TCK = os.sysconf("SC_CLK_TCK")

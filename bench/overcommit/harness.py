@@ -15,9 +15,9 @@ faults; :mod:`overcommit.stall`).
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ebb.host.collectors.procfs import freeable_kib
-from ebb.host.lab import hostmem
-from ebb.host.lab.errors import LabError
-from ebb.host.lab.guestcmd import CommandResult, GuestShell
+from ebb.lab import hostmem
+from ebb.lab.errors import LabError
+from ebb.lab.guestcmd import CommandResult, GuestShell
 
 from . import labguests
 from .cpu import CpuMeter
@@ -224,7 +224,13 @@ def _swaps() -> List[str]:
 
 
 class EbbdProcess:
-    """ebbd (scoped to the benchmark's guests) with its own config, socket and trace."""
+    """ebbd with its own config, socket and trace, scoped to the benchmark's guests.
+
+    Plain ebbd: its config names the guests (``[hypervisor] domains``), manages
+    them although their XML opts out (``manage_opted_out``: every other ebbd on
+    this shared host leaves them alone) and finds their agents on the
+    benchmark's own port (``[guests] agent_channel``).
+    """
 
     def __init__(self, workdir: Path, policy_dir: Path, prefix: str) -> None:
         self.workdir = workdir
@@ -240,6 +246,11 @@ class EbbdProcess:
             f'run_dir = "{self.run_dir}"\n'
             f'control_socket = "{self.socket}"\n'
             "policy_interval_s = 2.0\n"
+            "[hypervisor]\n"
+            f"domains = [{json.dumps(glob.escape(prefix) + '*')}]\n"
+            "manage_opted_out = true\n"
+            "[guests]\n"
+            f"agent_channel = {json.dumps(labguests.BENCH_PORT)}\n"
             f"[trace]\npath = \"{self.trace}\"\n"
         )
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -247,10 +258,8 @@ class EbbdProcess:
     def start(self, timeout_s: float = 60.0) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("scoped_ebbd.py")),
-                 "--prefix", self.prefix, "--", "--config", str(self.config)],
+                [str(BIN / "ebbd"), "--config", str(self.config)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=str(REPO),
-                env={**os.environ, "PYTHONPATH": str(BENCH_DIR)},
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

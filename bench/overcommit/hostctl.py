@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Callable, Dict, List, Optional, Type
 
-from ebb.host.lab import hostmem
+from ebb.lab import hostmem
 
 LOG = logging.getLogger(__name__)
 

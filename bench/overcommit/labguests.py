@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ebb.host.lab import domain as domain_xml
-from ebb.host.lab import guestenv
-from ebb.host.lab.errors import LabError
-from ebb.host.lab.guestcmd import GuestShell
-from ebb.host.lab.manager import DEFAULT_AGENT_ARGS, Lab, LabSettings, kvm_usable
+from ebb.lab import domain as domain_xml
+from ebb.lab import guestenv
+from ebb.lab.errors import LabError
+from ebb.lab.guestcmd import GuestShell
+from ebb.lab.manager import DEFAULT_AGENT_ARGS, Lab, LabSettings, kvm_usable
 
 from .stall import parse_psi
 
@@ -39,7 +39,7 @@ Progress = Callable[[str], None]
 
 #: The benchmark guests' agent channel. Not ``org.ebb.agent.0``: other ebbds on this
 #: shared host (other people's tests) connect to every VM's agent channel and would
-#: take ours; only the benchmark's scoped ebbd (scoped_ebbd.py) looks for this name.
+#: take ours; only the benchmark's ebbd (``[guests] agent_channel``) looks for this name.
 BENCH_PORT = "org.ebb.bench.0"
 #: The agent in the guest opens that port by name.
 AGENT_ARGS = f"{DEFAULT_AGENT_ARGS} --device /dev/virtio-ports/{BENCH_PORT}"
@@ -122,7 +122,7 @@ def boot_guests(lab: Lab, names: Sequence[str], memory_mib: int,
             state_dir=lab.state_dir, domain_type=domain_type, agent=True,
             agent_args=AGENT_ARGS, free_page_reporting=free_page_reporting,
             # enabled="no": other ebbds on this host leave the balloon alone; the
-            # benchmark's scoped ebbd reads our guests as enabled (scoped_ebbd.py).
+            # benchmark's ebbd manages them anyway ([hypervisor] manage_opted_out).
             ebb_metadata={"enabled": "no",
                           **({"floor_mib": str(floor_mib)} if floor_mib is not None else {})},
         )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ebb.host.lab.guestcmd import GuestShell
+from ebb.lab.guestcmd import GuestShell
 
 from . import labguests
 from .harness import Progress, Scenario

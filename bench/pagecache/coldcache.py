@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List
 
-from ebb.host.lab.guestcmd import GuestShell
+from ebb.lab.guestcmd import GuestShell
 from overcommit import labguests
 from overcommit.memknobs_eval import throughput
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ebb.host.lab.guestcmd import GuestShell
+from ebb.lab.guestcmd import GuestShell
 from overcommit import labguests
 from overcommit.harness import Progress, Scenario
 

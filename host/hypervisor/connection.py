@@ -17,6 +17,7 @@ of reach; both derive from :class:`HypervisorError`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import logging
 import threading
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ebb.host.hypervisor.domain_xml import (
+    AGENT_CHANNEL_NAME,
     EBB_NAMESPACE,
     DomainSettings,
     DomainXmlError,
@@ -141,7 +143,11 @@ class Hypervisor:
 
     Only domains whose names match one of ``domains`` (shell-style patterns,
     ``[hypervisor] domains``) exist for it: the others are never listed, so
-    nothing built on it (engine, channels, status) sees them.
+    nothing built on it (engine, channels, status) sees them. A VM's agent is
+    on the virtio-serial port named ``agent_channel`` (``[guests]
+    agent_channel``); with ``manage_opted_out`` (``[hypervisor]
+    manage_opted_out``) a VM whose XML says ``<ebb:vm enabled="no">`` is read
+    as enabled.
     """
 
     def __init__(
@@ -154,6 +160,8 @@ class Hypervisor:
         reconnect_max_s: float = 30.0,
         qemu_run_dir: Path | str = Path("/run/libvirt/qemu"),
         domains: Iterable[str] = ("*",),
+        agent_channel: str = AGENT_CHANNEL_NAME,
+        manage_opted_out: bool = False,
         on_change: Callable[[frozenset[str]], None] | None = None,
         opener: Callable[[str], Any] | None = None,
     ) -> None:
@@ -164,6 +172,8 @@ class Hypervisor:
         self.reconnect_max_s = reconnect_max_s
         self.qemu_run_dir = Path(qemu_run_dir)
         self._patterns: tuple[str, ...] = _patterns(domains)
+        self.agent_channel = agent_channel
+        self.manage_opted_out = manage_opted_out
         self.changed = threading.Event()
         self._on_change = on_change
         self._opener = opener or _default_opener
@@ -282,9 +292,11 @@ class Hypervisor:
         dom = self._lookup(name)
         xml = self._call(name, "read the domain XML", dom.XMLDesc, 0)
         try:
-            settings = parse_domain_xml(xml)
+            settings = parse_domain_xml(xml, agent_channel=self.agent_channel)
         except DomainXmlError as err:
             raise HypervisorError(f"VM {name}: {err}") from err
+        if self.manage_opted_out and not settings.enabled:
+            settings = dataclasses.replace(settings, enabled=True)
         with self._lock:
             if name in self._domains:
                 self._settings_cache[name] = settings

@@ -30,7 +30,7 @@ LOG = logging.getLogger(__name__)
 EBB_NAMESPACE = "urn:ebb:policy:1"
 #: The element's local name: ``<ebb:vm .../>``.
 EBB_ELEMENT = "vm"
-#: The virtio-serial port name the agent listens on.
+#: The virtio-serial port name the agent listens on (``[guests] agent_channel``'s default).
 AGENT_CHANNEL_NAME = "org.ebb.agent.0"
 
 PRIORITY_MIN = -100
@@ -124,8 +124,10 @@ def _memory_element(root: ET.Element, path: str, problems: list[str]) -> int | N
         return None
 
 
-def parse_domain_xml(xml: str) -> DomainSettings:
+def parse_domain_xml(xml: str, agent_channel: str = AGENT_CHANNEL_NAME) -> DomainSettings:
     """Read ebb's per-VM settings from a domain XML document (``virDomain.XMLDesc``).
+
+    ``channel_path`` is the socket of the virtio-serial port named ``agent_channel``.
 
     Raises :class:`DomainXmlError` only when the document is not XML or not a
     ``<domain>``; problems in ebb's own element end up in ``problems``.
@@ -146,7 +148,7 @@ def parse_domain_xml(xml: str) -> DomainSettings:
     soft_limit_kib = _memory_element(root, "memtune/soft_limit", problems)
 
     ebb = _parse_ebb_element(root, problems)
-    channel_path = _agent_channel_path(root)
+    channel_path = _agent_channel_path(root, agent_channel)
     balloon = _memballoon(root, problems)
 
     for problem in problems:
@@ -231,14 +233,14 @@ def _parse_ebb_element(root: ET.Element, problems: list[str]) -> _EbbElement:
     return result
 
 
-def _agent_channel_path(root: ET.Element) -> str | None:
+def _agent_channel_path(root: ET.Element, port_name: str) -> str | None:
     for channel in root.findall("devices/channel"):
         if channel.get("type") != "unix":
             continue
         target = channel.find("target")
         if target is None or target.get("type") != "virtio":
             continue
-        if target.get("name") != AGENT_CHANNEL_NAME:
+        if target.get("name") != port_name:
             continue
         source = channel.find("source")
         path = source.get("path") if source is not None else None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from ebb.host.observe.metrics import EbbMetrics, MetricsServer, StatusSource
 from ebb.host.observe.trace import TraceWriter
@@ -37,14 +37,15 @@ class Observability:
     server: Optional[MetricsServer] = None
     observers: List[Any] = field(default_factory=list)
 
-    def start(self) -> None:
+    def start(self, on_crash: Optional[Callable[[BaseException], None]] = None) -> None:
         """Start the metrics HTTP server when one is configured.
 
         Raises OSError naming the address when the port cannot be bound: a
         configured endpoint that silently does not exist would be worse.
+        ``on_crash`` is told if the server's thread dies later.
         """
         if self.server is not None:
-            self.server.start()
+            self.server.start(on_crash=on_crash)
 
     def stop(self) -> None:
         """Stop the HTTP server and close the trace (safe to call twice)."""

@@ -28,10 +28,19 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import socket
+import socketserver
 import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    make_wsgi_app,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -383,31 +392,65 @@ def parse_listen(listen: str, allow_remote: bool = False) -> Tuple[str, int]:
     return str(address), int(port_text)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """Logs each scrape at debug level instead of printing it on stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        LOG.debug("metrics: %s %s", self.address_string(), format % args)
+
+
+class _HTTPServer(socketserver.ThreadingMixIn, WSGIServer):
+    """One thread per scrape, so a slow client does not hold up the next one."""
+
+    daemon_threads = True
+
+
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
-    """Serves ``/metrics`` of ``metrics`` over HTTP on one address, in a thread."""
+    """Serves ``/metrics`` of ``metrics`` over HTTP on one address, in a thread.
+
+    The serving thread is started with :func:`ebb.host.threads.start_thread`, like
+    ebbd's other services, so that its death is logged and reported (ebbd stops)
+    instead of the endpoint vanishing in silence.
+    """
 
     def __init__(self, metrics: EbbMetrics, listen: str, allow_remote: bool = False) -> None:
         self.address, self.port = parse_listen(listen, allow_remote)
         self._metrics = metrics
-        self._server: Any = None
+        self._server: Optional[WSGIServer] = None
         self._thread: Optional[threading.Thread] = None
 
-    def start(self) -> None:
-        """Bind and serve; raises OSError (with the address in it) when the port is taken."""
-        from prometheus_client import start_http_server
+    @property
+    def thread(self) -> Optional[threading.Thread]:
+        """The serving thread while it runs."""
+        return self._thread
 
+    def start(self, on_crash: Optional[Callable[[BaseException], None]] = None) -> None:
+        """Bind and serve; raises OSError (with the address in it) when the port is taken.
+
+        ``on_crash`` is told if the serving thread dies.
+        """
+        from ebb.host.threads import start_thread
+
+        server_class = _HTTPServer6 if ":" in self.address else _HTTPServer
         try:
-            self._server, self._thread = start_http_server(
-                self.port, addr=self.address, registry=self._metrics.http_registry
-            )
+            server = make_server(self.address, self.port,
+                                 make_wsgi_app(self._metrics.http_registry),
+                                 server_class=server_class, handler_class=_QuietHandler)
         except OSError as err:
             raise OSError(
                 err.errno,
                 f"metrics: cannot listen on {self.address}:{self.port}: {err.strerror}; "
                 "change [metrics] listen or stop what uses the port",
             ) from err
+        self._server = server
         # Port 0 picks a free port (tests): report the real one.
-        self.port = int(self._server.server_address[1])
+        self.port = int(server.server_address[1])
+        self._thread = start_thread("ebbd-metrics", server.serve_forever, LOG,
+                                    "metrics HTTP server", on_crash)
         LOG.info("metrics on http://%s/metrics", self.url_host())
 
     def url_host(self) -> str:
@@ -419,7 +462,9 @@ class MetricsServer:
     def stop(self) -> None:
         """Stop serving and close the socket."""
         if self._server is not None:
-            self._server.shutdown()
+            # shutdown() waits for serve_forever to return: not if its thread is gone.
+            if self._thread is not None and self._thread.is_alive():
+                self._server.shutdown()
             self._server.server_close()
             self._server = None
         if self._thread is not None:

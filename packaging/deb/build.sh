@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build ebb's Debian packages (ebb-host, ebb-guest, python3-ebb-protocol).
+# Build ebb's Debian packages (ebb-host, ebb-guest, python3-ebb-protocol, ebb-lab).
 #
 #   packaging/deb/build.sh [OUTDIR]      (default: dist/deb)
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build ebb's RPM packages (ebb-host, ebb-guest, python3-ebb-protocol), noarch.
+# Build ebb's RPM packages (ebb-host, ebb-guest, python3-ebb-protocol, ebb-lab), noarch.
 #
 #   packaging/rpm/build.sh [OUTDIR]      (default: dist/rpm)
 #

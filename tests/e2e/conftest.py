@@ -46,9 +46,9 @@ from e2e_support import (
     release_host,
     require_host,
 )
-from ebb.host.lab import hostmem
-from ebb.host.lab.errors import LabError
-from ebb.host.lab.manager import Lab, LabSettings
+from ebb.lab import hostmem
+from ebb.lab.errors import LabError
+from ebb.lab.manager import Lab, LabSettings
 
 #: How long a test waits for someone else's memory pressure on the host to end.
 QUIET_HOST_WAIT_S = 300.0

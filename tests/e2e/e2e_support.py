@@ -26,10 +26,10 @@ from typing import Any, Callable, Dict, List, Optional, TypeVar
 
 import pytest
 from ebb.host.collectors import procfs
-from ebb.host.lab import hostmem
-from ebb.host.lab.errors import LabError
-from ebb.host.lab.guestcmd import CommandResult, GuestShell
-from ebb.host.lab.manager import Lab, LabSettings
+from ebb.lab import hostmem
+from ebb.lab.errors import LabError
+from ebb.lab.guestcmd import CommandResult, GuestShell
+from ebb.lab.manager import Lab, LabSettings
 
 PREFIX = os.environ.get("EBB_E2E_PREFIX", "ebb-e2e")
 STATE_DIR = Path(os.environ.get("EBB_LAB_STATE_DIR", "/var/lib/ebb-lab"))
@@ -169,7 +169,7 @@ class Guest:
         """Agent running (exactly one), balloon at the maximum, no workload left."""
         self.stop_jobs()
         # pgrep -f run directly (not under sh -c, whose own command line would match).
-        for pid in self.run("pgrep", "-f", "ebb[.]host[.]lab[.](memknobs|hostile)").stdout.split():
+        for pid in self.run("pgrep", "-f", "ebb[.]lab[.](memknobs|hostile)").stdout.split():
             self.run("kill", "-s", "KILL", pid)
         self.set_balloon(self.max_kib())
         if not self.agent_pids():

@@ -19,7 +19,7 @@ from e2e_support import (
     wait_agents,
     wait_for,
 )
-from ebb.host.lab import hostmem
+from ebb.lab import hostmem
 
 pytestmark = pytest.mark.e2e
 
@@ -138,7 +138,7 @@ def test_hostile_guest_is_cut_off_and_the_other_is_served(
     wait_agents(ebbd, guests)
     hostile.kill_agent()
     time.sleep(1)
-    hostile.spawn("python3", "-m", "ebb.host.lab.hostile", "--seconds", "90")
+    hostile.spawn("python3", "-m", "ebb.lab.hostile", "--seconds", "90")
     worst_age = 0.0
     cut_off_seen_at = None
     errors = 0

@@ -7,7 +7,7 @@ from typing import List
 
 import pytest
 from e2e_support import Guest, record, release_host, squeeze_host, wait_agents, wait_for
-from ebb.host.lab import hostmem
+from ebb.lab import hostmem
 
 pytestmark = pytest.mark.e2e
 

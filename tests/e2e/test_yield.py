@@ -1,6 +1,6 @@
 """Yields on real guests: cold cache goes back to the host; agents that cannot yield are ballooned.
 
-The lab guests' balloons have free page reporting on (host/lab/domain.py), so
+The lab guests' balloons have free page reporting on (lab/domain.py), so
 what a guest frees leaves its QEMU process within seconds. Cold page cache is
 made by reading a file the test writes under the lab's state directory: the
 guest's root is the host's / over 9p with caching, so the file's pages land in

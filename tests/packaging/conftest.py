@@ -22,7 +22,7 @@ def debs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     out = tmp_path_factory.mktemp("deb")
     run([str(DEB_BUILD), str(out)], timeout_s=600)
     found = {p.name.split("_", 1)[0]: p for p in out.glob("*.deb")}
-    assert set(found) == {"ebb-host", "ebb-guest", "python3-ebb-protocol"}, found
+    assert set(found) == {"ebb-host", "ebb-guest", "python3-ebb-protocol", "ebb-lab"}, found
     changes = list(out.glob("*.changes"))
     assert len(changes) == 1, changes
     found["changes"] = changes[0]
@@ -39,6 +39,6 @@ def rpms(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     for path in out.glob("*.rpm"):
         name = run(["rpm", "-qp", "--qf", "%{NAME}", str(path)], timeout_s=30).stdout.strip()
         found[name] = path
-    assert set(found) == {"ebb-host", "ebb-guest", "python3-ebb-protocol"}, found
+    assert set(found) == {"ebb-host", "ebb-guest", "python3-ebb-protocol", "ebb-lab"}, found
     return found
 

@@ -3,7 +3,8 @@
 The host package is checked by its contents (no VM boots it): the daemon, its
 unit, tmpfiles and sysusers entries, the default configuration and policies as
 conffiles, and nothing of the guest; the guest package holds the agent, its unit,
-udev rule and configuration file (a conffile) and nothing of the host. Each
+udev rule and configuration file (a conffile) and nothing of the host; the lab
+(``ebb.lab``, with the simulated agent) is in ebb-lab and nowhere else. Each
 unit in a package must be the one copy in packaging/systemd/. The Debian
 packages must pass lintian and the RPMs rpmlint without errors.
 """
@@ -43,7 +44,7 @@ DEB_SYSTEM_FILES = {
 DEFAULT_POLICIES = sorted(
     p.name for p in (REPO / "host" / "policies" / "cooperative").glob("*.policy")
 )
-PACKAGES = ("ebb-host", "ebb-guest", "python3-ebb-protocol")
+PACKAGES = ("ebb-host", "ebb-guest", "python3-ebb-protocol", "ebb-lab")
 SITE = "usr/lib/python3/dist-packages/"
 
 
@@ -251,6 +252,7 @@ def test_debs_split_host_and_guest_code(debs: Dict[str, Path]) -> None:
     assert modules["python3-ebb-protocol"] == _source_modules("protocol", "ebb.protocol")
     assert modules["ebb-guest"] == _source_modules("guest", "ebb.guest")
     assert modules["ebb-host"] == _source_modules("host", "ebb.host")
+    assert modules["ebb-lab"] == _source_modules("lab", "ebb.lab")
 
     assert "usr/bin/ebb-agent" in files["ebb-guest"]
     assert {"usr/bin/ebbd", "usr/bin/ebbctl"} <= set(files["ebb-host"])
@@ -271,6 +273,21 @@ def test_debs_split_host_and_guest_code(debs: Dict[str, Path]) -> None:
         assert "/ebb/host/" not in path and "ebbd" not in path and "ebbctl" not in path, path
     policies = sorted(Path(p).name for p in files["ebb-host"] if p.startswith("etc/ebb/policy.d/"))
     assert policies == DEFAULT_POLICIES
+
+
+@pytest.mark.slow
+def test_ebb_host_holds_no_lab_and_no_simulated_agent(debs: Dict[str, Path]) -> None:
+    host = _deb_files(debs["ebb-host"])
+    lab_names = ("simulated", "memknobs", "hostile", "hostmem", "guestinit", "initramfs")
+    lab_files = [p for p in host if "/ebb/lab/" in p or p.endswith("/ctl/lab.py")
+                 or any(name in p for name in lab_names)]
+    assert lab_files == []
+    lab = _deb_files(debs["ebb-lab"])
+    assert {SITE + "ebb/lab/memknobs.py", SITE + "ebb/lab/hostile.py",
+            SITE + "ebb/lab/simulated.py"} <= set(lab)
+    assert all(p.startswith((SITE + "ebb/lab/", "usr/share/doc/ebb-lab/")) for p in lab), lab
+    depends = _deb_field(debs["ebb-lab"], "Depends")
+    assert "ebb-host" in depends and "ebb-guest" in depends, depends
 
 
 @pytest.mark.slow
@@ -356,6 +373,8 @@ def test_rpms_split_and_ship_the_same_units(rpms: Dict[str, Path], tmp_path: Pat
         assert "/ebb/host/" not in path and "ebbd" not in path, path
     for path in listing["ebb-host"]:
         assert "/ebb/guest/" not in path and "ebb-agent" not in path, path
+        assert "/ebb/lab/" not in path and "simulated" not in path, path
+    assert any(p.endswith("/ebb/lab/memknobs.py") for p in listing["ebb-lab"])
     for name, path in rpms.items():
         unpacked = tmp_path / name
         unpacked.mkdir()

@@ -159,7 +159,7 @@ def test_a_disk_limit_sets_both_knobs_and_counts_the_guests_ios(
 
 def test_a_disk_limit_says_when_there_is_no_blkio_throttling(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ebb.host.lab.errors import LabError
+    from ebb.lab.errors import LabError
     from overcommit import labguests
 
     monkeypatch.setattr(labguests, "BLKIO_ROOT", tmp_path)

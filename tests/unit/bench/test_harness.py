@@ -74,3 +74,20 @@ def test_yields_are_counted_with_what_came_back_and_how_long_it_took(tmp_path: P
                    "returned_mib": 40.0, "took_s": [2.0]}
     figures = yield_figures(got)
     assert figures["yield_took_median_s"] == 2.0 and figures["yield_returned"] == 1
+
+
+def test_the_benchmark_ebbd_is_scoped_by_its_config(tmp_path: Path) -> None:
+    """Plain ebbd, told by its ebbd.toml which VMs and which agent port are the benchmark's."""
+    from ebb.host.config import load_config
+    from ebb.host.hypervisor.connection import domain_matches
+    from overcommit.harness import EbbdProcess
+    from overcommit.labguests import BENCH_PORT
+
+    ebbd = EbbdProcess(tmp_path, tmp_path / "policies", prefix="ebb-bench[1]")
+    config = load_config(ebbd.config)
+    assert config.hypervisor.manage_opted_out is True
+    assert config.guests.agent_channel == BENCH_PORT != "org.ebb.agent.0"
+    patterns = config.hypervisor.domains
+    assert domain_matches("ebb-bench[1]-2", patterns)
+    assert not domain_matches("ebb-bench1-2", patterns)  # the prefix is literal
+    assert not domain_matches("ebb-lab-1", patterns)

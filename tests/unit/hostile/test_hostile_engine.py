@@ -307,13 +307,13 @@ def _claims_rig(tmp_path: Path, vms: list[Any], states: dict[str, Any], *, free_
 
 def _agent_state(vm: str, *, offer_kib: int = 0, need_kib: int = 0, **report: Any) -> Any:
     from ebb.host.channels import GuestChannelState
-    from ebb.host.channels.simulated import DEFAULT_REPORT
     from ebb.host.channels.state import (
         ReceivedNeed,
         ReceivedOffer,
         ReceivedReport,
         SessionState,
     )
+    from ebb.lab.simulated import DEFAULT_REPORT
     from ebb.protocol import Need, Offer, Report
 
     return GuestChannelState(

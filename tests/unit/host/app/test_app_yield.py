@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "engine"))
 
 from ebb.host.app import Components, Daemon
 from ebb.host.channels import ChannelLimits, GuestChannels
-from ebb.host.channels.simulated import SimulatedAgent
 from ebb.host.cli_ebbctl import main as ebbctl
 from ebb.host.collectors import HostCollector
 from ebb.host.config import load_config
@@ -25,6 +24,7 @@ from ebb.host.governor import Governor, GovernorConfig
 from ebb.host.notify import SystemdNotifier
 from ebb.host.policy import PolicyRunner
 from ebb.host.yielding import ManualYields
+from ebb.lab.simulated import SimulatedAgent
 from ebb.protocol import Request
 from ebb_core_fakes import GIB_KIB, FakeHypervisor, FakeVm, make_host_tree, write_policy
 

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 import msgpack
 import pytest
 from ebb.host.channels import ChannelLimits, GuestChannels, SessionState
-from ebb.host.channels.simulated import SimulatedAgent
+from ebb.lab.simulated import SimulatedAgent
 from ebb.protocol import Decision, Error, Welcome, encode_frame
 
 

@@ -99,6 +99,7 @@ reconnect_initial_s = 0.5
 reconnect_max_s = 10
 qemu_run_dir = "/var/run/libvirt/qemu"
 domains = ["web-*", "db[0-9]"]
+manage_opted_out = true
 
 [guests]
 report_interval_ms = 500
@@ -109,6 +110,7 @@ flood_max_bytes_per_s = 131072
 cut_off_backoff_s = 5
 cut_off_backoff_max_s = 60
 connect_retry_s = 1
+agent_channel = "org.ebb.bench.0"
 
 [governor]
 default_floor_mib = 768
@@ -164,6 +166,8 @@ per_vm = true
     assert cfg.hypervisor.stats_period_s == 5
     assert cfg.hypervisor.domains == ("web-*", "db[0-9]")
     assert cfg.guests.report_interval_ms == 500
+    assert cfg.guests.agent_channel == "org.ebb.bench.0"
+    assert cfg.hypervisor.manage_opted_out is True
     assert cfg.governor.default_floor_mib == 768
     assert cfg.governor.uncooperative_after_s == 16.0
     assert cfg.balloon.min_change_kib == 0
@@ -231,6 +235,17 @@ per_vm = true
          "hypervisor.domains: must be a list of strings, got ['web-*', 3]"),
         ("[hypervisor]\ndomains = [\"web-*\", \"\"]\n",
          "hypervisor.domains: patterns must not be empty, got ['web-*', '']"),
+        ("[hypervisor]\nmanage_opted_out = \"yes\"\n",
+         "hypervisor.manage_opted_out: must be true or false, got 'yes'"),
+        ("[guests]\nagent_channel = 0\n", "guests.agent_channel: must be a string, got 0"),
+        ("[guests]\nagent_channel = \"\"\n",
+         "guests.agent_channel: must be a virtio-serial port name"),
+        ("[guests]\nagent_channel = \"../../etc/x\"\n",
+         "guests.agent_channel: must be a virtio-serial port name"),
+        ("[guests]\nagent_channel = \"org ebb\"\n",
+         "guests.agent_channel: must be a virtio-serial port name"),
+        (f"[guests]\nagent_channel = \"{'a' * 129}\"\n",
+         "guests.agent_channel: must be a virtio-serial port name"),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -278,3 +293,10 @@ def test_configuration_doc_lists_every_key_with_its_default() -> None:
             assert f"`{shown_text}`" in row.group(1), (
                 f"docs/configuration.md: default of {name}.{f.name} should read "
                 f"{shown_text}, row says {row.group(1).strip()}")
+
+
+def test_the_default_agent_channel_is_the_protocols_port() -> None:
+    from ebb.host.hypervisor import AGENT_CHANNEL_NAME
+
+    assert EbbdConfig().guests.agent_channel == AGENT_CHANNEL_NAME
+    assert EbbdConfig().hypervisor.manage_opted_out is False

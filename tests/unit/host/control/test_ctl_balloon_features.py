@@ -6,8 +6,8 @@ from typing import Any, Dict, List
 
 import pytest
 from ebb.host.cli_ebbctl import build_parser
-from ebb.host.ctl import lab as ctl_lab
 from ebb.host.ctl.daemon import format_explain, format_status
+from ebb.lab import ctl as ctl_lab
 
 NOW = 1_800_000_000.0
 

@@ -12,12 +12,12 @@ from typing import List, Optional
 
 import pytest
 from ebb.host.channels import ChannelLimits, GuestChannels
-from ebb.host.channels.simulated import SimulatedAgent
 from ebb.host.collectors import HostCollector
 from ebb.host.controllers import BalloonController, KsmController, MemtuneController
 from ebb.host.engine import Engine, EngineSettings, TickRecord
 from ebb.host.governor import Governor, GovernorConfig
 from ebb.host.policy import PolicyRunner
+from ebb.lab.simulated import SimulatedAgent
 from ebb_core_fakes import (
     GIB_KIB,
     NEED_POLICY,

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from ebb.host.channels import GuestChannelState
-from ebb.host.channels.simulated import DEFAULT_REPORT
 from ebb.host.channels.state import ReceivedNeed, ReceivedReport, SessionState
 from ebb.host.collectors import HostCollector
 from ebb.host.controllers import BalloonController
@@ -20,6 +19,7 @@ from ebb.host.engine import Engine, EngineSettings
 from ebb.host.governor import Governor, GovernorConfig
 from ebb.host.policies import policy_dir
 from ebb.host.policy import PolicyRunner
+from ebb.lab.simulated import DEFAULT_REPORT
 from ebb.protocol import Need, Report
 from ebb_core_fakes import GIB_KIB, FakeHypervisor, FakeVm, RecordingChannels, make_host_tree
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ebb.host.channels import GuestChannelState, ReceivedReport, SessionState
-from ebb.host.channels.simulated import DEFAULT_REPORT
 from ebb.host.channels.state import ReceivedYield
 from ebb.host.channels.yields import YieldHandle
 from ebb.host.collectors import HostCollector
@@ -14,6 +13,7 @@ from ebb.host.controllers import BalloonController
 from ebb.host.engine import Engine, EngineSettings
 from ebb.host.governor import Governor, GovernorConfig
 from ebb.host.policy import PolicyRunner
+from ebb.lab.simulated import DEFAULT_REPORT
 from ebb.protocol import Report, Yielded
 from ebb_core_fakes import GIB_KIB, FakeHypervisor, FakeVm, make_host_tree, write_policy
 

@@ -60,8 +60,8 @@ def admin() -> Iterator[Any]:
     conn = libvirt.open(URI)
     created: list[str] = []
 
-    def start(name: str, balloon: str = BALLOON_WITH_STATS) -> Any:
-        dom = conn.defineXML(DOMAIN_XML.format(name=name, balloon=balloon))
+    def start(name: str, balloon: str = BALLOON_WITH_STATS, xml: str = DOMAIN_XML) -> Any:
+        dom = conn.defineXML(xml.format(name=name, balloon=balloon))
         created.append(name)
         dom.create()
         return dom
@@ -334,3 +334,33 @@ def test_only_domains_matching_the_patterns_are_seen(admin: Any) -> None:
         assert seen and seen[-1] == frozenset(scope)
     finally:
         hv.stop()
+
+
+def test_a_dedicated_ebbd_manages_opted_out_vms_on_its_own_agent_channel(admin: Any) -> None:
+    # VMs every other ebbd must leave alone: enabled="no", agent on another port.
+    bench_xml = (DOMAIN_XML.replace('enabled="yes"', 'enabled="no"')
+                 .replace("org.ebb.agent.0", "org.ebb.bench.0"))
+    admin.start("ebb-unit-bench-1", xml=bench_xml)
+    admin.start("ebb-unit-plain")
+    dedicated = Hypervisor(URI, relist_interval_s=60.0, reconnect_initial_s=0.01,
+                           reconnect_max_s=0.05, qemu_run_dir="/nonexistent",
+                           domains=["ebb-unit-bench-*"], agent_channel="org.ebb.bench.0",
+                           manage_opted_out=True)
+    other = Hypervisor(URI, relist_interval_s=60.0, reconnect_initial_s=0.01,
+                       reconnect_max_s=0.05, qemu_run_dir="/nonexistent")
+    dedicated.start()
+    other.start()
+    try:
+        assert dedicated.wait_connected(5.0) and other.wait_connected(5.0)
+        assert set(dedicated.running_domains()) == {"ebb-unit-bench-1"}
+        mine = dedicated.domain_settings("ebb-unit-bench-1")
+        assert mine.enabled
+        assert mine.channel_path == "/tmp/ebb-unit/ebb-unit-bench-1.sock"
+        # Any other ebbd: the VM opted out and has no agent channel it knows.
+        theirs = other.domain_settings("ebb-unit-bench-1")
+        assert not theirs.enabled
+        assert theirs.channel_path is None
+        assert other.domain_settings("ebb-unit-plain").channel_path is not None
+    finally:
+        dedicated.stop()
+        other.stop()

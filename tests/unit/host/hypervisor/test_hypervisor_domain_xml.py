@@ -190,3 +190,16 @@ def test_metadata_element_round_trips() -> None:
     settings = parse_domain_xml(xml)
     assert settings.has_ebb_metadata
     assert (settings.enabled, settings.floor_kib, settings.priority) == (False, 768 * 1024, -5)
+
+
+def test_the_agent_channel_is_found_by_the_configured_port_name() -> None:
+    devices = (
+        "<channel type='unix'><source mode='bind' path='/run/a.sock'/>"
+        "<target type='virtio' name='org.ebb.agent.0'/></channel>"
+        "<channel type='unix'><source mode='bind' path='/run/b.sock'/>"
+        "<target type='virtio' name='org.ebb.bench.0'/></channel>"
+    )
+    assert parse_domain_xml(domain(devices=devices)).channel_path == "/run/a.sock"
+    bench = parse_domain_xml(domain(devices=devices), agent_channel="org.ebb.bench.0")
+    assert bench.channel_path == "/run/b.sock"
+    assert parse_domain_xml(domain(devices=devices), agent_channel="x.y").channel_path is None

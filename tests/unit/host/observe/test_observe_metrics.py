@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,6 +12,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 import pytest
 from ebb.host.observe import build_observability
+from ebb.host.observe import metrics as metrics_module
 from ebb.host.observe.metrics import EbbMetrics, MetricsListenError, parse_listen
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -176,6 +179,46 @@ def test_http_endpoint_serves_per_vm_series_only_when_configured(per_vm: bool) -
     socket_samples = _samples(observability.metrics_text())
     assert socket_samples.keys() >= {("ebb_ticks_total", ())}
     assert socket_samples[("ebb_vm_balloon_max_bytes", (("vm", "vm2"),))] == 1048576 * 1024
+
+
+def test_a_dying_http_server_thread_is_logged_and_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # ebbd stops when a service thread dies (on_crash) rather than run on with a
+    # metrics endpoint that silently went away.
+    def broken(self: Any, poll_interval: float = 0.5) -> None:
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(metrics_module._HTTPServer, "serve_forever", broken)
+    crashed = threading.Event()
+    errors = []
+
+    def on_crash(err: BaseException) -> None:
+        errors.append(err)
+        crashed.set()
+
+    observability = build_observability(_config(listen="127.0.0.1:0"), status_source=_status)
+    with caplog.at_level(logging.ERROR, logger="ebb.host.observe.metrics"):
+        observability.start(on_crash=on_crash)
+        try:
+            assert crashed.wait(30), "the metrics thread's death was not reported"
+        finally:
+            observability.stop()
+    assert isinstance(errors[0], OSError)
+    assert "metrics HTTP server thread died" in caplog.text
+
+
+def test_a_scrape_is_not_printed_on_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+    observability = build_observability(_config(listen="127.0.0.1:0"), status_source=_status)
+    observability.start()
+    try:
+        assert observability.server is not None
+        url = f"http://{observability.server.url_host()}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
+    finally:
+        observability.stop()
+    assert "GET /metrics" not in capfd.readouterr().err
 
 
 def test_trace_is_an_observer_only_when_configured(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Running a command inside a lab guest, from the host.
 
 The host writes a request into the guest's share (``STATE/guests/NAME/share``,
-a read-write 9p mount in the guest); :mod:`ebb.host.lab.guestinit` in the guest
+a read-write 9p mount in the guest); :mod:`ebb.lab.guestinit` in the guest
 polls for requests every 0.1 s, runs them and writes the output, pid and exit
 status back into the share. See guestinit's docstring for the file names.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ebb.host.lab.errors import LabError
+from ebb.lab.errors import LabError
 
 LOG = logging.getLogger(__name__)
 

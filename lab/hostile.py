@@ -3,7 +3,7 @@
 Run inside a lab guest (with ebb-agent stopped, since the port has one user)
 to check that ebbd cuts such a guest off and keeps serving the others::
 
-    ebbctl lab run ebb-lab-2 -- python3 -m ebb.host.lab.hostile --seconds 20
+    ebbctl lab run ebb-lab-2 -- python3 -m ebb.lab.hostile --seconds 20
 
 It writes, in a loop for ``--seconds``: random bytes, a run of non-zero bytes
 longer than any frame, well-formed frames holding messages that are not valid,

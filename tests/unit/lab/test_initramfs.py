@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 import pytest
-from ebb.host.lab import initramfs
-from ebb.host.lab.errors import LabError
+from ebb.lab import initramfs
+from ebb.lab.errors import LabError
 
 
 def _read_newc(data: bytes) -> Dict[str, Tuple[int, bytes]]:

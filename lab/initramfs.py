@@ -6,7 +6,7 @@ disk), with an initramfs holding busybox, the virtio modules that kernel needs,
 and an ``/init`` script. The script loads the modules, mounts the host's root
 over 9p read-only, binds ``/proc``, ``/sys`` and ``/dev``, puts tmpfs on
 ``/tmp`` and ``/run``, mounts the guest's read-write share and chroots into the
-host's root to start :mod:`ebb.host.lab.guestinit` with the project's Python.
+host's root to start :mod:`ebb.lab.guestinit` with the project's Python.
 
 The archive is written directly (cpio "newc", gzip) so building needs neither
 root nor ``cpio``: device nodes are entries in the archive, not files on disk.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ebb.host.lab.errors import LabError
+from ebb.lab.errors import LabError
 
 LOG = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ for port in /sys/class/virtio-ports/*; do
 done
 [ -x "/host$PY" ] || [ -L "/host$PY" ] || fail "no Python at $PY in the host root"
 say "starting the runner with $PY"
-exec chroot /host "$PY" -m ebb.host.lab.guestinit
+exec chroot /host "$PY" -m ebb.lab.guestinit
 """
 
 

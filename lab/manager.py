@@ -8,7 +8,7 @@
     lab.down()
 
 Every domain the lab defines carries the lab marker (``urn:ebb:lab:1``
-metadata, see :mod:`ebb.host.lab.domain`); ``down`` and ``status`` look only at
+metadata, see :mod:`ebb.lab.domain`); ``down`` and ``status`` look only at
 domains with that marker and the lab's name prefix, so other VMs on the host are
 never touched.
 """
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from ebb.host.lab import domain as domain_xml
-from ebb.host.lab import guestenv, initramfs
-from ebb.host.lab.errors import LabError
-from ebb.host.lab.guestcmd import GuestShell
+from ebb.lab import domain as domain_xml
+from ebb.lab import guestenv, initramfs
+from ebb.lab.errors import LabError
+from ebb.lab.guestcmd import GuestShell
 
 LOG = logging.getLogger(__name__)
 

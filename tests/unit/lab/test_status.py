@@ -7,8 +7,8 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from ebb.host.lab.domain import LAB_NS
-from ebb.host.lab.manager import Lab, LabSettings
+from ebb.lab.domain import LAB_NS
+from ebb.lab.manager import Lab, LabSettings
 
 
 def _define_lab_guest(conn: libvirt.virConnect, name: str, state_dir: Path,

@@ -6,8 +6,8 @@ import threading
 import time
 from pathlib import Path
 
-from ebb.host.lab.guestcmd import GuestShell
-from ebb.host.lab.guestinit import Runner
+from ebb.lab.guestcmd import GuestShell
+from ebb.lab.guestinit import Runner
 
 
 def _serve(runner: Runner, stop: threading.Event) -> None:

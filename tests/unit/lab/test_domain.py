@@ -6,8 +6,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from ebb.host.lab.domain import EBB_NS, LAB_NS, GuestSpec, domain_xml
-from ebb.host.lab.guestinit import parse_cmdline
+from ebb.lab.domain import EBB_NS, LAB_NS, GuestSpec, domain_xml
+from ebb.lab.guestinit import parse_cmdline
 
 
 def _spec(tmp_path: Path, **kwargs) -> GuestSpec:
@@ -64,7 +64,7 @@ def test_a_checkout_under_tmp_is_bound_back_into_the_guest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The guest's init mounts a tmpfs over /tmp: a checkout there would vanish.
-    from ebb.host.lab import domain, initramfs
+    from ebb.lab import domain, initramfs
 
     monkeypatch.setattr(domain, "PROJECT_DIR", Path("/tmp/ci/main"))
     assert "ebb.keep=/tmp/ci/main" in _spec(tmp_path).cmdline().split()

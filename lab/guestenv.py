@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
-from ebb.host.lab.errors import LabError
+from ebb.lab.errors import LabError
 
 LOG = logging.getLogger(__name__)
 
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 DEFAULT_QEMU_USER = "libvirt-qemu"
 #: Commands of the lab that are modules rather than console scripts.
-LAB_COMMANDS: Dict[str, str] = {"memknobs": "ebb.host.lab.memknobs"}
+LAB_COMMANDS: Dict[str, str] = {"memknobs": "ebb.lab.memknobs"}
 _CHECK_IMPORTS = "import ebb.guest, ebb.protocol, msgpack, psutil"
 
 

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, List
 
-from ebb.host.lab.domain import DEFAULT_TB_CACHE_MIB
-from ebb.host.lab.errors import LabError
-from ebb.host.lab.manager import (
+from ebb.lab.domain import DEFAULT_TB_CACHE_MIB
+from ebb.lab.errors import LabError
+from ebb.lab.manager import (
     DEFAULT_AGENT_ARGS,
     DEFAULT_MEMORY_MIB,
     DEFAULT_PREFIX,

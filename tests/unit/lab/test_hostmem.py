@@ -8,8 +8,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from ebb.host.lab import hostmem
-from ebb.host.lab.errors import LabError
+from ebb.lab import hostmem
+from ebb.lab.errors import LabError
 
 
 def _tree(tmp_path: Path) -> hostmem.HostPaths:

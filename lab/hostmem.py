@@ -6,7 +6,7 @@ Two ways to shrink the host:
   ebbd, which counts the host as MemTotal less reserved hugepages) sees it as
   used, so freeable memory falls as it grows. It is freed when the process ends,
   however it ends. The end-to-end tests and ``dev/demo.sh`` use it, through
-  :func:`squeeze` (``python -m ebb.host.lab.hostmem hold SHARE`` from a shell).
+  :func:`squeeze` (``python -m ebb.lab.hostmem hold SHARE`` from a shell).
 - Hugepages (``/proc/sys/vm/nr_hugepages``), as the MOM article shrank its host:
   the reserved pages leave the host's memory altogether, so the host is simply
   smaller. The benchmark (``bench/overcommit/hostctl.py``) does this.
@@ -48,7 +48,7 @@ from ebb.host.collectors.procfs import (
     host_memory_kib,
     parse_meminfo,
 )
-from ebb.host.lab.errors import LabError
+from ebb.lab.errors import LabError
 
 LOG = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ def hold(share: float, keep_free_mib: int = 3072) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m ebb.host.lab.hostmem save`` prints the host's settings as JSON;
+    """``python -m ebb.lab.hostmem save`` prints the host's settings as JSON;
     ``... restore JSON`` puts them back (a shell script's safety net); ``... hold
     SHARE`` squeezes the host with a ballast until it is stopped."""
     import json
@@ -392,7 +392,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for change in snap.restore():
             print(f"host put back: {change}", file=sys.stderr)
         return 0
-    print("usage: python -m ebb.host.lab.hostmem save | restore JSON | "
+    print("usage: python -m ebb.lab.hostmem save | restore JSON | "
           "hold SHARE [KEEP_FREE_MIB]", file=sys.stderr)
     return 2
 

@@ -10,7 +10,7 @@ What it does:
 - starts ``ebb-agent`` (unless ``ebb.agent=0`` is on the kernel command line) and
   an optional workload (``ebb.run="CMD ARGS"``);
 - serves the host's commands through the guest's share, a read-write 9p mount of
-  ``STATE/guests/NAME/share`` at :data:`SHARE_MOUNT` (see :mod:`ebb.host.lab.guestcmd`
+  ``STATE/guests/NAME/share`` at :data:`SHARE_MOUNT` (see :mod:`ebb.lab.guestcmd`
   for the host side): a request ``cmd/ID.json`` is claimed, its process started
   with output in ``out/ID.out`` / ``out/ID.err``, its pid written to ``out/ID.pid``
   and its exit status to ``out/ID.rc``;

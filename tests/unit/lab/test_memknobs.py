@@ -6,7 +6,7 @@ import io
 import json
 
 import pytest
-from ebb.host.lab.memknobs import PAGE_BYTES, PatternError, Step, Toucher, parse_pattern, run
+from ebb.lab.memknobs import PAGE_BYTES, PatternError, Step, Toucher, parse_pattern, run
 
 MIB = 1024 * 1024
 
