@@ -15,7 +15,14 @@ from typing import List
 import msgpack
 import pytest
 from agent_testkit import GIB_KIB, Conversation, ProcTree
-from ebb.guest.session import AgentConfig, AgentSession, ConnectionState
+from ebb.guest.session import (
+    AgentConfig,
+    AgentSession,
+    BackgroundYieldDue,
+    ConnectionState,
+    PressureChanged,
+    YieldRequested,
+)
 from ebb.guest.yielding import YieldConfig
 from ebb.protocol.framing import MAX_FRAME_BYTES, encode_frame
 from ebb.protocol.messages import (
@@ -27,9 +34,11 @@ from ebb.protocol.messages import (
     Offer,
     Ping,
     Pong,
+    Pressure,
     Report,
     Request,
     Welcome,
+    Yielded,
     encode_message,
 )
 from ebb.protocol.stream import MessageReader
@@ -468,3 +477,53 @@ def test_stop_says_bye_only_in_a_conversation(talk: Conversation) -> None:
     assert talk.session.state is ConnectionState.STOPPED
     never_connected = AgentSession(talk_config())
     assert never_connected.stop() is None
+
+
+# --- yield work: what the session hands its loop ------------------------------------------
+
+
+def test_yield_requests_and_pressure_become_yield_work_in_order(proc_tree: ProcTree) -> None:
+    talk = Conversation(proc_tree, has_yielder=True, yield_capable=True)
+    talk.welcome(1000)
+    session = talk.session
+    # A new session starts at pressure 0 until the host says otherwise (PROTOCOL.md 4.7) ...
+    assert session.take_yield_work()[0] == PressureChanged(0, "new session")
+    talk.host_sends(Pressure(level=1, reason="host short"),
+                    Request(kind="yield", kib=64 * 1024, request_id=7, deadline_ms=2000))
+    assert session.take_yield_work() == [
+        PressureChanged(1, "host short"), YieldRequested(64 * 1024, 7, 2000)]
+    # ... and what a yield gave back is sent while the session agrees on yield.
+    answer = Yielded(asked_kib=64 * 1024, freed_kib=60 * 1024, cache_before_kib=1,
+                     cache_after_kib=0, duration_ms=5, stopped="done", reason="",
+                     request_id=7)
+    session.yielded([None, answer])
+    talk.turn()
+    assert talk.of_type(Yielded) == [answer]
+
+
+def test_a_sample_without_a_need_may_start_a_background_yield(proc_tree: ProcTree) -> None:
+    talk = Conversation(proc_tree, has_yielder=True, yield_capable=True)
+    talk.welcome(1000)
+    talk.advance(1.0)
+    work = [w for w in talk.session.take_yield_work() if isinstance(w, BackgroundYieldDue)]
+    # One per sample, with what the cache hold lets count as cold (nothing yet: too young).
+    assert work == [BackgroundYieldDue(0.0, 0), BackgroundYieldDue(0.5, 0),
+                    BackgroundYieldDue(1.0, 0)]
+    # In need, the guest yields nothing.
+    proc_tree.pressure = (60.0, 20.0, 1, 1)
+    proc_tree.write()
+    talk.advance(1.0)
+    assert not [w for w in talk.session.take_yield_work() if isinstance(w, BackgroundYieldDue)]
+
+
+def test_no_yield_work_or_yielded_without_the_capability_agreed(proc_tree: ProcTree) -> None:
+    talk = Conversation(proc_tree, has_yielder=True, yield_capable=True)
+    talk.welcome(1000, capabilities=("offer", "need"))
+    talk.advance(2.0)
+    assert [w for w in talk.session.take_yield_work()
+            if not isinstance(w, PressureChanged)] == []
+    talk.session.yielded([Yielded(asked_kib=0, freed_kib=0, cache_before_kib=0,
+                                  cache_after_kib=0, duration_ms=0, stopped="disabled",
+                                  reason="", request_id=None)])
+    talk.turn()
+    assert talk.of_type(Yielded) == []
