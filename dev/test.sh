@@ -21,6 +21,8 @@ step "guest side on the oldest and newest Python present"
 
 step "unit tests"
 .venv/bin/python -m pytest -q tests/unit || status=1
+step "unit tests whose example count is the point (10^4 hostile inputs to the decoders)"
+.venv/bin/python -m pytest -q -m many_examples tests/unit || status=1
 
 step "end-to-end tests (real libvirtd, real guests)"
 # The tests put the host back themselves; this is the net for a run that is killed.

@@ -2,7 +2,8 @@
 
 ``collect`` reads the guest's memory state from /proc, ``yielding`` decides what the
 guest can offer or needs, ``transport`` reaches the host (virtio-serial, serial,
-socket), ``agent`` is the connection state machine and report loop, ``cli`` is the
+socket), ``session`` is the conversation with the host as a state machine without
+I/O, ``agent`` the loop that drives it over the transport, ``cli`` is the
 ``ebb-agent`` command. Imports only ``ebb.protocol``; runs on Python 3.8 and newer.
 """
 

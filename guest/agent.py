@@ -1,180 +1,38 @@
-"""The agent's connection state machine and report loop.
+"""The agent's I/O loop: drives an :class:`~ebb.guest.session.AgentSession` over a transport.
 
-One thread, one loop: wait on the transport (and a stop pipe) until the next thing
-is due, handle what the host sent, then do what is due (resend a hello, take a
-sample, send a report, offer or need, ping a quiet host). States::
-
-    DISCONNECTED --open, hello--> HELLO_SENT --welcome--> ACTIVE
-         ^                   hello again  |  ^  bye, hello_required,  |
-         |          (1 s doubling to 10 s)   |  unanswered keepalive   |
-         +-- host gone (EOF/HUP), write failed: reopen after 1 s doubling to 10 s
-    STOPPED after stop(): a bye is sent first when the transport is open.
-
-The session rules (hello retries, sequence numbers, hello_required, capabilities)
-follow PROTOCOL.md section 4.
-
-Nothing the host sends can crash the loop: protocol errors come back from the
-reader as values and are answered with an ``error`` message (rate-limited), and
-everything kept is bounded (one frame buffer, the last two samples, counters).
+One thread, one loop: wait on the transport (and a stop pipe) until the session's
+next deadline, feed it what the host sent and the time, take a sample when it asks,
+run the yield work it hands out on the :class:`~ebb.guest.yielder.Yielder`, and write
+the frames it queued. Every protocol rule (handshake, schedule, sequence numbers,
+keepalive, backoff) is the session's; this module only moves bytes, reads the
+clock and the collector, and waits.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import select
-import socket
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ebb.protocol.errors import ProtocolError
-from ebb.protocol.logs import RefusedInputLog, printable
-from ebb.protocol.messages import (
-    CAPABILITIES,
-    REQUEST_YIELD,
-    SUPPORTED_VERSIONS,
-    Bye,
-    Decision,
-    Error,
-    Hello,
-    Message,
-    Need,
-    Offer,
-    Ping,
-    Pong,
-    Pressure,
-    Report,
-    Request,
-    Welcome,
-    Yielded,
-    encode_message,
-    error_reply,
+from .collect import CollectError, MemoryCollector
+from .session import (
+    AgentConfig,
+    AgentCounters,
+    AgentSession,
+    BackgroundYieldDue,
+    ConnectionState,
+    PressureChanged,
+    YieldRequested,
 )
-from ebb.protocol.stream import MessageReader, needs_error_reply
-
-from . import __version__
-from .collect import CollectError, MemoryCollector, MemorySample
 from .transport import Transport, TransportError
 from .yielder import Yielder
-from .yielding import (
-    Assessment,
-    NeedEstimate,
-    RecentMinimum,
-    YieldConfig,
-    assess,
-    cache_refaulting,
-    clean_cache_kib,
-    need_changed,
-    offer_changed,
-)
+
+__all__ = ["Agent", "AgentConfig", "AgentCounters", "ConnectionState"]
 
 LOG = logging.getLogger(__name__)
-
-#: Request kinds the agent understands (PROTOCOL.md "request").
-PREPARE_RELEASE = "prepare_release"
-#: The error code by which a host without a session for us asks for a hello.
-HELLO_REQUIRED = "hello_required"
-#: PROTOCOL.md 4.2: no more than one early report per 100 ms.
-MIN_EARLY_REPORT_GAP_S = 0.1
-#: When a host shows up while no welcome came yet, say hello again at most this often.
-HELLO_NUDGE_GAP_S = 1.0
-
-
-class ConnectionState(enum.Enum):
-    """Where the agent is in its conversation with the host."""
-
-    DISCONNECTED = "disconnected"  # transport closed; waiting before (re)opening it
-    HELLO_SENT = "hello_sent"  # transport open, hello sent, waiting for a welcome
-    ACTIVE = "active"  # welcomed: reporting every interval
-    STOPPED = "stopped"  # stop() was called and the loop has ended
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """Timing and limits of the agent loop. Defaults suit a real guest."""
-
-    #: Report interval until the host's welcome sets one.
-    default_interval_s: float = 1.0
-    #: Sample at least this often between reports, to report big changes at once.
-    #: While the guest is calm (see ``calm_change_fraction``) the watch runs at half
-    #: this rate: under emulation each sample costs the guest milliseconds of CPU.
-    watch_interval_s: float = 0.5
-    #: Wait before reopening a transport the host is absent from: doubles from min to max.
-    backoff_min_s: float = 1.0
-    backoff_max_s: float = 10.0
-    #: Wait for a welcome before saying hello again: doubles from min to max (PROTOCOL.md 4.1).
-    #: 1 s to 10 s: on a serial line the host may start listening at any time and
-    #: the agent learns it only from a welcome, so the wait stays short; a hello is
-    #: about 100 bytes, nothing for a line nobody reads.
-    hello_retry_min_s: float = 1.0
-    hello_retry_max_s: float = 10.0
-    #: A write that cannot complete in this time means the host end is gone.
-    write_timeout_s: float = 2.0
-    #: Ping a host not heard from for this long; re-handshake if the ping goes unanswered
-    #: for as long again (a serial line never reports that its other end went away).
-    keepalive_s: float = 30.0
-    #: Report at once when MemAvailable moved by more than this fraction of MemTotal ...
-    big_change_fraction: float = 0.05
-    #: ... or PSI some avg10 rose by this many percentage points since the last report.
-    psi_rise_pct: float = 5.0
-    #: Calm: no need, no memory stall (PSI some avg10 0), no swapping, and MemAvailable
-    #: moved by less than this fraction of MemTotal since the previous sample.
-    calm_change_fraction: float = 0.01
-    #: At most this many error replies per second (garbage must not make us chatty).
-    error_replies_per_s: float = 10.0
-    #: Sent in the hello, for the host's logs.
-    hostname: str = field(default_factory=socket.gethostname)
-    yield_config: YieldConfig = field(default_factory=YieldConfig)
-
-    def __post_init__(self) -> None:
-        for name in ("default_interval_s", "watch_interval_s", "backoff_min_s", "write_timeout_s",
-                     "keepalive_s", "hello_retry_min_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.backoff_max_s < self.backoff_min_s:
-            raise ValueError("backoff_max_s must be >= backoff_min_s")
-        if self.hello_retry_max_s < self.hello_retry_min_s:
-            raise ValueError("hello_retry_max_s must be >= hello_retry_min_s")
-
-
-@dataclass
-class AgentCounters:
-    """What the agent has done since it started (for tests, logs and the benchmark)."""
-
-    connect_attempts: int = 0
-    connects: int = 0
-    hellos_sent: int = 0
-    welcomes: int = 0
-    reports_sent: int = 0
-    offers_sent: int = 0
-    needs_sent: int = 0
-    errors_sent: int = 0
-    errors_received: int = 0
-    protocol_errors: int = 0
-    disconnects: int = 0
-
-
-class _TokenBucket:
-    """Allows ``rate_per_s`` events per second on average, bursts of up to that many."""
-
-    def __init__(self, rate_per_s: float, clock: Callable[[], float]) -> None:
-        self._rate = rate_per_s
-        self._capacity = max(1.0, rate_per_s)
-        self._tokens = self._capacity
-        self._clock = clock
-        self._last = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
 
 
 class Agent:
@@ -182,7 +40,9 @@ class Agent:
 
     Call :meth:`run` (blocks until :meth:`stop`); :meth:`stop` may be called from
     another thread or a signal handler. ``notify`` receives systemd notification
-    strings (``READY=1``, ``STATUS=...``, ``STOPPING=1``).
+    strings (``READY=1``, ``STATUS=...``, ``STOPPING=1``). ``sleep``, when given,
+    replaces the waits between reopen attempts (tests pass a fake clock's); by
+    default they poll the stop pipe so :meth:`stop` ends them at once.
     """
 
     def __init__(
@@ -193,62 +53,39 @@ class Agent:
         notify: Optional[Callable[[str], object]] = None,
         clock: Callable[[], float] = time.monotonic,
         yielder: Optional[Yielder] = None,
+        sleep: Optional[Callable[[float], None]] = None,
     ) -> None:
         self.transport = transport
         #: Runs yields (reclaim in the guest); None: the agent never yields.
         self.yielder = yielder
         self.collector = collector
         self.config = config if config is not None else AgentConfig()
-        self.counters = AgentCounters()
+        self.session = AgentSession(
+            self.config,
+            description=transport.description,
+            reopen_max_s=transport.reopen_max_s,
+            has_yielder=yielder is not None,
+            yield_capable=yielder is not None and yielder.capable,
+        )
         self._notify = notify
         self._clock = clock
-        self._state = ConnectionState.DISCONNECTED
+        self._sleep = sleep
         self._stopping = False
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
-        self._reader = MessageReader()
-        # Refused input is logged at WARNING, one summary line a minute at most.
-        self._refused = RefusedInputLog(LOG, "host")
-        self._error_budget = _TokenBucket(self.config.error_replies_per_s, clock)
-        self._backoff_s = self.config.backoff_min_s
-        self._hello_retry_s = self.config.hello_retry_min_s
-        self._hello_sent_at = -HELLO_NUDGE_GAP_S
-        self._absence_logged = False
-        # Session state, reset by _start_session.
-        self.interval_s = self.config.default_interval_s
-        self._seq = 0
-        self._hello_due_at = 0.0
-        self._next_sample_at = 0.0
-        self._next_report_at = 0.0
-        self._last_report_at = 0.0
-        self._last_heard_at = 0.0
-        self._ping_nonce: Optional[int] = None
-        self._ping_sent_at = 0.0
-        self._previous: Optional[MemorySample] = None
-        #: Until when (monotonic s) the page cache is not offered: it refaulted.
-        self._cache_held_until = float("-inf")
-        #: Cached over the last cache_hold_s: only cache that old may be offered.
-        self._cached_window = RecentMinimum(self.config.yield_config.cache_hold_s)
-        self._last_reported: Optional[MemorySample] = None
-        self._last_offer_kib: Optional[int] = None
-        self._last_need: Optional[NeedEstimate] = None
-        self._force_offer = False
-        self._collect_failing = False
-        self._may_offer = False
-        self._may_need = False
-        self._may_yield = False
-        #: The last decision the host sent (balloon target and reason), if any.
-        self.last_decision: Optional[Decision] = None
-        #: The last offer/need assessment made.
-        self.last_assessment: Optional[Assessment] = None
 
     # --- public -------------------------------------------------------------------
 
     @property
     def state(self) -> ConnectionState:
         """The current connection state."""
-        return self._state
+        return self.session.state
+
+    @property
+    def counters(self) -> AgentCounters:
+        """What the agent has done since it started."""
+        return self.session.counters
 
     def stop(self) -> None:
         """Ask :meth:`run` to say bye and return; safe from signal handlers and threads."""
@@ -265,449 +102,110 @@ class Agent:
         self._tell(f"STATUS=connecting through {self.transport.description}")
         try:
             while not self._stopping:
-                if self._state is ConnectionState.DISCONNECTED:
-                    self._connect()
-                    continue
                 self._step()
         finally:
             self._shutdown()
 
+    def close(self) -> None:
+        """Release the stop pipe; call after :meth:`run` has returned (or never ran)."""
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
     # --- the loop -------------------------------------------------------------------
 
     def _step(self) -> None:
-        """Wait for host bytes until the next deadline, handle them, do what is due."""
-        timeout_s = max(0.0, self._next_deadline() - self._clock())
+        """One turn: reopen when due, or wait for host bytes until the session's deadline."""
+        session = self.session
+        if session.state is ConnectionState.DISCONNECTED:
+            wait_s = session.wake_at() - self._clock()
+            if wait_s > 0:
+                self._wait(wait_s)
+            else:
+                self._connect()
+            return
+        timeout_s = max(0.0, self._deadline() - self._clock())
         try:
             data = self.transport.read(timeout_s, self._wake_r)
         except TransportError as err:
             self._lost(str(err))
             return
         self._drain_wake()
-        if data:
-            self._last_heard_at = self._clock()
-            for item in self._reader.feed(data):
-                if self._state is ConnectionState.DISCONNECTED or self._stopping:
-                    return
-                self._handle(item)
-        if self._state is not ConnectionState.DISCONNECTED and not self._stopping:
-            self._on_timers()
-
-    def _next_deadline(self) -> float:
-        if self._state is ConnectionState.HELLO_SENT:
-            return self._hello_due_at
-        if self.yielder is not None and self.yielder.busy:
-            return self._clock()  # the next step of a yield, after answering the host
-        keepalive_at = (
-            self._ping_sent_at if self._ping_nonce is not None else self._last_heard_at
-        ) + self.config.keepalive_s
-        return min(self._next_sample_at, keepalive_at)
-
-    def _on_timers(self) -> None:
         now = self._clock()
-        self._refused.flush(now)
-        if self._state is ConnectionState.HELLO_SENT:
-            if now >= self._hello_due_at:
-                LOG.debug("no welcome yet; sending hello again")
-                self._send_hello()
-            return
-        if self._ping_nonce is not None:
-            if now - self._ping_sent_at >= self.config.keepalive_s:
-                self._handshake_again(
-                    f"the host did not answer a ping within {self.config.keepalive_s:.0f} s"
-                )
-                return
-        elif now - self._last_heard_at >= self.config.keepalive_s:
-            self._ping_nonce = int(now * 1000) & 0xFFFFFFFF
-            self._ping_sent_at = now
-            self._send(Ping(nonce=self._ping_nonce))
-            if self._state is not ConnectionState.ACTIVE:
-                return
-        if self.yielder is not None and self.yielder.busy:
-            self._send_yielded(self.yielder.step())
-        if now >= self._next_sample_at:
-            self._sample_and_send(now)
+        if data:
+            session.receive(data, now)
+            self._run_yield_work()
+        # stop() may have come during the read: then only the bye is left to send.
+        if not self._stopping and self._talking():
+            session.tick(now)
+            if self._yield_busy():
+                assert self.yielder is not None
+                session.yielded([self.yielder.step()])
+            if session.sample_due(now):
+                try:
+                    sample = self.collector.sample()
+                except CollectError as err:
+                    session.sample_failed(str(err), now)
+                else:
+                    session.sampled(sample, now)
+            self._run_yield_work()
+        self._flush()
 
-    # --- connecting ---------------------------------------------------------------------
+    def _talking(self) -> bool:
+        return self.session.state in (ConnectionState.HELLO_SENT, ConnectionState.ACTIVE)
+
+    def _deadline(self) -> float:
+        if self._yield_busy():
+            return self._clock()  # the next step of a yield, after answering the host
+        return self.session.wake_at()
+
+    def _yield_busy(self) -> bool:
+        """A yield is under way and the session is reporting: step it on every turn."""
+        return (self.yielder is not None and self.yielder.busy
+                and self.session.state is ConnectionState.ACTIVE)
 
     def _connect(self) -> None:
-        """Open the transport and say hello; on failure, wait the backoff out."""
-        self.counters.connect_attempts += 1
+        """Open the transport: the session says hello; on failure it schedules a retry."""
         try:
             self.transport.open()
         except TransportError as err:
-            self._log_absence("cannot reach the host: %s; retrying", err)
-            self._wait(self._next_backoff_s())
+            self.session.open_failed(str(err), self._clock())
             return
-        self.counters.connects += 1
-        self._reader.reset()
-        self._hello_retry_s = self.config.hello_retry_min_s
-        self._set_state(ConnectionState.HELLO_SENT)
-        self._send_hello()  # a failed write has already waited in _lost
+        self.session.opened(self._clock())
+        self._flush()
 
-    def _send_hello(self) -> None:
-        """Start a new session: sequence numbers restart at 0 (PROTOCOL.md 4.3)."""
-        self._seq = 0
-        hello = Hello(
-            agent_version=__version__,
-            protocol_versions=SUPPORTED_VERSIONS,
-            capabilities=tuple(
-                c for c in CAPABILITIES
-                if c != "yield" or (self.yielder is not None and self.yielder.capable)
-            ),
-            hostname=self.config.hostname[:255] or None,
-        )
-        if self._send(hello):
-            self.counters.hellos_sent += 1
-            now = self._clock()
-            self._hello_sent_at = now
-            self._hello_due_at = now + self._hello_retry_s
-            self._hello_retry_s = min(self.config.hello_retry_max_s, self._hello_retry_s * 2)
+    def _run_yield_work(self) -> None:
+        yielder = self.yielder
+        for work in self.session.take_yield_work():
+            if yielder is None:
+                continue
+            if isinstance(work, PressureChanged):
+                yielder.set_pressure(work.level, work.reason)
+            elif isinstance(work, YieldRequested):
+                self.session.yielded(
+                    list(yielder.request(work.kib, work.request_id, work.deadline_ms)))
+            elif isinstance(work, BackgroundYieldDue):
+                yielder.background(work.now_s, work.cold_kib)
 
-    def _handshake_again(self, why: str) -> None:
-        """Back to HELLO_SENT on the open transport, with a hello now."""
-        LOG.info("%s; saying hello again", why)
-        self._hello_retry_s = self.config.hello_retry_min_s
-        self._set_state(ConnectionState.HELLO_SENT)
-        self._send_hello()
-
-    def _next_backoff_s(self) -> float:
-        """The current wait, doubling the next one up to the maximum."""
-        longest_s = self.config.backoff_max_s
-        if self.transport.reopen_max_s is not None:
-            longest_s = min(longest_s, self.transport.reopen_max_s)
-        wait_s = min(self._backoff_s, longest_s)
-        self._backoff_s = min(longest_s, self._backoff_s * 2)
-        return wait_s
+    def _flush(self) -> None:
+        """Write what the session queued; a failed write means the host end is gone."""
+        for status in self.session.take_statuses():
+            self._tell(status)
+        for frame in self.session.take_frames():
+            try:
+                self.transport.write(frame, self.config.write_timeout_s)
+            except TransportError as err:
+                self._lost(str(err))
+                return
 
     def _lost(self, why: str) -> None:
-        """The host end is gone (or unusable): close, and reopen after a backoff."""
-        if self._state is ConnectionState.ACTIVE:
-            LOG.warning("lost the host: %s; reconnecting", why)
-            self._absence_logged = True
-        else:
-            self._log_absence("the host is not there: %s; retrying", why)
-        self.counters.disconnects += 1
         self.transport.close()
-        self._set_state(ConnectionState.DISCONNECTED)
-        self._wait(self._next_backoff_s())
-
-    def _log_absence(self, fmt: str, err: object) -> None:
-        # Said once at INFO; the retries every few seconds only at DEBUG.
-        if self._absence_logged:
-            LOG.debug(fmt, err)
-        else:
-            LOG.info(fmt, err)
-            self._absence_logged = True
-
-    def _start_session(self, welcome: Welcome) -> None:
-        self.interval_s = welcome.report_interval_ms / 1000.0
-        now = self._clock()
-        self._backoff_s = self.config.backoff_min_s
-        self._absence_logged = False
-        self._ping_nonce = None
-        self._last_heard_at = now
-        self._last_reported = None
-        self._last_offer_kib = None
-        self._last_need = None
-        self._next_report_at = now
-        self._next_sample_at = now
-        if self.yielder is not None:
-            self.yielder.set_pressure(0, "new session")  # PROTOCOL.md 4.7: until told
-        self._apply_capabilities(welcome)
-        self.counters.welcomes += 1
-        self._set_state(ConnectionState.ACTIVE)
-        LOG.info(
-            "connected to the host through %s: protocol %d, report every %d ms",
-            self.transport.description,
-            welcome.protocol_version,
-            welcome.report_interval_ms,
-        )
-
-    # --- what the host sends ---------------------------------------------------------------
-
-    def _handle(self, item: object) -> None:
-        if isinstance(item, ProtocolError):
-            self.counters.protocol_errors += 1
-            self._refused.record(item, self._clock())
-            if needs_error_reply(item):
-                self._reply_error(error_reply(item))
-            return
-        hello_sent = self._state is ConnectionState.HELLO_SENT
-        if hello_sent and not isinstance(item, (Welcome, Error, Bye)):
-            self._nudge_hello()
-        if isinstance(item, Welcome):
-            self._on_welcome(item)
-        elif isinstance(item, Ping):
-            self._send(Pong(nonce=item.nonce))
-        elif isinstance(item, Pong):
-            if item.nonce == self._ping_nonce:
-                self._ping_nonce = None
-        elif isinstance(item, Decision):
-            self.last_decision = item
-            LOG.info(
-                "host set this guest's balloon target to %d KiB: %s",
-                item.balloon_target_kib,
-                item.reason,
-            )
-        elif isinstance(item, Request):
-            self._on_request(item)
-        elif isinstance(item, Pressure):
-            if self.yielder is not None:
-                self.yielder.set_pressure(item.level, item.reason)
-        elif isinstance(item, Bye):
-            # PROTOCOL.md 4.4: back to the handshake, first hello after the usual wait.
-            LOG.info("the host said bye (%s); waiting for it to come back", item.reason)
-            self.counters.disconnects += 1
-            self._hello_retry_s = self.config.hello_retry_min_s
-            self._set_state(ConnectionState.HELLO_SENT)
-            self._hello_due_at = self._clock() + self._hello_retry_s
-        elif isinstance(item, Error):
-            self.counters.errors_received += 1
-            if item.code == HELLO_REQUIRED:
-                if self._state is ConnectionState.ACTIVE:
-                    self._handshake_again("the host has no session for this guest (restarted?)")
-                else:
-                    self._nudge_hello()
-                return
-            LOG.warning(
-                "the host refused a %s message: %s: %s",
-                printable(item.ref_type or "(unknown)"),
-                item.code,
-                printable(item.message),
-            )
-        else:
-            assert isinstance(item, (Hello, Report, Offer, Need, Yielded))
-            self._reply_error(
-                Error(
-                    code="unexpected_message",
-                    message=f"a {item.TYPE} message is sent by the guest, not the host",
-                    ref_type=item.TYPE,
-                )
-            )
-
-    def _on_welcome(self, welcome: Welcome) -> None:
-        if welcome.protocol_version not in SUPPORTED_VERSIONS:
-            LOG.error(
-                "the host chose protocol version %d; this agent speaks %s: upgrade ebb-agent",
-                welcome.protocol_version,
-                ", ".join(str(v) for v in SUPPORTED_VERSIONS),
-            )
-            self._reply_error(
-                Error(
-                    code="unsupported_version",
-                    message=f"agent speaks protocol versions {list(SUPPORTED_VERSIONS)}",
-                    ref_type=Welcome.TYPE,
-                )
-            )
-            return
-        if self._state is ConnectionState.ACTIVE:
-            # An unasked welcome changes the interval or capabilities, not the session.
-            self.interval_s = welcome.report_interval_ms / 1000.0
-            self._apply_capabilities(welcome)
-            self._next_report_at = min(self._next_report_at, self._clock() + self.interval_s)
-            self._next_sample_at = min(self._next_sample_at, self._next_report_at)
-            LOG.info("the host changed the report interval to %d ms", welcome.report_interval_ms)
-        else:
-            self._start_session(welcome)
-        self._tell(f"STATUS=reporting to the host every {welcome.report_interval_ms} ms")
-
-    def _apply_capabilities(self, welcome: Welcome) -> None:
-        # PROTOCOL.md 4.6: offer and need only when the host said it acts on them.
-        self._may_offer = "offer" in welcome.capabilities
-        self._may_need = "need" in welcome.capabilities
-        self._may_yield = "yield" in welcome.capabilities
-
-    def _nudge_hello(self) -> None:
-        """The host is there but has not welcomed us: say hello now (at most once a second)."""
-        now = self._clock()
-        if now - self._hello_sent_at >= HELLO_NUDGE_GAP_S:
-            self._hello_retry_s = self.config.hello_retry_min_s
-            self._send_hello()
-
-    def _on_request(self, request: Request) -> None:
-        if request.kind == PREPARE_RELEASE:
-            # The agent does not drop caches or touch the guest: the offer already
-            # counts clean cache the kernel reclaims itself when the balloon inflates.
-            # It answers with a fresh offer so the host sees what it may take now.
-            LOG.info("host asks to prepare a release of %d KiB; re-offering now", request.kib)
-            self._force_offer = True
-            self._next_sample_at = self._clock()
-            return
-        if request.kind == REQUEST_YIELD and self.yielder is not None:
-            LOG.info("host asks for a yield of %d KiB (request %s)", request.kib,
-                     request.request_id)
-            for answer in self.yielder.request(request.kib, request.request_id,
-                                               request.deadline_ms):
-                self._send_yielded(answer)
-            return
-        self._reply_error(
-            Error(
-                code="unknown_request",
-                message=f"request kind {request.kind!r} is not supported by this agent",
-                ref_type=Request.TYPE,
-            )
-        )
-
-    def _reply_error(self, error: Error) -> None:
-        if self._error_budget.take():
-            if self._send(error):
-                self.counters.errors_sent += 1
-        else:
-            LOG.debug("not answering %s: error replies are rate-limited", error.code)
-
-    # --- what the agent sends ----------------------------------------------------------
-
-    def _next_seq(self) -> int:
-        """One counter for report, offer and need; 0 first after each hello."""
-        seq = self._seq
-        self._seq += 1
-        return seq
-
-    def _sample_and_send(self, now: float) -> None:
-        next_report_at = self._next_report_at
-        try:
-            sample = self.collector.sample()
-        except CollectError as err:
-            # Said once, not every half second, until reading works again.
-            if not self._collect_failing:
-                LOG.error("%s; no reports until it can be read again", err)
-                self._collect_failing = True
-            self._next_sample_at = now + self.interval_s
-            return
-        if self._collect_failing:
-            LOG.info("the guest's memory state can be read again")
-            self._collect_failing = False
-        previous = self._previous
-        elapsed_s = sample.monotonic_s - previous.monotonic_s if previous is not None else 0.0
-        yield_config = self.config.yield_config
-        cold_kib = self._cache_cap_kib(previous, sample, elapsed_s)
-        assessment = assess(previous, sample, elapsed_s, yield_config, cache_cap_kib=cold_kib)
-        self._previous = sample
-        self.last_assessment = assessment
-
-        due = now >= next_report_at
-        early_allowed = now - self._last_report_at >= MIN_EARLY_REPORT_GAP_S
-        if due or (early_allowed and self._changed_a_lot(sample)):
-            if not self._send(Report(seq=self._next_seq(), **sample.report_fields())):
-                return
-            self.counters.reports_sent += 1
-            self._last_reported = sample
-            self._last_report_at = now
-            self._next_report_at = (next_report_at + self.interval_s) if due else next_report_at
-            if self._next_report_at <= now:
-                # Fell behind (a stalled guest): restart the schedule instead of bursting.
-                self._next_report_at = now + self.interval_s
-        self._send_offer_need(sample, assessment)
-        if self.yielder is not None and self._may_yield and assessment.need is None:
-            self.yielder.background(now, cold_kib)
-        watch_s = self.config.watch_interval_s
-        if self._calm(previous, sample, assessment):
-            watch_s *= 2
-        self._next_sample_at = min(self._next_report_at, now + min(self.interval_s, watch_s))
-
-    def cache_held(self, now_s: float) -> bool:
-        """Whether the page cache is kept out of offers at ``now_s`` (it refaulted lately)."""
-        return now_s < self._cache_held_until
-
-    def _cache_cap_kib(self, previous: Optional[MemorySample], sample: MemorySample,
-                       elapsed_s: float) -> int:
-        """How much clean cache may be offered: only cache older than ``cache_hold_s``.
-
-        The clean inactive cache less what Cached grew by over the last ``cache_hold_s``
-        (its smallest value then; 0 until the agent has watched that long); 0 for
-        ``cache_hold_s`` after the guest re-read evicted pages.
-        """
-        config = self.config.yield_config
-        now_s = sample.monotonic_s
-        self._cached_window.add(now_s, sample.cached_kib)
-        if cache_refaulting(previous, sample, elapsed_s, config):
-            if not self.cache_held(now_s):
-                LOG.info("evicted pages are being read back: the page cache is in use, "
-                         "not offered for %.0f s", config.cache_hold_s)
-            self._cache_held_until = now_s + config.cache_hold_s
-        if self.cache_held(now_s) or not self._cached_window.full(now_s):
-            return 0
-        # New pages enter the inactive list: what Cached grew by in the window is young.
-        young_kib = sample.cached_kib - (self._cached_window.minimum() or 0)
-        return max(0, clean_cache_kib(sample) - young_kib)
-
-    def _calm(self, previous: Optional[MemorySample], sample: MemorySample,
-              assessment: Assessment) -> bool:
-        """Nothing is moving: the watch between reports may slow down."""
-        if previous is None or assessment.need is not None:
-            return False
-        if sample.psi_some_avg10:
-            return False
-        if sample.pswpin != previous.pswpin or sample.pswpout != previous.pswpout:
-            return False
-        moved_kib = abs(sample.mem_available_kib - previous.mem_available_kib)
-        return moved_kib < self.config.calm_change_fraction * sample.mem_total_kib
-
-    def _changed_a_lot(self, sample: MemorySample) -> bool:
-        last = self._last_reported
-        if last is None:
-            return True
-        moved_kib = abs(sample.mem_available_kib - last.mem_available_kib)
-        if moved_kib > self.config.big_change_fraction * sample.mem_total_kib:
-            return True
-        if sample.psi_some_avg10 is not None:
-            before = last.psi_some_avg10 or 0.0
-            if sample.psi_some_avg10 - before >= self.config.psi_rise_pct:
-                return True
-        return False
-
-    def _send_offer_need(self, sample: MemorySample, assessment: Assessment) -> None:
-        total = sample.mem_total_kib
-        if self._may_need and need_changed(self._last_need, assessment.need, total):
-            need = assessment.need
-            if need is None:
-                msg = Need(seq=self._next_seq(), kib=0, urgency="low", reason="recovered")
-            else:
-                msg = Need(
-                    seq=self._next_seq(), kib=need.kib, urgency=need.urgency,
-                    reason=need.reason[:256],
-                )
-            if not self._send(msg):
-                return
-            self.counters.needs_sent += 1
-            self._last_need = need
-            if need is not None:
-                LOG.info("asking the host for %d KiB (%s): %s", need.kib, need.urgency,
-                         need.reason)
-        if not self._may_offer:
-            return
-        if self._force_offer or offer_changed(self._last_offer_kib, assessment.offer_kib, total):
-            if not self._send(Offer(seq=self._next_seq(), kib=assessment.offer_kib)):
-                return
-            self.counters.offers_sent += 1
-            self._last_offer_kib = assessment.offer_kib
-            self._force_offer = False
-
-    def _send_yielded(self, msg: Optional[Yielded]) -> None:
-        """Tell the host what a yield gave back, if the session still agrees on yield."""
-        if msg is not None and self._state is ConnectionState.ACTIVE and self._may_yield:
-            self._send(msg)
-
-    def _send(self, msg: Message) -> bool:
-        """Write one message; on failure, drop the connection and return False."""
-        try:
-            self.transport.write(encode_message(msg), self.config.write_timeout_s)
-        except TransportError as err:
-            self._lost(str(err))
-            return False
-        except ProtocolError as err:  # only a bug could build an unencodable message
-            LOG.error("cannot encode a %s message: %s", msg.TYPE, err)
-            return False
-        return True
+        self.session.lost(why, self._clock())
+        for status in self.session.take_statuses():
+            self._tell(status)
 
     # --- small helpers ---------------------------------------------------------------
-
-    def _set_state(self, state: ConnectionState) -> None:
-        if state is not self._state:
-            LOG.debug("state %s -> %s", self._state.value, state.value)
-            if state is ConnectionState.DISCONNECTED and self._state is ConnectionState.ACTIVE:
-                self._tell(f"STATUS=waiting for the host on {self.transport.description}")
-            self._state = state
 
     def _tell(self, status: str) -> None:
         if self._notify is not None:
@@ -720,9 +218,12 @@ class Agent:
         """Sleep up to ``timeout_s``, waking at once when stop() is called."""
         if self._stopping:
             return
+        if self._sleep is not None:
+            self._sleep(timeout_s)
+            return
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
-        poller.poll(max(0, int(timeout_s * 1000)))
+        poller.poll(max(1, int(timeout_s * 1000 + 0.999)))
         self._drain_wake()
 
     def _drain_wake(self) -> None:
@@ -734,22 +235,12 @@ class Agent:
 
     def _shutdown(self) -> None:
         self._tell("STOPPING=1")
+        bye = self.session.stop()
         if self.transport.is_open:
-            if self._state in (ConnectionState.ACTIVE, ConnectionState.HELLO_SENT):
+            if bye is not None:
                 try:
-                    self.transport.write(
-                        encode_message(Bye(reason="agent stopping")),
-                        min(1.0, self.config.write_timeout_s),
-                    )
+                    self.transport.write(bye, min(1.0, self.config.write_timeout_s))
                 except TransportError as err:
                     LOG.debug("could not say bye: %s", err)
             self.transport.close()
-        self._state = ConnectionState.STOPPED
         LOG.info("stopped")
-
-    def close(self) -> None:
-        """Release the stop pipe; call after :meth:`run` has returned (or never ran)."""
-        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)

@@ -208,6 +208,40 @@ def cache_refaulting(previous: Optional[MemorySample], current: MemorySample,
     return rate >= config.refault_cache_per_s
 
 
+class ColdCache:
+    """How much clean page cache is cold enough to offer or yield: the cache-hold state.
+
+    Fed every sample in order, :meth:`cap_kib` answers the clean inactive cache less
+    what Cached grew by over the last ``hold_s`` (its smallest value then; 0 until
+    it has watched that long, since new pages enter the inactive list), and 0 for
+    ``hold_s`` after the guest re-read evicted pages (:func:`cache_refaulting`).
+    Times are the samples' own; no clock is read.
+    """
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        #: Until when (the samples' clock, s) the page cache is not offered: it refaulted.
+        self.held_until = float("-inf")
+        self._cached = RecentMinimum(hold_s)
+
+    def held(self, now_s: float) -> bool:
+        """Whether the page cache is kept out of offers at ``now_s`` (it refaulted lately)."""
+        return now_s < self.held_until
+
+    def cap_kib(self, previous: Optional[MemorySample], sample: MemorySample,
+                elapsed_s: float, config: YieldConfig) -> int:
+        """Add ``sample``; the clean cache that may be offered (``cache_cap_kib`` of assess)."""
+        now_s = sample.monotonic_s
+        self._cached.add(now_s, sample.cached_kib)
+        if cache_refaulting(previous, sample, elapsed_s, config):
+            self.held_until = now_s + self.hold_s
+        if self.held(now_s) or not self._cached.full(now_s):
+            return 0
+        # New pages enter the inactive list: what Cached grew by in the window is young.
+        young_kib = sample.cached_kib - (self._cached.minimum() or 0)
+        return max(0, clean_cache_kib(sample) - young_kib)
+
+
 def _level(value: float, low: float, high: float, critical: Optional[float] = None) -> int:
     """0 = below every threshold, 1 = low, 2 = high, 3 = critical."""
     if critical is not None and value >= critical:

@@ -181,7 +181,7 @@ def test_a_stop_signal_landing_inside_a_log_call_does_not_log() -> None:
     old_level = root.level
     root.setLevel(logging.DEBUG)
     try:
-        logging.getLogger("ebb.guest.agent").warning("lost the host; reconnecting")
+        logging.getLogger("ebb.guest.session").warning("lost the host; reconnecting")
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)

@@ -122,10 +122,11 @@ class Rig:
             if b"\n" in received:
                 break
             self.pump(1)
+            # The server answers within serve_once: what it wrote is there already.
             try:
-                sock.settimeout(0.01)
+                sock.setblocking(False)
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except BlockingIOError:
                 continue
             finally:
                 sock.settimeout(5)

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 from pathlib import Path
-from typing import Iterator, List
 
 import ebb.protocol
 import msgpack
 import pytest
-from ebb.guest.agent import Agent, AgentConfig, ConnectionState
-from ebb.guest.collect import MemoryCollector
-from ebb.guest.transport import SocketTransport
+from ebb.guest.session import AgentConfig, AgentSession, ConnectionState
 from ebb.host.channels.session import GuestSession
 from ebb.host.channels.state import ChannelLimits
 from ebb.protocol import Hello, MessageReader, encode_frame, encode_message
@@ -35,37 +31,10 @@ def number(pattern: str) -> float:
     return float(match.group(1))
 
 
-class AgentEnd:
-    def __init__(self, tmp_path: Path) -> None:
-        self.host, guest = socket.socketpair()
-        self.host.settimeout(1.0)
-        self.agent = Agent(SocketTransport(guest), MemoryCollector(str(tmp_path)),
-                           AgentConfig(hostname="guest"))
-
-    def received(self) -> List[object]:
-        self.host.setblocking(False)
-        data = b""
-        try:
-            while True:
-                chunk = self.host.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        except BlockingIOError:
-            pass
-        return list(MessageReader().feed(data))
-
-    def close(self) -> None:
-        self.agent.transport.close()
-        self.agent.close()
-        self.host.close()
-
-
 @pytest.fixture
-def agent_end(tmp_path: Path) -> Iterator[AgentEnd]:
-    end = AgentEnd(tmp_path)
-    yield end
-    end.close()
+def agent_session() -> AgentSession:
+    """The agent's side without any I/O: fed bytes and times, it queues frames."""
+    return AgentSession(AgentConfig(hostname="guest"))
 
 
 def test_hello_retry_is_what_the_document_says() -> None:
@@ -74,10 +43,10 @@ def test_hello_retry_is_what_the_document_says() -> None:
     assert config.hello_retry_max_s == number(r"doubling up to (\d+) s\), never more")
 
 
-def test_first_sequence_number_is_what_the_document_says(agent_end: AgentEnd) -> None:
-    agent_end.agent._connect()
-    assert agent_end.agent.state is ConnectionState.HELLO_SENT
-    assert agent_end.agent._next_seq() == number(r"reference agent starts at (\d+)\)")
+def test_first_sequence_number_is_what_the_document_says(agent_session: AgentSession) -> None:
+    agent_session.opened(0.0)
+    assert agent_session.state is ConnectionState.HELLO_SENT
+    assert agent_session._next_seq() == number(r"reference agent starts at (\d+)\)")
     assert "report seq=0 " in SPEC
 
 
@@ -124,13 +93,13 @@ def test_ebbd_never_answers_an_error_with_an_error(payload: bytes) -> None:
 
 @pytest.mark.parametrize("payload", [INVALID_ERROR, ERROR_WITH_A_LONG_ARRAY],
                          ids=["bad-code", "payload-limit"])
-def test_agent_never_answers_an_error_with_an_error(agent_end: AgentEnd, payload: bytes) -> None:
-    agent_end.agent._connect()
-    agent_end.received()  # the hello
-    for item in agent_end.agent._reader.feed(encode_frame(payload)):
-        agent_end.agent._handle(item)
-    assert agent_end.agent.counters.protocol_errors == 1
-    assert agent_end.received() == []
+def test_agent_never_answers_an_error_with_an_error(agent_session: AgentSession,
+                                                   payload: bytes) -> None:
+    agent_session.opened(0.0)
+    agent_session.take_frames()  # the hello
+    agent_session.receive(encode_frame(payload), 0.5)
+    assert agent_session.counters.protocol_errors == 1
+    assert agent_session.take_frames() == []
 
 
 @pytest.mark.parametrize(

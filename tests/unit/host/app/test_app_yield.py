@@ -90,7 +90,7 @@ sys_root = "{sys_root}"
             notifier=SystemdNotifier(environ={}, sender=lambda s: True),
             authorizer=Authorizer(group_gid=None, lookup_group=False),
         )
-        self.daemon._manual_yields = ManualYields(settle_s=0.2, deadline_ms=1500)
+        self.daemon._manual_yields = _QuickYields(settle_s=0.2, deadline_ms=1500)
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -130,6 +130,15 @@ sys_root = "{sys_root}"
         self.daemon.stop()
 
 
+class _QuickYields(ManualYields):
+    """Settles 0.2 s after the RSS stops falling, not 2 s: the fake RSS falls once."""
+
+    def start(self, *args, **kwargs):
+        record = super().start(*args, **kwargs)
+        record.quiet_s = 0.2
+        return record
+
+
 def _wait(predicate, timeout_s: float) -> bool:
     done = threading.Event()
     for _ in range(int(timeout_s / 0.02)):
@@ -140,7 +149,9 @@ def _wait(predicate, timeout_s: float) -> bool:
 
 
 @pytest.fixture
-def rig(tmp_path):
+def rig(tmp_path, monkeypatch):
+    # ebbctl polls ebbd every 0.5 s; the rig's yields settle in 0.2 s.
+    monkeypatch.setattr("ebb.host.ctl.yielding.POLL_INTERVAL_S", 0.05)
     r = YieldRig(tmp_path)
     yield r
     r.close()
@@ -165,6 +176,7 @@ def test_a_yield_that_gives_the_host_nothing_fails_whatever_the_agent_says(rig, 
 
 
 def test_no_answer_in_time_fails_with_the_reason(rig, capsys):
+    rig.daemon._manual_yields.deadline_ms = 1000  # nobody answers: no need to wait long
     rig.start(answer=False)
     assert rig.ebbctl("yield", "web", "100M") == 1
     assert "did not answer within" in capsys.readouterr().err
