@@ -39,6 +39,8 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ebb.host.units import fmt_kib as fmt_kib  # re-exported: host/yielding.py imports it here
+
 LOG = logging.getLogger(__name__)
 
 # Decision kinds.
@@ -193,15 +195,17 @@ class _State:
     budget_at_s: Optional[float] = None
 
 
-def fmt_kib(kib: float) -> str:
-    """KiB as people read it: 1.5 GiB, 300 MiB, 512 KiB."""
-    size = abs(kib)
-    sign = "-" if kib < 0 else ""
-    if size >= 1024 * 1024:
-        return f"{sign}{size / (1024 * 1024):.2f} GiB"
-    if size >= 1024:
-        return f"{sign}{size / 1024:.0f} MiB"
-    return f"{sign}{size:.0f} KiB"
+def guest_floor_kib(own_floor_kib: Optional[int], max_kib: int, config: GovernorConfig) -> int:
+    """The floor of a guest: the one rule, for the governor and the policy's ``balloon_min``.
+
+    ``own_floor_kib`` is the VM's own (ebb metadata ``floor_mib``, memtune
+    ``min_guarantee``, an ``ebbctl floor`` override), None for
+    ``config.default_floor_kib``; never below ``config.min_floor_kib``, never above
+    the VM's maximum memory.
+    """
+    floor = own_floor_kib if own_floor_kib is not None else config.default_floor_kib
+    floor = max(floor, config.min_floor_kib)
+    return max(0, min(floor, max_kib))
 
 
 class Governor:
@@ -234,10 +238,7 @@ class Governor:
 
     def floor_for(self, guest: GuestView) -> int:
         """The floor the governor enforces for a guest (never above its maximum)."""
-        cfg = self.config
-        floor = guest.floor_kib if guest.floor_kib is not None else cfg.default_floor_kib
-        floor = max(floor, cfg.min_floor_kib)
-        return max(0, min(floor, guest.balloon_max_kib))
+        return guest_floor_kib(guest.floor_kib, guest.balloon_max_kib, self.config)
 
     def forget(self, vm: str) -> None:
         """Drop a guest's state (it was undefined or restarted)."""
@@ -663,35 +664,3 @@ class Governor:
         )
         LOG.info("guest %s: rollback: %s", g.name, why)
         return target, why
-
-
-def guest_view_from_entity(entity: Any) -> GuestView:
-    """A :class:`GuestView` from a policy :class:`~ebb.host.policy.Entity` (newest sample).
-
-    Reads the policy field names (``balloon_cur``, ``balloon_max``,
-    ``balloon_min`` as the floor, ``agent_connected``, ``report_age``, ``need``,
-    ``offer``, ``psi_some_avg10``, ``psi_full_avg10``, ``major_fault_rate``,
-    ``swap_in_rate``). Used by ``ebbctl policy eval --governed`` and replays.
-    """
-    s = entity.latest
-    get = s.get
-    floor = get("balloon_min")
-    report_age = get("report_age")
-    psi_some = get("psi_some_avg10")
-    psi_full = get("psi_full_avg10")
-    major_fault_rate = get("major_fault_rate")
-    swap_in_rate = get("swap_in_rate")
-    return GuestView(
-        entity.props.get("name", ""),
-        int(get("balloon_cur") or 0),
-        int(get("balloon_max") or 0),
-        None if floor is None else int(floor),
-        bool(get("agent_connected")),
-        None if report_age is None else float(report_age),
-        int(get("need") or 0),
-        int(get("offer") or 0),
-        None if psi_some is None else float(psi_some),
-        None if psi_full is None else float(psi_full),
-        None if major_fault_rate is None else float(major_fault_rate),
-        None if swap_in_rate is None else float(swap_in_rate),
-    )

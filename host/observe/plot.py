@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ebb.host.observe.trace import read_trace
+from ebb.host.units import PAGE_KIB
 
 LOG = logging.getLogger(__name__)
 
 KIB_PER_MIB = 1024
 KIB_PER_GIB = 1024 * 1024
-#: Host swap counters are in pages; x86-64 pages are 4 KiB.
-PAGE_KIB = 4
 #: The article's threshold: ballooning starts under 20 % freeable memory.
 DEFAULT_THRESHOLD_SHARE = 0.20
 #: Names under which a policy holds its ballooning threshold: host SetVar values

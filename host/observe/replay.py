@@ -1,10 +1,12 @@
 """``ebbctl replay``: what another policy would have decided on a recorded run.
 
 Every tick of a trace carries the policy's input (``state``, the STATE.json
-shape of ``ebbctl policy eval``) and the governor's view of each guest
-(``views``). A replay feeds them, in order, to a fresh :class:`PolicyRunner`
-loaded with the policy to try and a fresh :class:`Governor`, with the trace's
-own clock, and compares the decisions with the recorded ones.
+shape of ``ebbctl policy eval``). A replay plans each tick again with ebbd's
+own :func:`~ebb.host.tick.plan_tick`, in order, with a fresh
+:class:`PolicyRunner` loaded with the policy to try, a fresh :class:`Governor`,
+the trace's own clock and the governor's views built from ``state`` as ebbd
+builds them, and compares the decisions with the recorded ones (the recorded
+``views`` give the balloon sizes the recorded movement is counted from).
 
 A replayed policy that asks for other balloon sizes than the recorded one
 would have changed what followed; the trace only holds what really happened.
@@ -39,7 +41,8 @@ from ebb.host.governor import (
     GuestView,
 )
 from ebb.host.observe.trace import read_trace
-from ebb.host.policy import Entity, PolicyError, PolicyInput, PolicyRunner
+from ebb.host.policy import Entity, PolicyInput, PolicyRunner
+from ebb.host.tick import TickInput, guest_views, host_spare_from_policy, plan_tick
 
 LOG = logging.getLogger(__name__)
 
@@ -205,20 +208,6 @@ def policy_input(state: Mapping[str, Any]) -> PolicyInput:
 
 
 
-def _host_spare_from_state(state: Mapping[str, Any], reserve_share: float) -> Optional[int]:
-    """What ebbd's engine passes the governor as ``host_spare_kib``, from a tick's state:
-    freeable host memory (``mem_free``) above the reserve share of ``mem_available``
-    (MemTotal, MOM's names); None when the trace lacks them."""
-    host = state.get("host")
-    samples = host.get("samples") if isinstance(host, Mapping) else None
-    if not isinstance(samples, list) or not samples or not isinstance(samples[-1], Mapping):
-        return None
-    freeable, total = samples[-1].get("mem_free"), samples[-1].get("mem_available")
-    if not isinstance(freeable, (int, float)) or not isinstance(total, (int, float)) or not total:
-        return None
-    return max(0, int(freeable - reserve_share * total))
-
-
 def _decision_summary(decision: Decision) -> Dict[str, Any]:
     """What the replay compares and prints of a decision (``inputs`` left out: it is
     the costly part of ``Decision.to_json``)."""
@@ -274,7 +263,6 @@ class Replayer:
             if not self.open_loop:
                 state = self._shift_state(state)
             inp = policy_input(state)
-            views = [self._shift_view(v) for v in recorded_views]
         except (ValueError, TypeError) as err:
             LOG.warning("tick %s: cannot rebuild its inputs (%s); skipped", tick, err)
             report.ticks_skipped += 1
@@ -283,29 +271,28 @@ class Replayer:
         if record.get("policy_error"):
             report.policy_errors_recorded += 1
 
-        proposed: Dict[str, Optional[int]] = {}
-        host_controls: Dict[str, Any] = {}
-        try:
-            evaluation = self.runner.evaluate(inp)
-        except PolicyError as err:
-            # Like ebbd: a failing policy sets nothing this tick; the governor
-            # still runs (floors, rollback, stuck guests).
-            report.policy_errors_replayed += 1
-            if report.first_policy_error is None:
-                report.first_policy_error = f"tick {tick}: {err}"
-        else:
-            proposed = evaluation.proposed_targets()
-            host_controls = dict(evaluation.host_controls)
         # The governor's own clock when the trace has it (ebbd's monotonic
         # clock), else wall time: only differences between ticks matter.
         now_s = float(record.get("mono", record.get("ts", 0.0)))
-        if record.get("paused"):
-            # ebbd evaluates the policy while paused (SetVar goes on) but does
-            # not consult the governor; neither does the replay.
+        # Like ebbd: while paused the policy is evaluated (SetVar goes on) but
+        # the governor is not consulted; a failing policy sets nothing this
+        # tick, and the governor still runs (floors, rollback, stuck guests).
+        paused = bool(record.get("paused"))
+        plan = plan_tick(
+            TickInput(now_s, inp, guest_views(inp),
+                      host_spare_from_policy(inp, self.governor.config.host_reserve_share),
+                      paused=paused),
+            self.runner, self.governor,
+        )
+        if plan.policy_error is not None:
+            report.policy_errors_replayed += 1
+            if report.first_policy_error is None:
+                report.first_policy_error = f"tick {tick}: {plan.policy_error}"
+        host_controls = dict(plan.controls["host"])
+        if paused:
             report.ticks_paused += 1
             return
-        replayed = [_decision_summary(d) for d in self.governor.decide(
-            now_s, views, proposed, host_spare_kib=self._host_spare_kib(state))]
+        replayed = [_decision_summary(d) for d in plan.decisions]
         recorded = [_decision_dict(d) for d in record.get("decisions") or []]
 
         recorded_cur = {v.name: int(v.balloon_cur_kib) for v in recorded_views}
@@ -363,15 +350,6 @@ class Replayer:
     def _shifted_cur(self, name: str, cur_kib: int, max_kib: int) -> int:
         shift = self._shift_kib.get(name, 0)
         return max(0, min(cur_kib + shift, max_kib)) if shift else cur_kib
-
-    def _shift_view(self, view: GuestView) -> GuestView:
-        if view.name not in self._shift_kib:
-            return view
-        cur = self._shifted_cur(view.name, int(view.balloon_cur_kib), int(view.balloon_max_kib))
-        return dataclasses.replace(view, balloon_cur_kib=cur)
-
-    def _host_spare_kib(self, state: Mapping[str, Any]) -> Optional[int]:
-        return _host_spare_from_state(state, self.governor.config.host_reserve_share)
 
     def _shift_state(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
         if not self._shift_kib:
