@@ -128,10 +128,11 @@ def bench(policy: str, n_guests: int, ticks: int) -> Dict[str, List[float]]:
         c0 = time.thread_time()
         t0 = time.perf_counter()
         # The daemon's planning of a tick (host/tick.py), views built as ebbd does.
-        plan_tick(
+        plan = plan_tick(
             TickInput(float(k), inp, guest_views(inp), host_spare_from_policy(inp, reserve)),
             timed, governor,
         )
+        governor.commit(plan.all_applied())
         dt = time.perf_counter() - t0
         c2 = time.thread_time()
         if k >= 2:  # first ticks warm caches

@@ -42,11 +42,12 @@ from typing import Any, Deque, Protocol
 from ebb.host.channels import GuestChannelState
 from ebb.host.collectors import HostSample
 from ebb.host.collectors.procfs import freeable_share, parse_meminfo
-from ebb.host.controllers.balloon import APPLIED, DRY_RUN, FAILED, VM_GONE, BalloonResult
+from ebb.host.controllers.balloon import BalloonResult
 from ebb.host.governor import Decision, Governor, GuestView
 from ebb.host.hypervisor import DomainInfo
 from ebb.host.hypervisor.domain_xml import free_page_reporting_warning
 from ebb.host.inputs import TickInputs
+from ebb.host.kinds import ActionKind, GuestState, Outcome
 from ebb.host.policy import PolicyRunner
 from ebb.host.pressure import LEVEL_NAMES, HostPressure, sample_pressure
 from ebb.host.tick import TickStage, YieldStage, plan_tick
@@ -54,13 +55,6 @@ from ebb.host.units import PAGE_KIB
 from ebb.host.yielding import YieldCoordinator
 
 LOG = logging.getLogger(__name__)
-
-#: Balloon outcomes meaning the target never reached the guest (the governor is told).
-_NOT_APPLIED = frozenset({DRY_RUN, FAILED, VM_GONE})
-
-#: Cooperation states in ``ebbctl status`` (contracts.md).
-NO_AGENT = "no-agent"
-STALE = "stale"
 
 
 # --- what the engine needs from its collaborators ---------------------------------------
@@ -298,6 +292,8 @@ class Engine:
         self._domains: list[DomainInfo] = []
         self._channel_states: dict[str, GuestChannelState] = {}
         self._views: dict[str, GuestView] = {}
+        #: Each managed guest's state as of the last plan (``ebbctl status`` cooperation).
+        self._guest_states: dict[str, GuestState] = {}
         self._managed: set[str] = set()
         self._vms: dict[str, _VmMemory] = {}
         self._journal: dict[str, Deque[dict[str, Any]]] = collections.OrderedDict()
@@ -564,6 +560,8 @@ class Engine:
             self._domains = domains
             self._channel_states = channel_states
             self._views = {v.name: v for v in inp.views}
+            if not paused:  # while paused the governor judges nobody: states stand
+                self._guest_states = {d.vm: d.guest_state for d in decisions}
             self._managed = {d.name for d in managed}
             self.last_record = record
             self.last_tick_wall = now_wall
@@ -652,28 +650,28 @@ class Engine:
             return applied
         # Giving memory first: a guest that asked for memory (or is being rolled
         # back) should not wait behind other guests' inflations.
-        ordered = sorted(decisions, key=lambda d: d.kind not in ("deflate", "rollback"))
+        ordered = sorted(decisions, key=lambda d: not ActionKind(d.kind).gives)
+        outcomes: dict[str, Outcome] = {}
         for decision in ordered:
             if decision.target_kib is None:
                 continue
             result = self.balloon.apply(decision.vm, decision.target_kib, decision.reason)
-            if result.outcome in _NOT_APPLIED:
-                # The guest never saw this target: its balloon not moving toward it
-                # is no sign of anything (a dry run would otherwise find every
-                # guest stuck, then uncooperative).
-                self.governor.not_applied(decision.vm)
+            outcomes[decision.vm] = Outcome(result.outcome)
             entry = result.to_dict()
             entry["kind"] = decision.kind
             entry["rule"] = decision.rule
             applied.append(entry)
             memory = self._vms.get(decision.vm)
             if (
-                result.outcome == APPLIED
+                result.outcome == Outcome.APPLIED
                 and memory is not None
                 and memory.last_sent_target_kib != decision.target_kib
             ):
                 memory.last_sent_target_kib = decision.target_kib
                 self.channels.send_decision(decision.vm, decision.target_kib, decision.reason)
+        # The governor judges guests only by targets that reached them: a dry run
+        # would otherwise find every guest stuck, then uncooperative.
+        self.governor.commit(outcomes)
         if self.ksm is not None and self.settings.ksm_enabled and policy_ok:
             host_controls = controls.get("host") or {}
             if host_controls:
@@ -691,9 +689,8 @@ class Engine:
         limited = self.memtune.limited()
         for decision in decisions:
             vm = decision.vm
-            state = self.governor.guest_state(vm)
             result = None
-            if state == "uncooperative":
+            if decision.guest_state == GuestState.UNCOOPERATIVE:
                 target = self.balloon.last_requested_kib(vm)
                 if target is not None:
                     result = self.memtune.limit(
@@ -918,15 +915,15 @@ class Engine:
             "unasked": channel.yields_unasked if channel is not None else 0,
         }
 
-    def _cooperation(self, vm: str, channel: GuestChannelState | None) -> str:
-        state = str(self.governor.guest_state(vm))
-        if state != "ok":
+    def _cooperation(self, vm: str, channel: GuestChannelState | None) -> GuestState:
+        state = self._guest_states.get(vm, GuestState.OK)
+        if state != GuestState.OK:
             return state
         if channel is None or not channel.agent_active:
-            return NO_AGENT
+            return GuestState.NO_AGENT
         if channel.stale:
-            return STALE
-        return "ok"
+            return GuestState.STALE
+        return GuestState.OK
 
 
 def _shallow_dict(value: Any) -> dict[str, Any]:

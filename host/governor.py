@@ -25,12 +25,20 @@ what is actually asked of each guest, whatever the policy said:
   progress toward its target for ``stuck_after_s`` is stuck, for
   ``uncooperative_after_s`` uncooperative; neither is asked for more memory,
   and an uncooperative guest's request is cancelled (target = what it has).
-  Only targets that reached the guest count: the daemon calls
-  :meth:`Governor.not_applied` for the others (dry run, libvirt refused).
+  Only targets that reached the guest count (see below).
 
 Every decision names the rule that decided it, a sentence for people and the
 inputs it used, for logs, the journal and ``ebbctl explain``. The governor is
 pure: the clock is a parameter, nothing here does I/O.
+
+A tick is two calls. :meth:`Governor.decide` returns the decisions and changes
+nothing the governor keeps; :meth:`Governor.commit` then takes the outcome of
+each target (:class:`~ebb.host.kinds.Outcome`) and keeps, per guest, what the
+tick observed (progress, harm, budgets refilled) and, for a target that
+reached the guest, what the decision did (the target to watch, the inflation
+to judge, the step budget spent). A target that never reached the guest (dry
+run, libvirt refused, VM gone) is not held against it: its balloon not moving
+toward it is no sign of anything.
 """
 
 from __future__ import annotations
@@ -39,21 +47,20 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ebb.host.kinds import ActionKind, GuestState, Outcome
 from ebb.host.units import fmt_kib as fmt_kib  # re-exported: host/yielding.py imports it here
 
 LOG = logging.getLogger(__name__)
 
-# Decision kinds.
-INFLATE = "inflate"  # take memory from the guest (balloon grows, target < current)
-DEFLATE = "deflate"  # give memory to the guest
-HOLD = "hold"  # leave as is (target None), or cancel a request (target = current)
-ROLLBACK = "rollback"  # give back what was taken, the inflation hurt
-
-# Guest states.
-OK = "ok"
-BACKOFF = "backoff"
-STUCK = "stuck"
-UNCOOPERATIVE = "uncooperative"
+# Decision kinds and guest states, by their short names.
+INFLATE = ActionKind.INFLATE
+DEFLATE = ActionKind.DEFLATE
+HOLD = ActionKind.HOLD
+ROLLBACK = ActionKind.ROLLBACK
+OK = GuestState.OK
+BACKOFF = GuestState.BACKOFF
+STUCK = GuestState.STUCK
+UNCOOPERATIVE = GuestState.UNCOOPERATIVE
 
 
 @dataclass(frozen=True)
@@ -144,13 +151,18 @@ class Decision:
 
     vm: str
     target_kib: Optional[int]
-    kind: str
+    kind: ActionKind
     rule: str
     reason: str
     inputs: Dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
+
+    @property
+    def guest_state(self) -> GuestState:
+        """The guest's state as of this decision (``ok`` when the guest was not judged)."""
+        return GuestState(self.inputs.get("state", GuestState.OK))
 
 
 @dataclass(slots=True)
@@ -163,36 +175,49 @@ class _Inflation:
 
 
 @dataclass(slots=True)
-class _Undo:
-    """What a decision changed in a guest's state, to take back when it is not applied."""
-
-    target_kib: Optional[int]
-    direction: int
-    progress_cur_kib: int
-    progress_at_s: float
-    inflation: Optional[_Inflation]
-    take_budget: float
-    give_budget: float
-
-
-@dataclass(slots=True)
 class _State:
     target_kib: Optional[int] = None
     direction: int = 0
     progress_cur_kib: int = 0
     progress_at_s: float = 0.0
-    status: str = OK
+    status: GuestState = OK
     uncooperative_since_s: float = 0.0
     inflation: Optional[_Inflation] = None
     backoff_until_s: float = 0.0
     next_backoff_s: float = 0.0
     last_rollback_s: Optional[float] = None
-    undo: Optional[_Undo] = None
     #: What may still be taken / given, in steps (1.0 = one interval's worth), and
     #: when the budgets were last refilled (None: never, they start full).
     take_budget: float = 1.0
     give_budget: float = 1.0
     budget_at_s: Optional[float] = None
+
+    def copy(self) -> _State:
+        # Spelled out: dataclasses.replace costs a tick dearly at 1000 guests.
+        return _State(
+            self.target_kib, self.direction, self.progress_cur_kib, self.progress_at_s,
+            self.status, self.uncooperative_since_s, self.inflation, self.backoff_until_s,
+            self.next_backoff_s, self.last_rollback_s, self.take_budget, self.give_budget,
+            self.budget_at_s,
+        )
+
+
+@dataclass(slots=True)
+class _Step:
+    """A decided tick not yet committed: each guest's state as the decision left it,
+    and (for decisions that set a target) as it was before the decision."""
+
+    now_s: float
+    decided: Dict[str, _State]
+    observed: Dict[str, _State]
+    restarted: bool
+
+
+def all_applied(decisions: Sequence[Decision]) -> Dict[str, Outcome]:
+    """Every target of ``decisions`` as applied: what :meth:`Governor.commit` is told
+    where nothing is really applied but the run goes on as if it were (a replay,
+    ``ebbctl policy eval``, the benchmark)."""
+    return {d.vm: Outcome.APPLIED for d in decisions if d.target_kib is not None}
 
 
 def guest_floor_kib(own_floor_kib: Optional[int], max_kib: int, config: GovernorConfig) -> int:
@@ -217,11 +242,14 @@ class Governor:
         self._now_s = 0.0
         self._restart_timers = False
         self._spare_left_kib: Optional[int] = None
+        #: The last decide(), until commit() says what became of it.
+        self._pending: Optional[_Step] = None
+        self._observed: Optional[_State] = None
 
     # -- queries
 
-    def guest_state(self, vm: str) -> str:
-        """``ok``, ``backoff``, ``stuck`` or ``uncooperative`` as of the last decide()."""
+    def guest_state(self, vm: str) -> GuestState:
+        """``ok``, ``backoff``, ``stuck`` or ``uncooperative`` as of the last commit()."""
         st = self._states.get(vm)
         if st is None:
             return OK
@@ -240,12 +268,8 @@ class Governor:
         """The floor the governor enforces for a guest (never above its maximum)."""
         return guest_floor_kib(guest.floor_kib, guest.balloon_max_kib, self.config)
 
-    def forget(self, vm: str) -> None:
-        """Drop a guest's state (it was undefined or restarted)."""
-        self._states.pop(vm, None)
-
     def restart_timers(self) -> None:
-        """Progress timers start again at the next :meth:`decide` (safe from any thread).
+        """Progress timers start again at the next committed tick (safe from any thread).
 
         For a resume after a pause: while nothing was applied, a guest had no
         reason to move, so the time before is not held against it. Outstanding
@@ -254,29 +278,6 @@ class Governor:
         stays so until ``uncooperative_retry_s`` has passed, as before.
         """
         self._restart_timers = True
-
-    def not_applied(self, vm: str) -> None:
-        """The target of ``vm``'s last decision never reached the guest.
-
-        Call it after :meth:`decide` when the decision's target was not sent (a
-        dry run, libvirt failed, the VM went away). The guest's state goes back
-        to what it was before that decision: a balloon that cannot move is not
-        counted as the guest making no progress (stuck, uncooperative), and an
-        inflation that did not happen is not watched for harm. A target sent
-        earlier stays in force. Unknown VMs and decisions without a target are
-        ignored.
-        """
-        st = self._states.get(vm)
-        if st is None or st.undo is None:
-            return
-        undo, st.undo = st.undo, None
-        st.target_kib = undo.target_kib
-        st.direction = undo.direction
-        st.progress_cur_kib = undo.progress_cur_kib
-        st.progress_at_s = undo.progress_at_s
-        st.inflation = undo.inflation
-        st.take_budget = undo.take_budget
-        st.give_budget = undo.give_budget
 
     # -- the decision
 
@@ -293,32 +294,61 @@ class Governor:
         this tick (freeable memory above the host's reserve): what the policy gives
         beyond it is not given (floors and rollbacks excepted).
         """
-        self._now_s = now_s
         self._spare_left_kib = host_spare_kib
-        present = {g.name for g in guests}
-        for gone in [name for name in self._states if name not in present]:
-            del self._states[gone]
-        if self._restart_timers:
-            self._restart_timers = False
-            for guest in guests:
-                st = self._states.get(guest.name)
-                if st is not None:
+        restart = self._restart_timers
+        decided: Dict[str, _State] = {}
+        observed: Dict[str, _State] = {}
+        decisions = []
+        for guest in guests:
+            kept = self._states.get(guest.name)
+            if kept is None:
+                st = _State(next_backoff_s=self.config.backoff_initial_s)
+            else:
+                st = kept.copy()
+                if restart:
                     st.progress_at_s = now_s
                     st.progress_cur_kib = int(guest.balloon_cur_kib)
                     if st.status == STUCK:
                         st.status = OK
-        decisions = []
-        for guest in guests:
-            proposed = proposed_targets.get(guest.name)
-            decisions.append(self._decide_one(now_s, guest, proposed))
+            self._observed = None
+            decisions.append(self._decide_one(now_s, guest, st,
+                                              proposed_targets.get(guest.name)))
+            decided[guest.name] = st
+            if self._observed is not None:
+                observed[guest.name] = self._observed
+        self._pending = _Step(now_s, decided, observed, restart)
         return decisions
 
-    def _decide_one(self, now_s: float, g: GuestView, proposed: Optional[float]) -> Decision:
+    def commit(self, outcomes: Mapping[str, Outcome]) -> None:
+        """What became of the last :meth:`decide`'s targets: ``outcomes`` maps a VM to
+        the outcome of its balloon target (a decision without a target needs none).
+
+        A target whose outcome is missing or did not reach the guest
+        (:attr:`Outcome.reached_guest`) leaves that guest as the tick observed it,
+        as if the decision had not been made; every other guest keeps what its
+        decision did. Guests not in the last decide() are forgotten. Without a
+        decide() since the last commit, nothing happens.
+        """
+        step, self._pending = self._pending, None
+        if step is None:
+            return
+        states = step.decided
+        for vm, before in step.observed.items():
+            outcome = outcomes.get(vm)
+            if outcome is None or not Outcome(outcome).reached_guest:
+                states[vm] = before
+        self._states = states
+        self._now_s = step.now_s
+        if step.restarted:
+            self._restart_timers = False
+
+    def _decide_one(
+        self, now_s: float, g: GuestView, st: _State, proposed: Optional[float]
+    ) -> Decision:
+        """The decision for one guest; ``st`` (a copy of its state) is changed to what
+        the tick observed and the decision did (``self._observed``: the state before
+        the decision, when it sets a target)."""
         cfg = self.config
-        st = self._states.get(g.name)
-        if st is None:
-            st = self._states[g.name] = _State(next_backoff_s=cfg.backoff_initial_s)
-        st.undo = None
         self._refill_budgets(now_s, st)
         cur = int(g.balloon_cur_kib)
         ceiling = int(g.balloon_max_kib)
@@ -334,12 +364,12 @@ class Governor:
             "swap_in_rate_kib": g.swap_in_rate_kib,
         }
 
-        def decision(target: Optional[int], kind: str, rule: str, reason: str) -> Decision:
+        def decision(target: Optional[int], kind: ActionKind, rule: str, reason: str) -> Decision:
             if st.status != OK:
                 inputs["state"] = st.status
             else:
                 inputs["state"] = BACKOFF if now_s < st.backoff_until_s else OK
-            return Decision(g.name, target, kind, rule, reason, inputs)
+            return Decision(g.name, target, kind, str(rule), reason, inputs)
 
         if ceiling <= 0:
             return decision(None, HOLD, "unknown_max", "maximum memory unknown; nothing is changed")
@@ -364,10 +394,7 @@ class Governor:
             rollback = self._check_rollback(now_s, st, g, cur, floor, ceiling)
         # What follows is this tick's decision; what came before was observed
         # (progress, harm) and stays even when the decision is not applied.
-        st.undo = _Undo(
-            st.target_kib, st.direction, st.progress_cur_kib, st.progress_at_s, st.inflation,
-            st.take_budget, st.give_budget,
-        )
+        self._observed = st.copy()
         if rollback is not None:
             target, why = rollback
             self._set_target(now_s, st, cur, target)
@@ -430,7 +457,7 @@ class Governor:
                     now_s, cur, g.psi_some_avg10, g.major_fault_rate, g.swap_in_rate_kib
                 )
             else:
-                # A new record, not a change to the old one: ``undo`` holds the old.
+                # A new record, not a change to the old one: ``_observed`` holds the old.
                 st.inflation = replace(st.inflation, last_at_s=now_s)
             self._spend(st, "take_budget", cur - target - asked, full_step)
             self._set_target(now_s, st, cur, target)

@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ebb.host.governor import Decision, Governor, GuestView
+from ebb.host.governor import Decision, Governor, GuestView, all_applied
+from ebb.host.kinds import Outcome
 from ebb.host.policy import PolicyError, PolicyInput
 from ebb.host.policy.program import Evaluation
 
@@ -93,6 +94,10 @@ class TickPlan:
     @property
     def policy_ok(self) -> bool:
         return self.policy_error is None
+
+    def all_applied(self) -> dict[str, Outcome]:
+        """Every target as applied (for :meth:`Governor.commit` in replays and evaluations)."""
+        return all_applied(self.decisions)
 
 
 class TickStage(Protocol):

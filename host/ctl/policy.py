@@ -111,6 +111,7 @@ def run_eval(args: argparse.Namespace) -> int:
                   host_spare_from_policy(inp, governor.config.host_reserve_share)),
         PolicyRunner(program), governor,
     )
+    governor.commit(plan.all_applied())
     if plan.evaluation is None:
         return _report([plan.policy_error] if plan.policy_error else [])
     for line in plan.debug:

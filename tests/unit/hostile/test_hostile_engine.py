@@ -252,7 +252,7 @@ def test_a_guest_flapping_at_48_frames_per_s_cannot_drive_the_tick_rate(
 def test_extra_ticks_take_no_more_than_regular_ticks(tmp_path: Path) -> None:
     """The governor's budget is per interval of time: ticking at 48/s (whatever
     made it tick) takes what ticking every interval would."""
-    from ebb.host.governor import Governor, GuestView
+    from ebb.host.governor import Governor, GuestView, all_applied
 
     def loss(ticks_per_s: float) -> int:
         governor = Governor(FlapRig(tmp_path).governor_config)
@@ -260,6 +260,7 @@ def test_extra_ticks_take_no_more_than_regular_ticks(tmp_path: Path) -> None:
         while now <= SIMULATED_S:
             guest = GuestView("no-agent", balloon_cur_kib=cur, balloon_max_kib=8 * GIB_KIB)
             (decision,) = governor.decide(now, [guest], {"no-agent": 0})
+            governor.commit(all_applied([decision]))
             if decision.target_kib is not None:
                 cur = decision.target_kib
             now += 1 / ticks_per_s
