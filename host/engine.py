@@ -27,7 +27,6 @@ passed in, so the tests drive the engine with fakes.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import math
@@ -37,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Deque, Protocol
+from typing import Any, Protocol
 
 from ebb.host.channels import GuestChannelState
 from ebb.host.collectors import HostSample
@@ -47,7 +46,8 @@ from ebb.host.governor import Decision, Governor, GuestView
 from ebb.host.hypervisor import DomainInfo
 from ebb.host.hypervisor.domain_xml import free_page_reporting_warning
 from ebb.host.inputs import TickInputs
-from ebb.host.kinds import ActionKind, GuestState, Outcome
+from ebb.host.journal import BalloonAction, Journal
+from ebb.host.kinds import CHANGED_OUTCOMES, ActionKind, GuestState, Outcome
 from ebb.host.policy import PolicyRunner
 from ebb.host.pressure import LEVEL_NAMES, HostPressure, sample_pressure
 from ebb.host.tick import TickStage, YieldStage, plan_tick
@@ -162,7 +162,7 @@ class TickRecord:
 
     def summary(self) -> str:
         """One line for ``STATUS=`` and ``ebbd --once``."""
-        changes = [a for a in self.applied if a.get("outcome") in ("applied", "dry-run")]
+        changes = [a for a in self.applied if a.get("outcome") in CHANGED_OUTCOMES]
         acted = ", ".join(
             f"{a.get('vm') or a.get('knob')}={a.get('target_kib', a.get('value'))}"
             for a in changes[:4]
@@ -296,7 +296,7 @@ class Engine:
         self._guest_states: dict[str, GuestState] = {}
         self._managed: set[str] = set()
         self._vms: dict[str, _VmMemory] = {}
-        self._journal: dict[str, Deque[dict[str, Any]]] = collections.OrderedDict()
+        self._journal = Journal(settings.journal_len)
         self._channel_paths: dict[str, str | None] | None = None
         self._last_share: float | None = None
         self._failed_ticks = 0
@@ -528,7 +528,7 @@ class Engine:
             LOG.debug("policy debug: %s", line)
         self.last_policy_error = policy_error
         decisions, controls = plan.decisions, plan.controls
-        applied = self._apply(decisions, controls, plan.policy_ok, paused)
+        actions, writes = self._apply(decisions, controls, plan.policy_ok, paused)
         now_wall = self._wall()
         duration_ms = (self._clock() - started) * 1000.0
         self.tick_count += 1
@@ -545,7 +545,7 @@ class Engine:
             views=[_shallow_dict(v) for v in inp.views],
             controls=controls,
             decisions=[_decision_dict(d) for d in decisions],
-            applied=applied,
+            applied=[a.to_dict() for a in actions] + writes,
             policy_error=policy_error,
             paused=paused,
             dry_run=self.dry_run,
@@ -553,8 +553,8 @@ class Engine:
             mono=started,
             variables=self._policy_variables(),
         )
-        self._journal_decisions(record, decisions, applied)
-        self._journal_events(record, plan.events)
+        self._journal_decisions(record, decisions, actions)
+        self._journal.add_events(record.ts, record.tick, plan.events, record.policy_error)
         with self._lock:
             self._last_host = host_sample
             self._domains = domains
@@ -602,30 +602,6 @@ class Engine:
         self.yields.set_pressure(pressure)
         return pressure
 
-    def _journal_events(self, record: TickRecord, events: Sequence[Mapping[str, Any]]) -> None:
-        """Journal entries that are not balloon decisions (yield requests and results)."""
-        with self._lock:
-            for event in events:
-                vm = str(event["vm"])
-                journal = self._journal.get(vm)
-                if journal is None:
-                    journal = self._journal[vm] = collections.deque(
-                        maxlen=self.settings.journal_len
-                    )
-                journal.append({
-                    "at": record.ts,
-                    "tick": record.tick,
-                    "kind": event.get("kind"),
-                    "target_kib": None,
-                    "rule": event.get("rule"),
-                    "reason": event.get("reason"),
-                    "inputs": dict(event.get("inputs") or {}),
-                    "outcome": event.get("outcome"),
-                    "detail": "",
-                    "policy_error": record.policy_error,
-                    "repeats": 1,
-                })
-
     def _forget_gone(self, present: set[str]) -> None:
         self.yields.forget(present)
         self.inputs.keep_only(present)
@@ -644,26 +620,23 @@ class Engine:
         controls: Mapping[str, Any],
         policy_ok: bool,
         paused: bool,
-    ) -> list[dict[str, Any]]:
-        applied: list[dict[str, Any]] = []
+    ) -> tuple[list[BalloonAction], list[dict[str, Any]]]:
+        """Apply the plan: the balloon actions, and the KSM and memtune writes."""
         if paused:
-            return applied
+            return [], []
         # Giving memory first: a guest that asked for memory (or is being rolled
         # back) should not wait behind other guests' inflations.
         ordered = sorted(decisions, key=lambda d: not ActionKind(d.kind).gives)
-        outcomes: dict[str, Outcome] = {}
+        actions: list[BalloonAction] = []
         for decision in ordered:
             if decision.target_kib is None:
                 continue
             result = self.balloon.apply(decision.vm, decision.target_kib, decision.reason)
-            outcomes[decision.vm] = Outcome(result.outcome)
-            entry = result.to_dict()
-            entry["kind"] = decision.kind
-            entry["rule"] = decision.rule
-            applied.append(entry)
+            action = BalloonAction(result, decision.kind, decision.rule)
+            actions.append(action)
             memory = self._vms.get(decision.vm)
             if (
-                result.outcome == Outcome.APPLIED
+                action.outcome == Outcome.APPLIED
                 and memory is not None
                 and memory.last_sent_target_kib != decision.target_kib
             ):
@@ -671,17 +644,18 @@ class Engine:
                 self.channels.send_decision(decision.vm, decision.target_kib, decision.reason)
         # The governor judges guests only by targets that reached them: a dry run
         # would otherwise find every guest stuck, then uncooperative.
-        self.governor.commit(outcomes)
+        self.governor.commit({a.vm: a.outcome for a in actions})
+        writes: list[dict[str, Any]] = []
         if self.ksm is not None and self.settings.ksm_enabled and policy_ok:
             host_controls = controls.get("host") or {}
             if host_controls:
                 for write in self.ksm.apply(host_controls):
                     entry = write.to_dict() if hasattr(write, "to_dict") else dict(write)
                     entry["controller"] = "ksm"
-                    applied.append(entry)
+                    writes.append(entry)
         if self.memtune is not None and self.settings.memtune_uncooperative:
-            applied.extend(self._apply_memtune(decisions))
-        return applied
+            writes.extend(self._apply_memtune(decisions))
+        return actions, writes
 
     def _apply_memtune(self, decisions: Sequence[Decision]) -> list[dict[str, Any]]:
         assert self.memtune is not None
@@ -719,51 +693,16 @@ class Engine:
         return kept if isinstance(kept, dict) else None
 
     def _journal_decisions(
-        self,
-        record: TickRecord,
-        decisions: Sequence[Decision],
-        applied: Sequence[Mapping[str, Any]],
+        self, record: TickRecord, decisions: Sequence[Decision], actions: Sequence[BalloonAction]
     ) -> None:
-        outcomes = {a["vm"]: a for a in applied if "vm" in a and "controller" not in a}
+        by_vm = {a.vm: a for a in actions}
+        self._journal.add_decisions(record.ts, record.tick, decisions, by_vm,
+                                    paused=record.paused, policy_error=record.policy_error)
         with self._lock:
             for decision in decisions:
-                result = outcomes.get(decision.vm)
-                entry = {
-                    "at": record.ts,
-                    "tick": record.tick,
-                    "kind": decision.kind,
-                    "target_kib": decision.target_kib,
-                    "rule": decision.rule,
-                    "reason": decision.reason,
-                    "inputs": dict(decision.inputs),
-                    "outcome": result.get("outcome") if result else (
-                        "paused" if record.paused and decision.target_kib is not None else None
-                    ),
-                    "detail": result.get("detail") if result else "",
-                    "policy_error": record.policy_error,
-                    "repeats": 1,
-                }
-                journal = self._journal.get(decision.vm)
-                if journal is None:
-                    journal = self._journal[decision.vm] = collections.deque(
-                        maxlen=self.settings.journal_len
-                    )
-                    while len(self._journal) > 512:  # VMs come and go; keep memory bounded
-                        self._journal.pop(next(iter(self._journal)))
-                last = journal[-1] if journal else None
-                if last is not None and all(
-                    last[k] == entry[k] for k in ("kind", "target_kib", "rule", "outcome")
-                ):
-                    last["repeats"] += 1
-                    last["last_at"] = record.ts
-                    last["reason"] = entry["reason"]
-                    last["inputs"] = entry["inputs"]
-                else:
-                    journal.append(entry)
+                action = by_vm.get(decision.vm)
                 memory = self._vms.get(decision.vm)
-                if memory is not None and result is not None and result.get("outcome") in (
-                    "applied", "dry-run",
-                ):
+                if memory is not None and action is not None and action.outcome.changed:
                     memory.last_action = {
                         "at": record.ts,
                         "kind": decision.kind,
@@ -775,11 +714,8 @@ class Engine:
     def journal_event(self, vm: str, event: Mapping[str, Any]) -> None:
         """Add a yield request or result made outside a tick (``ebbctl yield``)."""
         record = self.last_record
-        stamp = TickRecord(
-            ts=self._wall(), tick=record.tick if record else 0, duration_ms=0.0, state={},
-            views=[], controls={}, decisions=[], applied=[],
-        )
-        self._journal_events(stamp, [{**event, "vm": vm}])
+        self._journal.add_events(self._wall(), record.tick if record else 0,
+                                 [{**event, "vm": vm}])
 
     def measure_rss_kib(self, vm: str) -> int | None:
         """The VM's QEMU RSS now (the QEMU process, else libvirt's memory stats)."""
@@ -808,12 +744,13 @@ class Engine:
 
     def journal(self, vm: str) -> list[dict[str, Any]]:
         """The recent decisions for ``vm``, oldest first (copies)."""
-        with self._lock:
-            return [dict(e) for e in self._journal.get(vm, ())]
+        return self._journal.entries(vm)
 
     def known_vm(self, vm: str) -> bool:
+        if self._journal.knows(vm):
+            return True
         with self._lock:
-            return vm in self._journal or any(d.name == vm for d in self._domains)
+            return any(d.name == vm for d in self._domains)
 
     # --- status ---------------------------------------------------------------------------
 

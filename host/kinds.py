@@ -64,3 +64,7 @@ class GuestState(StrEnum):
     UNCOOPERATIVE = "uncooperative"  # no progress for uncooperative_after_s
     NO_AGENT = "no-agent"  # no agent connected
     STALE = "stale"  # the agent's reports stopped
+
+
+#: Outcomes that count as a change made (``ebbctl status``, metrics, the tick summary).
+CHANGED_OUTCOMES = frozenset(o for o in Outcome if o.changed)

@@ -31,6 +31,7 @@ import logging
 import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
+from ebb.host.kinds import CHANGED_OUTCOMES, GuestState
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -42,7 +43,7 @@ StatusSource = Callable[[], Mapping[str, Any]]
 BYTES_PER_KIB = 1024
 
 #: Outcomes of a balloon change that count as an action (``applied`` entries).
-ACTION_OUTCOMES = frozenset({"applied", "dry-run"})
+ACTION_OUTCOMES = CHANGED_OUTCOMES
 
 #: Tick duration buckets (seconds): a tick normally takes a few ms; a slow
 #: libvirt makes it take seconds.
@@ -122,7 +123,8 @@ _VM_GAUGES: Tuple[Tuple[str, str, Tuple[str, ...], Callable[[Any], Optional[floa
 )
 
 #: The cooperation states a VM can be in (``ebb_vm_cooperation`` has one series each).
-COOPERATION_STATES = ("ok", "no-agent", "stale", "backoff", "stuck", "uncooperative")
+COOPERATION_STATES = (GuestState.OK, GuestState.NO_AGENT, GuestState.STALE, GuestState.BACKOFF,
+                      GuestState.STUCK, GuestState.UNCOOPERATIVE)
 
 
 def _dig(data: Mapping[str, Any], path: Iterable[str]) -> Any:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ebb.host.kinds import ActionKind
 from ebb.host.observe.trace import read_trace
 from ebb.host.units import PAGE_KIB
 
@@ -198,7 +199,7 @@ def extract_series(
             target = _num(decision.get("target_kib"))
             if target is not None:
                 targets_in_force[vm] = target
-                if decision.get("kind") == "inflate":
+                if decision.get("kind") == ActionKind.INFLATE:
                     out.inflations.append((ts - start_ts, vm))
 
         for guest in state.get("guests") or []:
