@@ -42,7 +42,7 @@ from ebb.host.governor import (
 )
 from ebb.host.observe.trace import read_trace
 from ebb.host.policy import Entity, PolicyInput, PolicyRunner
-from ebb.host.tick import TickInput, guest_views, host_spare_from_policy, plan_tick
+from ebb.host.tick import TickInput, TickPlan, guest_views, host_spare_from_policy, plan_tick
 
 LOG = logging.getLogger(__name__)
 
@@ -246,8 +246,9 @@ class Replayer:
         self.runner = PolicyRunner(self.runner.program)
         self.governor = Governor(self.governor.config)
 
-    def feed(self, record: Mapping[str, Any]) -> None:
-        """Replay one trace record (a decoded trace line)."""
+    def feed(self, record: Mapping[str, Any]) -> Optional[TickPlan]:
+        """Replay one trace record (a decoded trace line); its replayed plan, or None
+        when the record cannot be replayed (skipped)."""
         report = self.report
         tick = int(record.get("tick", report.ticks))
         if self._last_tick is not None and tick <= self._last_tick:
@@ -257,7 +258,7 @@ class Replayer:
         views_raw = record.get("views")
         if not isinstance(state, Mapping) or not isinstance(views_raw, list):
             report.ticks_skipped += 1
-            return
+            return None
         try:
             recorded_views = [guest_view_from_dict(v) for v in views_raw]
             if not self.open_loop:
@@ -266,7 +267,7 @@ class Replayer:
         except (ValueError, TypeError) as err:
             LOG.warning("tick %s: cannot rebuild its inputs (%s); skipped", tick, err)
             report.ticks_skipped += 1
-            return
+            return None
         report.ticks += 1
         if record.get("policy_error"):
             report.policy_errors_recorded += 1
@@ -294,7 +295,7 @@ class Replayer:
         host_controls = dict(plan.controls["host"])
         if paused:
             report.ticks_paused += 1
-            return
+            return plan
         replayed = [_decision_summary(d) for d in plan.decisions]
         recorded = [_decision_dict(d) for d in record.get("decisions") or []]
 
@@ -333,6 +334,7 @@ class Replayer:
                     HostControlDifference(tick=tick, recorded=recorded_host,
                                           replayed=host_controls)
                 )
+        return plan
 
     # -- the first-order model of a different past
 
