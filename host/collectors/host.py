@@ -70,6 +70,8 @@ class HostSample:
     mem_available_kib: int | None
     swap_total_kib: int
     swap_used_kib: int
+    #: Pages (not KiB) swapped in / out per second: /proc/vmstat counts pages, and
+    #: ``ebbctl status`` shows these as they are (``host.pressure`` converts).
     swap_in_per_s: float
     swap_out_per_s: float
     psi_some_avg10: float | None
