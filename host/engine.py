@@ -27,17 +27,16 @@ passed in, so the tests drive the engine with fakes.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ebb.host import status
 from ebb.host.channels import GuestChannelState
 from ebb.host.collectors import HostSample
 from ebb.host.collectors.procfs import freeable_share, parse_meminfo
@@ -47,9 +46,11 @@ from ebb.host.hypervisor import DomainInfo
 from ebb.host.hypervisor.domain_xml import free_page_reporting_warning
 from ebb.host.inputs import TickInputs
 from ebb.host.journal import BalloonAction, Journal
-from ebb.host.kinds import CHANGED_OUTCOMES, ActionKind, GuestState, Outcome
+from ebb.host.kinds import ActionKind, GuestState, Outcome
 from ebb.host.policy import PolicyRunner
 from ebb.host.pressure import LEVEL_NAMES, HostPressure, sample_pressure
+from ebb.host.record import TickRecord as TickRecord  # re-exported: observers import it here
+from ebb.host.record import decision_dict, json_friendly, shallow_dict
 from ebb.host.tick import TickStage, YieldStage, plan_tick
 from ebb.host.units import PAGE_KIB
 from ebb.host.yielding import YieldCoordinator
@@ -123,60 +124,6 @@ class TickObserver(Protocol):
     def on_tick(self, record: TickRecord) -> None: ...
 
 
-# --- the record of one tick ------------------------------------------------------------
-
-
-@dataclass
-class TickRecord:
-    """Everything one tick saw and did (contracts.md "Engine -> observers").
-
-    ``state`` has the shape of ``ebbctl policy eval --state`` STATE.json, so a
-    trace line can be replayed through a policy.
-    """
-
-    ts: float
-    tick: int
-    duration_ms: float
-    state: dict[str, Any]
-    views: list[dict[str, Any]]
-    controls: dict[str, Any]
-    decisions: list[dict[str, Any]]
-    applied: list[dict[str, Any]]
-    policy_error: str | None = None
-    paused: bool = False
-    dry_run: bool = False
-    reasons: list[str] = field(default_factory=list)
-    #: The governor's clock for this tick (``time.monotonic``): what replay times
-    #: rollback windows and back-offs by, immune to wall-clock steps.
-    mono: float | None = None
-    #: The policy's ``SetVar`` values kept after this tick:
-    #: ``{"host": {...}, "guests": {VM: {...}}}`` (JSON-friendly).
-    variables: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """The trace line (one JSON object, no newline)."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
-
-    def summary(self) -> str:
-        """One line for ``STATUS=`` and ``ebbd --once``."""
-        changes = [a for a in self.applied if a.get("outcome") in CHANGED_OUTCOMES]
-        acted = ", ".join(
-            f"{a.get('vm') or a.get('knob')}={a.get('target_kib', a.get('value'))}"
-            for a in changes[:4]
-        )
-        more = f" (+{len(changes) - 4})" if len(changes) > 4 else ""
-        state = "paused; " if self.paused else ("dry run; " if self.dry_run else "")
-        error = f"; policy error: {self.policy_error}" if self.policy_error else ""
-        return (
-            f"tick {self.tick}: {state}{len(self.views)} VM(s) managed, "
-            f"{len(changes)} change(s){': ' + acted + more if changes else ''}"
-            f" in {self.duration_ms:.0f} ms{error}"
-        )
-
-
 # --- settings ----------------------------------------------------------------------------
 
 
@@ -213,19 +160,6 @@ class _VmMemory:
 
     last_sent_target_kib: int | None = None
     last_action: dict[str, Any] | None = None
-
-
-def _json_friendly(value: Any) -> Any:
-    """``value`` with only JSON types (policy values may be any Python object)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _json_friendly(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_friendly(v) for v in value]
-    return str(value)
 
 
 def read_freeable_share(proc_root: Path | str = "/proc") -> float | None:
@@ -542,9 +476,9 @@ class Engine:
                 "guests": [{"props": dict(g.props), "samples": list(g.samples)}
                            for g in inp.policy.guests],
             },
-            views=[_shallow_dict(v) for v in inp.views],
+            views=[shallow_dict(v) for v in inp.views],
             controls=controls,
-            decisions=[_decision_dict(d) for d in decisions],
+            decisions=[decision_dict(d) for d in decisions],
             applied=[a.to_dict() for a in actions] + writes,
             policy_error=policy_error,
             paused=paused,
@@ -686,7 +620,7 @@ class Engine:
         if not callable(variables):
             return None
         try:
-            kept = _json_friendly(variables())
+            kept = json_friendly(variables())
         except Exception:  # the trace must not cost a tick
             LOG.exception("cannot read the policy's variables for the tick record")
             return None
@@ -796,84 +730,22 @@ class Engine:
         memory: _VmMemory | None,
         now_mono: float,
     ) -> dict[str, Any]:
-        managed = info.name in self._managed
         override = self._floor_overrides_kib.get(info.name)
         if view is not None:
             floor: int | None = self.governor.floor_for(view)
         else:
             floor = override if override is not None else info.settings.floor_kib
-        agent_active = channel is not None and channel.agent_active
-        latest = channel.latest.report if channel is not None and channel.latest else None
-        need = channel.need.need if agent_active and channel and channel.need else None
-        offer = channel.offer.offer if agent_active and channel and channel.offer else None
-        return {
-            "name": info.name,
-            "uuid": info.uuid,
-            "state": info.state,
-            "balloon_cur_kib": info.balloon_cur_kib,
-            "balloon_target_kib": self.balloon.last_requested_kib(info.name),
-            "balloon_max_kib": info.max_memory_kib,
-            "floor_kib": floor,
-            "managed": managed,
-            "agent": {
-                "connected": bool(agent_active),
-                "last_report_age_s": (
-                    round(channel.report_age_s(now_mono) or 0.0, 3)
-                    if channel is not None and channel.latest is not None
-                    else None
-                ),
-                "protocol_errors": channel.protocol_errors if channel is not None else 0,
-                "cut_off_until": channel.cut_off_until if channel is not None else None,
-            },
-            "offer_kib": offer.kib if offer else None,
-            "need_kib": need.kib if need else None,
-            "need_urgency": need.urgency if need and need.kib else None,
-            "psi_some_avg10": latest.psi_some_avg10 if latest else None,
-            "mem_available_kib": latest.mem_available_kib if latest else None,
-            "cooperation": self._cooperation(info.name, channel),
-            "last_action": dict(memory.last_action) if memory and memory.last_action else None,
-            "floor_override_kib": override,
-            "channel": info.settings.channel_path,
-            "rss_kib": _rss_kib(info, self.inputs.latest_sample(info.name)),
-            "free_page_reporting": info.settings.free_page_reporting,
-            "autodeflate": info.settings.autodeflate,
-            "stats_period_s": info.settings.stats_period_s,
-            "yield": self._yield_status(info.name, channel),
-        }
-
-    def _yield_status(self, vm: str, channel: GuestChannelState | None) -> dict[str, Any]:
-        status = self.yields.status(vm) or {}
-        return {
-            "capable": bool(
-                channel is not None and channel.agent_active and "yield" in channel.capabilities
-            ),
-            "pending": bool(status.get("pending") or (channel and channel.yield_pending)),
-            "last": status.get("last"),
-            "unasked": channel.yields_unasked if channel is not None else 0,
-        }
-
-    def _cooperation(self, vm: str, channel: GuestChannelState | None) -> GuestState:
-        state = self._guest_states.get(vm, GuestState.OK)
-        if state != GuestState.OK:
-            return state
-        if channel is None or not channel.agent_active:
-            return GuestState.NO_AGENT
-        if channel.stale:
-            return GuestState.STALE
-        return GuestState.OK
-
-
-def _shallow_dict(value: Any) -> dict[str, Any]:
-    """A flat dataclass as a dict (``asdict`` deep-copies, which costs a tick dearly)."""
-    return {f.name: getattr(value, f.name) for f in fields(value)}
-
-
-def _decision_dict(decision: Decision) -> dict[str, Any]:
-    """What ``Decision.to_json()`` gives, without the deep copy."""
-    out = _shallow_dict(decision)
-    out["inputs"] = dict(decision.inputs)
-    return out
-
+        return status.vm_row(
+            info, channel, now_mono,
+            managed=info.name in self._managed,
+            floor_kib=floor,
+            floor_override_kib=override,
+            balloon_target_kib=self.balloon.last_requested_kib(info.name),
+            guest_state=self._guest_states.get(info.name, GuestState.OK),
+            last_action=memory.last_action if memory else None,
+            latest_sample=self.inputs.latest_sample(info.name),
+            yield_status=self.yields.status(info.name),
+        )
 
 def _manageable(info: DomainInfo) -> bool:
     """A VM ebb may balloon: running, with a balloon, not excluded in its XML."""
@@ -881,12 +753,3 @@ def _manageable(info: DomainInfo) -> bool:
     return bool(info.state == "running" and settings.enabled and settings.has_balloon)
 
 
-def _rss_kib(info: DomainInfo, sample: Mapping[str, Any] | None) -> int | None:
-    """The VM's QEMU resident memory: libvirt's stats, else the last policy sample's.
-
-    The sample has the process's own figure when libvirt's stats have none.
-    """
-    rss = info.memory_stats.get("rss")
-    if rss is None and sample is not None:
-        rss = sample.get("rss")
-    return int(rss) if rss is not None else None
