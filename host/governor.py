@@ -393,15 +393,18 @@ class Governor:
         if st.inflation is not None or st.last_rollback_s is not None:
             rollback = self._check_rollback(now_s, st, g, cur, floor, ceiling)
         # What follows is this tick's decision; what came before was observed
-        # (progress, harm) and stays even when the decision is not applied.
-        self._observed = st.copy()
+        # (progress, harm) and stays even when the decision is not applied. Each
+        # path that sets a target keeps that observed state first (``_observed``);
+        # a hold changes nothing from here on, so it needs no copy.
         if rollback is not None:
             target, why = rollback
+            self._observed = st.copy()
             self._set_target(now_s, st, cur, target)
             return decision(target, ROLLBACK, ROLLBACK, why)
 
         if proposed is None:
             if cur < floor:
+                self._observed = st.copy()
                 self._set_target(now_s, st, cur, floor)
                 return decision(
                     floor,
@@ -452,6 +455,7 @@ class Governor:
                     f"policy asked {fmt_kib(want)}; "
                     f"a change of {fmt_kib(cur - target)} is too small",
                 )
+            self._observed = st.copy()
             if st.inflation is None:
                 st.inflation = _Inflation(
                     now_s, cur, g.psi_some_avg10, g.major_fault_rate, g.swap_in_rate_kib
@@ -496,6 +500,7 @@ class Governor:
                     f"policy asked {fmt_kib(want)}; "
                     f"a change of {fmt_kib(target - cur)} is too small",
                 )
+            self._observed = st.copy()
             self._spend(st, "give_budget", target - max(cur, floor) - asked, full_step)
             if self._spare_left_kib is not None:
                 self._spare_left_kib = max(0, self._spare_left_kib - (target - max(cur, floor)))
