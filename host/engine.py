@@ -732,7 +732,7 @@ class Engine:
     ) -> dict[str, Any]:
         override = self._floor_overrides_kib.get(info.name)
         if view is not None:
-            floor: int | None = self.governor.floor_for(view)
+            floor: int | None = view.floor_kib  # the floor enforced (inputs.floor_kib)
         else:
             floor = override if override is not None else info.settings.floor_kib
         return status.vm_row(

@@ -38,7 +38,6 @@ from ebb.host.governor import (
     Decision,
     Governor,
     GovernorConfig,
-    GuestView,
 )
 from ebb.host.observe.trace import read_trace
 from ebb.host.policy import Entity, PolicyInput, PolicyRunner
@@ -47,7 +46,6 @@ from ebb.host.tick import TickInput, TickPlan, guest_views, host_spare_from_poli
 LOG = logging.getLogger(__name__)
 
 KIB_PER_MIB = 1024
-_GUEST_VIEW_FIELDS = frozenset(f.name for f in dataclasses.fields(GuestView))
 
 PathLike = Union[str, Path]
 
@@ -167,9 +165,18 @@ class ReplayReport:
         }
 
 
-def guest_view_from_dict(data: Mapping[str, Any]) -> GuestView:
-    """A recorded view (``GuestView`` as a dict) back as a GuestView; extra keys ignored."""
-    return GuestView(**{k: v for k, v in data.items() if k in _GUEST_VIEW_FIELDS})
+def recorded_balloons(views: Sequence[Any]) -> Dict[str, int]:
+    """Each recorded view's balloon (``name`` -> ``balloon_cur_kib``): where the
+    recorded movement is counted from. Raises ValueError for a malformed view."""
+    balloons: Dict[str, int] = {}
+    for view in views:
+        if not isinstance(view, Mapping) or not isinstance(view.get("name"), str):
+            raise ValueError("a recorded view needs a 'name'")
+        cur = view.get("balloon_cur_kib")
+        if isinstance(cur, bool) or not isinstance(cur, (int, float)):
+            raise ValueError(f"recorded view {view['name']!r} needs a number 'balloon_cur_kib'")
+        balloons[view["name"]] = int(cur)
+    return balloons
 
 
 def policy_input(state: Mapping[str, Any]) -> PolicyInput:
@@ -260,7 +267,7 @@ class Replayer:
             report.ticks_skipped += 1
             return None
         try:
-            recorded_views = [guest_view_from_dict(v) for v in views_raw]
+            recorded_cur = recorded_balloons(views_raw)
             if not self.open_loop:
                 state = self._shift_state(state)
             inp = policy_input(state)
@@ -299,12 +306,11 @@ class Replayer:
         replayed = [_decision_summary(d) for d in plan.decisions]
         recorded = [_decision_dict(d) for d in record.get("decisions") or []]
 
-        recorded_cur = {v.name: int(v.balloon_cur_kib) for v in recorded_views}
         for decision in recorded:
             report.recorded.account(decision, recorded_cur.get(str(decision.get("vm"))))
         for decision in replayed:
             report.replayed.account(decision, recorded_cur.get(str(decision.get("vm"))))
-        self._update_shifts(recorded_views)
+        self._update_shifts(recorded_cur)
 
         differs = False
         by_vm = {str(d.get("vm")): d for d in recorded}
@@ -338,16 +344,15 @@ class Replayer:
 
     # -- the first-order model of a different past
 
-    def _update_shifts(self, recorded_views: Sequence[GuestView]) -> None:
+    def _update_shifts(self, recorded_cur: Mapping[str, int]) -> None:
         """Shift of each guest: replayed target in force minus recorded target in force."""
-        present = {v.name for v in recorded_views}
+        present = set(recorded_cur)
         self._shift_kib = {}
-        for view in recorded_views:
-            cur = int(view.balloon_cur_kib)
-            recorded = self.report.recorded.targets_in_force.get(view.name, cur)
-            replayed = self.report.replayed.targets_in_force.get(view.name, cur)
+        for name, cur in recorded_cur.items():
+            recorded = self.report.recorded.targets_in_force.get(name, cur)
+            replayed = self.report.replayed.targets_in_force.get(name, cur)
             if recorded != replayed and not self.open_loop:
-                self._shift_kib[view.name] = replayed - recorded
+                self._shift_kib[name] = replayed - recorded
         for movement in (self.report.recorded, self.report.replayed):
             for gone in [vm for vm in movement.targets_in_force if vm not in present]:
                 del movement.targets_in_force[gone]
