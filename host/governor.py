@@ -120,8 +120,10 @@ class GovernorConfig:
 class GuestView:
     """What the governor knows of one guest this tick (KiB, seconds, per-second rates).
 
-    ``floor_kib`` is the VM's own floor (ebb metadata floor or memtune
-    min_guarantee), None for the default. Rates and PSI are None when unknown.
+    ``floor_kib`` is the VM's floor: ebbd and replays pass it already resolved
+    by :func:`guest_floor_kib` (resolving it again changes nothing); None stands
+    for ``default_floor_kib``. Rates and PSI are None when unknown;
+    ``swap_in_rate_kib`` is KiB per second.
     """
 
     name: str
