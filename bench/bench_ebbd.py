@@ -317,7 +317,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         on_need=lambda vm: holder["engine"].on_need(vm),
     )
     engine = Engine(
-        EngineSettings(interval_s=args.interval, default_floor_kib=512 * 1024),
+        EngineSettings(interval_s=args.interval),
         host=HostCollector(proc_root, sys_root),
         hypervisor=hypervisor,  # type: ignore[arg-type]
         channels=channels,

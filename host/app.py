@@ -49,6 +49,7 @@ from ebb.host.policy import PolicyRunner, PolicyStartError
 from ebb.host.pressure import pressure_thresholds
 from ebb.host.rundir import prepare_run_dir
 from ebb.host.threads import Waker, start_thread
+from ebb.host.units import PAGE_KIB
 from ebb.host.yielding import YIELD_RESULT, ManualYields
 
 LOG = logging.getLogger(__name__)
@@ -74,7 +75,6 @@ def daemon_version() -> str:
 def governor_config(config: EbbdConfig) -> GovernorConfig:
     """``[governor]`` and ``[balloon]`` as the governor's own config."""
     section = config.governor
-    page_kib = 4
     return GovernorConfig(
         default_floor_kib=section.default_floor_mib * 1024,
         min_floor_kib=min(GovernorConfig.min_floor_kib, section.default_floor_mib * 1024),
@@ -84,11 +84,11 @@ def governor_config(config: EbbdConfig) -> GovernorConfig:
         min_change_kib=config.balloon.min_change_kib,
         stall_psi_some_avg10=section.stall_psi_some_avg10,
         stall_major_fault_rate=section.stall_major_faults_per_s,
-        stall_swap_in_rate_kib=section.stall_swap_in_per_s * page_kib,
+        stall_swap_in_rate_kib=section.stall_swap_in_per_s * PAGE_KIB,
         rollback_window_s=section.rollback_window_s,
         rollback_psi_rise=section.rollback_psi_some_avg10,
         rollback_major_fault_rise=section.rollback_major_faults_per_s,
-        rollback_swap_in_rise_kib=section.rollback_swap_in_per_s * page_kib,
+        rollback_swap_in_rise_kib=section.rollback_swap_in_per_s * PAGE_KIB,
         backoff_initial_s=section.backoff_initial_s,
         backoff_growth=section.backoff_growth,
         backoff_max_s=max(section.backoff_max_s, section.backoff_initial_s),
@@ -119,7 +119,6 @@ def channel_limits(config: EbbdConfig) -> ChannelLimits:
 def engine_settings(config: EbbdConfig) -> EngineSettings:
     return EngineSettings(
         interval_s=config.daemon.policy_interval_s,
-        default_floor_kib=config.governor.default_floor_mib * 1024,
         pressure_threshold_share=config.host.pressure_tick_threshold,
         ksm_enabled=config.ksm.enabled,
         memtune_uncooperative=config.memtune.soft_limit_uncooperative,

@@ -290,7 +290,7 @@ class GovernorSection:
     stall_major_faults_per_s: float = field(
         default=1000.0, metadata=_rule(_between(0, MAX_RATE, above=True))
     )
-    #: Pages (4 KiB) swapped in per second (256 = 1 MiB/s).
+    #: Pages swapped in per second (pages of ebb.host.units.PAGE_KIB; 256 = 1 MiB/s at 4 KiB).
     stall_swap_in_per_s: float = field(
         default=256.0, metadata=_rule(_between(0, MAX_RATE, above=True))
     )

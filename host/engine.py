@@ -6,16 +6,18 @@ crosses the threshold, or libvirt reports domains coming or going) the engine:
 1. reads the host (:class:`~ebb.host.collectors.HostCollector`), the active
    domains (:class:`~ebb.host.hypervisor.Hypervisor`) and every guest's channel
    (:class:`~ebb.host.channels.GuestChannels`);
-2. builds the policy input: one :class:`~ebb.host.policy.Entity` for the host
-   and one per managed guest, each with its last ``history_len`` samples;
-3. evaluates the policy (:class:`~ebb.host.policy.PolicyRunner`). A run-time
-   error is logged with its file:line:col and the tick goes on with no policy
-   proposals, so only the governor's own safety moves (floors, rollbacks) apply;
-4. lets the :class:`~ebb.host.governor.Governor` decide per guest;
-5. applies (balloon, KSM, memtune for uncooperative guests), unless paused,
-   and tells the governor which targets never reached their guest (dry run,
-   libvirt refused, VM gone), so that it does not judge guests by them;
-6. tells each guest whose target changed (``decision`` message), records the
+2. has :class:`~ebb.host.inputs.TickInputs` build the tick's input: the policy
+   input (host and guest samples with ``history_len`` of history) and the
+   governor's view of each managed guest;
+3. plans the tick with :func:`~ebb.host.tick.plan_tick`: the policy, the yield
+   stage, the governor. A policy run-time error is logged with its
+   file:line:col and the tick goes on with no policy proposals, so only the
+   governor's own safety moves (floors, rollbacks) apply;
+4. applies the plan (balloon, KSM, memtune for uncooperative guests), unless
+   paused, and tells the governor what became of each target (dry run,
+   libvirt refused, VM gone), so that it does not judge guests by targets
+   they never saw;
+5. tells each guest whose target changed (``decision`` message), records the
    decisions in a bounded per-VM journal (``ebbctl explain``) and hands a
    :class:`TickRecord` to the observers (trace, metrics).
 
@@ -25,55 +27,35 @@ passed in, so the tests drive the engine with fakes.
 
 from __future__ import annotations
 
-import collections
-import json
 import logging
-import math
-import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Deque, Protocol
+from typing import Any, Protocol
 
+from ebb.host import status
 from ebb.host.channels import GuestChannelState
 from ebb.host.collectors import HostSample
 from ebb.host.collectors.procfs import freeable_share, parse_meminfo
-from ebb.host.controllers.balloon import APPLIED, DRY_RUN, FAILED, VM_GONE, BalloonResult
-from ebb.host.governor import Decision, Governor, GuestView, fmt_kib
-from ebb.host.hypervisor import DomainInfo, guest_sample
+from ebb.host.controllers.balloon import BalloonResult
+from ebb.host.governor import Decision, Governor, GuestView
+from ebb.host.hypervisor import DomainInfo
 from ebb.host.hypervisor.domain_xml import free_page_reporting_warning
-from ebb.host.policy import GUEST_FIELDS, Entity, PolicyError, PolicyInput, PolicyRunner
+from ebb.host.inputs import TickInputs
+from ebb.host.journal import BalloonAction, Journal
+from ebb.host.kinds import ActionKind, GuestState, Outcome
+from ebb.host.policy import PolicyRunner
 from ebb.host.pressure import LEVEL_NAMES, HostPressure, PressureThresholds, sample_pressure
+from ebb.host.record import TickRecord as TickRecord  # re-exported: observers import it here
+from ebb.host.record import decision_dict, json_friendly, shallow_dict
+from ebb.host.tick import TickStage, YieldStage, plan_tick
+from ebb.host.units import PAGE_KIB
 from ebb.host.yielding import YieldCoordinator
 
 LOG = logging.getLogger(__name__)
-
-_PAGE_KIB = (os.sysconf("SC_PAGE_SIZE") // 1024) if hasattr(os, "sysconf") else 4
-
-#: Need urgency as the policy field ``need_urgency`` reads it (docs/policy.md).
-URGENCY_LEVELS = {"low": 1, "high": 2, "critical": 2}
-
-#: Balloon outcomes meaning the target never reached the guest (the governor is told).
-_NOT_APPLIED = frozenset({DRY_RUN, FAILED, VM_GONE})
-
-#: A guest's need counts as shown by its own report when one of these holds (the
-#: agent's own need triggers, docs/agent.md "Offer and need"); without any, the
-#: need is believed only up to one reserve (:func:`weigh_need`).
-EVIDENCE_PSI_SOME_AVG10 = 10.0
-EVIDENCE_PSI_FULL_AVG10 = 2.0
-EVIDENCE_MAJOR_FAULTS_PER_S = 200.0
-EVIDENCE_SWAP_IN_PAGES_PER_S = 256.0
-EVIDENCE_REFAULTS_PER_S = 256.0
-#: The agent's reserve: 5 % of the guest's memory, at least 64 MiB.
-RESERVE_SHARE = 0.05
-RESERVE_MIN_KIB = 64 * 1024
-
-#: Cooperation states in ``ebbctl status`` (contracts.md).
-NO_AGENT = "no-agent"
-STALE = "stale"
 
 
 # --- what the engine needs from its collaborators ---------------------------------------
@@ -142,63 +124,6 @@ class TickObserver(Protocol):
     def on_tick(self, record: TickRecord) -> None: ...
 
 
-# --- the record of one tick ------------------------------------------------------------
-
-
-@dataclass
-class TickRecord:
-    """Everything one tick saw and did (contracts.md "Engine -> observers").
-
-    ``state`` has the shape of ``ebbctl policy eval --state`` STATE.json, so a
-    trace line can be replayed through a policy.
-    """
-
-    ts: float
-    tick: int
-    duration_ms: float
-    state: dict[str, Any]
-    views: list[dict[str, Any]]
-    controls: dict[str, Any]
-    decisions: list[dict[str, Any]]
-    applied: list[dict[str, Any]]
-    policy_error: str | None = None
-    paused: bool = False
-    dry_run: bool = False
-    reasons: list[str] = field(default_factory=list)
-    #: The governor's clock for this tick (``time.monotonic``): what replay times
-    #: rollback windows and back-offs by, immune to wall-clock steps.
-    mono: float | None = None
-    #: The policy's ``SetVar`` values kept after this tick:
-    #: ``{"host": {...}, "guests": {VM: {...}}}`` (JSON-friendly).
-    variables: dict[str, Any] | None = None
-    #: Yield requests sent and yield results judged this tick (the journal's
-    #: ``yield-request`` / ``yield-result`` entries: vm, kind, outcome, reason, inputs).
-    yields: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """The trace line (one JSON object, no newline)."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
-
-    def summary(self) -> str:
-        """One line for ``STATUS=`` and ``ebbd --once``."""
-        changes = [a for a in self.applied if a.get("outcome") in ("applied", "dry-run")]
-        acted = ", ".join(
-            f"{a.get('vm') or a.get('knob')}={a.get('target_kib', a.get('value'))}"
-            for a in changes[:4]
-        )
-        more = f" (+{len(changes) - 4})" if len(changes) > 4 else ""
-        state = "paused; " if self.paused else ("dry run; " if self.dry_run else "")
-        error = f"; policy error: {self.policy_error}" if self.policy_error else ""
-        return (
-            f"tick {self.tick}: {state}{len(self.views)} VM(s) managed, "
-            f"{len(changes)} change(s){': ' + acted + more if changes else ''}"
-            f" in {self.duration_ms:.0f} ms{error}"
-        )
-
-
 # --- settings ----------------------------------------------------------------------------
 
 
@@ -209,8 +134,6 @@ class EngineSettings:
     interval_s: float = 2.0
     #: Samples kept per host and guest for the policy's StatAvg.
     history_len: int = 10
-    #: Floor for VMs whose XML sets none (the governor enforces its own too).
-    default_floor_kib: int = 256 * 1024
     #: Share of host memory (MemTotal less hugepages); freeable memory crossing it
     #: triggers a tick at once.
     pressure_threshold_share: float = 0.20
@@ -235,23 +158,10 @@ class EngineSettings:
 
 @dataclass
 class _VmMemory:
-    samples: Deque[dict[str, Any]]
-    sample_monos: Deque[float]
+    """What the engine applied to a VM (its samples' history is in :class:`TickInputs`)."""
+
     last_sent_target_kib: int | None = None
     last_action: dict[str, Any] | None = None
-
-
-def _json_friendly(value: Any) -> Any:
-    """``value`` with only JSON types (policy values may be any Python object)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _json_friendly(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_friendly(v) for v in value]
-    return str(value)
 
 
 def read_freeable_share(proc_root: Path | str = "/proc") -> float | None:
@@ -314,21 +224,28 @@ class Engine:
         self.last_duration_ms: float | None = None
         self.last_record: TickRecord | None = None
         self.last_policy_error: str | None = None
-        self._host_samples: Deque[dict[str, Any]] = collections.deque(
-            maxlen=settings.history_len
-        )
         self._last_host: HostSample | None = None
         self._domains: list[DomainInfo] = []
         self._channel_states: dict[str, GuestChannelState] = {}
         self._views: dict[str, GuestView] = {}
+        #: Each managed guest's state as of the last plan (``ebbctl status`` cooperation).
+        self._guest_states: dict[str, GuestState] = {}
         self._managed: set[str] = set()
         self._vms: dict[str, _VmMemory] = {}
-        self._journal: dict[str, Deque[dict[str, Any]]] = collections.OrderedDict()
+        self._journal = Journal(settings.journal_len)
         self._channel_paths: dict[str, str | None] | None = None
         self._last_share: float | None = None
         self._failed_ticks = 0
         #: Yield requests the policy asks for (yield_kib) and their RSS follow-up.
         self.yields = YieldCoordinator(channels, settings.interval_s)
+        #: Builds each tick's input (host/inputs.py); the stages run between the
+        #: policy and the governor (host/tick.py).
+        self.inputs = TickInputs(
+            lambda: self.governor.config, settings.history_len,
+            qemu_rss_kib=lambda pid: self.host.qemu_rss_kib(pid),
+            yield_fields=self.yields.guest_fields, host_name=self._hostname,
+        )
+        self.stages: list[TickStage] = [YieldStage(self.yields)]
         self.last_pressure: HostPressure | None = None
         #: VMs last named in the free page reporting warning (None: not checked yet).
         self._without_fpr: frozenset[str] | None = None
@@ -532,73 +449,22 @@ class Engine:
         host_sample = self.host.collect(vm_assigned_kib=assigned_kib if domains else None)
         self._last_share = host_sample.freeable_share if host_sample.mem_total_kib else None
         self._judge_pressure(host_sample)
-        self._host_samples.append(dict(host_sample.fields))
 
         managed = [d for d in domains if _manageable(d)] if libvirt_up else []
-        overrides = self.floor_overrides_kib()
-        guests: list[Entity] = []
-        views: list[GuestView] = []
-        capped: dict[str, list[str]] = {}
-        samples_by_vm: dict[str, dict[str, Any]] = {}
-        for info in managed:
-            channel = channel_states.get(info.name)
-            sample = self._guest_sample(info, channel, started, overrides.get(info.name))
-            notes = self._cap_claims(info, sample, channel, overrides.get(info.name))
-            if notes:
-                capped[info.name] = notes
-            sample.update(self.yields.guest_fields(info.name, channel, started))
-            samples_by_vm[info.name] = sample
-            memory = self._vms[info.name]
-            memory.samples.append(sample)
-            memory.sample_monos.append(started)
-            guests.append(
-                Entity({"name": info.name, "uuid": info.uuid}, list(memory.samples))
-            )
-            views.append(self._view(info, sample, channel, overrides.get(info.name)))
-        host_entity = Entity({"name": self._hostname}, list(self._host_samples))
-        policy_input = PolicyInput(host=host_entity, guests=guests)
-
-        policy_error: str | None = None
-        proposed: dict[str, int | None] = {}
-        controls: dict[str, Any] = {"host": {}, "guests": {}}
-        try:
-            evaluation = self.runner.evaluate(policy_input)
-        except PolicyError as err:
-            policy_error = str(err)
-            if policy_error != self.last_policy_error:
-                LOG.error("policy failed, no policy controls this tick: %s", err)
-            else:
-                LOG.debug("policy failed again: %s", err)
-        else:
-            proposed = dict(evaluation.proposed_targets())
-            controls = {
-                "host": dict(evaluation.host_controls),
-                "guests": {k: dict(v) for k, v in evaluation.guest_controls.items()},
-            }
-            for line in evaluation.debug:
-                LOG.debug("policy debug: %s", line)
-        self.last_policy_error = policy_error
-
         paused = self._paused
-        # Yields before balloons: the policy's yield_kib goes to the agents, and a
-        # guest whose yield is awaited is not inflated meanwhile (host/yielding.py).
-        yield_events = (
-            [] if paused else self.yields.step(started, samples_by_vm, controls["guests"])
-        )
-        proposed = self.yields.hold_inflation(proposed, views, samples_by_vm)
-        # While paused the governor is not consulted either: it would count the
-        # targets nobody applies as guests making no progress (stuck).
-        decisions = [] if paused else self.governor.decide(
-            started, views, proposed, host_spare_kib=self._host_spare_kib(host_sample)
-        )
-        for decision in decisions:
-            caps = capped.get(decision.vm)
-            if caps:
-                # ``ebbctl explain`` shows this: what the guest claimed, what was used.
-                decision.reason += "; " + "; ".join(caps)
-                decision.inputs["claims_capped"] = list(caps)
-        applied = self._apply(decisions, controls, policy_error is None, paused)
-
+        inp = self.inputs.build(started, host_sample, managed, channel_states,
+                                self.floor_overrides_kib(), paused=paused)
+        plan = plan_tick(inp, self.runner, self.governor, self.stages)
+        policy_error = str(plan.policy_error) if plan.policy_error is not None else None
+        if policy_error is not None and policy_error != self.last_policy_error:
+            LOG.error("policy failed, no policy controls this tick: %s", policy_error)
+        elif policy_error is not None:
+            LOG.debug("policy failed again: %s", policy_error)
+        for line in plan.debug:
+            LOG.debug("policy debug: %s", line)
+        self.last_policy_error = policy_error
+        decisions, controls = plan.decisions, plan.controls
+        actions, writes = self._apply(decisions, controls, plan.policy_ok, paused)
         now_wall = self._wall()
         duration_ms = (self._clock() - started) * 1000.0
         self.tick_count += 1
@@ -607,28 +473,32 @@ class Engine:
             tick=self.tick_count,
             duration_ms=round(duration_ms, 3),
             state={
-                "host": {"props": dict(host_entity.props), "samples": list(self._host_samples)},
-                "guests": [{"props": dict(g.props), "samples": list(g.samples)} for g in guests],
+                "host": {"props": dict(inp.policy.host.props),
+                         "samples": list(inp.policy.host.samples)},
+                "guests": [{"props": dict(g.props), "samples": list(g.samples)}
+                           for g in inp.policy.guests],
             },
-            views=[_shallow_dict(v) for v in views],
+            views=[shallow_dict(v) for v in inp.views],
             controls=controls,
-            decisions=[_decision_dict(d) for d in decisions],
-            applied=applied,
+            decisions=[decision_dict(d) for d in decisions],
+            applied=[a.to_dict() for a in actions] + writes,
             policy_error=policy_error,
             paused=paused,
             dry_run=self.dry_run,
             reasons=reasons,
             mono=started,
             variables=self._policy_variables(),
-            yields=[dict(e) for e in yield_events],
+            yields=[dict(e) for e in plan.events],
         )
-        self._journal_decisions(record, decisions, applied)
-        self._journal_events(record, yield_events)
+        self._journal_decisions(record, decisions, actions)
+        self._journal.add_events(record.ts, record.tick, plan.events, record.policy_error)
         with self._lock:
             self._last_host = host_sample
             self._domains = domains
             self._channel_states = channel_states
-            self._views = {v.name: v for v in views}
+            self._views = {v.name: v for v in inp.views}
+            if not paused:  # while paused the governor judges nobody: states stand
+                self._guest_states = {d.vm: d.guest_state for d in decisions}
             self._managed = {d.name for d in managed}
             self.last_record = record
             self.last_tick_wall = now_wall
@@ -662,39 +532,16 @@ class Engine:
 
     def _judge_pressure(self, host_sample: HostSample) -> HostPressure:
         """The host's pressure level as a Host field; agents told when it changes."""
-        pressure = sample_pressure(host_sample, _PAGE_KIB, self.settings.pressure)
+        pressure = sample_pressure(host_sample, PAGE_KIB, self.settings.pressure)
         host_sample.fields["pressure_level"] = pressure.level
         host_sample.fields["meminfo_available"] = host_sample.mem_available_kib
         self.last_pressure = pressure
         self.yields.set_pressure(pressure)
         return pressure
 
-    def _journal_events(self, record: TickRecord, events: Sequence[Mapping[str, Any]]) -> None:
-        """Journal entries that are not balloon decisions (yield requests and results)."""
-        with self._lock:
-            for event in events:
-                vm = str(event["vm"])
-                journal = self._journal.get(vm)
-                if journal is None:
-                    journal = self._journal[vm] = collections.deque(
-                        maxlen=self.settings.journal_len
-                    )
-                journal.append({
-                    "at": record.ts,
-                    "tick": record.tick,
-                    "kind": event.get("kind"),
-                    "target_kib": None,
-                    "rule": event.get("rule"),
-                    "reason": event.get("reason"),
-                    "inputs": dict(event.get("inputs") or {}),
-                    "outcome": event.get("outcome"),
-                    "detail": "",
-                    "policy_error": record.policy_error,
-                    "repeats": 1,
-                })
-
     def _forget_gone(self, present: set[str]) -> None:
         self.yields.forget(present)
+        self.inputs.keep_only(present)
         for vm in [name for name in self._vms if name not in present]:
             del self._vms[vm]
             self.balloon.forget(vm)
@@ -702,141 +549,7 @@ class Engine:
                 self.memtune.forget(vm)
         for vm in present:
             if vm not in self._vms:
-                n = self.settings.history_len
-                self._vms[vm] = _VmMemory(
-                    samples=collections.deque(maxlen=n), sample_monos=collections.deque(maxlen=n)
-                )
-
-    def _guest_sample(
-        self,
-        info: DomainInfo,
-        channel: GuestChannelState | None,
-        now_mono: float,
-        floor_override_kib: int | None,
-    ) -> dict[str, Any]:
-        rss = None
-        if "rss" not in info.memory_stats and info.qemu_pid:
-            rss = self.host.qemu_rss_kib(info.qemu_pid)
-        raw = guest_sample(info, self.settings.default_floor_kib, rss)
-        sample: dict[str, Any] = {k: v for k, v in raw.items() if k in GUEST_FIELDS}
-        if floor_override_kib is not None:
-            sample["balloon_min"] = min(floor_override_kib, info.max_memory_kib)
-        for name in _AGENT_FIELDS:
-            sample[name] = None
-        sample["agent_connected"] = 0
-        fresh = channel is not None and channel.agent_active and not channel.stale
-        if channel is not None and channel.agent_active and channel.latest is not None:
-            sample["report_age"] = round(channel.report_age_s(now_mono) or 0.0, 3)
-        if fresh and channel is not None:
-            sample["agent_connected"] = 1
-            sample["offer"] = channel.offer.offer.kib if channel.offer else 0
-            need = channel.need.need if channel.need else None
-            sample["need"] = need.kib if need else 0
-            sample["need_urgency"] = URGENCY_LEVELS.get(need.urgency, 1) if need and need.kib else 0
-            latest = channel.latest
-            if latest is not None:
-                report = latest.report
-                sample["psi_some_avg10"] = report.psi_some_avg10
-                sample["psi_full_avg10"] = report.psi_full_avg10
-                sample["cache"] = report.cached_kib + report.buffers_kib
-                sample["meminfo_available"] = report.mem_available_kib
-                sample["swap_total"] = report.swap_total_kib
-                sample["swap_usage"] = max(0, report.swap_total_kib - report.swap_free_kib)
-            rates = _agent_rates(channel)
-            if rates is not None:
-                sample["major_fault_rate"], sample["swap_in_rate"] = rates
-        if sample["major_fault_rate"] is None:
-            sample["major_fault_rate"], sample["swap_in_rate"] = self._libvirt_rates(
-                info.name, sample, now_mono
-            )
-        return sample
-
-    def _cap_claims(
-        self,
-        info: DomainInfo,
-        sample: dict[str, Any],
-        channel: GuestChannelState | None,
-        floor_override_kib: int | None,
-    ) -> list[str]:
-        """Cap the guest's offer and need at what it has and can have, before the policy
-        and the governor see them; the notes say what was capped (for the journal).
-
-        A guest is not trusted: an offer of more than its balloon can still take would
-        make the policy believe offers cover the host's shortage; a need of more than
-        its maximum, or with nothing in its own report to show it, would be paid from
-        the host's memory.
-        """
-        notes: list[str] = []
-        cur = int(info.balloon_cur_kib or info.max_memory_kib)
-        maximum = int(info.max_memory_kib)
-        offer = int(sample.get("offer") or 0)
-        if offer > 0:
-            floor = self.governor.floor_for(GuestView(
-                info.name, cur, maximum,
-                floor_override_kib if floor_override_kib is not None else info.settings.floor_kib,
-            ))
-            room = max(0, cur - floor)
-            if offer > room:
-                sample["offer"] = room
-                notes.append(f"its offer of {fmt_kib(offer)} capped at {fmt_kib(room)}, "
-                             f"what its balloon can still take above its floor")
-        need = int(sample.get("need") or 0)
-        if need > 0:
-            latest = channel.latest.report if channel is not None and channel.latest else None
-            believed, why = weigh_need(
-                need, maximum - cur, min(maximum, latest.mem_total_kib if latest else maximum),
-                latest, sample.get("major_fault_rate"), sample.get("swap_in_rate"),
-                _refault_rate(channel) if channel is not None else None,
-            )
-            if believed < need:
-                sample["need"] = believed
-                notes.append(f"its need of {fmt_kib(need)} capped at {fmt_kib(believed)}: {why}")
-        return notes
-
-    def _host_spare_kib(self, host: HostSample) -> int | None:
-        """Host memory that may be given to guests: freeable memory above the reserve."""
-        if not host.mem_total_kib:
-            return None
-        reserve = self.governor.config.host_reserve_share * host.mem_total_kib
-        return max(0, int(host.freeable_kib - reserve))
-
-    def _libvirt_rates(
-        self, vm: str, sample: Mapping[str, Any], now_mono: float
-    ) -> tuple[float | None, float | None]:
-        memory = self._vms.get(vm)
-        if memory is None or not memory.samples:
-            return None, None
-        previous, at = memory.samples[-1], memory.sample_monos[-1]
-        dt = now_mono - at
-        if dt <= 0:
-            return None, None
-        return (
-            _rate(previous.get("major_fault"), sample.get("major_fault"), dt),
-            _rate(previous.get("swap_in"), sample.get("swap_in"), dt),
-        )
-
-    def _view(
-        self,
-        info: DomainInfo,
-        sample: Mapping[str, Any],
-        channel: GuestChannelState | None,
-        floor_override_kib: int | None,
-    ) -> GuestView:
-        floor = floor_override_kib if floor_override_kib is not None else info.settings.floor_kib
-        return GuestView(
-            name=info.name,
-            balloon_cur_kib=int(info.balloon_cur_kib or info.max_memory_kib),
-            balloon_max_kib=int(info.max_memory_kib),
-            floor_kib=floor,
-            agent_connected=bool(sample.get("agent_connected")),
-            report_age_s=sample.get("report_age"),
-            need_kib=int(sample.get("need") or 0),
-            offer_kib=int(sample.get("offer") or 0),
-            psi_some_avg10=sample.get("psi_some_avg10"),
-            psi_full_avg10=sample.get("psi_full_avg10"),
-            major_fault_rate=sample.get("major_fault_rate"),
-            swap_in_rate_kib=sample.get("swap_in_rate"),
-        )
+                self._vms[vm] = _VmMemory()
 
     def _apply(
         self,
@@ -844,44 +557,42 @@ class Engine:
         controls: Mapping[str, Any],
         policy_ok: bool,
         paused: bool,
-    ) -> list[dict[str, Any]]:
-        applied: list[dict[str, Any]] = []
+    ) -> tuple[list[BalloonAction], list[dict[str, Any]]]:
+        """Apply the plan: the balloon actions, and the KSM and memtune writes."""
         if paused:
-            return applied
+            return [], []
         # Giving memory first: a guest that asked for memory (or is being rolled
         # back) should not wait behind other guests' inflations.
-        ordered = sorted(decisions, key=lambda d: d.kind not in ("deflate", "rollback"))
+        ordered = sorted(decisions, key=lambda d: not ActionKind(d.kind).gives)
+        actions: list[BalloonAction] = []
         for decision in ordered:
             if decision.target_kib is None:
                 continue
             result = self.balloon.apply(decision.vm, decision.target_kib, decision.reason)
-            if result.outcome in _NOT_APPLIED:
-                # The guest never saw this target: its balloon not moving toward it
-                # is no sign of anything (a dry run would otherwise find every
-                # guest stuck, then uncooperative).
-                self.governor.not_applied(decision.vm)
-            entry = result.to_dict()
-            entry["kind"] = decision.kind
-            entry["rule"] = decision.rule
-            applied.append(entry)
+            action = BalloonAction(result, decision.kind, decision.rule)
+            actions.append(action)
             memory = self._vms.get(decision.vm)
             if (
-                result.outcome == APPLIED
+                action.outcome == Outcome.APPLIED
                 and memory is not None
                 and memory.last_sent_target_kib != decision.target_kib
             ):
                 memory.last_sent_target_kib = decision.target_kib
                 self.channels.send_decision(decision.vm, decision.target_kib, decision.reason)
+        # The governor judges guests only by targets that reached them: a dry run
+        # would otherwise find every guest stuck, then uncooperative.
+        self.governor.commit({a.vm: a.outcome for a in actions})
+        writes: list[dict[str, Any]] = []
         if self.ksm is not None and self.settings.ksm_enabled and policy_ok:
             host_controls = controls.get("host") or {}
             if host_controls:
                 for write in self.ksm.apply(host_controls):
                     entry = write.to_dict() if hasattr(write, "to_dict") else dict(write)
                     entry["controller"] = "ksm"
-                    applied.append(entry)
+                    writes.append(entry)
         if self.memtune is not None and self.settings.memtune_uncooperative:
-            applied.extend(self._apply_memtune(decisions))
-        return applied
+            writes.extend(self._apply_memtune(decisions))
+        return actions, writes
 
     def _apply_memtune(self, decisions: Sequence[Decision]) -> list[dict[str, Any]]:
         assert self.memtune is not None
@@ -889,9 +600,8 @@ class Engine:
         limited = self.memtune.limited()
         for decision in decisions:
             vm = decision.vm
-            state = self.governor.guest_state(vm)
             result = None
-            if state == "uncooperative":
+            if decision.guest_state == GuestState.UNCOOPERATIVE:
                 target = self.balloon.last_requested_kib(vm)
                 if target is not None:
                     result = self.memtune.limit(
@@ -913,58 +623,23 @@ class Engine:
         if not callable(variables):
             return None
         try:
-            kept = _json_friendly(variables())
+            kept = json_friendly(variables())
         except Exception:  # the trace must not cost a tick
             LOG.exception("cannot read the policy's variables for the tick record")
             return None
         return kept if isinstance(kept, dict) else None
 
     def _journal_decisions(
-        self,
-        record: TickRecord,
-        decisions: Sequence[Decision],
-        applied: Sequence[Mapping[str, Any]],
+        self, record: TickRecord, decisions: Sequence[Decision], actions: Sequence[BalloonAction]
     ) -> None:
-        outcomes = {a["vm"]: a for a in applied if "vm" in a and "controller" not in a}
+        by_vm = {a.vm: a for a in actions}
+        self._journal.add_decisions(record.ts, record.tick, decisions, by_vm,
+                                    paused=record.paused, policy_error=record.policy_error)
         with self._lock:
             for decision in decisions:
-                result = outcomes.get(decision.vm)
-                entry = {
-                    "at": record.ts,
-                    "tick": record.tick,
-                    "kind": decision.kind,
-                    "target_kib": decision.target_kib,
-                    "rule": decision.rule,
-                    "reason": decision.reason,
-                    "inputs": dict(decision.inputs),
-                    "outcome": result.get("outcome") if result else (
-                        "paused" if record.paused and decision.target_kib is not None else None
-                    ),
-                    "detail": result.get("detail") if result else "",
-                    "policy_error": record.policy_error,
-                    "repeats": 1,
-                }
-                journal = self._journal.get(decision.vm)
-                if journal is None:
-                    journal = self._journal[decision.vm] = collections.deque(
-                        maxlen=self.settings.journal_len
-                    )
-                    while len(self._journal) > 512:  # VMs come and go; keep memory bounded
-                        self._journal.pop(next(iter(self._journal)))
-                last = journal[-1] if journal else None
-                if last is not None and all(
-                    last[k] == entry[k] for k in ("kind", "target_kib", "rule", "outcome")
-                ):
-                    last["repeats"] += 1
-                    last["last_at"] = record.ts
-                    last["reason"] = entry["reason"]
-                    last["inputs"] = entry["inputs"]
-                else:
-                    journal.append(entry)
+                action = by_vm.get(decision.vm)
                 memory = self._vms.get(decision.vm)
-                if memory is not None and result is not None and result.get("outcome") in (
-                    "applied", "dry-run",
-                ):
+                if memory is not None and action is not None and action.outcome.changed:
                     memory.last_action = {
                         "at": record.ts,
                         "kind": decision.kind,
@@ -976,11 +651,8 @@ class Engine:
     def journal_event(self, vm: str, event: Mapping[str, Any]) -> None:
         """Add a yield request or result made outside a tick (``ebbctl yield``)."""
         record = self.last_record
-        stamp = TickRecord(
-            ts=self._wall(), tick=record.tick if record else 0, duration_ms=0.0, state={},
-            views=[], controls={}, decisions=[], applied=[],
-        )
-        self._journal_events(stamp, [{**event, "vm": vm}])
+        self._journal.add_events(self._wall(), record.tick if record else 0,
+                                 [{**event, "vm": vm}])
 
     def measure_rss_kib(self, vm: str) -> int | None:
         """The VM's QEMU RSS now (the QEMU process, else libvirt's memory stats)."""
@@ -1009,12 +681,13 @@ class Engine:
 
     def journal(self, vm: str) -> list[dict[str, Any]]:
         """The recent decisions for ``vm``, oldest first (copies)."""
-        with self._lock:
-            return [dict(e) for e in self._journal.get(vm, ())]
+        return self._journal.entries(vm)
 
     def known_vm(self, vm: str) -> bool:
+        if self._journal.knows(vm):
+            return True
         with self._lock:
-            return vm in self._journal or any(d.name == vm for d in self._domains)
+            return any(d.name == vm for d in self._domains)
 
     # --- status ---------------------------------------------------------------------------
 
@@ -1060,99 +733,22 @@ class Engine:
         memory: _VmMemory | None,
         now_mono: float,
     ) -> dict[str, Any]:
-        managed = info.name in self._managed
         override = self._floor_overrides_kib.get(info.name)
         if view is not None:
-            floor: int | None = self.governor.floor_for(view)
+            floor: int | None = view.floor_kib  # the floor enforced (inputs.floor_kib)
         else:
             floor = override if override is not None else info.settings.floor_kib
-        agent_active = channel is not None and channel.agent_active
-        latest = channel.latest.report if channel is not None and channel.latest else None
-        need = channel.need.need if agent_active and channel and channel.need else None
-        offer = channel.offer.offer if agent_active and channel and channel.offer else None
-        return {
-            "name": info.name,
-            "uuid": info.uuid,
-            "state": info.state,
-            "balloon_cur_kib": info.balloon_cur_kib,
-            "balloon_target_kib": self.balloon.last_requested_kib(info.name),
-            "balloon_max_kib": info.max_memory_kib,
-            "floor_kib": floor,
-            "managed": managed,
-            "agent": {
-                "connected": bool(agent_active),
-                "last_report_age_s": (
-                    round(channel.report_age_s(now_mono) or 0.0, 3)
-                    if channel is not None and channel.latest is not None
-                    else None
-                ),
-                "protocol_errors": channel.protocol_errors if channel is not None else 0,
-                "cut_off_until": channel.cut_off_until if channel is not None else None,
-            },
-            "offer_kib": offer.kib if offer else None,
-            "need_kib": need.kib if need else None,
-            "need_urgency": need.urgency if need and need.kib else None,
-            "psi_some_avg10": latest.psi_some_avg10 if latest else None,
-            "mem_available_kib": latest.mem_available_kib if latest else None,
-            "cooperation": self._cooperation(info.name, channel),
-            "last_action": dict(memory.last_action) if memory and memory.last_action else None,
-            "floor_override_kib": override,
-            "channel": info.settings.channel_path,
-            "rss_kib": _rss_kib(info, memory),
-            "free_page_reporting": info.settings.free_page_reporting,
-            "autodeflate": info.settings.autodeflate,
-            "stats_period_s": info.settings.stats_period_s,
-            "yield": self._yield_status(info.name, channel),
-        }
-
-    def _yield_status(self, vm: str, channel: GuestChannelState | None) -> dict[str, Any]:
-        status = self.yields.status(vm) or {}
-        return {
-            "capable": bool(
-                channel is not None and channel.agent_active and "yield" in channel.capabilities
-            ),
-            "pending": bool(status.get("pending") or (channel and channel.yield_pending)),
-            "last": status.get("last"),
-            "unasked": channel.yields_unasked if channel is not None else 0,
-        }
-
-    def _cooperation(self, vm: str, channel: GuestChannelState | None) -> str:
-        state = str(self.governor.guest_state(vm))
-        if state != "ok":
-            return state
-        if channel is None or not channel.agent_active:
-            return NO_AGENT
-        if channel.stale:
-            return STALE
-        return "ok"
-
-
-#: Guest fields filled from the agent's channel (nil without a fresh agent).
-_AGENT_FIELDS = (
-    "report_age",
-    "offer",
-    "need",
-    "need_urgency",
-    "psi_some_avg10",
-    "psi_full_avg10",
-    "cache",
-    "meminfo_available",
-    "major_fault_rate",
-    "swap_in_rate",
-)
-
-
-def _shallow_dict(value: Any) -> dict[str, Any]:
-    """A flat dataclass as a dict (``asdict`` deep-copies, which costs a tick dearly)."""
-    return {f.name: getattr(value, f.name) for f in fields(value)}
-
-
-def _decision_dict(decision: Decision) -> dict[str, Any]:
-    """What ``Decision.to_json()`` gives, without the deep copy."""
-    out = _shallow_dict(decision)
-    out["inputs"] = dict(decision.inputs)
-    return out
-
+        return status.vm_row(
+            info, channel, now_mono,
+            managed=info.name in self._managed,
+            floor_kib=floor,
+            floor_override_kib=override,
+            balloon_target_kib=self.balloon.last_requested_kib(info.name),
+            guest_state=self._guest_states.get(info.name, GuestState.OK),
+            last_action=memory.last_action if memory else None,
+            latest_sample=self.inputs.latest_sample(info.name),
+            yield_status=self.yields.status(info.name),
+        )
 
 def _manageable(info: DomainInfo) -> bool:
     """A VM ebb may balloon: running, with a balloon, not excluded in its XML."""
@@ -1160,90 +756,3 @@ def _manageable(info: DomainInfo) -> bool:
     return bool(info.state == "running" and settings.enabled and settings.has_balloon)
 
 
-def _rss_kib(info: DomainInfo, memory: _VmMemory | None) -> int | None:
-    """The VM's QEMU resident memory: libvirt's stats, else the last policy sample's.
-
-    The sample has the process's own figure when libvirt's stats have none.
-    """
-    rss = info.memory_stats.get("rss")
-    if rss is None and memory is not None and memory.samples:
-        rss = memory.samples[-1].get("rss")
-    return int(rss) if rss is not None else None
-
-
-def _rate(before: Any, after: Any, dt_s: float) -> float | None:
-    if before is None or after is None or dt_s <= 0:
-        return None
-    return max(0.0, (float(after) - float(before)) / dt_s)
-
-
-def weigh_need(
-    need_kib: int,
-    room_kib: int,
-    guest_total_kib: int,
-    report: Any,
-    major_fault_rate: float | None,
-    swap_in_rate_kib: float | None,
-    refault_rate: float | None,
-) -> tuple[int, str]:
-    """How much of a guest's need to believe, and why (pure).
-
-    Never more than the VM can have (``room_kib``: maximum less current). Beyond
-    that, the guest's own report must show the shortage, as the agent's own need
-    triggers do: memory stalls (PSI some or full), major faults, swap-in or
-    refaults at a rate that shows pressure believe the need in full; a low
-    MemAvailable alone, up to the agent's need watermark (two reserves); nothing
-    at all, one reserve (5 % of the guest's memory, at least 64 MiB).
-    """
-    room = max(0, room_kib)
-    if need_kib > room:
-        capped, why = room, "more than the VM can have"
-    else:
-        capped, why = need_kib, ""
-    reserve = max(RESERVE_MIN_KIB, int(RESERVE_SHARE * max(0, guest_total_kib)))
-    psi_some = getattr(report, "psi_some_avg10", None)
-    psi_full = getattr(report, "psi_full_avg10", None)
-    stalling = (
-        (psi_some is not None and psi_some >= EVIDENCE_PSI_SOME_AVG10)
-        or (psi_full is not None and psi_full >= EVIDENCE_PSI_FULL_AVG10)
-        or (major_fault_rate is not None and major_fault_rate >= EVIDENCE_MAJOR_FAULTS_PER_S)
-        or (swap_in_rate_kib is not None
-            and swap_in_rate_kib >= EVIDENCE_SWAP_IN_PAGES_PER_S * _PAGE_KIB)
-        or (refault_rate is not None and refault_rate >= EVIDENCE_REFAULTS_PER_S)
-    )
-    if stalling:
-        return capped, why
-    available = getattr(report, "mem_available_kib", None)
-    if available is not None and available < 2 * reserve:
-        limit, limit_why = 2 * reserve, "only its MemAvailable shows a shortage"
-    else:
-        limit, limit_why = reserve, "nothing in its reports shows a shortage"
-    if capped > limit:
-        return limit, limit_why
-    return capped, why
-
-
-def _refault_rate(channel: GuestChannelState) -> float | None:
-    """Workingset refaults per second from the last two reports (host clock)."""
-    history = channel.history
-    if len(history) < 2:
-        return None
-    older, newer = history[-2], history[-1]
-    dt = newer.mono - older.mono
-    if dt <= 0:
-        return None
-    return max(0, newer.report.workingset_refault - older.report.workingset_refault) / dt
-
-
-def _agent_rates(channel: GuestChannelState) -> tuple[float, float] | None:
-    """Major faults/s and KiB swapped in/s from the last two reports (host clock)."""
-    history = channel.history
-    if len(history) < 2:
-        return None
-    older, newer = history[-2], history[-1]
-    dt = newer.mono - older.mono
-    if dt <= 0:
-        return None
-    faults = max(0, newer.report.pgmajfault - older.report.pgmajfault) / dt
-    swap_in_kib = max(0, newer.report.pswpin - older.report.pswpin) * _PAGE_KIB / dt
-    return round(faults, 3), round(swap_in_kib, 3)

@@ -25,12 +25,20 @@ what is actually asked of each guest, whatever the policy said:
   progress toward its target for ``stuck_after_s`` is stuck, for
   ``uncooperative_after_s`` uncooperative; neither is asked for more memory,
   and an uncooperative guest's request is cancelled (target = what it has).
-  Only targets that reached the guest count: the daemon calls
-  :meth:`Governor.not_applied` for the others (dry run, libvirt refused).
+  Only targets that reached the guest count (see below).
 
 Every decision names the rule that decided it, a sentence for people and the
 inputs it used, for logs, the journal and ``ebbctl explain``. The governor is
 pure: the clock is a parameter, nothing here does I/O.
+
+A tick is two calls. :meth:`Governor.decide` returns the decisions and changes
+nothing the governor keeps; :meth:`Governor.commit` then takes the outcome of
+each target (:class:`~ebb.host.kinds.Outcome`) and keeps, per guest, what the
+tick observed (progress, harm, budgets refilled) and, for a target that
+reached the guest, what the decision did (the target to watch, the inflation
+to judge, the step budget spent). A target that never reached the guest (dry
+run, libvirt refused, VM gone) is not held against it: its balloon not moving
+toward it is no sign of anything.
 """
 
 from __future__ import annotations
@@ -39,19 +47,20 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ebb.host.kinds import ActionKind, GuestState, Outcome
+from ebb.host.units import fmt_kib as fmt_kib  # re-exported: host/yielding.py imports it here
+
 LOG = logging.getLogger(__name__)
 
-# Decision kinds.
-INFLATE = "inflate"  # take memory from the guest (balloon grows, target < current)
-DEFLATE = "deflate"  # give memory to the guest
-HOLD = "hold"  # leave as is (target None), or cancel a request (target = current)
-ROLLBACK = "rollback"  # give back what was taken, the inflation hurt
-
-# Guest states.
-OK = "ok"
-BACKOFF = "backoff"
-STUCK = "stuck"
-UNCOOPERATIVE = "uncooperative"
+# Decision kinds and guest states, by their short names.
+INFLATE = ActionKind.INFLATE
+DEFLATE = ActionKind.DEFLATE
+HOLD = ActionKind.HOLD
+ROLLBACK = ActionKind.ROLLBACK
+OK = GuestState.OK
+BACKOFF = GuestState.BACKOFF
+STUCK = GuestState.STUCK
+UNCOOPERATIVE = GuestState.UNCOOPERATIVE
 
 
 @dataclass(frozen=True)
@@ -111,8 +120,10 @@ class GovernorConfig:
 class GuestView:
     """What the governor knows of one guest this tick (KiB, seconds, per-second rates).
 
-    ``floor_kib`` is the VM's own floor (ebb metadata floor or memtune
-    min_guarantee), None for the default. Rates and PSI are None when unknown.
+    ``floor_kib`` is the VM's floor: ebbd and replays pass it already resolved
+    by :func:`guest_floor_kib` (resolving it again changes nothing); None stands
+    for ``default_floor_kib``. Rates and PSI are None when unknown;
+    ``swap_in_rate_kib`` is KiB per second.
     """
 
     name: str
@@ -142,13 +153,18 @@ class Decision:
 
     vm: str
     target_kib: Optional[int]
-    kind: str
+    kind: ActionKind
     rule: str
     reason: str
     inputs: Dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
+
+    @property
+    def guest_state(self) -> GuestState:
+        """The guest's state as of this decision (``ok`` when the guest was not judged)."""
+        return GuestState(self.inputs.get("state", GuestState.OK))
 
 
 @dataclass(slots=True)
@@ -161,47 +177,62 @@ class _Inflation:
 
 
 @dataclass(slots=True)
-class _Undo:
-    """What a decision changed in a guest's state, to take back when it is not applied."""
-
-    target_kib: Optional[int]
-    direction: int
-    progress_cur_kib: int
-    progress_at_s: float
-    inflation: Optional[_Inflation]
-    take_budget: float
-    give_budget: float
-
-
-@dataclass(slots=True)
 class _State:
     target_kib: Optional[int] = None
     direction: int = 0
     progress_cur_kib: int = 0
     progress_at_s: float = 0.0
-    status: str = OK
+    status: GuestState = OK
     uncooperative_since_s: float = 0.0
     inflation: Optional[_Inflation] = None
     backoff_until_s: float = 0.0
     next_backoff_s: float = 0.0
     last_rollback_s: Optional[float] = None
-    undo: Optional[_Undo] = None
     #: What may still be taken / given, in steps (1.0 = one interval's worth), and
     #: when the budgets were last refilled (None: never, they start full).
     take_budget: float = 1.0
     give_budget: float = 1.0
     budget_at_s: Optional[float] = None
 
+    def copy(self) -> _State:
+        # Spelled out: dataclasses.replace costs a tick dearly at 1000 guests.
+        return _State(
+            self.target_kib, self.direction, self.progress_cur_kib, self.progress_at_s,
+            self.status, self.uncooperative_since_s, self.inflation, self.backoff_until_s,
+            self.next_backoff_s, self.last_rollback_s, self.take_budget, self.give_budget,
+            self.budget_at_s,
+        )
 
-def fmt_kib(kib: float) -> str:
-    """KiB as people read it: 1.5 GiB, 300 MiB, 512 KiB."""
-    size = abs(kib)
-    sign = "-" if kib < 0 else ""
-    if size >= 1024 * 1024:
-        return f"{sign}{size / (1024 * 1024):.2f} GiB"
-    if size >= 1024:
-        return f"{sign}{size / 1024:.0f} MiB"
-    return f"{sign}{size:.0f} KiB"
+
+@dataclass(slots=True)
+class _Step:
+    """A decided tick not yet committed: each guest's state as the decision left it,
+    and (for decisions that set a target) as it was before the decision."""
+
+    now_s: float
+    decided: Dict[str, _State]
+    observed: Dict[str, _State]
+    restarted: bool
+
+
+def all_applied(decisions: Sequence[Decision]) -> Dict[str, Outcome]:
+    """Every target of ``decisions`` as applied: what :meth:`Governor.commit` is told
+    where nothing is really applied but the run goes on as if it were (a replay,
+    ``ebbctl policy eval``, the benchmark)."""
+    return {d.vm: Outcome.APPLIED for d in decisions if d.target_kib is not None}
+
+
+def guest_floor_kib(own_floor_kib: Optional[int], max_kib: int, config: GovernorConfig) -> int:
+    """The floor of a guest: the one rule, for the governor and the policy's ``balloon_min``.
+
+    ``own_floor_kib`` is the VM's own (ebb metadata ``floor_mib``, memtune
+    ``min_guarantee``, an ``ebbctl floor`` override), None for
+    ``config.default_floor_kib``; never below ``config.min_floor_kib``, never above
+    the VM's maximum memory.
+    """
+    floor = own_floor_kib if own_floor_kib is not None else config.default_floor_kib
+    floor = max(floor, config.min_floor_kib)
+    return max(0, min(floor, max_kib))
 
 
 class Governor:
@@ -213,11 +244,14 @@ class Governor:
         self._now_s = 0.0
         self._restart_timers = False
         self._spare_left_kib: Optional[int] = None
+        #: The last decide(), until commit() says what became of it.
+        self._pending: Optional[_Step] = None
+        self._observed: Optional[_State] = None
 
     # -- queries
 
-    def guest_state(self, vm: str) -> str:
-        """``ok``, ``backoff``, ``stuck`` or ``uncooperative`` as of the last decide()."""
+    def guest_state(self, vm: str) -> GuestState:
+        """``ok``, ``backoff``, ``stuck`` or ``uncooperative`` as of the last commit()."""
         st = self._states.get(vm)
         if st is None:
             return OK
@@ -234,17 +268,10 @@ class Governor:
 
     def floor_for(self, guest: GuestView) -> int:
         """The floor the governor enforces for a guest (never above its maximum)."""
-        cfg = self.config
-        floor = guest.floor_kib if guest.floor_kib is not None else cfg.default_floor_kib
-        floor = max(floor, cfg.min_floor_kib)
-        return max(0, min(floor, guest.balloon_max_kib))
-
-    def forget(self, vm: str) -> None:
-        """Drop a guest's state (it was undefined or restarted)."""
-        self._states.pop(vm, None)
+        return guest_floor_kib(guest.floor_kib, guest.balloon_max_kib, self.config)
 
     def restart_timers(self) -> None:
-        """Progress timers start again at the next :meth:`decide` (safe from any thread).
+        """Progress timers start again at the next committed tick (safe from any thread).
 
         For a resume after a pause: while nothing was applied, a guest had no
         reason to move, so the time before is not held against it. Outstanding
@@ -253,29 +280,6 @@ class Governor:
         stays so until ``uncooperative_retry_s`` has passed, as before.
         """
         self._restart_timers = True
-
-    def not_applied(self, vm: str) -> None:
-        """The target of ``vm``'s last decision never reached the guest.
-
-        Call it after :meth:`decide` when the decision's target was not sent (a
-        dry run, libvirt failed, the VM went away). The guest's state goes back
-        to what it was before that decision: a balloon that cannot move is not
-        counted as the guest making no progress (stuck, uncooperative), and an
-        inflation that did not happen is not watched for harm. A target sent
-        earlier stays in force. Unknown VMs and decisions without a target are
-        ignored.
-        """
-        st = self._states.get(vm)
-        if st is None or st.undo is None:
-            return
-        undo, st.undo = st.undo, None
-        st.target_kib = undo.target_kib
-        st.direction = undo.direction
-        st.progress_cur_kib = undo.progress_cur_kib
-        st.progress_at_s = undo.progress_at_s
-        st.inflation = undo.inflation
-        st.take_budget = undo.take_budget
-        st.give_budget = undo.give_budget
 
     # -- the decision
 
@@ -292,32 +296,61 @@ class Governor:
         this tick (freeable memory above the host's reserve): what the policy gives
         beyond it is not given (floors and rollbacks excepted).
         """
-        self._now_s = now_s
         self._spare_left_kib = host_spare_kib
-        present = {g.name for g in guests}
-        for gone in [name for name in self._states if name not in present]:
-            del self._states[gone]
-        if self._restart_timers:
-            self._restart_timers = False
-            for guest in guests:
-                st = self._states.get(guest.name)
-                if st is not None:
+        restart = self._restart_timers
+        decided: Dict[str, _State] = {}
+        observed: Dict[str, _State] = {}
+        decisions = []
+        for guest in guests:
+            kept = self._states.get(guest.name)
+            if kept is None:
+                st = _State(next_backoff_s=self.config.backoff_initial_s)
+            else:
+                st = kept.copy()
+                if restart:
                     st.progress_at_s = now_s
                     st.progress_cur_kib = int(guest.balloon_cur_kib)
                     if st.status == STUCK:
                         st.status = OK
-        decisions = []
-        for guest in guests:
-            proposed = proposed_targets.get(guest.name)
-            decisions.append(self._decide_one(now_s, guest, proposed))
+            self._observed = None
+            decisions.append(self._decide_one(now_s, guest, st,
+                                              proposed_targets.get(guest.name)))
+            decided[guest.name] = st
+            if self._observed is not None:
+                observed[guest.name] = self._observed
+        self._pending = _Step(now_s, decided, observed, restart)
         return decisions
 
-    def _decide_one(self, now_s: float, g: GuestView, proposed: Optional[float]) -> Decision:
+    def commit(self, outcomes: Mapping[str, Outcome]) -> None:
+        """What became of the last :meth:`decide`'s targets: ``outcomes`` maps a VM to
+        the outcome of its balloon target (a decision without a target needs none).
+
+        A target whose outcome is missing or did not reach the guest
+        (:attr:`Outcome.reached_guest`) leaves that guest as the tick observed it,
+        as if the decision had not been made; every other guest keeps what its
+        decision did. Guests not in the last decide() are forgotten. Without a
+        decide() since the last commit, nothing happens.
+        """
+        step, self._pending = self._pending, None
+        if step is None:
+            return
+        states = step.decided
+        for vm, before in step.observed.items():
+            outcome = outcomes.get(vm)
+            if outcome is None or not Outcome(outcome).reached_guest:
+                states[vm] = before
+        self._states = states
+        self._now_s = step.now_s
+        if step.restarted:
+            self._restart_timers = False
+
+    def _decide_one(
+        self, now_s: float, g: GuestView, st: _State, proposed: Optional[float]
+    ) -> Decision:
+        """The decision for one guest; ``st`` (a copy of its state) is changed to what
+        the tick observed and the decision did (``self._observed``: the state before
+        the decision, when it sets a target)."""
         cfg = self.config
-        st = self._states.get(g.name)
-        if st is None:
-            st = self._states[g.name] = _State(next_backoff_s=cfg.backoff_initial_s)
-        st.undo = None
         self._refill_budgets(now_s, st)
         cur = int(g.balloon_cur_kib)
         ceiling = int(g.balloon_max_kib)
@@ -333,12 +366,12 @@ class Governor:
             "swap_in_rate_kib": g.swap_in_rate_kib,
         }
 
-        def decision(target: Optional[int], kind: str, rule: str, reason: str) -> Decision:
+        def decision(target: Optional[int], kind: ActionKind, rule: str, reason: str) -> Decision:
             if st.status != OK:
                 inputs["state"] = st.status
             else:
                 inputs["state"] = BACKOFF if now_s < st.backoff_until_s else OK
-            return Decision(g.name, target, kind, rule, reason, inputs)
+            return Decision(g.name, target, kind, str(rule), reason, inputs)
 
         if ceiling <= 0:
             return decision(None, HOLD, "unknown_max", "maximum memory unknown; nothing is changed")
@@ -362,18 +395,18 @@ class Governor:
         if st.inflation is not None or st.last_rollback_s is not None:
             rollback = self._check_rollback(now_s, st, g, cur, floor, ceiling)
         # What follows is this tick's decision; what came before was observed
-        # (progress, harm) and stays even when the decision is not applied.
-        st.undo = _Undo(
-            st.target_kib, st.direction, st.progress_cur_kib, st.progress_at_s, st.inflation,
-            st.take_budget, st.give_budget,
-        )
+        # (progress, harm) and stays even when the decision is not applied. Each
+        # path that sets a target keeps that observed state first (``_observed``);
+        # a hold changes nothing from here on, so it needs no copy.
         if rollback is not None:
             target, why = rollback
+            self._observed = st.copy()
             self._set_target(now_s, st, cur, target)
             return decision(target, ROLLBACK, ROLLBACK, why)
 
         if proposed is None:
             if cur < floor:
+                self._observed = st.copy()
                 self._set_target(now_s, st, cur, floor)
                 return decision(
                     floor,
@@ -424,12 +457,13 @@ class Governor:
                     f"policy asked {fmt_kib(want)}; "
                     f"a change of {fmt_kib(cur - target)} is too small",
                 )
+            self._observed = st.copy()
             if st.inflation is None:
                 st.inflation = _Inflation(
                     now_s, cur, g.psi_some_avg10, g.major_fault_rate, g.swap_in_rate_kib
                 )
             else:
-                # A new record, not a change to the old one: ``undo`` holds the old.
+                # A new record, not a change to the old one: ``_observed`` holds the old.
                 st.inflation = replace(st.inflation, last_at_s=now_s)
             self._spend(st, "take_budget", cur - target - asked, full_step)
             self._set_target(now_s, st, cur, target)
@@ -468,6 +502,7 @@ class Governor:
                     f"policy asked {fmt_kib(want)}; "
                     f"a change of {fmt_kib(target - cur)} is too small",
                 )
+            self._observed = st.copy()
             self._spend(st, "give_budget", target - max(cur, floor) - asked, full_step)
             if self._spare_left_kib is not None:
                 self._spare_left_kib = max(0, self._spare_left_kib - (target - max(cur, floor)))
@@ -663,35 +698,3 @@ class Governor:
         )
         LOG.info("guest %s: rollback: %s", g.name, why)
         return target, why
-
-
-def guest_view_from_entity(entity: Any) -> GuestView:
-    """A :class:`GuestView` from a policy :class:`~ebb.host.policy.Entity` (newest sample).
-
-    Reads the policy field names (``balloon_cur``, ``balloon_max``,
-    ``balloon_min`` as the floor, ``agent_connected``, ``report_age``, ``need``,
-    ``offer``, ``psi_some_avg10``, ``psi_full_avg10``, ``major_fault_rate``,
-    ``swap_in_rate``). Used by ``ebbctl policy eval --governed`` and replays.
-    """
-    s = entity.latest
-    get = s.get
-    floor = get("balloon_min")
-    report_age = get("report_age")
-    psi_some = get("psi_some_avg10")
-    psi_full = get("psi_full_avg10")
-    major_fault_rate = get("major_fault_rate")
-    swap_in_rate = get("swap_in_rate")
-    return GuestView(
-        entity.props.get("name", ""),
-        int(get("balloon_cur") or 0),
-        int(get("balloon_max") or 0),
-        None if floor is None else int(floor),
-        bool(get("agent_connected")),
-        None if report_age is None else float(report_age),
-        int(get("need") or 0),
-        int(get("offer") or 0),
-        None if psi_some is None else float(psi_some),
-        None if psi_full is None else float(psi_full),
-        None if major_fault_rate is None else float(major_fault_rate),
-        None if swap_in_rate is None else float(swap_in_rate),
-    )

@@ -44,10 +44,9 @@ from ebb.host.collectors.procfs import (
     read_ksm,
 )
 from ebb.host.pressure import sample_pressure
+from ebb.host.units import PAGE_KIB
 
 LOG = logging.getLogger(__name__)
-
-_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
 
 
 class CollectorError(RuntimeError):
@@ -71,6 +70,8 @@ class HostSample:
     mem_available_kib: int | None
     swap_total_kib: int
     swap_used_kib: int
+    #: Pages (not KiB) swapped in / out per second: /proc/vmstat counts pages, and
+    #: ``ebbctl status`` shows these as they are (``host.pressure`` converts).
     swap_in_per_s: float
     swap_out_per_s: float
     psi_some_avg10: float | None
@@ -207,7 +208,7 @@ class HostCollector:
             hugetlb_kib=hugetlb_kib(meminfo),
         )
         # What the host lacks, as one level (ebb.host.pressure); the engine sets it too.
-        fields["pressure_level"] = sample_pressure(sample, _PAGE_KIB).level
+        fields["pressure_level"] = sample_pressure(sample, PAGE_KIB).level
         return sample
 
     def qemu_rss_kib(self, pid: int) -> int | None:
@@ -323,6 +324,6 @@ def qemu_rss_kib(pid: int, proc_root: Path | str = "/proc") -> int | None:
     """
     try:
         text = (Path(proc_root) / str(int(pid)) / "statm").read_text(encoding="ascii")
-        return int(text.split()[1]) * _PAGE_KIB
+        return int(text.split()[1]) * PAGE_KIB
     except (OSError, ValueError, IndexError):
         return None

@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any, Dict, List
 
-from ebb.host.governor import Governor, guest_view_from_entity
+from ebb.host.governor import Governor
 from ebb.host.policy import (
     PolicyError,
     PolicyInput,
@@ -24,6 +24,7 @@ from ebb.host.policy import (
     PolicyRunner,
     load_policy_files,
 )
+from ebb.host.tick import TickInput, guest_views, host_spare_from_policy, plan_tick
 
 EXIT_OK = 0
 EXIT_POLICY_ERROR = 2
@@ -103,19 +104,21 @@ def run_eval(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"{args.state}: {err}", file=sys.stderr)
         return EXIT_POLICY_ERROR
-    runner = PolicyRunner(program)
-    try:
-        evaluation = runner.evaluate(inp)
-    except PolicyError as err:
-        return _report([err])
-    for line in evaluation.debug:
+    # The tick's own planning (host/tick.py), with a fresh governor at time 0.
+    governor = Governor()
+    plan = plan_tick(
+        TickInput(0.0, inp, guest_views(inp),
+                  host_spare_from_policy(inp, governor.config.host_reserve_share)),
+        PolicyRunner(program), governor,
+    )
+    governor.commit(plan.all_applied())
+    if plan.evaluation is None:
+        return _report([plan.policy_error] if plan.policy_error else [])
+    for line in plan.debug:
         print(f"debug: {line}", file=sys.stderr)
-    out: Dict[str, Any] = evaluation.to_json()
+    out: Dict[str, Any] = plan.evaluation.to_json()
     if args.governed:
-        governor = Governor()
-        views = [guest_view_from_entity(g) for g in inp.guests]
-        decisions = governor.decide(0.0, views, evaluation.proposed_targets())
-        out["governor"] = [d.to_json() for d in decisions]
+        out["governor"] = [d.to_json() for d in plan.decisions]
     json.dump(out, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
     return EXIT_OK

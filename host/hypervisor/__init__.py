@@ -26,7 +26,7 @@ from ebb.host.hypervisor.domain_xml import (
     parse_domain_xml,
 )
 from ebb.host.hypervisor.events import ensure_event_loop
-from ebb.host.hypervisor.stats import balloon_min_kib, guest_sample
+from ebb.host.hypervisor.stats import guest_sample
 
 __all__ = [
     "AGENT_CHANNEL_NAME",
@@ -39,7 +39,6 @@ __all__ = [
     "Hypervisor",
     "HypervisorError",
     "NotConnected",
-    "balloon_min_kib",
     "ebb_metadata_xml",
     "ensure_event_loop",
     "guest_sample",

@@ -29,20 +29,12 @@ _DIRECT = {
 }
 
 
-def balloon_min_kib(info: DomainInfo, default_floor_kib: int) -> int:
-    """The VM's floor: its ebb ``floor_mib``, else ``min_guarantee``, else the default.
-
-    Never above the VM's maximum memory (a floor the VM cannot have is meaningless).
-    """
-    floor = info.settings.floor_kib
-    if floor is None:
-        floor = default_floor_kib
-    return int(min(floor, info.max_memory_kib))
-
-
-def guest_sample(info: DomainInfo, default_floor_kib: int,
+def guest_sample(info: DomainInfo, floor_kib: int,
                  qemu_rss_kib: int | None = None) -> dict[str, Any]:
     """The libvirt part of a guest's policy sample.
+
+    ``floor_kib`` is the VM's floor as the governor enforces it
+    (:func:`ebb.host.governor.guest_floor_kib`), the policy's ``balloon_min``.
 
     ``qemu_rss_kib`` (from :func:`ebb.host.collectors.qemu_rss_kib`) is used for
     ``rss`` when the balloon statistics carry none.
@@ -61,7 +53,7 @@ def guest_sample(info: DomainInfo, default_floor_kib: int,
         sample["rss"] = qemu_rss_kib
     sample["balloon_cur"] = info.balloon_cur_kib
     sample["balloon_max"] = info.max_memory_kib
-    sample["balloon_min"] = balloon_min_kib(info, default_floor_kib)
+    sample["balloon_min"] = int(floor_kib)
     sample["free_page_reporting"] = int(info.settings.free_page_reporting)
     sample["autodeflate"] = int(info.settings.autodeflate)
     return sample

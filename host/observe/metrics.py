@@ -34,6 +34,7 @@ import threading
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from ebb.host.kinds import CHANGED_OUTCOMES, GuestState
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -51,7 +52,7 @@ StatusSource = Callable[[], Mapping[str, Any]]
 BYTES_PER_KIB = 1024
 
 #: Outcomes of a balloon change that count as an action (``applied`` entries).
-ACTION_OUTCOMES = frozenset({"applied", "dry-run"})
+ACTION_OUTCOMES = CHANGED_OUTCOMES
 
 #: Tick duration buckets (seconds): a tick normally takes a few ms; a slow
 #: libvirt makes it take seconds.
@@ -133,7 +134,8 @@ _VM_GAUGES: Tuple[Tuple[str, str, Tuple[str, ...], Callable[[Any], Optional[floa
 )
 
 #: The cooperation states a VM can be in (``ebb_vm_cooperation`` has one series each).
-COOPERATION_STATES = ("ok", "no-agent", "stale", "backoff", "stuck", "uncooperative")
+COOPERATION_STATES = (GuestState.OK, GuestState.NO_AGENT, GuestState.STALE, GuestState.BACKOFF,
+                      GuestState.STUCK, GuestState.UNCOOPERATIVE)
 
 
 def _dig(data: Mapping[str, Any], path: Iterable[str]) -> Any:

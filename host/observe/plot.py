@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ebb.host.kinds import ActionKind
 from ebb.host.observe.trace import read_trace
+from ebb.host.units import PAGE_KIB
 
 LOG = logging.getLogger(__name__)
 
 KIB_PER_MIB = 1024
 KIB_PER_GIB = 1024 * 1024
-#: Host swap counters are in pages; x86-64 pages are 4 KiB.
-PAGE_KIB = 4
 #: The article's threshold: ballooning starts under 20 % freeable memory.
 DEFAULT_THRESHOLD_SHARE = 0.20
 #: Names under which a policy holds its ballooning threshold: host SetVar values
@@ -199,7 +199,7 @@ def extract_series(
             target = _num(decision.get("target_kib"))
             if target is not None:
                 targets_in_force[vm] = target
-                if decision.get("kind") == "inflate":
+                if decision.get("kind") == ActionKind.INFLATE:
                     out.inflations.append((ts - start_ts, vm))
 
         for guest in state.get("guests") or []:

@@ -1,10 +1,12 @@
 """``ebbctl replay``: what another policy would have decided on a recorded run.
 
 Every tick of a trace carries the policy's input (``state``, the STATE.json
-shape of ``ebbctl policy eval``) and the governor's view of each guest
-(``views``). A replay feeds them, in order, to a fresh :class:`PolicyRunner`
-loaded with the policy to try and a fresh :class:`Governor`, with the trace's
-own clock, and compares the decisions with the recorded ones.
+shape of ``ebbctl policy eval``). A replay plans each tick again with ebbd's
+own :func:`~ebb.host.tick.plan_tick`, in order, with a fresh
+:class:`PolicyRunner` loaded with the policy to try, a fresh :class:`Governor`,
+the trace's own clock and the governor's views built from ``state`` as ebbd
+builds them, and compares the decisions with the recorded ones (the recorded
+``views`` give the balloon sizes the recorded movement is counted from).
 
 A replayed policy that asks for other balloon sizes than the recorded one
 would have changed what followed; the trace only holds what really happened.
@@ -36,15 +38,14 @@ from ebb.host.governor import (
     Decision,
     Governor,
     GovernorConfig,
-    GuestView,
 )
 from ebb.host.observe.trace import read_trace
-from ebb.host.policy import Entity, PolicyError, PolicyInput, PolicyRunner
+from ebb.host.policy import Entity, PolicyInput, PolicyRunner
+from ebb.host.tick import TickInput, TickPlan, guest_views, host_spare_from_policy, plan_tick
 
 LOG = logging.getLogger(__name__)
 
 KIB_PER_MIB = 1024
-_GUEST_VIEW_FIELDS = frozenset(f.name for f in dataclasses.fields(GuestView))
 
 PathLike = Union[str, Path]
 
@@ -164,9 +165,18 @@ class ReplayReport:
         }
 
 
-def guest_view_from_dict(data: Mapping[str, Any]) -> GuestView:
-    """A recorded view (``GuestView`` as a dict) back as a GuestView; extra keys ignored."""
-    return GuestView(**{k: v for k, v in data.items() if k in _GUEST_VIEW_FIELDS})
+def recorded_balloons(views: Sequence[Any]) -> Dict[str, int]:
+    """Each recorded view's balloon (``name`` -> ``balloon_cur_kib``): where the
+    recorded movement is counted from. Raises ValueError for a malformed view."""
+    balloons: Dict[str, int] = {}
+    for view in views:
+        if not isinstance(view, Mapping) or not isinstance(view.get("name"), str):
+            raise ValueError("a recorded view needs a 'name'")
+        cur = view.get("balloon_cur_kib")
+        if isinstance(cur, bool) or not isinstance(cur, (int, float)):
+            raise ValueError(f"recorded view {view['name']!r} needs a number 'balloon_cur_kib'")
+        balloons[view["name"]] = int(cur)
+    return balloons
 
 
 def policy_input(state: Mapping[str, Any]) -> PolicyInput:
@@ -203,20 +213,6 @@ def policy_input(state: Mapping[str, Any]) -> PolicyInput:
         raise ValueError("state guests need distinct props.name")
     return PolicyInput(host=entity(state.get("host", {}), "host"), guests=guests)
 
-
-
-def _host_spare_from_state(state: Mapping[str, Any], reserve_share: float) -> Optional[int]:
-    """What ebbd's engine passes the governor as ``host_spare_kib``, from a tick's state:
-    freeable host memory (``mem_free``) above the reserve share of ``mem_available``
-    (MemTotal, MOM's names); None when the trace lacks them."""
-    host = state.get("host")
-    samples = host.get("samples") if isinstance(host, Mapping) else None
-    if not isinstance(samples, list) or not samples or not isinstance(samples[-1], Mapping):
-        return None
-    freeable, total = samples[-1].get("mem_free"), samples[-1].get("mem_available")
-    if not isinstance(freeable, (int, float)) or not isinstance(total, (int, float)) or not total:
-        return None
-    return max(0, int(freeable - reserve_share * total))
 
 
 def _decision_summary(decision: Decision) -> Dict[str, Any]:
@@ -257,8 +253,9 @@ class Replayer:
         self.runner = PolicyRunner(self.runner.program)
         self.governor = Governor(self.governor.config)
 
-    def feed(self, record: Mapping[str, Any]) -> None:
-        """Replay one trace record (a decoded trace line)."""
+    def feed(self, record: Mapping[str, Any]) -> Optional[TickPlan]:
+        """Replay one trace record (a decoded trace line); its replayed plan, or None
+        when the record cannot be replayed (skipped)."""
         report = self.report
         tick = int(record.get("tick", report.ticks))
         if self._last_tick is not None and tick <= self._last_tick:
@@ -268,52 +265,52 @@ class Replayer:
         views_raw = record.get("views")
         if not isinstance(state, Mapping) or not isinstance(views_raw, list):
             report.ticks_skipped += 1
-            return
+            return None
         try:
-            recorded_views = [guest_view_from_dict(v) for v in views_raw]
+            recorded_cur = recorded_balloons(views_raw)
             if not self.open_loop:
                 state = self._shift_state(state)
             inp = policy_input(state)
-            views = [self._shift_view(v) for v in recorded_views]
         except (ValueError, TypeError) as err:
             LOG.warning("tick %s: cannot rebuild its inputs (%s); skipped", tick, err)
             report.ticks_skipped += 1
-            return
+            return None
         report.ticks += 1
         if record.get("policy_error"):
             report.policy_errors_recorded += 1
 
-        proposed: Dict[str, Optional[int]] = {}
-        host_controls: Dict[str, Any] = {}
-        try:
-            evaluation = self.runner.evaluate(inp)
-        except PolicyError as err:
-            # Like ebbd: a failing policy sets nothing this tick; the governor
-            # still runs (floors, rollback, stuck guests).
-            report.policy_errors_replayed += 1
-            if report.first_policy_error is None:
-                report.first_policy_error = f"tick {tick}: {err}"
-        else:
-            proposed = evaluation.proposed_targets()
-            host_controls = dict(evaluation.host_controls)
         # The governor's own clock when the trace has it (ebbd's monotonic
         # clock), else wall time: only differences between ticks matter.
         now_s = float(record.get("mono", record.get("ts", 0.0)))
-        if record.get("paused"):
-            # ebbd evaluates the policy while paused (SetVar goes on) but does
-            # not consult the governor; neither does the replay.
+        # Like ebbd: while paused the policy is evaluated (SetVar goes on) but
+        # the governor is not consulted; a failing policy sets nothing this
+        # tick, and the governor still runs (floors, rollback, stuck guests).
+        paused = bool(record.get("paused"))
+        plan = plan_tick(
+            TickInput(now_s, inp, guest_views(inp),
+                      host_spare_from_policy(inp, self.governor.config.host_reserve_share),
+                      paused=paused),
+            self.runner, self.governor,
+        )
+        # The trace holds what ebbd decided; the replay follows its own plan as
+        # if every target reached its guest.
+        self.governor.commit(plan.all_applied())
+        if plan.policy_error is not None:
+            report.policy_errors_replayed += 1
+            if report.first_policy_error is None:
+                report.first_policy_error = f"tick {tick}: {plan.policy_error}"
+        host_controls = dict(plan.controls["host"])
+        if paused:
             report.ticks_paused += 1
-            return
-        replayed = [_decision_summary(d) for d in self.governor.decide(
-            now_s, views, proposed, host_spare_kib=self._host_spare_kib(state))]
+            return plan
+        replayed = [_decision_summary(d) for d in plan.decisions]
         recorded = [_decision_dict(d) for d in record.get("decisions") or []]
 
-        recorded_cur = {v.name: int(v.balloon_cur_kib) for v in recorded_views}
         for decision in recorded:
             report.recorded.account(decision, recorded_cur.get(str(decision.get("vm"))))
         for decision in replayed:
             report.replayed.account(decision, recorded_cur.get(str(decision.get("vm"))))
-        self._update_shifts(recorded_views)
+        self._update_shifts(recorded_cur)
 
         differs = False
         by_vm = {str(d.get("vm")): d for d in recorded}
@@ -343,19 +340,19 @@ class Replayer:
                     HostControlDifference(tick=tick, recorded=recorded_host,
                                           replayed=host_controls)
                 )
+        return plan
 
     # -- the first-order model of a different past
 
-    def _update_shifts(self, recorded_views: Sequence[GuestView]) -> None:
+    def _update_shifts(self, recorded_cur: Mapping[str, int]) -> None:
         """Shift of each guest: replayed target in force minus recorded target in force."""
-        present = {v.name for v in recorded_views}
+        present = set(recorded_cur)
         self._shift_kib = {}
-        for view in recorded_views:
-            cur = int(view.balloon_cur_kib)
-            recorded = self.report.recorded.targets_in_force.get(view.name, cur)
-            replayed = self.report.replayed.targets_in_force.get(view.name, cur)
+        for name, cur in recorded_cur.items():
+            recorded = self.report.recorded.targets_in_force.get(name, cur)
+            replayed = self.report.replayed.targets_in_force.get(name, cur)
             if recorded != replayed and not self.open_loop:
-                self._shift_kib[view.name] = replayed - recorded
+                self._shift_kib[name] = replayed - recorded
         for movement in (self.report.recorded, self.report.replayed):
             for gone in [vm for vm in movement.targets_in_force if vm not in present]:
                 del movement.targets_in_force[gone]
@@ -363,15 +360,6 @@ class Replayer:
     def _shifted_cur(self, name: str, cur_kib: int, max_kib: int) -> int:
         shift = self._shift_kib.get(name, 0)
         return max(0, min(cur_kib + shift, max_kib)) if shift else cur_kib
-
-    def _shift_view(self, view: GuestView) -> GuestView:
-        if view.name not in self._shift_kib:
-            return view
-        cur = self._shifted_cur(view.name, int(view.balloon_cur_kib), int(view.balloon_max_kib))
-        return dataclasses.replace(view, balloon_cur_kib=cur)
-
-    def _host_spare_kib(self, state: Mapping[str, Any]) -> Optional[int]:
-        return _host_spare_from_state(state, self.governor.config.host_reserve_share)
 
     def _shift_state(self, state: Mapping[str, Any]) -> Mapping[str, Any]:
         if not self._shift_kib:

@@ -17,9 +17,10 @@ import sys
 import termios
 import time
 import tty
-from typing import Any, Callable, List, Mapping, Optional, TextIO
+from typing import Any, Callable, Dict, List, Mapping, Optional, TextIO
 
 from ebb.host.fmt import duration
+from ebb.host.kinds import ActionKind, GuestState
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
@@ -150,13 +151,13 @@ def _host_lines(status: Status, width: int) -> List[Text]:
     return [mem, swap, ksm_line]
 
 
-_AGENT_STYLE = {
-    "ok": "green",
-    "no-agent": "dim",
-    "stale": "yellow",
-    "backoff": "yellow",
-    "stuck": "red",
-    "uncooperative": "bold red",
+_AGENT_STYLE: Dict[str, str] = {
+    GuestState.OK: "green",
+    GuestState.NO_AGENT: "dim",
+    GuestState.STALE: "yellow",
+    GuestState.BACKOFF: "yellow",
+    GuestState.STUCK: "red",
+    GuestState.UNCOOPERATIVE: "bold red",
 }
 
 # Fixed columns of a VM row: name, cur, target, max, rss, agent, offer, need, psi.
@@ -171,7 +172,8 @@ def _cell(text: str, width: int, align: str = "<") -> str:
 
 def _vm_rows(vm: Mapping[str, Any], width: int, now: float) -> List[Text]:
     agent = vm.get("agent") or {}
-    cooperation = str(vm.get("cooperation") or ("ok" if agent.get("connected") else "no-agent"))
+    cooperation = str(vm.get("cooperation") or (
+        GuestState.OK if agent.get("connected") else GuestState.NO_AGENT))
     age = _age(agent.get("last_report_age_s")) if agent.get("connected") else ""
     agent_text = _cell(f"{cooperation} {age}".strip(), 13)
     need = vm.get("need_kib")
@@ -210,7 +212,7 @@ def _vm_rows(vm: Mapping[str, Any], width: int, now: float) -> List[Text]:
         idle = "no action yet" if vm.get("managed", True) else "not managed by ebb"
         return [row, _line(width, *fpr_off, (idle, "dim"))]
     kind = str(action.get("kind", "?"))
-    parts: List[Any] = [*fpr_off, (kind, "magenta" if kind == "inflate" else "cyan")]
+    parts: List[Any] = [*fpr_off, (kind, "magenta" if kind == ActionKind.INFLATE else "cyan")]
     target = action.get("target_kib")
     if isinstance(target, (int, float)):
         parts.append(f" to {_mib(target)} MiB")

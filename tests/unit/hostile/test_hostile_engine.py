@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ebb.host.observe.replay import _host_spare_from_state
+from ebb.host.observe.replay import policy_input
+from ebb.host.tick import host_spare_from_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host" / "engine"))
 
@@ -251,7 +252,7 @@ def test_a_guest_flapping_at_48_frames_per_s_cannot_drive_the_tick_rate(
 def test_extra_ticks_take_no_more_than_regular_ticks(tmp_path: Path) -> None:
     """The governor's budget is per interval of time: ticking at 48/s (whatever
     made it tick) takes what ticking every interval would."""
-    from ebb.host.governor import Governor, GuestView
+    from ebb.host.governor import Governor, GuestView, all_applied
 
     def loss(ticks_per_s: float) -> int:
         governor = Governor(FlapRig(tmp_path).governor_config)
@@ -259,6 +260,7 @@ def test_extra_ticks_take_no_more_than_regular_ticks(tmp_path: Path) -> None:
         while now <= SIMULATED_S:
             guest = GuestView("no-agent", balloon_cur_kib=cur, balloon_max_kib=8 * GIB_KIB)
             (decision,) = governor.decide(now, [guest], {"no-agent": 0})
+            governor.commit(all_applied([decision]))
             if decision.target_kib is not None:
                 cur = decision.target_kib
             now += 1 / ticks_per_s
@@ -400,8 +402,9 @@ def test_memory_is_never_given_beyond_what_the_host_has_above_its_reserve(tmp_pa
 
 def test_a_replay_applies_the_host_reserve_as_ebbd_did() -> None:
     state = {"host": {"samples": [{"mem_free": 1700 * 1024, "mem_available": 16 * GIB_KIB}]}}
-    assert _host_spare_from_state(state, 0.10) == int(1700 * 1024 - 0.10 * 16 * GIB_KIB)
-    assert _host_spare_from_state({"host": {"samples": []}}, 0.10) is None
+    spare = host_spare_from_policy(policy_input(state), 0.10)
+    assert spare == int(1700 * 1024 - 0.10 * 16 * GIB_KIB)
+    assert host_spare_from_policy(policy_input({"host": {"samples": []}}), 0.10) is None
 
 
 @pytest.mark.parametrize(
@@ -426,7 +429,7 @@ def test_a_need_is_believed_as_far_as_the_guests_own_reports_show_it(
 ) -> None:
     from types import SimpleNamespace
 
-    from ebb.host.engine import weigh_need
+    from ebb.host.inputs import weigh_need
 
     fields = {"psi_some_avg10": None, "psi_full_avg10": None, **report}
     kib, why = weigh_need(KIB_MAX, GIB_KIB, 4 * GIB_KIB, SimpleNamespace(**fields), *rates)

@@ -449,3 +449,15 @@ def test_after_a_long_pause_a_guest_gets_its_full_time_again(tmp_path):
         clock[0] += 2.0
         rig.engine.tick()
     assert rig.engine.governor.guest_state("web") == "uncooperative"
+
+
+def test_the_policy_reads_the_floor_the_governor_enforces(tmp_path):
+    # balloon_min is the governor's floor: its default (512 MiB here) for a VM
+    # that sets none, never below min_floor_kib (128 MiB) for one that sets less.
+    rig = Rig(tmp_path, [FakeVm("plain"), FakeVm("tiny", floor_kib=64 * 1024)], SHRINK_POLICY)
+    record = rig.engine.tick()
+    floors = {g["props"]["name"]: g["samples"][-1]["balloon_min"]
+              for g in record.state["guests"]}
+    assert floors == {"plain": 512 * 1024, "tiny": 128 * 1024}
+    for decision in record.decisions:
+        assert decision["inputs"]["floor_kib"] == floors[decision["vm"]]

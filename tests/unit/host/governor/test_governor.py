@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import pytest
-from ebb.host.governor import Decision, Governor, GovernorConfig, GuestView
+from ebb.host.governor import Decision, Governor, GovernorConfig, GuestView, all_applied
+from ebb.host.kinds import Outcome
 
 GiB = 1024 * 1024
 MiB = 1024
@@ -15,10 +16,13 @@ def view(cur: int = 4 * GiB, maximum: int = 4 * GiB, **kw: Any) -> GuestView:
     return GuestView(name=kw.pop("name", "vm"), balloon_cur_kib=cur, balloon_max_kib=maximum, **kw)
 
 
-def one(gov: Governor, now: float, g: GuestView, target: Optional[int]) -> Decision:
+def one(gov: Governor, now: float, g: GuestView, target: Optional[int],
+        outcome: Outcome = Outcome.APPLIED) -> Decision:
+    """One tick: decide, then commit with ``outcome`` for the target (if any)."""
     (d,) = gov.decide(now, [g], {g.name: target})
     assert d.vm == g.name
     assert d.reason  # every decision says why
+    gov.commit({d.vm: outcome} if d.target_kib is not None else {})
     return d
 
 
@@ -189,8 +193,9 @@ def test_guest_reaching_its_target_is_ok_again() -> None:
 def test_state_of_vanished_guests_is_dropped_and_order_kept() -> None:
     gov = Governor()
     ds = gov.decide(0, [view(name="b"), view(name="a")], {"a": 3 * GiB})
+    gov.commit(all_applied(ds))
     assert [d.vm for d in ds] == ["b", "a"]
-    gov.decide(1, [view(name="b")], {})
+    gov.commit(all_applied(gov.decide(1, [view(name="b")], {})))
     assert gov.guest_state("a") == "ok"
 
 
@@ -219,9 +224,8 @@ def test_a_target_that_was_not_applied_is_not_held_against_the_guest() -> None:
     # move, which must not make it stuck, then uncooperative.
     gov = Governor(GovernorConfig(stuck_after_s=5, uncooperative_after_s=20))
     for t in range(0, 60, 2):
-        d = one(gov, t, view(), 4 * GiB - 300 * MiB)
+        d = one(gov, t, view(), 4 * GiB - 300 * MiB, Outcome.DRY_RUN)
         assert (d.kind, d.rule) == ("inflate", "policy"), f"at {t} s: {d.rule}: {d.reason}"
-        gov.not_applied("vm")
     assert gov.guest_state("vm") == "ok"
 
 
@@ -229,9 +233,9 @@ def test_a_target_not_applied_leaves_the_earlier_applied_one_in_force() -> None:
     gov = Governor(GovernorConfig(stuck_after_s=5, uncooperative_after_s=20))
     big = view(cur=4 * GiB, maximum=8 * GiB)
     one(gov, 0, big, 4 * GiB - 300 * MiB)  # applied; the guest never moves
-    d = one(gov, 2, big, 5 * GiB)  # the policy changes its mind, but that is not applied
+    # The policy changes its mind, but libvirt refuses that one.
+    d = one(gov, 2, big, 5 * GiB, Outcome.FAILED)
     assert d.kind == "deflate"
-    gov.not_applied("vm")
     # The first target was sent and is still outstanding: it counts from 0 s.
     one(gov, 4, big, None)
     assert gov.guest_state("vm") == "ok"
@@ -241,18 +245,40 @@ def test_a_target_not_applied_leaves_the_earlier_applied_one_in_force() -> None:
 
 def test_an_inflation_not_applied_cannot_be_rolled_back() -> None:
     gov = Governor()
-    one(gov, 0, view(psi_some_avg10=0.0), 4 * GiB - 300 * MiB)
-    gov.not_applied("vm")
+    one(gov, 0, view(psi_some_avg10=0.0), 4 * GiB - 300 * MiB, Outcome.VM_GONE)
     # The guest is hurting, but not because of us: nothing to give back.
     d = one(gov, 2, view(psi_some_avg10=50.0), None)
     assert (d.kind, d.rule) == ("hold", "no_proposal")
     assert gov.guest_state("vm") == "ok"
 
 
-def test_not_applied_for_an_unknown_guest_is_harmless() -> None:
+def test_outcomes_for_unknown_guests_or_without_a_decide_are_harmless() -> None:
     gov = Governor()
-    gov.not_applied("nobody")
+    gov.commit({"nobody": Outcome.FAILED})
+    one(gov, 0, view(), 4 * GiB - 300 * MiB)
+    gov.commit({"vm": Outcome.FAILED})  # no decide since the last commit: nothing changes
     assert gov.guest_state("nobody") == "ok"
+    one(gov, 6, view(), None)
+    assert gov.guest_state("vm") == "stuck"  # the first target stood
+
+
+def test_decide_changes_nothing_until_commit() -> None:
+    gov = Governor(GovernorConfig(stuck_after_s=5, uncooperative_after_s=20))
+    one(gov, 0, view(), 4 * GiB - 300 * MiB)
+    gov.decide(6, [view()], {"vm": None})  # never committed (the tick failed)
+    assert gov.guest_state("vm") == "ok"
+    one(gov, 6, view(), None)
+    assert gov.guest_state("vm") == "stuck"
+
+
+def test_a_target_that_reached_the_guest_without_a_call_counts() -> None:
+    # The balloon was already there, or the same target was on its way: the
+    # target is in force at the guest, and a guest that does not move is stuck.
+    for outcome in (Outcome.UNCHANGED, Outcome.ALREADY_REQUESTED):
+        gov = Governor(GovernorConfig(stuck_after_s=5, uncooperative_after_s=20))
+        one(gov, 0, view(), 4 * GiB - 300 * MiB, outcome)
+        one(gov, 6, view(), None)
+        assert gov.guest_state("vm") == "stuck", outcome
 
 
 def test_restarted_timers_give_a_guest_its_full_time_again() -> None:

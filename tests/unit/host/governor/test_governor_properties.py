@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
-from ebb.host.governor import Governor, GovernorConfig, GuestView
+from ebb.host.governor import Governor, GovernorConfig, GuestView, all_applied
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +50,7 @@ def test_targets_stay_within_limits_whatever_is_proposed(
     for dt, (g, proposed) in seq:
         now += dt
         (d,) = gov.decide(now, [g], {g.name: proposed})
+        gov.commit(all_applied([d]))
         assert d.reason and d.rule and d.vm == g.name
         if d.target_kib is None:
             assert d.kind == "hold"
@@ -81,6 +82,7 @@ def test_one_decision_per_guest_in_order(batch: List[Tuple[GuestView, Optional[i
     gov = Governor()
     guests = [g for g, _ in batch]
     decisions = gov.decide(0.0, guests, {g.name: p for g, p in batch})
+    gov.commit(all_applied(decisions))
     assert [d.vm for d in decisions] == [g.name for g in guests]
     for d in decisions:
         assert gov.guest_state(d.vm) in ("ok", "backoff", "stuck", "uncooperative")

@@ -15,6 +15,7 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
+from ebb.host.governor import GovernorConfig, guest_floor_kib  # noqa: E402
 from ebb.host.hypervisor import (  # noqa: E402 - after the libvirt check
     DomainGone,
     Hypervisor,
@@ -119,7 +120,9 @@ def test_domain_info_reads_settings_stats_and_balloon(hypervisor: Hypervisor,
     assert info.settings.priority == 7
     assert info.settings.channel_path == "/tmp/ebb-unit/ebb-unit-info.sock"
     assert info.qemu_pid is None  # no pid file for the test driver
-    sample = guest_sample(info, default_floor_kib=256 * 1024)
+    floor = guest_floor_kib(info.settings.floor_kib, info.max_memory_kib,
+                            GovernorConfig(default_floor_kib=256 * 1024))
+    sample = guest_sample(info, floor)
     assert sample["balloon_max"] == 1024 * 1024
     assert sample["balloon_min"] == 300 * 1024
     assert sample["balloon_cur"] == info.balloon_cur_kib
@@ -288,7 +291,7 @@ def test_tick_listing_uses_bulk_stats_that_never_wait(admin: Any) -> None:
                                      "disk_caches": 50 * 1024}
         assert info.max_memory_kib == 1024 * 1024
         assert info.settings.floor_kib == 300 * 1024
-        sample = guest_sample(info, default_floor_kib=0)
+        sample = guest_sample(info, floor_kib=0)
         assert sample["mem_free"] == 150 * 1024
     finally:
         hv.stop()

@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 
 from ebb.host.app import governor_config
 from ebb.host.config import config_from_dict
-from ebb.host.governor import Governor, GuestView
+from ebb.host.governor import Governor, GuestView, all_applied
 from ebb.host.policy import PolicyInput, PolicyRunner
 
 #: The governor limits of an ebbd with an empty ebbd.toml.
@@ -95,6 +95,7 @@ def synthesise_records(
                  "guests": guest_states}
         evaluation = runner.evaluate(PolicyInput.from_json(state))
         decisions = governor.decide(ts, views, evaluation.proposed_targets())
+        governor.commit(all_applied(decisions))
         applied = []
         for decision in decisions:
             if decision.target_kib is not None:

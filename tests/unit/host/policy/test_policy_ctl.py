@@ -150,6 +150,23 @@ def test_eval_default_policy_governed(tmp_path: Path, capsys: pytest.CaptureFixt
     assert all(d["reason"] for d in out["governor"])
 
 
+def test_eval_governed_keeps_the_host_reserve_as_ebbd_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A policy that gives every guest 100 MiB more; the host's newest sample has
+    # 1 GiB freeable of 16, below its 10 % reserve: ebbd would give nothing, and
+    # neither does eval (it plans the tick as ebbd does).
+    give = write(tmp_path / "give.policy",
+                 '(with Guests g (g.Control "balloon_target" (+ g.balloon_cur 102400)))')
+    short = json.loads(json.dumps(STATE))
+    short["host"]["samples"][-1]["mem_free"] = 1 * GiB
+    assert main(["policy", "eval", "--governed", "--state", str(state(tmp_path, short)),
+                 str(give)]) == 0
+    decisions = {d["vm"]: d for d in json.loads(capsys.readouterr().out)["governor"]}
+    assert decisions["vm2"]["target_kib"] is None
+    assert decisions["vm2"]["rule"] == "host_reserve"
+
+
 def test_eval_runtime_error_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = write(tmp_path / "p.policy", "1\n(/ 1 (- Host.mem_free Host.mem_free))")
     assert main(["policy", "eval", "--state", str(state(tmp_path, STATE)), str(p)]) == 2
