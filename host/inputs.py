@@ -31,6 +31,7 @@ from ebb.host.hypervisor import DomainInfo, guest_sample
 from ebb.host.policy import GUEST_FIELDS, Entity, PolicyInput
 from ebb.host.tick import TickInput, guest_view, host_spare_kib
 from ebb.host.units import PAGE_KIB, fmt_kib
+from ebb.protocol.messages import Report
 
 #: Need urgency as the policy field ``need_urgency`` reads it (docs/policy.md).
 URGENCY_LEVELS = {"low": 1, "high": 2, "critical": 2}
@@ -305,27 +306,31 @@ def weigh_need(
     return capped, why
 
 
-def _refault_rate(channel: GuestChannelState) -> float | None:
-    """Workingset refaults per second from the last two reports (host clock)."""
+def _last_two(channel: GuestChannelState) -> tuple[Report, Report, float] | None:
+    """The last two reports and the seconds between them (host clock), if usable."""
     history = channel.history
     if len(history) < 2:
         return None
     older, newer = history[-2], history[-1]
     dt = newer.mono - older.mono
-    if dt <= 0:
+    return (older.report, newer.report, dt) if dt > 0 else None
+
+
+def _refault_rate(channel: GuestChannelState) -> float | None:
+    """Workingset refaults per second from the last two reports (host clock)."""
+    last = _last_two(channel)
+    if last is None:
         return None
-    return max(0, newer.report.workingset_refault - older.report.workingset_refault) / dt
+    older, newer, dt = last
+    return max(0, newer.workingset_refault - older.workingset_refault) / dt
 
 
 def _agent_rates(channel: GuestChannelState) -> tuple[float, float] | None:
     """Major faults/s and KiB swapped in/s from the last two reports (host clock)."""
-    history = channel.history
-    if len(history) < 2:
+    last = _last_two(channel)
+    if last is None:
         return None
-    older, newer = history[-2], history[-1]
-    dt = newer.mono - older.mono
-    if dt <= 0:
-        return None
-    faults = max(0, newer.report.pgmajfault - older.report.pgmajfault) / dt
-    swap_in_kib = max(0, newer.report.pswpin - older.report.pswpin) * PAGE_KIB / dt
+    older, newer, dt = last
+    faults = max(0, newer.pgmajfault - older.pgmajfault) / dt
+    swap_in_kib = max(0, newer.pswpin - older.pswpin) * PAGE_KIB / dt
     return round(faults, 3), round(swap_in_kib, 3)
