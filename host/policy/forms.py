@@ -23,11 +23,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ebb.host.policy import fields as F
 from ebb.host.policy.errors import PolicyError
-from ebb.host.policy.methods import METHOD_BUILDERS, dot, variable
+from ebb.host.policy.methods import METHOD_BUILDERS, dot
 from ebb.host.policy.operators import OPERATORS
 from ebb.host.policy.reader import BLOCK, FLOAT, INT, LIST, STR, SYM, Node
 from ebb.host.policy.runtime import (
-    NO_VALUE,
     NUM_TYPES,
     Code,
     Compiled,
@@ -35,9 +34,10 @@ from ebb.host.policy.runtime import (
     Function,
     ListBuilder,
     constant,
-    constant_value,
-    stack_of,
+    run_in_scope,
+    slot_of,
     type_name,
+    variable,
 )
 
 SPECIAL_FORMS = frozenset({"defvar", "set", "setq", "def", "defun", "let", "if", "with"})
@@ -47,13 +47,9 @@ READ_ONLY = frozenset({"Host", "Guests"})
 class Compiler:
     """Compiles the nodes of a program; collects errors instead of stopping at the first."""
 
-    def __init__(
-        self, functions: Dict[str, Set[int]], defs: Optional[Dict[str, int]] = None
-    ) -> None:
+    def __init__(self, functions: Dict[str, Set[int]]) -> None:
         #: name -> set of arities of every (def ...) in the whole program.
         self.functions = functions
-        #: name -> how many (def ...) of it the program has.
-        self.defs = defs or {}
         self.errors: List[PolicyError] = []
         #: The value stack of every variable name (see Compiled).
         self.program = Compiled()
@@ -133,14 +129,6 @@ class Compiler:
             return constant(None)
         if len(codes) == 1:
             return codes[0]
-        if len(codes) == 2:
-            a, b = codes
-
-            def block2(ctx: Context) -> Any:
-                a(ctx)
-                return b(ctx)
-
-            return block2
         *init, last = codes
 
         def block_n(ctx: Context) -> Any:
@@ -188,9 +176,7 @@ class Compiler:
         if len(args) not in arities:
             want = " or ".join(str(a) for a in sorted(arities))
             raise head.error(f"'{name}' takes {want} argument(s), given {len(args)}")
-        # A name defined once: its call sites hold its Function.
-        known = self.program.function(name, head) if self.defs.get(name) == 1 else None
-        return user_call(head, name, self.exprs(args), known)
+        return user_call(head, name, self.exprs(args))
 
     def method_call(self, node: Node, head: Node, name: str, args: Sequence[Node]) -> Code:
         obj, _, method = name.partition(".")
@@ -284,20 +270,10 @@ class Compiler:
         cost = sum(size(b) for b in body_nodes) + 1
         stacks = tuple(self.stack(p) for p in params)
         scoped = binds_variables(body_nodes)
-        if self.defs.get(fname) == 1:
-            fn = self.program.function(fname, name_node)
-            fn.params, fn.body, fn.cost, fn.node = tuple(params), body, cost, name_node
-            fn.scoped, fn.stacks, fn.arity = scoped, stacks, len(params)
-            fn.leaf = not calls_functions(body_nodes, self.functions)
-            for bind in fn.sites:  # call sites compiled before this def
-                bind()
-            fn.sites.clear()
-        else:
-            fn = Function(fname, tuple(params), body, cost, name_node, scoped, stacks)
+        fn = Function(fname, tuple(params), body, cost, name_node, scoped, stacks)
 
         def define(ctx: Context) -> Any:
             ctx.funcs[fname] = fn
-            fn.live = True
             return fname
 
         return define
@@ -319,41 +295,27 @@ class Compiler:
             seen.add(bname)
             bindings.append((bname, self.expr(b.value[1])))
         body = self.block(node, body_nodes)
-        if not binds_variables(body_nodes) and not any(
+        # Whether anything inside may defvar in the let's scope (see binds_variables).
+        scoped = binds_variables(body_nodes) or any(
             binds_variables([b.value[1]]) for b in bindings_node.value
-        ):
-            pushes = [(self.stack(bname), code) for bname, code in bindings]
-            stacks = [stack for stack, _ in pushes]
-
-            # Nothing inside binds in this scope: push and pop the bindings only.
-            def let_unscoped(ctx: Context) -> Any:
-                for stack, code in pushes:
-                    stack.append(code(ctx))
-                result = body(ctx)
-                for stack in stacks:
-                    stack.pop()
-                return result
-
-            return let_unscoped
+        )
+        pushes = [(self.stack(bname), bname, code) for bname, code in bindings]
 
         def let(ctx: Context) -> Any:
             scope: List[str] = []
-            ctx.scopes.append(scope)
-            variables = ctx.vars
+            if scoped:
+                ctx.scopes.append(scope)
             # Sequential, as in MOM: a later binding sees the earlier ones.
-            for bname, code in bindings:
-                val = code(ctx)
+            for stack, bname, code in pushes:
+                stack.append(code(ctx))
                 scope.append(bname)
-                stack = variables.get(bname)
-                if stack is None:
-                    variables[bname] = [val]
-                else:
-                    stack.append(val)
-            result = body(ctx)
+            if not scoped:
+                result = body(ctx)
+                for stack, _, _ in pushes:
+                    stack.pop()
+                return result
             ctx.scopes.pop()
-            for bound in scope:
-                variables[bound].pop()
-            return result
+            return run_in_scope(ctx, body, scope)
 
         return let
 
@@ -362,29 +324,13 @@ class Compiler:
             raise head.error(
                 f"(if condition then else) needs exactly 3 arguments, given {len(args)}"
             )
-        return self.if_code(self.exprs(args))
-
-    def if_code(self, codes: Sequence[Code]) -> Code:
-        cond, yes, no = codes
-        sc = stack_of(cond)  # (if name ...): the variable read inline
-        # (if c x 0) is the common shape: a constant branch costs no call.
-        no_value = constant_value(no)
-        if no_value is not NO_VALUE:
-
-            def if_else_constant(ctx: Context) -> Any:
-                return yes(ctx) if (sc[-1] if sc else cond(ctx)) else no_value
-
-            return if_else_constant
-        yes_value = constant_value(yes)
-        if yes_value is not NO_VALUE:
-
-            def if_then_constant(ctx: Context) -> Any:
-                return yes_value if (sc[-1] if sc else cond(ctx)) else no(ctx)
-
-            return if_then_constant
+        cond, yes, no = self.exprs(args)
+        sc, sy, sn = slot_of(cond), slot_of(yes), slot_of(no)
 
         def if_(ctx: Context) -> Any:
-            return yes(ctx) if (sc[-1] if sc else cond(ctx)) else no(ctx)
+            if sc[-1] if sc else cond(ctx):
+                return sy[-1] if sy else yes(ctx)
+            return sn[-1] if sn else no(ctx)
 
         return if_
 
@@ -399,64 +345,32 @@ class Compiler:
         body = self.block(node, body_nodes)
         cost = sum(size(b) for b in body_nodes) + 1
         stack = self.stack(var)
-        if not binds_variables(body_nodes):
-            # The body binds nothing in its scope: push and pop the item only.
-            def with_unscoped(ctx: Context) -> Any:
-                seq = items(ctx)
-                if not isinstance(seq, list):
-                    raise list_node.error(
-                        f"with: expected a list such as Guests, got {type_name(seq)}"
-                    )
-                builder = ListBuilder(head)
-                keep, push, pop = builder.items.append, stack.append, stack.pop
-                numbers = NUM_TYPES
-                scalars = 0
-                for item in seq:
-                    steps = ctx.steps + cost
-                    if steps > ctx.step_limit:
-                        ctx.check_budget(head, steps)
-                    ctx.steps = steps
-                    push(item)
-                    value = body(ctx)
-                    keep(value)
-                    if value.__class__ in numbers or value is None:
-                        scalars += 1
-                    else:
-                        builder.add(value)
-                    pop()
-                return builder.done(scalars)
-
-            return with_unscoped
+        # Without a defvar inside, the body needs no scope: push and pop the item only.
+        scoped = binds_variables(body_nodes)
 
         def with_(ctx: Context) -> Any:
             seq = items(ctx)
             if not isinstance(seq, list):
                 raise list_node.error(f"with: expected a list such as Guests, got {type_name(seq)}")
             builder = ListBuilder(head)
-            results = builder.items
+            keep = builder.items.append
             scalars = 0
-            variables = ctx.vars
-            scopes = ctx.scopes
             for item in seq:
-                ctx.steps += cost
-                if ctx.steps > ctx.step_limit:
-                    ctx.check_budget(head, ctx.steps)
-                scope = [var]
-                scopes.append(scope)
-                stack = variables.get(var)
-                if stack is None:
-                    variables[var] = [item]
+                steps = ctx.steps + cost
+                if steps > ctx.step_limit:
+                    ctx.check_budget(head, steps)
+                ctx.steps = steps
+                stack.append(item)
+                if scoped:
+                    value = run_in_scope(ctx, body, [var])
                 else:
-                    stack.append(item)
-                value = body(ctx)
-                results.append(value)
+                    value = body(ctx)
+                    stack.pop()
+                keep(value)
                 if value.__class__ in NUM_TYPES or value is None:
                     scalars += 1
                 else:
                     builder.add(value)
-                scopes.pop()
-                for bound in scope:
-                    variables[bound].pop()
             return builder.done(scalars)
 
         return with_
@@ -489,20 +403,6 @@ def binds_variables(nodes: Sequence[Node]) -> bool:
             continue
         items = node.value
         if node.kind == LIST and items and items[0].kind == SYM and items[0].value == "defvar":
-            return True
-        stack.extend(items)
-    return False
-
-
-def calls_functions(nodes: Sequence[Node], functions: Dict[str, Set[int]]) -> bool:
-    """Whether ``nodes`` may call a user function (any call of a defined name counts)."""
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        if node.kind not in (LIST, BLOCK):
-            continue
-        items = node.value
-        if node.kind == LIST and items and items[0].kind == SYM and items[0].value in functions:
             return True
         stack.extend(items)
     return False
@@ -542,13 +442,9 @@ def check_function_name(node: Node, name: str) -> None:
         raise node.error(f"'{name}' is built in and cannot be redefined")
 
 
-def collect_functions(
-    nodes: Sequence[Node], out: Dict[str, Set[int]], defs: Optional[Dict[str, int]] = None
-) -> None:
-    """Find every ``(def name (params) ...)`` anywhere in the program.
-
-    ``out`` gets each name's arities, ``defs`` (when given) how many defs it has.
-    """
+def collect_functions(nodes: Sequence[Node], out: Dict[str, Set[int]]) -> None:
+    """Find every ``(def name (params) ...)`` anywhere in the program: ``out`` gets each
+    name's arities."""
     stack = list(nodes)
     while stack:
         node = stack.pop()
@@ -565,150 +461,39 @@ def collect_functions(
             and items[2].kind == LIST
         ):
             out.setdefault(items[1].value, set()).add(len(items[2].value))
-            if defs is not None:
-                defs[items[1].value] = defs.get(items[1].value, 0) + 1
 
 
 # --- user functions ------------------------------------------------------------
 
 
-def user_call(node: Node, name: str, args: List[Code], known: Optional[Function] = None) -> Code:
-    """A call of a user function; ``known``: the one function of that name, if so."""
+def user_call(node: Node, name: str, args: List[Code]) -> Code:
+    """A call of a user function (the one its last evaluated def made)."""
     nargs = len(args)
-
-    def function_of(ctx: Context) -> Function:
-        fn = ctx.funcs.get(name)
-        if fn is None:
-            raise node.error(
-                f"function '{name}' is called before its (def {name} ...) was evaluated"
-            )
-        if fn.arity != nargs:
-            raise node.error(f"'{name}' takes {fn.arity} argument(s), given {nargs}")
-        return fn
-
-    def enter(ctx: Context, fn: Function) -> None:
-        steps = ctx.steps + fn.cost
-        if steps > ctx.step_limit:
-            ctx.check_budget(node, steps)
-        ctx.steps = steps
-        if ctx.depth >= ctx.max_depth:
-            raise node.error(f"calls nested deeper than {ctx.max_depth} (runaway recursion?)")
-
-    def run_scoped(ctx: Context, fn: Function, scope: List[str]) -> Any:
-        # The body may defvar: give it a scope, and unbind what it bound.
-        ctx.scopes.append(scope)
-        result = fn.body(ctx)
-        ctx.scopes.pop()
-        variables = ctx.vars
-        for bound in scope:
-            variables[bound].pop()
-        return result
-
-    if nargs == 1:
-        (arg,) = args
-        sarg = stack_of(arg)  # (f name): the variable read inline
-
-        if known is not None:
-            fn = known
-            # What the call needs of the function, held here once its def is
-            # compiled (bind runs then, or now when it already is).
-            cost = 0
-            body: Code = fn.body
-            stack: List[Any] = []
-            scoped = True
-            plain = False
-            param = ""
-
-            def bind() -> None:
-                nonlocal cost, body, stack, scoped, plain, param
-                cost, body, stack, scoped = fn.cost, fn.body, fn.stacks[0], fn.scoped
-                plain = fn.leaf and not fn.scoped
-                param = fn.params[0]
-
-            if fn.cost:
-                bind()
-            else:
-                fn.sites.append(bind)
-
-            # The usual call: one argument, a function defined once (no lookup).
-            def call1_known(ctx: Context) -> Any:
-                if not fn.live:
-                    function_of(ctx)  # raises: its def has not run
-                value = sarg[-1] if sarg else arg(ctx)
-                steps = ctx.steps + cost
-                if steps > ctx.step_limit:
-                    ctx.check_budget(node, steps)
-                depth = ctx.depth
-                if depth >= ctx.max_depth:
-                    enter(ctx, fn)  # raises the right error
-                ctx.steps = steps
-                if plain:
-                    # No defvar and no call in the body: nothing in it reads
-                    # the depth or a scope, so neither changes.
-                    stack.append(value)
-                    result = body(ctx)
-                    stack.pop()
-                    return result
-                ctx.depth = depth + 1
-                stack.append(value)
-                if scoped:
-                    result = run_scoped(ctx, fn, [param])
-                else:
-                    result = body(ctx)
-                    stack.pop()
-                ctx.depth = depth
-                return result
-
-            return call1_known
-
-        # One argument, the common case: no list of values, no loop.
-        def call1(ctx: Context) -> Any:
-            fn = ctx.funcs.get(name)
-            if fn is None or fn.arity != 1:
-                fn = function_of(ctx)
-            value = sarg[-1] if sarg else arg(ctx)
-            steps = ctx.steps + fn.cost
-            if steps > ctx.step_limit:
-                ctx.check_budget(node, steps)
-            depth = ctx.depth
-            if depth >= ctx.max_depth:
-                enter(ctx, fn)  # raises the right error
-            ctx.steps = steps
-            ctx.depth = depth + 1
-            stack = fn.stacks[0]
-            stack.append(value)
-            if fn.scoped:
-                result = run_scoped(ctx, fn, list(fn.params))
-            else:
-                result = fn.body(ctx)
-                stack.pop()
-            ctx.depth = depth
-            return result
-
-        return call1
-
-    # Arguments that are variables are read inline (see stack_of).
-    operands = [(stack_of(arg), arg) for arg in args]
+    reads = [(slot_of(arg), arg) for arg in args]
 
     def call(ctx: Context) -> Any:
         fn = ctx.funcs.get(name)
         if fn is None or fn.arity != nargs:
-            fn = function_of(ctx)
+            if fn is None:
+                raise node.error(
+                    f"function '{name}' is called before its (def {name} ...) was evaluated"
+                )
+            raise node.error(f"'{name}' takes {fn.arity} argument(s), given {nargs}")
         # All arguments first (in the caller's scope), then bind them.
-        values = []
-        for stack, arg in operands:
-            values.append(stack[-1] if stack else arg(ctx))
+        values = [slot[-1] if slot else arg(ctx) for slot, arg in reads]
         steps = ctx.steps + fn.cost
-        depth = ctx.depth
-        if steps > ctx.step_limit or depth >= ctx.max_depth:
-            enter(ctx, fn)  # checks the budget, raises the right error
+        if steps > ctx.step_limit:
+            ctx.check_budget(node, steps)
         ctx.steps = steps
+        depth = ctx.depth
+        if depth >= ctx.max_depth:
+            raise node.error(f"calls nested deeper than {ctx.max_depth} (runaway recursion?)")
         ctx.depth = depth + 1
         stacks = fn.stacks
         for stack, value in zip(stacks, values):
             stack.append(value)
         if fn.scoped:
-            result = run_scoped(ctx, fn, list(fn.params))
+            result = run_in_scope(ctx, fn.body, list(fn.params))
         else:
             # A body without defvar needs no scope: pop the parameters only.
             result = fn.body(ctx)

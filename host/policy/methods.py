@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, List
 
-from ebb.host.policy import fields as F
 from ebb.host.policy.limits import (
     MAX_INT,
     MAX_STORE_CELLS,
@@ -20,9 +19,7 @@ from ebb.host.policy.limits import (
 )
 from ebb.host.policy.reader import Node
 from ebb.host.policy.runtime import (
-    DOTS,
     NUM_TYPES,
-    VARIABLES,
     Code,
     Context,
     View,
@@ -31,19 +28,6 @@ from ebb.host.policy.runtime import (
     show,
     type_name,
 )
-
-
-def variable(node: Node, name: str, stack: List[Any]) -> Code:
-    """A read of variable ``name``, whose value stack is ``stack``."""
-
-    def var(ctx: Context) -> Any:
-        try:
-            return stack[-1]
-        except IndexError:
-            raise node.error(f"undefined variable '{name}'") from None
-
-    VARIABLES[var] = stack
-    return var
 
 
 def _entity_of(stack: List[Any], node: Node, name: str) -> View:
@@ -61,107 +45,101 @@ def dot(node: Node, head: str, attr: str, stack: List[Any]) -> Code:
     """A read of ``head.attr`` (a field or property), ``stack`` being head's."""
     full = f"{head}.{attr}"
 
-    def dot_error(ctx: Context) -> Any:
+    def field(ctx: Context) -> Any:
+        view = stack[-1] if stack else None
+        if view.__class__ is View:
+            if attr in view.field_names:
+                return view.latest.get(attr)
+            if attr in view.prop_names:
+                return view.props.get(attr)
+            raise node.error(f"'{full}': {view.describe()} has no field '{attr}'")
         if not stack:
             raise node.error(f"undefined variable '{head}'")
-        view = stack[-1]
-        if view.__class__ is View:
-            raise node.error(f"'{full}': {view.describe()} has no field '{attr}'")
         raise node.error(f"'{full}': '{head}' is {type_name(view)}, not the host or a guest")
 
-    if attr in F.HOST_PROPS or attr in F.GUEST_PROPS:
-
-        def prop_or_field(ctx: Context) -> Any:
-            view = stack[-1] if stack else None
-            if view.__class__ is View:
-                if attr in view.field_names:
-                    return view.latest.get(attr)
-                if attr in view.prop_names:
-                    return view.props.get(attr)
-            return dot_error(ctx)
-
-        DOTS[prop_or_field] = (stack, attr)
-        return prop_or_field
-
-    def field(ctx: Context) -> Any:
-        # The common case in one test: a view that has this field.
-        if stack:
-            view = stack[-1]
-            if view.__class__ is View and attr in view.field_names:
-                return view.latest.get(attr)
-        return dot_error(ctx)
-
-    DOTS[field] = (stack, attr)
     return field
 
 
 # --- methods -------------------------------------------------------------------
+#
+# A method is (x.Method key [value]): x must hold the host or a guest, the key
+# is checked (a field, control or variable name) by a function of the view and
+# the key, and an action makes the result. The value, if any, is evaluated by
+# the action, after the key is checked.
+
+#: (view, key) -> the key, or raises; (view, key, ctx) -> the method's value.
+Check = Callable[[View, Any], Any]
+Action = Callable[[View, Any, Context], Any]
 
 
-def _field_arg(node: Node, view: View, method: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise node.error(f"{method}: the field name must be a string, got {type_name(value)}")
-    if value not in view.field_names:
-        raise node.error(f"{method}: {view.describe()} has no field {value!r}")
-    return value
+def _method(
+    node: Node, obj: str, stack: List[Any], key_code: Code, check: Check, act: Action
+) -> Code:
+    def method(ctx: Context) -> Any:
+        view = _entity_of(stack, node, obj)
+        return act(view, check(view, key_code(ctx)), ctx)
+
+    key = constant_value(key_code)
+    if key.__class__ is not str:
+        return method
+
+    # (g.Method "literal" ...), the usual shape: no call for the key.
+    def method_key(ctx: Context) -> Any:
+        view = stack[-1] if stack else None
+        if view.__class__ is View:
+            return act(view, check(view, key), ctx)
+        return method(ctx)  # raises the error
+
+    return method_key
+
+
+def _field_name(node: Node, method: str) -> Check:
+    def check(view: View, value: Any) -> str:
+        if not isinstance(value, str):
+            raise node.error(f"{method}: the field name must be a string, got {type_name(value)}")
+        if value not in view.field_names:
+            raise node.error(f"{method}: {view.describe()} has no field {value!r}")
+        return value
+
+    return check
+
+
+def _control_name(node: Node, method: str) -> Check:
+    def check(view: View, value: Any) -> str:
+        if not isinstance(value, str):
+            raise node.error(f"{method}: the control name must be a string, got {type_name(value)}")
+        if value not in view.control_names:
+            raise node.error(
+                f"{method}: {view.describe()} has no control {value!r} "
+                f"(it has: {', '.join(sorted(view.control_names))})"
+            )
+        return value
+
+    return check
+
+
+def _string(node: Node, method: str, what: str) -> Check:
+    """A check that the key is a string (a property must not start with '_')."""
+    prop = what == "property"
+
+    def check(view: View, value: Any) -> str:
+        if not isinstance(value, str) or (prop and value.startswith("_")):
+            raise node.error(f"{method}: the {what} name must be a string, got {show(value)}")
+        return value
+
+    return check
 
 
 def _m_stat(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    (arg,) = codes
-
-    def stat(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        return view.latest.get(_field_arg(node, view, name, arg(ctx)))
-
-    field_name = constant_value(arg)
-    if field_name.__class__ is not str:
-        return stat
-
-    # (g.Stat "field"): the common case inline; anything else (not a view,
-    # no such field here) goes through the general closure for its error.
-    def stat_field(ctx: Context) -> Any:
-        if stack:
-            view = stack[-1]
-            if view.__class__ is View and field_name in view.field_names:
-                return view.latest.get(field_name)
-        return stat(ctx)
-
-    return stat_field
+    return _method(
+        node, obj, stack, codes[0], _field_name(node, name), lambda v, k, c: v.latest.get(k)
+    )
 
 
 def _m_stat_avg(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    (arg,) = codes
-
-    def stat_avg(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        return view.entity.stat_avg(_field_arg(node, view, name, arg(ctx)))
-
-    field_name = constant_value(arg)
-    if field_name.__class__ is not str:
-        return stat_avg
-
-    # (g.StatAvg "field"), as in _m_stat.
-    def stat_avg_field(ctx: Context) -> Any:
-        if stack:
-            view = stack[-1]
-            if view.__class__ is View and field_name in view.field_names:
-                return view.entity.stat_avg(field_name)
-        return stat_avg(ctx)
-
-    return stat_avg_field
-
-
-def _m_prop(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    (arg,) = codes
-
-    def prop(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        key = arg(ctx)
-        if not isinstance(key, str) or key.startswith("_"):
-            raise node.error(f"{name}: the property name must be a string, got {show(key)}")
-        return _plain(view.props.get(key))
-
-    return prop
+    return _method(
+        node, obj, stack, codes[0], _field_name(node, name), lambda v, k, c: v.entity.stat_avg(k)
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -171,21 +149,22 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _control_name(node: Node, view: View, method: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise node.error(f"{method}: the control name must be a string, got {type_name(value)}")
-    if value not in view.control_names:
-        raise node.error(
-            f"{method}: {view.describe()} has no control {value!r} "
-            f"(it has: {', '.join(sorted(view.control_names))})"
-        )
-    return value
+def _m_prop(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
+    return _method(
+        node,
+        obj,
+        stack,
+        codes[0],
+        _string(node, name, "property"),
+        lambda v, k, c: _plain(v.props.get(k)),
+    )
 
 
 def _m_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
     key_code, value_code = codes
 
-    def set_control(view: View, key: str, value: Any) -> Any:
+    def set_control(view: View, key: str, ctx: Context) -> Any:
+        value = value_code(ctx)
         if value.__class__ not in NUM_TYPES:
             raise node.error(f"{name} {key!r}: value must be a number, got {show(value)}")
         if value.__class__ is float and not math.isfinite(value):
@@ -200,35 +179,13 @@ def _m_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[A
         view.controls[key] = value
         return value
 
-    def control(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        key = _control_name(node, view, name, key_code(ctx))
-        return set_control(view, key, value_code(ctx))
-
-    constant_key = constant_value(key_code)
-    if constant_key.__class__ is not str:
-        return control
-
-    # (g.Control "name" value): the checks of the name inline, the general
-    # closure for the errors.
-    def control_key(ctx: Context) -> Any:
-        if stack:
-            view = stack[-1]
-            if view.__class__ is View and constant_key in view.control_names:
-                return set_control(view, constant_key, value_code(ctx))
-        return control(ctx)
-
-    return control_key
+    return _method(node, obj, stack, key_code, _control_name(node, name), set_control)
 
 
 def _m_get_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    (key_code,) = codes
-
-    def get_control(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        return view.controls.get(_control_name(node, view, name, key_code(ctx)))
-
-    return get_control
+    return _method(
+        node, obj, stack, codes[0], _control_name(node, name), lambda v, k, c: v.controls.get(k)
+    )
 
 
 def _store_cells(store: Dict[str, Any], skip: str) -> int:
@@ -243,11 +200,7 @@ def _store_cells(store: Dict[str, Any], skip: str) -> int:
 def _m_set_var(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
     key_code, value_code = codes
 
-    def set_var(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        key = key_code(ctx)
-        if not isinstance(key, str):
-            raise node.error(f"{name}: the variable name must be a string, got {show(key)}")
+    def set_var(view: View, key: str, ctx: Context) -> Any:
         value = value_code(ctx)
         cells, _, plain = measure(value, MAX_STORE_CELLS)
         if not plain:
@@ -268,32 +221,18 @@ def _m_set_var(node: Node, obj: str, name: str, codes: List[Code], stack: List[A
         store[key] = value
         return value
 
-    return set_var
+    return _method(node, obj, stack, key_code, _string(node, name, "variable"), set_var)
 
 
 def _m_get_var(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    (key_code,) = codes
-
-    def get_var(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        key = key_code(ctx)
-        if not isinstance(key, str):
-            raise node.error(f"{name}: the variable name must be a string, got {show(key)}")
-        return view.store.get(key)
-
-    constant_key = constant_value(key_code)
-    if constant_key.__class__ is not str:
-        return get_var
-
-    # (x.GetVar "name"), as in _m_stat.
-    def get_var_key(ctx: Context) -> Any:
-        if stack:
-            view = stack[-1]
-            if view.__class__ is View:
-                return view.store.get(constant_key)
-        return get_var(ctx)
-
-    return get_var_key
+    return _method(
+        node,
+        obj,
+        stack,
+        codes[0],
+        _string(node, name, "variable"),
+        lambda v, k, c: v.store.get(k),
+    )
 
 
 METHOD_BUILDERS: Dict[str, Callable[[Node, str, str, List[Code], List[Any]], Code]] = {
