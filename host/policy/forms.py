@@ -470,6 +470,9 @@ def user_call(node: Node, name: str, args: List[Code]) -> Code:
     """A call of a user function (the one its last evaluated def made)."""
     nargs = len(args)
     reads = [(slot_of(arg), arg) for arg in args]
+    # One argument, the usual call: no list of values.
+    one = nargs == 1
+    slot, arg = reads[0] if reads else ((), constant(None))
 
     def call(ctx: Context) -> Any:
         fn = ctx.funcs.get(name)
@@ -480,7 +483,10 @@ def user_call(node: Node, name: str, args: List[Code]) -> Code:
                 )
             raise node.error(f"'{name}' takes {fn.arity} argument(s), given {nargs}")
         # All arguments first (in the caller's scope), then bind them.
-        values = [slot[-1] if slot else arg(ctx) for slot, arg in reads]
+        if one:
+            value = slot[-1] if slot else arg(ctx)
+        else:
+            values = [s[-1] if s else a(ctx) for s, a in reads]
         steps = ctx.steps + fn.cost
         if steps > ctx.step_limit:
             ctx.check_budget(node, steps)
@@ -490,15 +496,21 @@ def user_call(node: Node, name: str, args: List[Code]) -> Code:
             raise node.error(f"calls nested deeper than {ctx.max_depth} (runaway recursion?)")
         ctx.depth = depth + 1
         stacks = fn.stacks
-        for stack, value in zip(stacks, values):
-            stack.append(value)
+        if one:
+            stacks[0].append(value)
+        else:
+            for stack, value in zip(stacks, values):
+                stack.append(value)
         if fn.scoped:
             result = run_in_scope(ctx, fn.body, list(fn.params))
         else:
             # A body without defvar needs no scope: pop the parameters only.
             result = fn.body(ctx)
-            for stack in stacks:
-                stack.pop()
+            if one:
+                stacks[0].pop()
+            else:
+                for stack in stacks:
+                    stack.pop()
         ctx.depth = depth
         return result
 

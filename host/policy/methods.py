@@ -9,7 +9,7 @@ ever looked up as a Python attribute.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 from ebb.host.policy.limits import (
     MAX_INT,
@@ -19,12 +19,17 @@ from ebb.host.policy.limits import (
 )
 from ebb.host.policy.reader import Node
 from ebb.host.policy.runtime import (
+    GUEST_CONTROLS,
+    GUEST_FIELDS,
+    HOST_CONTROLS,
+    HOST_FIELDS,
     NUM_TYPES,
     Code,
     Context,
     View,
     constant_value,
     measure,
+    register_field,
     show,
     type_name,
 )
@@ -57,24 +62,29 @@ def dot(node: Node, head: str, attr: str, stack: List[Any]) -> Code:
             raise node.error(f"undefined variable '{head}'")
         raise node.error(f"'{full}': '{head}' is {type_name(view)}, not the host or a guest")
 
-    return field
+    return register_field(field, stack, attr)
 
 
 # --- methods -------------------------------------------------------------------
 #
 # A method is (x.Method key [value]): x must hold the host or a guest, the key
-# is checked (a field, control or variable name) by a function of the view and
-# the key, and an action makes the result. The value, if any, is evaluated by
-# the action, after the key is checked.
+# is checked (a field, control or variable name) by a rule, and an action
+# makes the result. The value, if any, is evaluated by the action, after the
+# key is checked.
 
-#: (view, key) -> the key, or raises; (view, key, ctx) -> the method's value.
+#: (view, key) -> the key, or raises.
 Check = Callable[[View, Any], Any]
+#: (is the view the host's, a literal key) -> whether the check passes.
+Accepts = Callable[[bool, str], bool]
+#: (view, key, ctx) -> the method's value.
 Action = Callable[[View, Any, Context], Any]
 
 
 def _method(
-    node: Node, obj: str, stack: List[Any], key_code: Code, check: Check, act: Action
+    node: Node, obj: str, stack: List[Any], key_code: Code, rule: Tuple[Check, Accepts], act: Action
 ) -> Code:
+    check, accepts = rule
+
     def method(ctx: Context) -> Any:
         view = _entity_of(stack, node, obj)
         return act(view, check(view, key_code(ctx)), ctx)
@@ -82,18 +92,21 @@ def _method(
     key = constant_value(key_code)
     if key.__class__ is not str:
         return method
+    # (g.Method "literal" ...), the usual shape: the key is checked once for
+    # each kind of view, here; a view of another kind takes the general path
+    # (for its error).
+    kinds = frozenset(host for host in (True, False) if accepts(host, key))
 
-    # (g.Method "literal" ...), the usual shape: no call for the key.
     def method_key(ctx: Context) -> Any:
         view = stack[-1] if stack else None
-        if view.__class__ is View:
-            return act(view, check(view, key), ctx)
-        return method(ctx)  # raises the error
+        if view.__class__ is View and view.is_host in kinds:
+            return act(view, key, ctx)
+        return method(ctx)
 
     return method_key
 
 
-def _field_name(node: Node, method: str) -> Check:
+def _field_name(node: Node, method: str) -> Tuple[Check, Accepts]:
     def check(view: View, value: Any) -> str:
         if not isinstance(value, str):
             raise node.error(f"{method}: the field name must be a string, got {type_name(value)}")
@@ -101,10 +114,10 @@ def _field_name(node: Node, method: str) -> Check:
             raise node.error(f"{method}: {view.describe()} has no field {value!r}")
         return value
 
-    return check
+    return check, lambda host, key: key in (HOST_FIELDS if host else GUEST_FIELDS)
 
 
-def _control_name(node: Node, method: str) -> Check:
+def _control_name(node: Node, method: str) -> Tuple[Check, Accepts]:
     def check(view: View, value: Any) -> str:
         if not isinstance(value, str):
             raise node.error(f"{method}: the control name must be a string, got {type_name(value)}")
@@ -115,19 +128,22 @@ def _control_name(node: Node, method: str) -> Check:
             )
         return value
 
-    return check
+    return check, lambda host, key: key in (HOST_CONTROLS if host else GUEST_CONTROLS)
 
 
-def _string(node: Node, method: str, what: str) -> Check:
-    """A check that the key is a string (a property must not start with '_')."""
+def _string(node: Node, method: str, what: str) -> Tuple[Check, Accepts]:
+    """A check that the key is a string (a property's must not start with '_')."""
     prop = what == "property"
 
+    def accepts(host: bool, key: str) -> bool:
+        return not (prop and key.startswith("_"))
+
     def check(view: View, value: Any) -> str:
-        if not isinstance(value, str) or (prop and value.startswith("_")):
+        if not isinstance(value, str) or not accepts(view.is_host, value):
             raise node.error(f"{method}: the {what} name must be a string, got {show(value)}")
         return value
 
-    return check
+    return check, accepts
 
 
 def _m_stat(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:

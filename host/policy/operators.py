@@ -26,7 +26,18 @@ from ebb.host.policy.limits import (
     MAX_SHIFT,
 )
 from ebb.host.policy.reader import Node
-from ebb.host.policy.runtime import NUM_TYPES, Code, Context, show, slot_of, type_name
+from ebb.host.policy.runtime import (
+    NO_VALUE,
+    NUM_TYPES,
+    Code,
+    Context,
+    View,
+    field_of,
+    register_field,
+    show,
+    slot_of,
+    type_name,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -34,6 +45,8 @@ LOG = logging.getLogger(__name__)
 Builder = Callable[[Node, List[Code]], Code]
 Unary = Callable[[Any], Any]
 Binary = Callable[[Any, Any], Any]
+#: The error of an operator on two values.
+Failure = Callable[[Any, Any], PolicyError]
 
 # --- combinators: a function of values -> the closure of a call ------------------
 
@@ -49,40 +62,76 @@ def unary(codes: Sequence[Code], fn: Unary) -> Code:
     return op1
 
 
-def binary(codes: Sequence[Code], fn: Binary) -> Code:
-    """The closure of ``(op a b)``: ``fn`` of both values, a's evaluated first."""
+def binary(
+    codes: Sequence[Code],
+    fn: Optional[Binary],
+    *,
+    numbers: Optional[Failure] = None,
+    fail: Optional[Failure] = None,
+    too_large: Optional[Callable[[str], PolicyError]] = None,
+    bound_operands: bool = False,
+    lazy: str = "",
+) -> Code:
+    """The closure of ``(op a b)``: ``fn`` of both values, a's evaluated first.
+
+    The checks around ``fn``, each when given: ``numbers(x, y)`` is raised
+    unless both values are numbers; ``too_large("an operand")`` when
+    ``bound_operands`` and an operand is an integer outside the bound;
+    ``fail(x, y)`` when ``fn`` raises TypeError or ZeroDivisionError;
+    ``too_large("the result")`` when the result is an integer outside the
+    bound. ``lazy`` "or" ("and") returns a's value without evaluating b when
+    it is true (false), else b's value (``fn`` is None then). The operands
+    are read without a call when they are variables or constants (see
+    slot_of) or fields of a view (see field_of): most operands of the
+    policies are.
+    """
     a, b = codes
     sa, sb = slot_of(a), slot_of(b)
+    (va, fa, ka), (vb, fb, kb) = field_of(a), field_of(b)
+    either = lazy == "or"
 
     def op2(ctx: Context) -> Any:
-        return fn(sa[-1] if sa else a(ctx), sb[-1] if sb else b(ctx))
+        if sa:
+            x = sa[-1]
+        elif va and (view := va[-1]).__class__ is View and fa in view.field_names:
+            x = view.latest.get(fa)
+            if not x and ka is not NO_VALUE:
+                x = ka
+        else:
+            x = a(ctx)
+        if lazy and (x if either else not x):
+            return x
+        if sb:
+            y = sb[-1]
+        elif vb and (view := vb[-1]).__class__ is View and fb in view.field_names:
+            y = view.latest.get(fb)
+            if not y and kb is not NO_VALUE:
+                y = kb
+        else:
+            y = b(ctx)
+        if fn is None:
+            return y
+        if numbers is not None and (x.__class__ not in NUM_TYPES or y.__class__ not in NUM_TYPES):
+            raise numbers(x, y)
+        if bound_operands and (
+            (x.__class__ is int and not -MAX_INT <= x <= MAX_INT)
+            or (y.__class__ is int and not -MAX_INT <= y <= MAX_INT)
+        ):
+            raise too_large("an operand")  # type: ignore[misc]
+        try:
+            result = fn(x, y)
+        except (TypeError, ZeroDivisionError):
+            if fail is None:
+                raise
+            raise fail(x, y) from None
+        if too_large is not None and result.__class__ is int and not -MAX_INT <= result <= MAX_INT:
+            raise too_large("the result")
+        return result
 
+    if lazy == "or" and fa and ka is NO_VALUE and sb.__class__ is tuple:
+        # (or x.field K): a field read with a default, for the combinators above.
+        register_field(op2, va, fa, sb[0])
     return op2
-
-
-def fold(codes: Sequence[Code], first: Unary, fn: Binary) -> Code:
-    """The closure of ``(op a b c ...)``: ``fn`` folded from the left.
-
-    With two operands both are evaluated before ``fn`` checks them; with more,
-    ``first`` checks the first operand, and each later one is checked (by
-    ``fn``) as soon as it is evaluated, before the next is.
-    """
-    if len(codes) == 2:
-        return binary(codes, fn)
-    head, *rest = codes
-
-    def fold_n(ctx: Context) -> Any:
-        acc = first(head(ctx))
-        for code in rest:
-            acc = fn(acc, code(ctx))
-        return acc
-
-    return fold_n
-
-
-def _values(build: Callable[[Node], Binary]) -> Builder:
-    """The builder of an operator of exactly two operands given by ``build(node)``."""
-    return lambda node, codes: binary(codes, build(node))
 
 
 # --- arithmetic ----------------------------------------------------------------
@@ -95,7 +144,7 @@ def _range_error(node: Node, op: str, what: str) -> PolicyError:
     )
 
 
-def _numbers(node: Node, op: str) -> Unary:
+def _number(node: Node, op: str) -> Unary:
     """A check that a value is a number (returned as it is)."""
 
     def number(value: Any) -> Any:
@@ -106,39 +155,21 @@ def _numbers(node: Node, op: str) -> Unary:
     return number
 
 
-def _in_range(value: Any) -> bool:
-    """Whether a number is within the integer bound (floats always are)."""
-    return value.__class__ is not int or -MAX_INT <= value <= MAX_INT
+def _numbers(node: Node, op: str) -> Failure:
+    """The error of ``op`` on two values that are not both numbers: the first one not."""
+    number = _number(node, op)
 
+    def fail(x: Any, y: Any) -> PolicyError:
+        number(x)
+        number(y)
+        raise AssertionError("both are numbers")
 
-def _arithmetic(node: Node, op: str) -> Binary:
-    """``x op y`` on two numbers, within the integer bound.
-
-    The operands of ``*`` are checked before multiplying, so that no product
-    is ever a long computation; sums of bounded operands are cheap, and any
-    result out of range is an error.
-    """
-    fn = {"+": operator.add, "-": operator.sub, "*": operator.mul}[op]
-    number = _numbers(node, op)
-    multiply = op == "*"
-
-    def apply(x: Any, y: Any) -> Any:
-        if x.__class__ not in NUM_TYPES or y.__class__ not in NUM_TYPES:
-            number(x)
-            number(y)
-        if multiply and not (_in_range(x) and _in_range(y)):
-            raise _range_error(node, op, "an operand")
-        result = fn(x, y)
-        if result.__class__ is not int or -MAX_INT <= result <= MAX_INT:
-            return result
-        raise _range_error(node, op, "the result")
-
-    return apply
+    return fail
 
 
 def _negate(node: Node, op: str) -> Unary:
     """``-x`` or ``abs x``, within the integer bound."""
-    number = _numbers(node, op)
+    number = _number(node, op)
     fn = operator.neg if op == "-" else abs
 
     def apply(x: Any) -> Any:
@@ -151,30 +182,42 @@ def _negate(node: Node, op: str) -> Unary:
 
 
 def _build_arith(op: str) -> Builder:
+    """``+ - *`` on numbers, within the integer bound; more than two operands fold
+    from the left, each checked as soon as it is evaluated."""
+
     def build(node: Node, codes: List[Code]) -> Code:
         if op == "-" and len(codes) == 1:
             return unary(codes, _negate(node, op))
-        return fold(codes, _numbers(node, op), _arithmetic(node, op))
+        fn = {"+": operator.add, "-": operator.sub, "*": operator.mul}[op]
+        numbers = _numbers(node, op)
+
+        # The operands of * are checked before multiplying, so that no product
+        # is ever a long computation; sums of bounded operands are cheap.
+        def too_large(what: str) -> PolicyError:
+            return _range_error(node, op, what)
+
+        # (+ a b c) is (+ (+ a' b) c), a' being a checked before b is evaluated.
+        acc = unary(codes[:1], _number(node, op)) if len(codes) > 2 else codes[0]
+        for code in codes[1:]:
+            acc = binary(
+                [acc, code], fn, numbers=numbers, too_large=too_large, bound_operands=op == "*"
+            )
+        return acc
 
     return build
 
 
-def _divide(node: Node) -> Binary:
-    number = _numbers(node, "/")
+def _build_divide(node: Node, codes: List[Code]) -> Code:
+    def fail(x: Any, y: Any) -> PolicyError:
+        return node.error(f"division by zero ({show(x)} / {show(y)})")
 
-    def apply(x: Any, y: Any) -> Any:
-        number(x)
-        if not number(y):
-            raise node.error(f"division by zero ({show(x)} / {show(y)})")
-        return x / y
-
-    return apply
+    return binary(codes, operator.truediv, numbers=_numbers(node, "/"), fail=fail)
 
 
-def _shift(op: str) -> Callable[[Node], Binary]:
+def _build_shift(op: str) -> Builder:
     fn = operator.lshift if op == "<<" else operator.rshift
 
-    def make(node: Node) -> Binary:
+    def build(node: Node, codes: List[Code]) -> Code:
         def apply(x: Any, y: Any) -> Any:
             if x.__class__ not in (int, bool) or y.__class__ not in (int, bool):
                 raise node.error(f"'{op}' needs whole numbers, got {show(x)} and {show(y)}")
@@ -187,29 +230,26 @@ def _shift(op: str) -> Callable[[Node], Binary]:
                 raise _range_error(node, op, "the result")
             return result
 
-        return apply
+        return binary(codes, apply)
 
-    return make
+    return build
 
 
 # --- comparisons -----------------------------------------------------------------
 
 
-def _compare(op: str) -> Callable[[Node], Binary]:
+def _build_compare(op: str) -> Builder:
+    # Numbers with numbers, strings with strings: anything else (nil,
+    # objects) raises TypeError, reported with the position.
     fn = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge}[op]
 
-    def make(node: Node) -> Binary:
-        def apply(x: Any, y: Any) -> Any:
-            try:
-                # Numbers with numbers, strings with strings: anything else
-                # (nil, objects) raises TypeError, reported with the position.
-                return fn(x, y)
-            except TypeError:
-                raise node.error(f"'{op}' cannot compare {show(x)} with {show(y)}") from None
+    def build(node: Node, codes: List[Code]) -> Code:
+        def fail(x: Any, y: Any) -> PolicyError:
+            return node.error(f"'{op}' cannot compare {show(x)} with {show(y)}")
 
-        return apply
+        return binary(codes, fn, fail=fail)
 
-    return make
+    return build
 
 
 def _build_equal(negate: bool) -> Builder:
@@ -220,38 +260,25 @@ def _build_equal(negate: bool) -> Builder:
 # --- logic: the operands that decide stop the evaluation ----------------------------
 
 
-def _build_and(node: Node, codes: List[Code]) -> Code:
-    def and_(ctx: Context) -> Any:
-        value = None
-        for code in codes:
-            value = code(ctx)
-            if not value:
-                return value
-        return value
+def _build_logic(lazy: str) -> Builder:
+    """``and`` / ``or``: the value of the first operand that decides, or of the last."""
+    stop = lazy == "or"
 
-    return and_
+    def build(node: Node, codes: List[Code]) -> Code:
+        if len(codes) == 2:
+            return binary(codes, None, lazy=lazy)
 
+        def logic(ctx: Context) -> Any:
+            value = None
+            for code in codes:
+                value = code(ctx)
+                if bool(value) is stop:
+                    return value
+            return value
 
-def _build_or(node: Node, codes: List[Code]) -> Code:
-    if len(codes) == 2:
-        # (or x.field 0), the policies' way to read a field that may be missing.
-        a, b = codes
-        sa, sb = slot_of(a), slot_of(b)
+        return logic
 
-        def or2(ctx: Context) -> Any:
-            return (sa[-1] if sa else a(ctx)) or (sb[-1] if sb else b(ctx))
-
-        return or2
-
-    def or_(ctx: Context) -> Any:
-        value = None
-        for code in codes:
-            value = code(ctx)
-            if value:
-                return value
-        return value
-
-    return or_
+    return build
 
 
 def _build_not(node: Node, codes: List[Code]) -> Code:
@@ -274,9 +301,18 @@ def _build_null(node: Node, codes: List[Code]) -> Code:
 
 
 def _build_valid(node: Node, codes: List[Code]) -> Code:
+    reads = []
+    for code in codes:
+        stack, attr, default = field_of(code)
+        reads.append((stack if default is NO_VALUE else (), attr, code))
+
+    # (valid g.a g.b ...): fields of a view read without a call (see field_of).
     def valid(ctx: Context) -> Any:
-        for code in codes:  # noqa: SIM110 (as in null)
-            if code(ctx) is None:
+        for stack, attr, code in reads:
+            if stack and (view := stack[-1]).__class__ is View and attr in view.field_names:
+                if view.latest.get(attr) is None:
+                    return False
+            elif code(ctx) is None:
                 return False
         return True
 
@@ -296,12 +332,7 @@ def _build_extreme(op: str) -> Builder:
 
         if len(codes) == 2:
             # (max 0 x): numbers only. Ties keep the first operand, as pick does.
-            def extreme2(x: Any, y: Any) -> Any:
-                if x.__class__ in NUM_TYPES and y.__class__ in NUM_TYPES:
-                    return pick(x, y)
-                raise bad([x, y])
-
-            return binary(codes, extreme2)
+            return binary(codes, pick, numbers=lambda x, y: bad([x, y]))
 
         def extreme(ctx: Context) -> Any:
             values = [code(ctx) for code in codes]
@@ -362,17 +393,17 @@ OPERATORS: Dict[str, Tuple[int, Optional[int], Builder]] = {
     "+": (2, None, _build_arith("+")),
     "-": (1, 2, _build_arith("-")),
     "*": (2, None, _build_arith("*")),
-    "/": (2, 2, _values(_divide)),
-    "<": (2, 2, _values(_compare("<"))),
-    ">": (2, 2, _values(_compare(">"))),
-    "<=": (2, 2, _values(_compare("<="))),
-    ">=": (2, 2, _values(_compare(">="))),
+    "/": (2, 2, _build_divide),
+    "<": (2, 2, _build_compare("<")),
+    ">": (2, 2, _build_compare(">")),
+    "<=": (2, 2, _build_compare("<=")),
+    ">=": (2, 2, _build_compare(">=")),
     "==": (2, 2, _build_equal(False)),
     "!=": (2, 2, _build_equal(True)),
-    "<<": (2, 2, _values(_shift("<<"))),
-    ">>": (2, 2, _values(_shift(">>"))),
-    "and": (1, None, _build_and),
-    "or": (1, None, _build_or),
+    "<<": (2, 2, _build_shift("<<")),
+    ">>": (2, 2, _build_shift(">>")),
+    "and": (1, None, _build_logic("and")),
+    "or": (1, None, _build_logic("or")),
     "not": (1, 1, _build_not),
     "min": (1, None, _build_extreme("min")),
     "max": (1, None, _build_extreme("max")),

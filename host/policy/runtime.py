@@ -288,6 +288,9 @@ class Compiled:
             stack.clear()
 
 
+NO_VALUE: Any = object()
+
+
 def run_in_scope(ctx: Context, body: Code, scope: List[str]) -> Any:
     """Run ``body`` in a scope of its own holding ``scope`` (names already pushed).
 
@@ -306,7 +309,6 @@ def run_in_scope(ctx: Context, body: Code, scope: List[str]) -> Any:
 
 #: The slot of each closure whose value can be read without calling it (see slot_of).
 _SLOTS: weakref.WeakKeyDictionary[Code, Sequence[Any]] = weakref.WeakKeyDictionary()
-NO_VALUE: Any = object()
 
 
 def slot_of(code: Code) -> Sequence[Any]:
@@ -319,6 +321,30 @@ def slot_of(code: Code) -> Sequence[Any]:
     commonest kinds without a call.
     """
     return _SLOTS.get(code, ())
+
+
+#: Field reads ``head.attr`` and ``(or head.attr K)``: the closure -> (head's
+#: value stack, attr, K or NO_VALUE).
+_FIELDS: weakref.WeakKeyDictionary[Code, Tuple[List[Any], str, Any]] = weakref.WeakKeyDictionary()
+
+
+def field_of(code: Code) -> Tuple[Sequence[Any], str, Any]:
+    """``(stack, attr, default)`` of a field read, else ``((), "", NO_VALUE)``.
+
+    A field read is ``head.attr`` (``default`` is NO_VALUE) or ``(or head.attr
+    K)`` with a constant K (``default`` is K), ``stack`` being head's value
+    stack. The hottest combinators read such an operand without a call when
+    head holds a view that has the field: ``view.latest.get(attr)``, or K
+    when that is false and there is a default. Anything else (a property, an
+    error) is the closure's to read or raise.
+    """
+    return _FIELDS.get(code, ((), "", NO_VALUE))
+
+
+def register_field(code: Code, stack: List[Any], attr: str, default: Any = NO_VALUE) -> Code:
+    """Make ``code``, a field read (see field_of), known to field_of."""
+    _FIELDS[code] = (stack, attr, default)
+    return code
 
 
 def variable(node: Node, name: str, stack: List[Any]) -> Code:
