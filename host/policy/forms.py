@@ -19,7 +19,7 @@ inline, without calling their closures.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Container, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ebb.host.policy import fields as F
 from ebb.host.policy.errors import PolicyError
@@ -389,6 +389,22 @@ class Compiler:
         return name
 
 
+def lists_in(nodes: Sequence[Node]) -> Iterator[Node]:
+    """Every list and block at or below ``nodes`` (an explicit stack: no recursion)."""
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if node.kind in (LIST, BLOCK):
+            stack.extend(node.value)
+            yield node
+
+
+def calls_to(node: Node, names: Container[str]) -> bool:
+    """Whether ``node`` is a list ``(name ...)`` with ``name`` in ``names``."""
+    items = node.value
+    return node.kind == LIST and bool(items) and items[0].kind == SYM and items[0].value in names
+
+
 def binds_variables(nodes: Sequence[Node]) -> bool:
     """Whether evaluating ``nodes`` may run a defvar in the scope they are evaluated in.
 
@@ -396,16 +412,7 @@ def binds_variables(nodes: Sequence[Node]) -> bool:
     let or with, which binds in a scope of its own). Code without one needs
     no scope of its own: nothing in it reads or adds to the innermost scope.
     """
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        if node.kind not in (LIST, BLOCK):
-            continue
-        items = node.value
-        if node.kind == LIST and items and items[0].kind == SYM and items[0].value == "defvar":
-            return True
-        stack.extend(items)
-    return False
+    return any(calls_to(node, ("defvar",)) for node in lists_in(nodes))
 
 
 def size(node: Node) -> int:
@@ -443,20 +450,15 @@ def check_function_name(node: Node, name: str) -> None:
 
 
 def collect_functions(nodes: Sequence[Node], out: Dict[str, Set[int]]) -> None:
-    """Find every ``(def name (params) ...)`` anywhere in the program: ``out`` gets each
-    name's arities."""
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        if node.kind not in (LIST, BLOCK):
-            continue
+    """Find every ``(def name (params) ...)`` anywhere in the program.
+
+    ``out`` gets each name's arities.
+    """
+    for node in lists_in(nodes):
         items = node.value
-        stack.extend(items)
         if (
-            node.kind == LIST
+            calls_to(node, ("def", "defun"))
             and len(items) >= 4
-            and items[0].kind == SYM
-            and items[0].value in ("def", "defun")
             and items[1].kind == SYM
             and items[2].kind == LIST
         ):

@@ -78,6 +78,10 @@ Check = Callable[[View, Any], Any]
 Accepts = Callable[[bool, str], bool]
 #: (view, key, ctx) -> the method's value.
 Action = Callable[[View, Any, Context], Any]
+#: (the method's node, its name as written) -> the check of its key and what it accepts.
+Rule = Callable[[Node, str], Tuple[Check, Accepts]]
+#: (node, object name, method name as written, argument closures, the object's stack) -> closure.
+MethodBuilder = Callable[[Node, str, str, List[Code], List[Any]], Code]
 
 
 def _method(
@@ -131,31 +135,31 @@ def _control_name(node: Node, method: str) -> Tuple[Check, Accepts]:
     return check, lambda host, key: key in (HOST_CONTROLS if host else GUEST_CONTROLS)
 
 
-def _string(node: Node, method: str, what: str) -> Tuple[Check, Accepts]:
-    """A check that the key is a string (a property's must not start with '_')."""
+def _string(what: str) -> Rule:
+    """The rule of a key that is any string (a property's must not start with '_')."""
     prop = what == "property"
 
     def accepts(host: bool, key: str) -> bool:
         return not (prop and key.startswith("_"))
 
-    def check(view: View, value: Any) -> str:
-        if not isinstance(value, str) or not accepts(view.is_host, value):
-            raise node.error(f"{method}: the {what} name must be a string, got {show(value)}")
-        return value
+    def rule(node: Node, method: str) -> Tuple[Check, Accepts]:
+        def check(view: View, value: Any) -> str:
+            if not isinstance(value, str) or not accepts(view.is_host, value):
+                raise node.error(f"{method}: the {what} name must be a string, got {show(value)}")
+            return value
 
-    return check, accepts
+        return check, accepts
 
-
-def _m_stat(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    return _method(
-        node, obj, stack, codes[0], _field_name(node, name), lambda v, k, c: v.latest.get(k)
-    )
+    return rule
 
 
-def _m_stat_avg(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    return _method(
-        node, obj, stack, codes[0], _field_name(node, name), lambda v, k, c: v.entity.stat_avg(k)
-    )
+def _reading(rule: Rule, act: Action) -> MethodBuilder:
+    """A method whose one argument is the key: ``(x.Stat "field")``."""
+
+    def build(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
+        return _method(node, obj, stack, codes[0], rule(node, name), act)
+
+    return build
 
 
 def _plain(value: Any) -> Any:
@@ -163,17 +167,6 @@ def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
-
-
-def _m_prop(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    return _method(
-        node,
-        obj,
-        stack,
-        codes[0],
-        _string(node, name, "property"),
-        lambda v, k, c: _plain(v.props.get(k)),
-    )
 
 
 def _m_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
@@ -196,12 +189,6 @@ def _m_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[A
         return value
 
     return _method(node, obj, stack, key_code, _control_name(node, name), set_control)
-
-
-def _m_get_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    return _method(
-        node, obj, stack, codes[0], _control_name(node, name), lambda v, k, c: v.controls.get(k)
-    )
 
 
 def _store_cells(store: Dict[str, Any], skip: str) -> int:
@@ -237,26 +224,15 @@ def _m_set_var(node: Node, obj: str, name: str, codes: List[Code], stack: List[A
         store[key] = value
         return value
 
-    return _method(node, obj, stack, key_code, _string(node, name, "variable"), set_var)
+    return _method(node, obj, stack, key_code, _string("variable")(node, name), set_var)
 
 
-def _m_get_var(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    return _method(
-        node,
-        obj,
-        stack,
-        codes[0],
-        _string(node, name, "variable"),
-        lambda v, k, c: v.store.get(k),
-    )
-
-
-METHOD_BUILDERS: Dict[str, Callable[[Node, str, str, List[Code], List[Any]], Code]] = {
-    "Stat": _m_stat,
-    "StatAvg": _m_stat_avg,
-    "Prop": _m_prop,
+METHOD_BUILDERS: Dict[str, MethodBuilder] = {
+    "Stat": _reading(_field_name, lambda view, key, ctx: view.latest.get(key)),
+    "StatAvg": _reading(_field_name, lambda view, key, ctx: view.entity.stat_avg(key)),
+    "Prop": _reading(_string("property"), lambda view, key, ctx: _plain(view.props.get(key))),
     "Control": _m_control,
-    "GetControl": _m_get_control,
+    "GetControl": _reading(_control_name, lambda view, key, ctx: view.controls.get(key)),
     "SetVar": _m_set_var,
-    "GetVar": _m_get_var,
+    "GetVar": _reading(_string("variable"), lambda view, key, ctx: view.store.get(key)),
 }

@@ -62,7 +62,7 @@ class View:
         self.prop_names = F.HOST_PROPS if is_host else F.GUEST_PROPS
         self.control_names = HOST_CONTROLS if is_host else GUEST_CONTROLS
         self.controls: Dict[str, Any] = {}
-        self.store = store
+        self.store: Dict[str, Any] = store
 
     def describe(self) -> str:
         return "Host" if self.is_host else f"guest {self.name!r}"
@@ -325,7 +325,9 @@ def slot_of(code: Code) -> Sequence[Any]:
 
 #: Field reads ``head.attr`` and ``(or head.attr K)``: the closure -> (head's
 #: value stack, attr, K or NO_VALUE).
-_FIELDS: weakref.WeakKeyDictionary[Code, Tuple[List[Any], str, Any]] = weakref.WeakKeyDictionary()
+_FIELDS: weakref.WeakKeyDictionary[Code, Tuple[Sequence[Any], str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def field_of(code: Code) -> Tuple[Sequence[Any], str, Any]:
@@ -341,7 +343,7 @@ def field_of(code: Code) -> Tuple[Sequence[Any], str, Any]:
     return _FIELDS.get(code, ((), "", NO_VALUE))
 
 
-def register_field(code: Code, stack: List[Any], attr: str, default: Any = NO_VALUE) -> Code:
+def register_field(code: Code, stack: Sequence[Any], attr: str, default: Any = NO_VALUE) -> Code:
     """Make ``code``, a field read (see field_of), known to field_of."""
     _FIELDS[code] = (stack, attr, default)
     return code
