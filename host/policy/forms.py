@@ -47,9 +47,13 @@ READ_ONLY = frozenset({"Host", "Guests"})
 class Compiler:
     """Compiles the nodes of a program; collects errors instead of stopping at the first."""
 
-    def __init__(self, functions: Dict[str, Set[int]]) -> None:
+    def __init__(self, functions: Dict[str, Set[int]], defs: Dict[str, int]) -> None:
         #: name -> set of arities of every (def ...) in the whole program.
         self.functions = functions
+        #: name -> how many (def ...) of it the program has.
+        self.defs = defs
+        #: The function of each name defined once, held by its call sites.
+        self.known: Dict[str, Function] = {}
         self.errors: List[PolicyError] = []
         #: The value stack of every variable name (see Compiled).
         self.program = Compiled()
@@ -176,7 +180,7 @@ class Compiler:
         if len(args) not in arities:
             want = " or ".join(str(a) for a in sorted(arities))
             raise head.error(f"'{name}' takes {want} argument(s), given {len(args)}")
-        return user_call(head, name, self.exprs(args))
+        return user_call(head, name, self.exprs(args), self.known_function(name, head))
 
     def method_call(self, node: Node, head: Node, name: str, args: Sequence[Node]) -> Code:
         obj, _, method = name.partition(".")
@@ -270,10 +274,13 @@ class Compiler:
         cost = sum(size(b) for b in body_nodes) + 1
         stacks = tuple(self.stack(p) for p in params)
         scoped = binds_variables(body_nodes)
-        fn = Function(fname, tuple(params), body, cost, name_node, scoped, stacks)
+        fn = self.known_function(fname, name_node) or Function(fname, (), body, 0, name_node)
+        fn.params, fn.body, fn.cost, fn.node = tuple(params), body, cost, name_node
+        fn.scoped, fn.stacks, fn.arity = scoped, stacks, len(params)
 
         def define(ctx: Context) -> Any:
             ctx.funcs[fname] = fn
+            fn.defined_in = ctx
             return fname
 
         return define
@@ -375,6 +382,15 @@ class Compiler:
 
         return with_
 
+    def known_function(self, name: str, node: Node) -> Optional[Function]:
+        """The one Function of a name defined once in the program (filled in by its def)."""
+        if self.defs.get(name) != 1:
+            return None
+        fn = self.known.get(name)
+        if fn is None:
+            fn = self.known[name] = Function(name, (), constant(None), 0, node)
+        return fn
+
     def binding_name(self, node: Node, form: str) -> str:
         if node.kind != SYM or node.value == "nil":
             raise node.error(f"{form}: expected a variable name, found {node.describe()}")
@@ -449,10 +465,12 @@ def check_function_name(node: Node, name: str) -> None:
         raise node.error(f"'{name}' is built in and cannot be redefined")
 
 
-def collect_functions(nodes: Sequence[Node], out: Dict[str, Set[int]]) -> None:
+def collect_functions(
+    nodes: Sequence[Node], out: Dict[str, Set[int]], defs: Dict[str, int]
+) -> None:
     """Find every ``(def name (params) ...)`` anywhere in the program.
 
-    ``out`` gets each name's arities.
+    ``out`` gets each name's arities, ``defs`` how many defs it has.
     """
     for node in lists_in(nodes):
         items = node.value
@@ -463,13 +481,18 @@ def collect_functions(nodes: Sequence[Node], out: Dict[str, Set[int]]) -> None:
             and items[2].kind == LIST
         ):
             out.setdefault(items[1].value, set()).add(len(items[2].value))
+            defs[items[1].value] = defs.get(items[1].value, 0) + 1
 
 
 # --- user functions ------------------------------------------------------------
 
 
-def user_call(node: Node, name: str, args: List[Code]) -> Code:
-    """A call of a user function (the one its last evaluated def made)."""
+def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]) -> Code:
+    """A call of a user function (the one its last evaluated def made).
+
+    ``known``: the one function of a name defined once, taken without a
+    lookup once its def has run in this evaluation.
+    """
     nargs = len(args)
     reads = [(slot_of(arg), arg) for arg in args]
     # One argument, the usual call: no list of values.
@@ -477,13 +500,15 @@ def user_call(node: Node, name: str, args: List[Code]) -> Code:
     slot, arg = reads[0] if reads else ((), constant(None))
 
     def call(ctx: Context) -> Any:
-        fn = ctx.funcs.get(name)
-        if fn is None or fn.arity != nargs:
+        fn = known
+        if fn is None or fn.defined_in is not ctx:
+            fn = ctx.funcs.get(name)
             if fn is None:
                 raise node.error(
                     f"function '{name}' is called before its (def {name} ...) was evaluated"
                 )
-            raise node.error(f"'{name}' takes {fn.arity} argument(s), given {nargs}")
+            if fn.arity != nargs:
+                raise node.error(f"'{name}' takes {fn.arity} argument(s), given {nargs}")
         # All arguments first (in the caller's scope), then bind them.
         if one:
             value = slot[-1] if slot else arg(ctx)

@@ -88,14 +88,16 @@ def binary(
     a, b = codes
     sa, sb = slot_of(a), slot_of(b)
     (va, fa, ka), (vb, fb, kb) = field_of(a), field_of(b)
+    da, db = ka is not NO_VALUE, kb is not NO_VALUE
     either = lazy == "or"
+    checked = numbers is not None or bound_operands or too_large is not None
 
     def op2(ctx: Context) -> Any:
         if sa:
             x = sa[-1]
         elif va and (view := va[-1]).__class__ is View and fa in view.field_names:
             x = view.latest.get(fa)
-            if not x and ka is not NO_VALUE:
+            if not x and da:
                 x = ka
         else:
             x = a(ctx)
@@ -105,12 +107,19 @@ def binary(
             y = sb[-1]
         elif vb and (view := vb[-1]).__class__ is View and fb in view.field_names:
             y = view.latest.get(fb)
-            if not y and kb is not NO_VALUE:
+            if not y and db:
                 y = kb
         else:
             y = b(ctx)
-        if fn is None:
+        if lazy:
             return y
+        if not checked:
+            try:
+                return fn(x, y)  # type: ignore[misc]
+            except (TypeError, ZeroDivisionError):
+                if fail is None:
+                    raise
+                raise fail(x, y) from None
         if numbers is not None and (x.__class__ not in NUM_TYPES or y.__class__ not in NUM_TYPES):
             raise numbers(x, y)
         if bound_operands and (
@@ -119,11 +128,9 @@ def binary(
         ):
             raise too_large("an operand")  # type: ignore[misc]
         try:
-            result = fn(x, y)
-        except (TypeError, ZeroDivisionError):
-            if fail is None:
-                raise
-            raise fail(x, y) from None
+            result = fn(x, y)  # type: ignore[misc]
+        except ZeroDivisionError:
+            raise fail(x, y) from None  # type: ignore[misc]
         if too_large is not None and result.__class__ is int and not -MAX_INT <= result <= MAX_INT:
             raise too_large("the result")
         return result
@@ -272,7 +279,7 @@ def _build_logic(lazy: str) -> Builder:
             value = None
             for code in codes:
                 value = code(ctx)
-                if bool(value) is stop:
+                if (not value) is not stop:
                     return value
             return value
 

@@ -248,9 +248,10 @@ def load_policy_texts(sources: Sequence[Tuple[str, str]]) -> Program:
         except PolicyError as err:
             errors.append(err)
     functions: Dict[str, Any] = {}
+    defs: Dict[str, int] = {}
     for _, nodes in files:
-        collect_functions(nodes, functions)
-    compiler = Compiler(functions)
+        collect_functions(nodes, functions, defs)
+    compiler = Compiler(functions, defs)
     program_exprs = Compiled(stacks=compiler.program.stacks)
     for path, nodes in files:
         try:

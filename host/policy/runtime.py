@@ -253,6 +253,9 @@ class Function:
     scoped: bool = True
     #: The value stacks of the parameters (see :class:`Compiled`), in order.
     stacks: Tuple[List[Any], ...] = ()
+    #: The context of the evaluation that last ran its def (calls of a name
+    #: defined once check this instead of looking the name up).
+    defined_in: Any = None
     arity: int = field(init=False)
 
     def __post_init__(self) -> None:
