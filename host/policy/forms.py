@@ -495,20 +495,23 @@ def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]
     """
     nargs = len(args)
     reads = [(slot_of(arg), arg) for arg in args]
-    # One argument, the usual call: no list of values.
     one = nargs == 1
     slot, arg = reads[0] if reads else ((), constant(None))
+
+    def function_of(ctx: Context) -> Function:
+        fn = ctx.funcs.get(name)
+        if fn is None:
+            raise node.error(
+                f"function '{name}' is called before its (def {name} ...) was evaluated"
+            )
+        if fn.arity != nargs:
+            raise node.error(f"'{name}' takes {fn.arity} argument(s), given {nargs}")
+        return fn
 
     def call(ctx: Context) -> Any:
         fn = known
         if fn is None or fn.defined_in is not ctx:
-            fn = ctx.funcs.get(name)
-            if fn is None:
-                raise node.error(
-                    f"function '{name}' is called before its (def {name} ...) was evaluated"
-                )
-            if fn.arity != nargs:
-                raise node.error(f"'{name}' takes {fn.arity} argument(s), given {nargs}")
+            fn = function_of(ctx)
         # All arguments first (in the caller's scope), then bind them.
         if one:
             value = slot[-1] if slot else arg(ctx)
@@ -522,23 +525,29 @@ def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]
         if depth >= ctx.max_depth:
             raise node.error(f"calls nested deeper than {ctx.max_depth} (runaway recursion?)")
         ctx.depth = depth + 1
-        stacks = fn.stacks
-        if one:
-            stacks[0].append(value)
-        else:
-            for stack, value in zip(stacks, values):
-                stack.append(value)
-        if fn.scoped:
-            result = run_in_scope(ctx, fn.body, list(fn.params))
-        else:
-            # A body without defvar needs no scope: pop the parameters only.
+        if one and not fn.scoped:
+            # The usual call: one parameter, and no defvar in the body.
+            stack = fn.stacks[0]
+            stack.append(value)
             result = fn.body(ctx)
-            if one:
-                stacks[0].pop()
-            else:
-                for stack in stacks:
-                    stack.pop()
+            stack.pop()
+        else:
+            result = run_bound(ctx, fn, [value] if one else values)
         ctx.depth = depth
         return result
 
     return call
+
+
+def run_bound(ctx: Context, fn: Function, values: List[Any]) -> Any:
+    """Run ``fn``'s body with its parameters bound to ``values``, then unbind them."""
+    stacks = fn.stacks
+    for stack, value in zip(stacks, values):
+        stack.append(value)
+    if fn.scoped:
+        # The body may defvar: it gets a scope, and what it binds is unbound too.
+        return run_in_scope(ctx, fn.body, list(fn.params))
+    result = fn.body(ctx)
+    for stack in stacks:
+        stack.pop()
+    return result

@@ -268,22 +268,17 @@ def _build_equal(negate: bool) -> Builder:
 
 
 def _build_logic(lazy: str) -> Builder:
-    """``and`` / ``or``: the value of the first operand that decides, or of the last."""
-    stop = lazy == "or"
+    """``and`` / ``or``: the value of the first operand that decides, or of the last.
+
+    ``(and a b c)`` is ``(and a (and b c))``: the same value, the same
+    operands evaluated.
+    """
 
     def build(node: Node, codes: List[Code]) -> Code:
-        if len(codes) == 2:
-            return binary(codes, None, lazy=lazy)
-
-        def logic(ctx: Context) -> Any:
-            value = None
-            for code in codes:
-                value = code(ctx)
-                if (not value) is not stop:
-                    return value
-            return value
-
-        return logic
+        *init, acc = codes
+        for code in reversed(init):
+            acc = binary([code, acc], None, lazy=lazy)
+        return acc
 
     return build
 
