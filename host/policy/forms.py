@@ -13,8 +13,10 @@ Variables are dynamically scoped (a function sees its caller's variables, as in
 MOM). Each variable name of the program has one stack of values ("shallow
 binding", see :class:`~ebb.host.policy.runtime.Compiled`), held by the
 closures that read or bind it, so a read is one index however deep the call
-chain is. Operators read operands that are variables or fields (``x.field``)
-inline, without calling their closures.
+chain is. Variables and constants are read through their slot (see
+:func:`~ebb.host.policy.runtime.slot_of`) by ``if``, calls and the operators,
+without calling their closures. A function defined once in the program is
+resolved here: its call sites hold it.
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ class Compiler:
         if len(args) not in arities:
             want = " or ".join(str(a) for a in sorted(arities))
             raise head.error(f"'{name}' takes {want} argument(s), given {len(args)}")
-        return user_call(head, name, self.exprs(args), self.known_function(name, head))
+        known = self.known_function(name, head) or Function(name, (), constant(None), 0, head)
+        return user_call(head, name, self.exprs(args), known)
 
     def method_call(self, node: Node, head: Node, name: str, args: Sequence[Node]) -> Code:
         obj, _, method = name.partition(".")
@@ -487,11 +490,12 @@ def collect_functions(
 # --- user functions ------------------------------------------------------------
 
 
-def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]) -> Code:
+def user_call(node: Node, name: str, args: List[Code], known: Function) -> Code:
     """A call of a user function (the one its last evaluated def made).
 
     ``known``: the one function of a name defined once, taken without a
-    lookup once its def has run in this evaluation.
+    lookup once its def has run in this evaluation (for a name defined more
+    than once, a stand-in whose def never runs: the call looks the name up).
     """
     nargs = len(args)
     reads = [(slot_of(arg), arg) for arg in args]
@@ -510,13 +514,15 @@ def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]
 
     def call(ctx: Context) -> Any:
         fn = known
-        if fn is None or fn.defined_in is not ctx:
+        if fn.defined_in is not ctx:
             fn = function_of(ctx)
         # All arguments first (in the caller's scope), then bind them.
         if one:
             value = slot[-1] if slot else arg(ctx)
         else:
-            values = [s[-1] if s else a(ctx) for s, a in reads]
+            values = []
+            for s, a in reads:
+                values.append(s[-1] if s else a(ctx))
         steps = ctx.steps + fn.cost
         if steps > ctx.step_limit:
             ctx.check_budget(node, steps)

@@ -1,9 +1,9 @@
-"""Reads of variables and fields, and the methods of the host and guests.
+"""Reads of fields, and the methods of the host and guests.
 
-``x`` reads a variable, ``x.field`` a field or property of the host or a
-guest through the allow-lists of :mod:`ebb.host.policy.fields`, and
-``(x.Method ...)`` calls one of :data:`METHOD_BUILDERS`. No policy name is
-ever looked up as a Python attribute.
+``x.field`` reads a field or property of the host or a guest through the
+allow-lists of :mod:`ebb.host.policy.fields`, and ``(x.Method ...)`` calls one
+of :data:`METHOD_BUILDERS`. No policy name is ever looked up as a Python
+attribute.
 """
 
 from __future__ import annotations

@@ -64,13 +64,12 @@ def unary(codes: Sequence[Code], fn: Unary) -> Code:
 
 def binary(
     codes: Sequence[Code],
-    fn: Optional[Binary],
+    fn: Binary,
     *,
     numbers: Optional[Failure] = None,
     fail: Optional[Failure] = None,
     too_large: Optional[Callable[[str], PolicyError]] = None,
     bound_operands: bool = False,
-    lazy: str = "",
 ) -> Code:
     """The closure of ``(op a b)``: ``fn`` of both values, a's evaluated first.
 
@@ -79,17 +78,14 @@ def binary(
     ``bound_operands`` and an operand is an integer outside the bound;
     ``fail(x, y)`` when ``fn`` raises TypeError or ZeroDivisionError;
     ``too_large("the result")`` when the result is an integer outside the
-    bound. ``lazy`` "or" ("and") returns a's value without evaluating b when
-    it is true (false), else b's value (``fn`` is None then). The operands
-    are read without a call when they are variables or constants (see
-    slot_of) or fields of a view (see field_of): most operands of the
-    policies are.
+    bound. The operands are read without a call when they are variables or
+    constants (see slot_of) or fields of a view (see field_of): most
+    operands of the policies are.
     """
     a, b = codes
     sa, sb = slot_of(a), slot_of(b)
     (va, fa, ka), (vb, fb, kb) = field_of(a), field_of(b)
     da, db = ka is not NO_VALUE, kb is not NO_VALUE
-    either = lazy == "or"
     checked = numbers is not None or bound_operands or too_large is not None
 
     def op2(ctx: Context) -> Any:
@@ -101,8 +97,6 @@ def binary(
                 x = ka
         else:
             x = a(ctx)
-        if lazy and (x if either else not x):
-            return x
         if sb:
             y = sb[-1]
         elif vb and (view := vb[-1]).__class__ is View and fb in view.field_names:
@@ -111,11 +105,9 @@ def binary(
                 y = kb
         else:
             y = b(ctx)
-        if lazy:
-            return y
         if not checked:
             try:
-                return fn(x, y)  # type: ignore[misc]
+                return fn(x, y)
             except (TypeError, ZeroDivisionError):
                 if fail is None:
                     raise
@@ -128,17 +120,33 @@ def binary(
         ):
             raise too_large("an operand")  # type: ignore[misc]
         try:
-            result = fn(x, y)  # type: ignore[misc]
+            result = fn(x, y)
         except ZeroDivisionError:
             raise fail(x, y) from None  # type: ignore[misc]
         if too_large is not None and result.__class__ is int and not -MAX_INT <= result <= MAX_INT:
             raise too_large("the result")
         return result
 
-    if lazy == "or" and fa and ka is NO_VALUE and sb.__class__ is tuple:
-        # (or x.field K): a field read with a default, for the combinators above.
-        register_field(op2, va, fa, sb[0])
     return op2
+
+
+def short_circuit(codes: Sequence[Code], stop_when_true: bool) -> Code:
+    """The closure of ``(or a b)`` (``stop_when_true``) or ``(and a b)``: a's value
+    when it decides, without evaluating b; else b's value."""
+    a, b = codes
+    sa, sb = slot_of(a), slot_of(b)
+
+    def either(ctx: Context) -> Any:
+        x = sa[-1] if sa else a(ctx)
+        if (not x) is not stop_when_true:
+            return x
+        return sb[-1] if sb else b(ctx)
+
+    stack, attr, default = field_of(a)
+    if stop_when_true and attr and default is NO_VALUE and sb.__class__ is tuple:
+        # (or x.field K): a field read with a default (see field_of).
+        register_field(either, stack, attr, sb[0])
+    return either
 
 
 # --- arithmetic ----------------------------------------------------------------
@@ -277,7 +285,7 @@ def _build_logic(lazy: str) -> Builder:
     def build(node: Node, codes: List[Code]) -> Code:
         *init, acc = codes
         for code in reversed(init):
-            acc = binary([code, acc], None, lazy=lazy)
+            acc = short_circuit([code, acc], lazy == "or")
         return acc
 
     return build

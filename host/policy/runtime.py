@@ -4,7 +4,9 @@ A policy is compiled (:mod:`ebb.host.policy.forms`) into closures that take a
 :class:`Context`; the values they pass around are None, bool, int, float, str,
 lists (:class:`PolicyList` when a policy built them) and :class:`View` (the
 host or a guest). The sizes of values are bounded here (see
-:mod:`ebb.host.policy.limits`).
+:mod:`ebb.host.policy.limits`). The closures of variable reads, constants and
+field reads are made here too, with what lets the closures that take them as
+operands read them without a call (:func:`slot_of`, :func:`field_of`).
 """
 
 from __future__ import annotations
