@@ -13,21 +13,22 @@ Variables are dynamically scoped (a function sees its caller's variables, as in
 MOM). Each variable name of the program has one stack of values ("shallow
 binding", see :class:`~ebb.host.policy.runtime.Compiled`), held by the
 closures that read or bind it, so a read is one index however deep the call
-chain is. Operators read operands that are variables or fields (``x.field``)
-inline, without calling their closures.
+chain is. Variables and constants are read through their slot (see
+:func:`~ebb.host.policy.runtime.slot_of`) by ``if``, calls and the operators,
+without calling their closures. A function defined once in the program is
+resolved here: its call sites hold it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Container, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from ebb.host.policy import fields as F
 from ebb.host.policy.errors import PolicyError
-from ebb.host.policy.methods import METHOD_BUILDERS, dot, variable
+from ebb.host.policy.methods import METHOD_BUILDERS, dot
 from ebb.host.policy.operators import OPERATORS
 from ebb.host.policy.reader import BLOCK, FLOAT, INT, LIST, STR, SYM, Node
 from ebb.host.policy.runtime import (
-    NO_VALUE,
     NUM_TYPES,
     Code,
     Compiled,
@@ -35,9 +36,10 @@ from ebb.host.policy.runtime import (
     Function,
     ListBuilder,
     constant,
-    constant_value,
-    stack_of,
+    run_in_scope,
+    slot_of,
     type_name,
+    variable,
 )
 
 SPECIAL_FORMS = frozenset({"defvar", "set", "setq", "def", "defun", "let", "if", "with"})
@@ -47,13 +49,13 @@ READ_ONLY = frozenset({"Host", "Guests"})
 class Compiler:
     """Compiles the nodes of a program; collects errors instead of stopping at the first."""
 
-    def __init__(
-        self, functions: Dict[str, Set[int]], defs: Optional[Dict[str, int]] = None
-    ) -> None:
+    def __init__(self, functions: Dict[str, Set[int]], defs: Dict[str, int]) -> None:
         #: name -> set of arities of every (def ...) in the whole program.
         self.functions = functions
         #: name -> how many (def ...) of it the program has.
-        self.defs = defs or {}
+        self.defs = defs
+        #: The function of each name defined once, held by its call sites.
+        self.known: Dict[str, Function] = {}
         self.errors: List[PolicyError] = []
         #: The value stack of every variable name (see Compiled).
         self.program = Compiled()
@@ -133,14 +135,6 @@ class Compiler:
             return constant(None)
         if len(codes) == 1:
             return codes[0]
-        if len(codes) == 2:
-            a, b = codes
-
-            def block2(ctx: Context) -> Any:
-                a(ctx)
-                return b(ctx)
-
-            return block2
         *init, last = codes
 
         def block_n(ctx: Context) -> Any:
@@ -188,8 +182,7 @@ class Compiler:
         if len(args) not in arities:
             want = " or ".join(str(a) for a in sorted(arities))
             raise head.error(f"'{name}' takes {want} argument(s), given {len(args)}")
-        # A name defined once: its call sites hold its Function.
-        known = self.program.function(name, head) if self.defs.get(name) == 1 else None
+        known = self.known_function(name, head) or Function(name, (), constant(None), 0, head)
         return user_call(head, name, self.exprs(args), known)
 
     def method_call(self, node: Node, head: Node, name: str, args: Sequence[Node]) -> Code:
@@ -284,20 +277,13 @@ class Compiler:
         cost = sum(size(b) for b in body_nodes) + 1
         stacks = tuple(self.stack(p) for p in params)
         scoped = binds_variables(body_nodes)
-        if self.defs.get(fname) == 1:
-            fn = self.program.function(fname, name_node)
-            fn.params, fn.body, fn.cost, fn.node = tuple(params), body, cost, name_node
-            fn.scoped, fn.stacks, fn.arity = scoped, stacks, len(params)
-            fn.leaf = not calls_functions(body_nodes, self.functions)
-            for bind in fn.sites:  # call sites compiled before this def
-                bind()
-            fn.sites.clear()
-        else:
-            fn = Function(fname, tuple(params), body, cost, name_node, scoped, stacks)
+        fn = self.known_function(fname, name_node) or Function(fname, (), body, 0, name_node)
+        fn.params, fn.body, fn.cost, fn.node = tuple(params), body, cost, name_node
+        fn.scoped, fn.stacks, fn.arity = scoped, stacks, len(params)
 
         def define(ctx: Context) -> Any:
             ctx.funcs[fname] = fn
-            fn.live = True
+            fn.defined_in = ctx
             return fname
 
         return define
@@ -319,41 +305,27 @@ class Compiler:
             seen.add(bname)
             bindings.append((bname, self.expr(b.value[1])))
         body = self.block(node, body_nodes)
-        if not binds_variables(body_nodes) and not any(
+        # Whether anything inside may defvar in the let's scope (see binds_variables).
+        scoped = binds_variables(body_nodes) or any(
             binds_variables([b.value[1]]) for b in bindings_node.value
-        ):
-            pushes = [(self.stack(bname), code) for bname, code in bindings]
-            stacks = [stack for stack, _ in pushes]
-
-            # Nothing inside binds in this scope: push and pop the bindings only.
-            def let_unscoped(ctx: Context) -> Any:
-                for stack, code in pushes:
-                    stack.append(code(ctx))
-                result = body(ctx)
-                for stack in stacks:
-                    stack.pop()
-                return result
-
-            return let_unscoped
+        )
+        pushes = [(self.stack(bname), bname, code) for bname, code in bindings]
 
         def let(ctx: Context) -> Any:
             scope: List[str] = []
-            ctx.scopes.append(scope)
-            variables = ctx.vars
+            if scoped:
+                ctx.scopes.append(scope)
             # Sequential, as in MOM: a later binding sees the earlier ones.
-            for bname, code in bindings:
-                val = code(ctx)
+            for stack, bname, code in pushes:
+                stack.append(code(ctx))
                 scope.append(bname)
-                stack = variables.get(bname)
-                if stack is None:
-                    variables[bname] = [val]
-                else:
-                    stack.append(val)
-            result = body(ctx)
+            if not scoped:
+                result = body(ctx)
+                for stack, _, _ in pushes:
+                    stack.pop()
+                return result
             ctx.scopes.pop()
-            for bound in scope:
-                variables[bound].pop()
-            return result
+            return run_in_scope(ctx, body, scope)
 
         return let
 
@@ -362,29 +334,13 @@ class Compiler:
             raise head.error(
                 f"(if condition then else) needs exactly 3 arguments, given {len(args)}"
             )
-        return self.if_code(self.exprs(args))
-
-    def if_code(self, codes: Sequence[Code]) -> Code:
-        cond, yes, no = codes
-        sc = stack_of(cond)  # (if name ...): the variable read inline
-        # (if c x 0) is the common shape: a constant branch costs no call.
-        no_value = constant_value(no)
-        if no_value is not NO_VALUE:
-
-            def if_else_constant(ctx: Context) -> Any:
-                return yes(ctx) if (sc[-1] if sc else cond(ctx)) else no_value
-
-            return if_else_constant
-        yes_value = constant_value(yes)
-        if yes_value is not NO_VALUE:
-
-            def if_then_constant(ctx: Context) -> Any:
-                return yes_value if (sc[-1] if sc else cond(ctx)) else no(ctx)
-
-            return if_then_constant
+        cond, yes, no = self.exprs(args)
+        sc, sy, sn = slot_of(cond), slot_of(yes), slot_of(no)
 
         def if_(ctx: Context) -> Any:
-            return yes(ctx) if (sc[-1] if sc else cond(ctx)) else no(ctx)
+            if sc[-1] if sc else cond(ctx):
+                return sy[-1] if sy else yes(ctx)
+            return sn[-1] if sn else no(ctx)
 
         return if_
 
@@ -399,67 +355,44 @@ class Compiler:
         body = self.block(node, body_nodes)
         cost = sum(size(b) for b in body_nodes) + 1
         stack = self.stack(var)
-        if not binds_variables(body_nodes):
-            # The body binds nothing in its scope: push and pop the item only.
-            def with_unscoped(ctx: Context) -> Any:
-                seq = items(ctx)
-                if not isinstance(seq, list):
-                    raise list_node.error(
-                        f"with: expected a list such as Guests, got {type_name(seq)}"
-                    )
-                builder = ListBuilder(head)
-                keep, push, pop = builder.items.append, stack.append, stack.pop
-                numbers = NUM_TYPES
-                scalars = 0
-                for item in seq:
-                    steps = ctx.steps + cost
-                    if steps > ctx.step_limit:
-                        ctx.check_budget(head, steps)
-                    ctx.steps = steps
-                    push(item)
-                    value = body(ctx)
-                    keep(value)
-                    if value.__class__ in numbers or value is None:
-                        scalars += 1
-                    else:
-                        builder.add(value)
-                    pop()
-                return builder.done(scalars)
-
-            return with_unscoped
+        # Without a defvar inside, the body needs no scope: push and pop the item only.
+        scoped = binds_variables(body_nodes)
 
         def with_(ctx: Context) -> Any:
             seq = items(ctx)
             if not isinstance(seq, list):
                 raise list_node.error(f"with: expected a list such as Guests, got {type_name(seq)}")
             builder = ListBuilder(head)
-            results = builder.items
+            keep = builder.items.append
             scalars = 0
-            variables = ctx.vars
-            scopes = ctx.scopes
             for item in seq:
-                ctx.steps += cost
-                if ctx.steps > ctx.step_limit:
-                    ctx.check_budget(head, ctx.steps)
-                scope = [var]
-                scopes.append(scope)
-                stack = variables.get(var)
-                if stack is None:
-                    variables[var] = [item]
+                steps = ctx.steps + cost
+                if steps > ctx.step_limit:
+                    ctx.check_budget(head, steps)
+                ctx.steps = steps
+                stack.append(item)
+                if scoped:
+                    value = run_in_scope(ctx, body, [var])
                 else:
-                    stack.append(item)
-                value = body(ctx)
-                results.append(value)
+                    value = body(ctx)
+                    stack.pop()
+                keep(value)
                 if value.__class__ in NUM_TYPES or value is None:
                     scalars += 1
                 else:
                     builder.add(value)
-                scopes.pop()
-                for bound in scope:
-                    variables[bound].pop()
             return builder.done(scalars)
 
         return with_
+
+    def known_function(self, name: str, node: Node) -> Optional[Function]:
+        """The one Function of a name defined once in the program (filled in by its def)."""
+        if self.defs.get(name) != 1:
+            return None
+        fn = self.known.get(name)
+        if fn is None:
+            fn = self.known[name] = Function(name, (), constant(None), 0, node)
+        return fn
 
     def binding_name(self, node: Node, form: str) -> str:
         if node.kind != SYM or node.value == "nil":
@@ -475,6 +408,22 @@ class Compiler:
         return name
 
 
+def lists_in(nodes: Sequence[Node]) -> Iterator[Node]:
+    """Every list and block at or below ``nodes`` (an explicit stack: no recursion)."""
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if node.kind in (LIST, BLOCK):
+            stack.extend(node.value)
+            yield node
+
+
+def calls_to(node: Node, names: Container[str]) -> bool:
+    """Whether ``node`` is a list ``(name ...)`` with ``name`` in ``names``."""
+    items = node.value
+    return node.kind == LIST and bool(items) and items[0].kind == SYM and items[0].value in names
+
+
 def binds_variables(nodes: Sequence[Node]) -> bool:
     """Whether evaluating ``nodes`` may run a defvar in the scope they are evaluated in.
 
@@ -482,30 +431,7 @@ def binds_variables(nodes: Sequence[Node]) -> bool:
     let or with, which binds in a scope of its own). Code without one needs
     no scope of its own: nothing in it reads or adds to the innermost scope.
     """
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        if node.kind not in (LIST, BLOCK):
-            continue
-        items = node.value
-        if node.kind == LIST and items and items[0].kind == SYM and items[0].value == "defvar":
-            return True
-        stack.extend(items)
-    return False
-
-
-def calls_functions(nodes: Sequence[Node], functions: Dict[str, Set[int]]) -> bool:
-    """Whether ``nodes`` may call a user function (any call of a defined name counts)."""
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        if node.kind not in (LIST, BLOCK):
-            continue
-        items = node.value
-        if node.kind == LIST and items and items[0].kind == SYM and items[0].value in functions:
-            return True
-        stack.extend(items)
-    return False
+    return any(calls_to(node, ("defvar",)) for node in lists_in(nodes))
 
 
 def size(node: Node) -> int:
@@ -543,38 +469,38 @@ def check_function_name(node: Node, name: str) -> None:
 
 
 def collect_functions(
-    nodes: Sequence[Node], out: Dict[str, Set[int]], defs: Optional[Dict[str, int]] = None
+    nodes: Sequence[Node], out: Dict[str, Set[int]], defs: Dict[str, int]
 ) -> None:
     """Find every ``(def name (params) ...)`` anywhere in the program.
 
-    ``out`` gets each name's arities, ``defs`` (when given) how many defs it has.
+    ``out`` gets each name's arities, ``defs`` how many defs it has.
     """
-    stack = list(nodes)
-    while stack:
-        node = stack.pop()
-        if node.kind not in (LIST, BLOCK):
-            continue
+    for node in lists_in(nodes):
         items = node.value
-        stack.extend(items)
         if (
-            node.kind == LIST
+            calls_to(node, ("def", "defun"))
             and len(items) >= 4
-            and items[0].kind == SYM
-            and items[0].value in ("def", "defun")
             and items[1].kind == SYM
             and items[2].kind == LIST
         ):
             out.setdefault(items[1].value, set()).add(len(items[2].value))
-            if defs is not None:
-                defs[items[1].value] = defs.get(items[1].value, 0) + 1
+            defs[items[1].value] = defs.get(items[1].value, 0) + 1
 
 
 # --- user functions ------------------------------------------------------------
 
 
-def user_call(node: Node, name: str, args: List[Code], known: Optional[Function] = None) -> Code:
-    """A call of a user function; ``known``: the one function of that name, if so."""
+def user_call(node: Node, name: str, args: List[Code], known: Function) -> Code:
+    """A call of a user function (the one its last evaluated def made).
+
+    ``known``: the one function of a name defined once, taken without a
+    lookup once its def has run in this evaluation (for a name defined more
+    than once, a stand-in whose def never runs: the call looks the name up).
+    """
     nargs = len(args)
+    reads = [(slot_of(arg), arg) for arg in args]
+    one = nargs == 1
+    slot, arg = reads[0] if reads else ((), constant(None))
 
     def function_of(ctx: Context) -> Function:
         fn = ctx.funcs.get(name)
@@ -586,135 +512,48 @@ def user_call(node: Node, name: str, args: List[Code], known: Optional[Function]
             raise node.error(f"'{name}' takes {fn.arity} argument(s), given {nargs}")
         return fn
 
-    def enter(ctx: Context, fn: Function) -> None:
+    def call(ctx: Context) -> Any:
+        fn = known
+        if fn.defined_in is not ctx:
+            fn = function_of(ctx)
+        # All arguments first (in the caller's scope), then bind them.
+        if one:
+            value = slot[-1] if slot else arg(ctx)
+        else:
+            values = []
+            for s, a in reads:
+                values.append(s[-1] if s else a(ctx))
         steps = ctx.steps + fn.cost
         if steps > ctx.step_limit:
             ctx.check_budget(node, steps)
         ctx.steps = steps
-        if ctx.depth >= ctx.max_depth:
+        depth = ctx.depth
+        if depth >= ctx.max_depth:
             raise node.error(f"calls nested deeper than {ctx.max_depth} (runaway recursion?)")
-
-    def run_scoped(ctx: Context, fn: Function, scope: List[str]) -> Any:
-        # The body may defvar: give it a scope, and unbind what it bound.
-        ctx.scopes.append(scope)
-        result = fn.body(ctx)
-        ctx.scopes.pop()
-        variables = ctx.vars
-        for bound in scope:
-            variables[bound].pop()
-        return result
-
-    if nargs == 1:
-        (arg,) = args
-        sarg = stack_of(arg)  # (f name): the variable read inline
-
-        if known is not None:
-            fn = known
-            # What the call needs of the function, held here once its def is
-            # compiled (bind runs then, or now when it already is).
-            cost = 0
-            body: Code = fn.body
-            stack: List[Any] = []
-            scoped = True
-            plain = False
-            param = ""
-
-            def bind() -> None:
-                nonlocal cost, body, stack, scoped, plain, param
-                cost, body, stack, scoped = fn.cost, fn.body, fn.stacks[0], fn.scoped
-                plain = fn.leaf and not fn.scoped
-                param = fn.params[0]
-
-            if fn.cost:
-                bind()
-            else:
-                fn.sites.append(bind)
-
-            # The usual call: one argument, a function defined once (no lookup).
-            def call1_known(ctx: Context) -> Any:
-                if not fn.live:
-                    function_of(ctx)  # raises: its def has not run
-                value = sarg[-1] if sarg else arg(ctx)
-                steps = ctx.steps + cost
-                if steps > ctx.step_limit:
-                    ctx.check_budget(node, steps)
-                depth = ctx.depth
-                if depth >= ctx.max_depth:
-                    enter(ctx, fn)  # raises the right error
-                ctx.steps = steps
-                if plain:
-                    # No defvar and no call in the body: nothing in it reads
-                    # the depth or a scope, so neither changes.
-                    stack.append(value)
-                    result = body(ctx)
-                    stack.pop()
-                    return result
-                ctx.depth = depth + 1
-                stack.append(value)
-                if scoped:
-                    result = run_scoped(ctx, fn, [param])
-                else:
-                    result = body(ctx)
-                    stack.pop()
-                ctx.depth = depth
-                return result
-
-            return call1_known
-
-        # One argument, the common case: no list of values, no loop.
-        def call1(ctx: Context) -> Any:
-            fn = ctx.funcs.get(name)
-            if fn is None or fn.arity != 1:
-                fn = function_of(ctx)
-            value = sarg[-1] if sarg else arg(ctx)
-            steps = ctx.steps + fn.cost
-            if steps > ctx.step_limit:
-                ctx.check_budget(node, steps)
-            depth = ctx.depth
-            if depth >= ctx.max_depth:
-                enter(ctx, fn)  # raises the right error
-            ctx.steps = steps
-            ctx.depth = depth + 1
+        ctx.depth = depth + 1
+        if one and not fn.scoped:
+            # The usual call: one parameter, and no defvar in the body.
             stack = fn.stacks[0]
             stack.append(value)
-            if fn.scoped:
-                result = run_scoped(ctx, fn, list(fn.params))
-            else:
-                result = fn.body(ctx)
-                stack.pop()
-            ctx.depth = depth
-            return result
-
-        return call1
-
-    # Arguments that are variables are read inline (see stack_of).
-    operands = [(stack_of(arg), arg) for arg in args]
-
-    def call(ctx: Context) -> Any:
-        fn = ctx.funcs.get(name)
-        if fn is None or fn.arity != nargs:
-            fn = function_of(ctx)
-        # All arguments first (in the caller's scope), then bind them.
-        values = []
-        for stack, arg in operands:
-            values.append(stack[-1] if stack else arg(ctx))
-        steps = ctx.steps + fn.cost
-        depth = ctx.depth
-        if steps > ctx.step_limit or depth >= ctx.max_depth:
-            enter(ctx, fn)  # checks the budget, raises the right error
-        ctx.steps = steps
-        ctx.depth = depth + 1
-        stacks = fn.stacks
-        for stack, value in zip(stacks, values):
-            stack.append(value)
-        if fn.scoped:
-            result = run_scoped(ctx, fn, list(fn.params))
-        else:
-            # A body without defvar needs no scope: pop the parameters only.
             result = fn.body(ctx)
-            for stack in stacks:
-                stack.pop()
+            stack.pop()
+        else:
+            result = run_bound(ctx, fn, [value] if one else values)
         ctx.depth = depth
         return result
 
     return call
+
+
+def run_bound(ctx: Context, fn: Function, values: List[Any]) -> Any:
+    """Run ``fn``'s body with its parameters bound to ``values``, then unbind them."""
+    stacks = fn.stacks
+    for stack, value in zip(stacks, values):
+        stack.append(value)
+    if fn.scoped:
+        # The body may defvar: it gets a scope, and what it binds is unbound too.
+        return run_in_scope(ctx, fn.body, list(fn.params))
+    result = fn.body(ctx)
+    for stack in stacks:
+        stack.pop()
+    return result

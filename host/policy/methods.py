@@ -1,17 +1,16 @@
-"""Reads of variables and fields, and the methods of the host and guests.
+"""Reads of fields, and the methods of the host and guests.
 
-``x`` reads a variable, ``x.field`` a field or property of the host or a
-guest through the allow-lists of :mod:`ebb.host.policy.fields`, and
-``(x.Method ...)`` calls one of :data:`METHOD_BUILDERS`. No policy name is
-ever looked up as a Python attribute.
+``x.field`` reads a field or property of the host or a guest through the
+allow-lists of :mod:`ebb.host.policy.fields`, and ``(x.Method ...)`` calls one
+of :data:`METHOD_BUILDERS`. No policy name is ever looked up as a Python
+attribute.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
-from ebb.host.policy import fields as F
 from ebb.host.policy.limits import (
     MAX_INT,
     MAX_STORE_CELLS,
@@ -20,30 +19,20 @@ from ebb.host.policy.limits import (
 )
 from ebb.host.policy.reader import Node
 from ebb.host.policy.runtime import (
-    DOTS,
+    GUEST_CONTROLS,
+    GUEST_FIELDS,
+    HOST_CONTROLS,
+    HOST_FIELDS,
     NUM_TYPES,
-    VARIABLES,
     Code,
     Context,
     View,
     constant_value,
     measure,
+    register_field,
     show,
     type_name,
 )
-
-
-def variable(node: Node, name: str, stack: List[Any]) -> Code:
-    """A read of variable ``name``, whose value stack is ``stack``."""
-
-    def var(ctx: Context) -> Any:
-        try:
-            return stack[-1]
-        except IndexError:
-            raise node.error(f"undefined variable '{name}'") from None
-
-    VARIABLES[var] = stack
-    return var
 
 
 def _entity_of(stack: List[Any], node: Node, name: str) -> View:
@@ -61,107 +50,116 @@ def dot(node: Node, head: str, attr: str, stack: List[Any]) -> Code:
     """A read of ``head.attr`` (a field or property), ``stack`` being head's."""
     full = f"{head}.{attr}"
 
-    def dot_error(ctx: Context) -> Any:
+    def field(ctx: Context) -> Any:
+        view = stack[-1] if stack else None
+        if view.__class__ is View:
+            if attr in view.field_names:
+                return view.latest.get(attr)
+            if attr in view.prop_names:
+                return view.props.get(attr)
+            raise node.error(f"'{full}': {view.describe()} has no field '{attr}'")
         if not stack:
             raise node.error(f"undefined variable '{head}'")
-        view = stack[-1]
-        if view.__class__ is View:
-            raise node.error(f"'{full}': {view.describe()} has no field '{attr}'")
         raise node.error(f"'{full}': '{head}' is {type_name(view)}, not the host or a guest")
 
-    if attr in F.HOST_PROPS or attr in F.GUEST_PROPS:
-
-        def prop_or_field(ctx: Context) -> Any:
-            view = stack[-1] if stack else None
-            if view.__class__ is View:
-                if attr in view.field_names:
-                    return view.latest.get(attr)
-                if attr in view.prop_names:
-                    return view.props.get(attr)
-            return dot_error(ctx)
-
-        DOTS[prop_or_field] = (stack, attr)
-        return prop_or_field
-
-    def field(ctx: Context) -> Any:
-        # The common case in one test: a view that has this field.
-        if stack:
-            view = stack[-1]
-            if view.__class__ is View and attr in view.field_names:
-                return view.latest.get(attr)
-        return dot_error(ctx)
-
-    DOTS[field] = (stack, attr)
-    return field
+    return register_field(field, stack, attr)
 
 
 # --- methods -------------------------------------------------------------------
+#
+# A method is (x.Method key [value]): x must hold the host or a guest, the key
+# is checked (a field, control or variable name) by a rule, and an action
+# makes the result. The value, if any, is evaluated by the action, after the
+# key is checked.
+
+#: (view, key) -> the key, or raises.
+Check = Callable[[View, Any], Any]
+#: (is the view the host's, a literal key) -> whether the check passes.
+Accepts = Callable[[bool, str], bool]
+#: (view, key, ctx) -> the method's value.
+Action = Callable[[View, Any, Context], Any]
+#: (the method's node, its name as written) -> the check of its key and what it accepts.
+Rule = Callable[[Node, str], Tuple[Check, Accepts]]
+#: (node, object name, method name as written, argument closures, the object's stack) -> closure.
+MethodBuilder = Callable[[Node, str, str, List[Code], List[Any]], Code]
 
 
-def _field_arg(node: Node, view: View, method: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise node.error(f"{method}: the field name must be a string, got {type_name(value)}")
-    if value not in view.field_names:
-        raise node.error(f"{method}: {view.describe()} has no field {value!r}")
-    return value
+def _method(
+    node: Node, obj: str, stack: List[Any], key_code: Code, rule: Tuple[Check, Accepts], act: Action
+) -> Code:
+    check, accepts = rule
 
-
-def _m_stat(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    (arg,) = codes
-
-    def stat(ctx: Context) -> Any:
+    def method(ctx: Context) -> Any:
         view = _entity_of(stack, node, obj)
-        return view.latest.get(_field_arg(node, view, name, arg(ctx)))
+        return act(view, check(view, key_code(ctx)), ctx)
 
-    field_name = constant_value(arg)
-    if field_name.__class__ is not str:
-        return stat
+    key = constant_value(key_code)
+    if key.__class__ is not str:
+        return method
+    # (g.Method "literal" ...), the usual shape: the key is checked once for
+    # each kind of view, here; a view of another kind takes the general path
+    # (for its error).
+    kinds = frozenset(host for host in (True, False) if accepts(host, key))
 
-    # (g.Stat "field"): the common case inline; anything else (not a view,
-    # no such field here) goes through the general closure for its error.
-    def stat_field(ctx: Context) -> Any:
-        if stack:
-            view = stack[-1]
-            if view.__class__ is View and field_name in view.field_names:
-                return view.latest.get(field_name)
-        return stat(ctx)
+    def method_key(ctx: Context) -> Any:
+        view = stack[-1] if stack else None
+        if view.__class__ is View and view.is_host in kinds:
+            return act(view, key, ctx)
+        return method(ctx)
 
-    return stat_field
-
-
-def _m_stat_avg(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    (arg,) = codes
-
-    def stat_avg(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        return view.entity.stat_avg(_field_arg(node, view, name, arg(ctx)))
-
-    field_name = constant_value(arg)
-    if field_name.__class__ is not str:
-        return stat_avg
-
-    # (g.StatAvg "field"), as in _m_stat.
-    def stat_avg_field(ctx: Context) -> Any:
-        if stack:
-            view = stack[-1]
-            if view.__class__ is View and field_name in view.field_names:
-                return view.entity.stat_avg(field_name)
-        return stat_avg(ctx)
-
-    return stat_avg_field
+    return method_key
 
 
-def _m_prop(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    (arg,) = codes
+def _field_name(node: Node, method: str) -> Tuple[Check, Accepts]:
+    def check(view: View, value: Any) -> str:
+        if not isinstance(value, str):
+            raise node.error(f"{method}: the field name must be a string, got {type_name(value)}")
+        if value not in view.field_names:
+            raise node.error(f"{method}: {view.describe()} has no field {value!r}")
+        return value
 
-    def prop(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        key = arg(ctx)
-        if not isinstance(key, str) or key.startswith("_"):
-            raise node.error(f"{name}: the property name must be a string, got {show(key)}")
-        return _plain(view.props.get(key))
+    return check, lambda host, key: key in (HOST_FIELDS if host else GUEST_FIELDS)
 
-    return prop
+
+def _control_name(node: Node, method: str) -> Tuple[Check, Accepts]:
+    def check(view: View, value: Any) -> str:
+        if not isinstance(value, str):
+            raise node.error(f"{method}: the control name must be a string, got {type_name(value)}")
+        if value not in view.control_names:
+            raise node.error(
+                f"{method}: {view.describe()} has no control {value!r} "
+                f"(it has: {', '.join(sorted(view.control_names))})"
+            )
+        return value
+
+    return check, lambda host, key: key in (HOST_CONTROLS if host else GUEST_CONTROLS)
+
+
+def _string(what: str) -> Rule:
+    """The rule of a key that is any string (a property's must not start with '_')."""
+    prop = what == "property"
+
+    def accepts(host: bool, key: str) -> bool:
+        return not (prop and key.startswith("_"))
+
+    def rule(node: Node, method: str) -> Tuple[Check, Accepts]:
+        def check(view: View, value: Any) -> str:
+            if not isinstance(value, str) or not accepts(view.is_host, value):
+                raise node.error(f"{method}: the {what} name must be a string, got {show(value)}")
+            return value
+
+        return check, accepts
+
+    return rule
+
+
+def _reading(rule: Rule, act: Action) -> MethodBuilder:
+    """A method whose one argument is the key: ``(x.Stat "field")``."""
+
+    def build(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
+        return _method(node, obj, stack, codes[0], rule(node, name), act)
+
+    return build
 
 
 def _plain(value: Any) -> Any:
@@ -171,21 +169,11 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _control_name(node: Node, view: View, method: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise node.error(f"{method}: the control name must be a string, got {type_name(value)}")
-    if value not in view.control_names:
-        raise node.error(
-            f"{method}: {view.describe()} has no control {value!r} "
-            f"(it has: {', '.join(sorted(view.control_names))})"
-        )
-    return value
-
-
 def _m_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
     key_code, value_code = codes
 
-    def set_control(view: View, key: str, value: Any) -> Any:
+    def set_control(view: View, key: str, ctx: Context) -> Any:
+        value = value_code(ctx)
         if value.__class__ not in NUM_TYPES:
             raise node.error(f"{name} {key!r}: value must be a number, got {show(value)}")
         if value.__class__ is float and not math.isfinite(value):
@@ -200,35 +188,7 @@ def _m_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[A
         view.controls[key] = value
         return value
 
-    def control(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        key = _control_name(node, view, name, key_code(ctx))
-        return set_control(view, key, value_code(ctx))
-
-    constant_key = constant_value(key_code)
-    if constant_key.__class__ is not str:
-        return control
-
-    # (g.Control "name" value): the checks of the name inline, the general
-    # closure for the errors.
-    def control_key(ctx: Context) -> Any:
-        if stack:
-            view = stack[-1]
-            if view.__class__ is View and constant_key in view.control_names:
-                return set_control(view, constant_key, value_code(ctx))
-        return control(ctx)
-
-    return control_key
-
-
-def _m_get_control(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    (key_code,) = codes
-
-    def get_control(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        return view.controls.get(_control_name(node, view, name, key_code(ctx)))
-
-    return get_control
+    return _method(node, obj, stack, key_code, _control_name(node, name), set_control)
 
 
 def _store_cells(store: Dict[str, Any], skip: str) -> int:
@@ -243,11 +203,7 @@ def _store_cells(store: Dict[str, Any], skip: str) -> int:
 def _m_set_var(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
     key_code, value_code = codes
 
-    def set_var(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        key = key_code(ctx)
-        if not isinstance(key, str):
-            raise node.error(f"{name}: the variable name must be a string, got {show(key)}")
+    def set_var(view: View, key: str, ctx: Context) -> Any:
         value = value_code(ctx)
         cells, _, plain = measure(value, MAX_STORE_CELLS)
         if not plain:
@@ -268,40 +224,15 @@ def _m_set_var(node: Node, obj: str, name: str, codes: List[Code], stack: List[A
         store[key] = value
         return value
 
-    return set_var
+    return _method(node, obj, stack, key_code, _string("variable")(node, name), set_var)
 
 
-def _m_get_var(node: Node, obj: str, name: str, codes: List[Code], stack: List[Any]) -> Code:
-    (key_code,) = codes
-
-    def get_var(ctx: Context) -> Any:
-        view = _entity_of(stack, node, obj)
-        key = key_code(ctx)
-        if not isinstance(key, str):
-            raise node.error(f"{name}: the variable name must be a string, got {show(key)}")
-        return view.store.get(key)
-
-    constant_key = constant_value(key_code)
-    if constant_key.__class__ is not str:
-        return get_var
-
-    # (x.GetVar "name"), as in _m_stat.
-    def get_var_key(ctx: Context) -> Any:
-        if stack:
-            view = stack[-1]
-            if view.__class__ is View:
-                return view.store.get(constant_key)
-        return get_var(ctx)
-
-    return get_var_key
-
-
-METHOD_BUILDERS: Dict[str, Callable[[Node, str, str, List[Code], List[Any]], Code]] = {
-    "Stat": _m_stat,
-    "StatAvg": _m_stat_avg,
-    "Prop": _m_prop,
+METHOD_BUILDERS: Dict[str, MethodBuilder] = {
+    "Stat": _reading(_field_name, lambda view, key, ctx: view.latest.get(key)),
+    "StatAvg": _reading(_field_name, lambda view, key, ctx: view.entity.stat_avg(key)),
+    "Prop": _reading(_string("property"), lambda view, key, ctx: _plain(view.props.get(key))),
     "Control": _m_control,
-    "GetControl": _m_get_control,
+    "GetControl": _reading(_control_name, lambda view, key, ctx: view.controls.get(key)),
     "SetVar": _m_set_var,
-    "GetVar": _m_get_var,
+    "GetVar": _reading(_string("variable"), lambda view, key, ctx: view.store.get(key)),
 }

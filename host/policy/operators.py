@@ -1,8 +1,13 @@
 """The operators: arithmetic, comparisons, logic, min/max, null/valid, debug.
 
 Each entry of :data:`OPERATORS` builds the closure of one call from the
-closures of its operands, once, when the policy is loaded. Arithmetic takes
-numbers only and keeps integers within the bound of
+closures of its operands, once, when the policy is loaded. Most operators are
+a plain function of their operands' values (``x + y`` with its checks), made
+into a closure by one of the combinators below, which read each operand with
+``slot[-1] if slot else code(ctx)`` (see :func:`~ebb.host.policy.runtime.slot_of`):
+variables and constants without a call. The logical operators and ``null`` and
+``valid`` stop at the first operand that decides, so they have closures of
+their own. Arithmetic takes numbers only and keeps integers within the bound of
 :mod:`ebb.host.policy.limits`; ``debug`` output is bounded per evaluation.
 """
 
@@ -22,27 +27,129 @@ from ebb.host.policy.limits import (
 )
 from ebb.host.policy.reader import Node
 from ebb.host.policy.runtime import (
-    DOTS,
-    FIELDS_OR,
     NO_VALUE,
     NUM_TYPES,
-    VARIABLES,
     Code,
     Context,
     View,
-    constant_value,
-    dot_of,
+    field_of,
+    register_field,
     show,
-    stack_of,
+    slot_of,
     type_name,
 )
 
 LOG = logging.getLogger(__name__)
 
-def _num(node: Node, op: str, value: Any) -> Any:
-    if value.__class__ in NUM_TYPES:
-        return value
-    raise node.error(f"'{op}' needs numbers, got {show(value)} ({type_name(value)})")
+#: Builds the closure of one call: (the operator's node, its operands' closures).
+Builder = Callable[[Node, List[Code]], Code]
+Unary = Callable[[Any], Any]
+Binary = Callable[[Any, Any], Any]
+#: The error of an operator on two values.
+Failure = Callable[[Any, Any], PolicyError]
+
+# --- combinators: a function of values -> the closure of a call ------------------
+
+
+def unary(codes: Sequence[Code], fn: Unary) -> Code:
+    """The closure of ``(op a)``: ``fn`` of a's value."""
+    (a,) = codes
+    sa = slot_of(a)
+
+    def op1(ctx: Context) -> Any:
+        return fn(sa[-1] if sa else a(ctx))
+
+    return op1
+
+
+def binary(
+    codes: Sequence[Code],
+    fn: Binary,
+    *,
+    numbers: Optional[Failure] = None,
+    fail: Optional[Failure] = None,
+    too_large: Optional[Callable[[str], PolicyError]] = None,
+    bound_operands: bool = False,
+) -> Code:
+    """The closure of ``(op a b)``: ``fn`` of both values, a's evaluated first.
+
+    The checks around ``fn``, each when given: ``numbers(x, y)`` is raised
+    unless both values are numbers; ``too_large("an operand")`` when
+    ``bound_operands`` and an operand is an integer outside the bound;
+    ``fail(x, y)`` when ``fn`` raises TypeError or ZeroDivisionError;
+    ``too_large("the result")`` when the result is an integer outside the
+    bound. The operands are read without a call when they are variables or
+    constants (see slot_of) or fields of a view (see field_of): most
+    operands of the policies are.
+    """
+    a, b = codes
+    sa, sb = slot_of(a), slot_of(b)
+    (va, fa, ka), (vb, fb, kb) = field_of(a), field_of(b)
+    da, db = ka is not NO_VALUE, kb is not NO_VALUE
+    checked = numbers is not None or bound_operands or too_large is not None
+
+    def op2(ctx: Context) -> Any:
+        if sa:
+            x = sa[-1]
+        elif va and (view := va[-1]).__class__ is View and fa in view.field_names:
+            x = view.latest.get(fa)
+            if not x and da:
+                x = ka
+        else:
+            x = a(ctx)
+        if sb:
+            y = sb[-1]
+        elif vb and (view := vb[-1]).__class__ is View and fb in view.field_names:
+            y = view.latest.get(fb)
+            if not y and db:
+                y = kb
+        else:
+            y = b(ctx)
+        if not checked:
+            try:
+                return fn(x, y)
+            except (TypeError, ZeroDivisionError):
+                if fail is None:
+                    raise
+                raise fail(x, y) from None
+        if numbers is not None and (x.__class__ not in NUM_TYPES or y.__class__ not in NUM_TYPES):
+            raise numbers(x, y)
+        if bound_operands and (
+            (x.__class__ is int and not -MAX_INT <= x <= MAX_INT)
+            or (y.__class__ is int and not -MAX_INT <= y <= MAX_INT)
+        ):
+            raise too_large("an operand")  # type: ignore[misc]
+        try:
+            result = fn(x, y)
+        except ZeroDivisionError:
+            raise fail(x, y) from None  # type: ignore[misc]
+        if too_large is not None and result.__class__ is int and not -MAX_INT <= result <= MAX_INT:
+            raise too_large("the result")
+        return result
+
+    return op2
+
+
+def short_circuit(codes: Sequence[Code], stop_when_true: bool) -> Code:
+    """The closure of ``(or a b)`` (``stop_when_true``) or ``(and a b)``: a's value
+    when it decides, without evaluating b; else b's value."""
+    a, b = codes
+    sa, sb = slot_of(a), slot_of(b)
+
+    def either(ctx: Context) -> Any:
+        x = sa[-1] if sa else a(ctx)
+        if (not x) is not stop_when_true:
+            return x
+        return sb[-1] if sb else b(ctx)
+
+    stack, attr, default = field_of(a)
+    if stop_when_true and attr and default is NO_VALUE and sb.__class__ is tuple:
+        # (or x.field K): a field read with a default (see field_of).
+        register_field(either, stack, attr, sb[0])
+    return either
+
+
+# --- arithmetic ----------------------------------------------------------------
 
 
 def _range_error(node: Node, op: str, what: str) -> PolicyError:
@@ -52,420 +159,181 @@ def _range_error(node: Node, op: str, what: str) -> PolicyError:
     )
 
 
-def _int_ok(value: Any) -> bool:
-    """Whether a number is within the integer bound (floats always are)."""
-    return value.__class__ is not int or -MAX_INT <= value <= MAX_INT
+def _number(node: Node, op: str) -> Unary:
+    """A check that a value is a number (returned as it is)."""
+
+    def number(value: Any) -> Any:
+        if value.__class__ in NUM_TYPES:
+            return value
+        raise node.error(f"'{op}' needs numbers, got {show(value)} ({type_name(value)})")
+
+    return number
 
 
-def _apply(node: Node, op: str, fn: Callable[[Any, Any], Any], x: Any, y: Any) -> Any:
-    """``fn(x, y)`` on two numbers, within the integer bound.
+def _numbers(node: Node, op: str) -> Failure:
+    """The error of ``op`` on two values that are not both numbers: the first one not."""
+    number = _number(node, op)
 
-    The operands of ``*`` are checked before multiplying, so that no product
-    is ever a long computation; sums of bounded operands are cheap, and any
-    result out of range is an error.
-    """
-    if op == "*" and not (_int_ok(x) and _int_ok(y)):
-        raise _range_error(node, op, "an operand")
-    result = fn(x, y)
-    if result.__class__ is int and (result > MAX_INT or result < -MAX_INT):
+    def fail(x: Any, y: Any) -> PolicyError:
+        number(x)
+        number(y)
+        raise AssertionError("both are numbers")
+
+    return fail
+
+
+def _negate(node: Node, op: str) -> Unary:
+    """``-x`` or ``abs x``, within the integer bound."""
+    number = _number(node, op)
+    fn = operator.neg if op == "-" else abs
+
+    def apply(x: Any) -> Any:
+        result = fn(number(x))
+        if result.__class__ is not int or -MAX_INT <= result <= MAX_INT:
+            return result
         raise _range_error(node, op, "the result")
-    return result
+
+    return apply
 
 
-def _arith(op: str, fn: Callable[[Any, Any], Any]) -> Callable[[Node, List[Code]], Code]:
+def _build_arith(op: str) -> Builder:
+    """``+ - *`` on numbers, within the integer bound; more than two operands fold
+    from the left, each checked as soon as it is evaluated."""
 
     def build(node: Node, codes: List[Code]) -> Code:
-        if len(codes) == 2:
-            a, b = codes
-            sa, sb = stack_of(a), stack_of(b)
-            (da, fa), (db, fb) = dot_of(a), dot_of(b)
-            k = constant_value(b)
-            add, sub = op == "+", op == "-"
-            if k.__class__ in NUM_TYPES and _int_ok(k):
+        if op == "-" and len(codes) == 1:
+            return unary(codes, _negate(node, op))
+        fn = {"+": operator.add, "-": operator.sub, "*": operator.mul}[op]
+        numbers = _numbers(node, op)
 
-                def arith_constant(ctx: Context) -> Any:
-                    x: Any
-                    if sa:
-                        x = sa[-1]
-                    elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
-                        x = view.latest.get(fa)
-                    else:
-                        x = a(ctx)
-                    if x.__class__ in NUM_TYPES:
-                        if add:
-                            r = x + k
-                        elif sub:
-                            r = x - k
-                        elif x.__class__ is int and not -MAX_INT <= x <= MAX_INT:
-                            raise _range_error(node, op, "an operand")
-                        else:
-                            r = x * k
-                        if r.__class__ is not int or -MAX_INT <= r <= MAX_INT:
-                            return r
-                        raise _range_error(node, op, "the result")
-                    return _num(node, op, x)
+        # The operands of * are checked before multiplying, so that no product
+        # is ever a long computation; sums of bounded operands are cheap.
+        def too_large(what: str) -> PolicyError:
+            return _range_error(node, op, what)
 
-                return arith_constant
-
-            # The operation inline (no call of fn); the operands of * are
-            # checked before multiplying (see _apply).
-            def arith2(ctx: Context) -> Any:
-                x: Any
-                y: Any
-                if sa:
-                    x = sa[-1]
-                elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
-                    x = view.latest.get(fa)
-                else:
-                    x = a(ctx)
-                if sb:
-                    y = sb[-1]
-                elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
-                    y = view.latest.get(fb)
-                else:
-                    y = b(ctx)
-                if x.__class__ in NUM_TYPES and y.__class__ in NUM_TYPES:
-                    if add:
-                        r = x + y
-                    elif sub:
-                        r = x - y
-                    elif (x.__class__ is int and not -MAX_INT <= x <= MAX_INT) or (
-                        y.__class__ is int and not -MAX_INT <= y <= MAX_INT
-                    ):
-                        raise _range_error(node, op, "an operand")
-                    else:
-                        r = x * y
-                    if r.__class__ is not int or -MAX_INT <= r <= MAX_INT:
-                        return r
-                    raise _range_error(node, op, "the result")
-                _num(node, op, x)
-                return _num(node, op, y)
-
-            return arith2
-        first, *rest = codes
-
-        def arith_n(ctx: Context) -> Any:
-            acc = _num(node, op, first(ctx))
-            for c in rest:
-                acc = _apply(node, op, fn, acc, _num(node, op, c(ctx)))
-            return acc
-
-        return arith_n
+        # (+ a b c) is (+ (+ a' b) c), a' being a checked before b is evaluated.
+        acc = unary(codes[:1], _number(node, op)) if len(codes) > 2 else codes[0]
+        for code in codes[1:]:
+            acc = binary(
+                [acc, code], fn, numbers=numbers, too_large=too_large, bound_operands=op == "*"
+            )
+        return acc
 
     return build
 
 
-def _negate(node: Node, op: str, value: Any) -> Any:
-    value = -_num(node, op, value) if op == "-" else abs(_num(node, op, value))
-    if value.__class__ is int and not -MAX_INT <= value <= MAX_INT:
-        raise _range_error(node, op, "the result")
-    return value
+def _build_divide(node: Node, codes: List[Code]) -> Code:
+    def fail(x: Any, y: Any) -> PolicyError:
+        return node.error(f"division by zero ({show(x)} / {show(y)})")
+
+    return binary(codes, operator.truediv, numbers=_numbers(node, "/"), fail=fail)
 
 
-def _build_sub(node: Node, codes: List[Code]) -> Code:
-    if len(codes) == 1:
-        (a,) = codes
-        return lambda ctx: _negate(node, "-", a(ctx))
-    return _arith("-", operator.sub)(node, codes)
+def _build_shift(op: str) -> Builder:
+    fn = operator.lshift if op == "<<" else operator.rshift
 
-
-def _build_div(node: Node, codes: List[Code]) -> Code:
-    a, b = codes
-    sa, sb = stack_of(a), stack_of(b)
-
-    def div(ctx: Context) -> Any:
-        x = _num(node, "/", sa[-1] if sa else a(ctx))
-        y = _num(node, "/", sb[-1] if sb else b(ctx))
-        if not y:
-            raise node.error(f"division by zero ({show(x)} / {show(y)})")
-        return x / y
-
-    return div
-
-
-def _shift(op: str, left: bool) -> Callable[[Node, List[Code]], Code]:
     def build(node: Node, codes: List[Code]) -> Code:
-        a, b = codes
-        sa, sb = stack_of(a), stack_of(b)
-
-        def shift(ctx: Context) -> Any:
-            x = sa[-1] if sa else a(ctx)
-            y = sb[-1] if sb else b(ctx)
+        def apply(x: Any, y: Any) -> Any:
             if x.__class__ not in (int, bool) or y.__class__ not in (int, bool):
                 raise node.error(f"'{op}' needs whole numbers, got {show(x)} and {show(y)}")
             if not 0 <= y <= MAX_SHIFT:
                 raise node.error(f"'{op}': shift by {y} is outside 0..{MAX_SHIFT}")
             if not -MAX_INT <= x <= MAX_INT:
                 raise _range_error(node, op, "the value shifted")
-            result = x << y if left else x >> y
+            result = fn(x, y)
             if not -MAX_INT <= result <= MAX_INT:
                 raise _range_error(node, op, "the result")
             return result
 
-        return shift
+        return binary(codes, apply)
 
     return build
 
 
-def _compare(op: str, fn: Callable[[Any, Any], bool]) -> Callable[[Node, List[Code]], Code]:
+# --- comparisons -----------------------------------------------------------------
+
+
+def _build_compare(op: str) -> Builder:
+    # Numbers with numbers, strings with strings: anything else (nil,
+    # objects) raises TypeError, reported with the position.
+    fn = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge}[op]
+
     def build(node: Node, codes: List[Code]) -> Code:
-        a, b = codes
-        sa, sb = stack_of(a), stack_of(b)
-        (da, fa), (db, fb) = dot_of(a), dot_of(b)
-        k = constant_value(b)
-        if k is not NO_VALUE:
-            return _compare_constant(node, op, a, k)
-        second = VARIABLES.get(b)
-        # (op (or g.field K) name), as in is_stalling: that read inline too.
-        so, fo, ko = FIELDS_OR.get(a, ((), "", None))
-        if second is not None:
-            # (op x name): the variable read inline.
-            def compare_variable(ctx: Context) -> Any:
-                if sa:
-                    x = sa[-1]
-                elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
-                    x = view.latest.get(fa)
-                elif so and (view := so[-1]).__class__ is View and fo in view.field_names:
-                    x = view.latest.get(fo) or ko
-                else:
-                    x = a(ctx)
-                y = second[-1] if second else b(ctx)  # b raises the right error
-                try:
-                    return fn(x, y)
-                except TypeError:
-                    raise node.error(f"'{op}' cannot compare {show(x)} with {show(y)}") from None
+        def fail(x: Any, y: Any) -> PolicyError:
+            return node.error(f"'{op}' cannot compare {show(x)} with {show(y)}")
 
-            return compare_variable
-
-        def compare(ctx: Context) -> Any:
-            if sa:
-                x = sa[-1]
-            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
-                x = view.latest.get(fa)
-            else:
-                x = a(ctx)
-            if sb:
-                y = sb[-1]
-            elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
-                y = view.latest.get(fb)
-            else:
-                y = b(ctx)
-            try:
-                # Numbers with numbers, strings with strings: anything else
-                # (nil, objects) raises TypeError, reported with the position.
-                return fn(x, y)
-            except TypeError:
-                raise node.error(f"'{op}' cannot compare {show(x)} with {show(y)}") from None
-
-        return compare
+        return binary(codes, fn, fail=fail)
 
     return build
 
 
-COMPARISONS = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge}
+def _build_equal(negate: bool) -> Builder:
+    fn = operator.ne if negate else operator.eq
+    return lambda node, codes: binary(codes, fn)
 
 
-def _compare_constant(node: Node, op: str, a: Code, k: Any) -> Code:
-    """``(op x K)`` with a constant K: the comparison inline, no call for K."""
-    sa = stack_of(a)
-    da, fa = dot_of(a)
-
-    def fail(x: Any) -> PolicyError:
-        return node.error(f"'{op}' cannot compare {show(x)} with {show(k)}")
-
-    field_or = FIELDS_OR.get(a)
-    if field_or is not None:
-        stack, attr, default = field_or
-        fn = COMPARISONS[op]
-
-        # (op (or g.field D) K), as in is_needy: the read inline (see _build_or).
-        def compare_field_or(ctx: Context) -> Any:
-            if stack:
-                view = stack[-1]
-                if view.__class__ is View and attr in view.field_names:
-                    x = view.latest.get(attr) or default
-                else:
-                    x = a(ctx)
-            else:
-                x = a(ctx)
-            try:
-                return fn(x, k)
-            except TypeError:
-                raise fail(x) from None
-
-        return compare_field_or
-
-    if op == "<":
-
-        def lt(ctx: Context) -> Any:
-            if sa:
-                x = sa[-1]
-            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
-                x = view.latest.get(fa)
-            else:
-                x = a(ctx)
-            try:
-                return x < k
-            except TypeError:
-                raise fail(x) from None
-
-        return lt
-    if op == ">":
-
-        def gt(ctx: Context) -> Any:
-            if sa:
-                x = sa[-1]
-            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
-                x = view.latest.get(fa)
-            else:
-                x = a(ctx)
-            try:
-                return x > k
-            except TypeError:
-                raise fail(x) from None
-
-        return gt
-    if op == "<=":
-
-        def le(ctx: Context) -> Any:
-            if sa:
-                x = sa[-1]
-            elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
-                x = view.latest.get(fa)
-            else:
-                x = a(ctx)
-            try:
-                return x <= k
-            except TypeError:
-                raise fail(x) from None
-
-        return le
-
-    def ge(ctx: Context) -> Any:
-        if sa:
-            x = sa[-1]
-        elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
-            x = view.latest.get(fa)
-        else:
-            x = a(ctx)
-        try:
-            return x >= k
-        except TypeError:
-            raise fail(x) from None
-
-    return ge
+# --- logic: the operands that decide stop the evaluation ----------------------------
 
 
-def _build_eq(negate: bool) -> Callable[[Node, List[Code]], Code]:
+def _build_logic(lazy: str) -> Builder:
+    """``and`` / ``or``: the value of the first operand that decides, or of the last.
+
+    ``(and a b c)`` is ``(and a (and b c))``: the same value, the same
+    operands evaluated.
+    """
+
     def build(node: Node, codes: List[Code]) -> Code:
-        a, b = codes
-        sa, sb = stack_of(a), stack_of(b)
-        k = constant_value(b)
-        da, fa = dot_of(a)
-        if k is not NO_VALUE and a in DOTS:
-            # (== g.field K): the field read inline (see dot_of).
-
-            def eq_field(ctx: Context) -> Any:
-                view = da[-1] if da else None
-                if view.__class__ is View and fa in view.field_names:
-                    x = view.latest.get(fa)
-                else:
-                    x = a(ctx)
-                return x != k if negate else x == k
-
-            return eq_field
-        if k is not NO_VALUE:
-            if negate:
-                return lambda ctx: (sa[-1] if sa else a(ctx)) != k
-            return lambda ctx: (sa[-1] if sa else a(ctx)) == k
-        if negate:
-            return lambda ctx: (sa[-1] if sa else a(ctx)) != (sb[-1] if sb else b(ctx))
-        return lambda ctx: (sa[-1] if sa else a(ctx)) == (sb[-1] if sb else b(ctx))
+        *init, acc = codes
+        for code in reversed(init):
+            acc = short_circuit([code, acc], lazy == "or")
+        return acc
 
     return build
-
-
-def _build_and(node: Node, codes: List[Code]) -> Code:
-    if len(codes) == 2:
-        a, b = codes
-        sa, sb = stack_of(a), stack_of(b)
-
-        def and2(ctx: Context) -> Any:
-            return (sa[-1] if sa else a(ctx)) and (sb[-1] if sb else b(ctx))
-
-        return and2
-    if len(codes) == 3:
-        a, b, c = codes
-
-        def and3(ctx: Context) -> Any:
-            return a(ctx) and b(ctx) and c(ctx)
-
-        return and3
-
-    def and_n(ctx: Context) -> Any:
-        value = None
-        for c in codes:
-            value = c(ctx)
-            if not value:
-                return value
-        return value
-
-    return and_n
-
-
-def _build_or(node: Node, codes: List[Code]) -> Code:
-    if len(codes) == 2:
-        a, b = codes
-        sa, sb = stack_of(a), stack_of(b)
-        dot = DOTS.get(a)
-        default = constant_value(b)
-        if dot is not None and default is not NO_VALUE:
-            stack, attr = dot
-
-            # (or g.field 0), the policies' way to read a field that may be
-            # missing, in one call: the read is done inline when the variable
-            # holds a view with that field, else by the dot closure (which
-            # reads a property or raises the right error).
-            def or_field(ctx: Context) -> Any:
-                if stack:
-                    view = stack[-1]
-                    if view.__class__ is View and attr in view.field_names:
-                        return view.latest.get(attr) or default
-                return a(ctx) or default
-
-            FIELDS_OR[or_field] = (stack, attr, default)
-            return or_field
-
-        if default is not NO_VALUE:
-
-            def or_constant(ctx: Context) -> Any:
-                return (sa[-1] if sa else a(ctx)) or default
-
-            return or_constant
-
-        def or2(ctx: Context) -> Any:
-            return (sa[-1] if sa else a(ctx)) or (sb[-1] if sb else b(ctx))
-
-        return or2
-
-    def or_n(ctx: Context) -> Any:
-        value = None
-        for c in codes:
-            value = c(ctx)
-            if value:
-                return value
-        return value
-
-    return or_n
 
 
 def _build_not(node: Node, codes: List[Code]) -> Code:
-    (a,) = codes
-    return lambda ctx: not a(ctx)
+    return unary(codes, operator.not_)
 
 
-def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], Code]:
-    smaller = op == "min"
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, (list, str)) and len(value) == 0)
+
+
+def _build_null(node: Node, codes: List[Code]) -> Code:
+    def null(ctx: Context) -> Any:
+        # A loop, not all(generator): no generator frame on every evaluation.
+        for code in codes:  # noqa: SIM110
+            if not _is_null(code(ctx)):
+                return False
+        return True
+
+    return null
+
+
+def _build_valid(node: Node, codes: List[Code]) -> Code:
+    reads = []
+    for code in codes:
+        stack, attr, default = field_of(code)
+        reads.append((stack if default is NO_VALUE else (), attr, code))
+
+    # (valid g.a g.b ...): fields of a view read without a call (see field_of).
+    def valid(ctx: Context) -> Any:
+        for stack, attr, code in reads:
+            if stack and (view := stack[-1]).__class__ is View and attr in view.field_names:
+                if view.latest.get(attr) is None:
+                    return False
+            elif code(ctx) is None:
+                return False
+        return True
+
+    return valid
+
+
+# --- min and max -------------------------------------------------------------------
+
+
+def _build_extreme(op: str) -> Builder:
+    pick = min if op == "min" else max
 
     def build(node: Node, codes: List[Code]) -> Code:
         def bad(values: Sequence[Any]) -> PolicyError:
@@ -473,71 +341,11 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
             return node.error(f"'{op}' needs numbers, got {show(culprit)}")
 
         if len(codes) == 2:
-            a, b = codes
-            sa, sb = stack_of(a), stack_of(b)
-            (da, fa), (db, fb) = dot_of(a), dot_of(b)
-            # (max 0 x), (min x 1): a constant operand costs no call. Ties
-            # keep the first operand, as Python's min/max do.
-            k = constant_value(a)
-            if k.__class__ in NUM_TYPES:
-
-                def constant_first(ctx: Context) -> Any:
-                    if sb:
-                        y = sb[-1]
-                    elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
-                        y = view.latest.get(fb)
-                    else:
-                        y = b(ctx)
-                    if y.__class__ not in NUM_TYPES:
-                        raise bad([k, y])
-                    if smaller:
-                        return y if y < k else k
-                    return y if y > k else k
-
-                return constant_first
-            k = constant_value(b)
-            if k.__class__ in NUM_TYPES:
-
-                def constant_second(ctx: Context) -> Any:
-                    if sa:
-                        x = sa[-1]
-                    elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
-                        x = view.latest.get(fa)
-                    else:
-                        x = a(ctx)
-                    if x.__class__ not in NUM_TYPES:
-                        raise bad([x, k])
-                    if smaller:
-                        return k if k < x else x
-                    return k if k > x else x
-
-                return constant_second
-
-            def extreme2(ctx: Context) -> Any:
-                if sa:
-                    x = sa[-1]
-                elif da and (view := da[-1]).__class__ is View and fa in view.field_names:
-                    x = view.latest.get(fa)
-                else:
-                    x = a(ctx)
-                if sb:
-                    y = sb[-1]
-                elif db and (view := db[-1]).__class__ is View and fb in view.field_names:
-                    y = view.latest.get(fb)
-                else:
-                    y = b(ctx)
-                numbers = x.__class__ in NUM_TYPES and y.__class__ in NUM_TYPES
-                if numbers:
-                    # Ties keep the first operand, as Python's min/max do.
-                    if smaller:
-                        return y if y < x else x
-                    return y if y > x else x
-                raise bad([x, y])
-
-            return extreme2
+            # (max 0 x): numbers only. Ties keep the first operand, as pick does.
+            return binary(codes, pick, numbers=lambda x, y: bad([x, y]))
 
         def extreme(ctx: Context) -> Any:
-            values = [c(ctx) for c in codes]
+            values = [code(ctx) for code in codes]
             if len(values) == 1 and isinstance(values[0], list):
                 values = values[0]
                 if not values:
@@ -554,44 +362,7 @@ def _extreme(op: str, pick: Callable[..., Any]) -> Callable[[Node, List[Code]], 
     return build
 
 
-def _build_abs(node: Node, codes: List[Code]) -> Code:
-    (a,) = codes
-    return lambda ctx: _negate(node, "abs", a(ctx))
-
-
-def _is_null(value: Any) -> bool:
-    return value is None or (isinstance(value, (list, str)) and len(value) == 0)
-
-
-def _build_null(node: Node, codes: List[Code]) -> Code:
-    def null(ctx: Context) -> Any:
-        # A loop, not all(generator): no generator frame on every evaluation.
-        for c in codes:  # noqa: SIM110
-            if not _is_null(c(ctx)):
-                return False
-        return True
-
-    return null
-
-
-def _build_valid(node: Node, codes: List[Code]) -> Code:
-    reads = [(*dot_of(c), c) for c in codes]
-
-    # (valid g.a g.b ...): the field reads inline (see dot_of), other operands
-    # through their closure.
-    def valid(ctx: Context) -> Any:
-        for stack, attr, code in reads:
-            if stack:
-                view = stack[-1]
-                if view.__class__ is View and attr in view.field_names:
-                    if view.latest.get(attr) is None:
-                        return False
-                    continue
-            if code(ctx) is None:
-                return False
-        return True
-
-    return valid
+# --- debug ---------------------------------------------------------------------------
 
 
 def _build_debug(node: Node, codes: List[Code]) -> Code:
@@ -628,25 +399,25 @@ def _build_debug(node: Node, codes: List[Code]) -> Code:
 
 
 # name -> (min args, max args or None, builder)
-OPERATORS: Dict[str, Tuple[int, Optional[int], Callable[[Node, List[Code]], Code]]] = {
-    "+": (2, None, _arith("+", operator.add)),
-    "-": (1, 2, _build_sub),
-    "*": (2, None, _arith("*", operator.mul)),
-    "/": (2, 2, _build_div),
-    "<": (2, 2, _compare("<", operator.lt)),
-    ">": (2, 2, _compare(">", operator.gt)),
-    "<=": (2, 2, _compare("<=", operator.le)),
-    ">=": (2, 2, _compare(">=", operator.ge)),
-    "==": (2, 2, _build_eq(False)),
-    "!=": (2, 2, _build_eq(True)),
-    "<<": (2, 2, _shift("<<", True)),
-    ">>": (2, 2, _shift(">>", False)),
-    "and": (1, None, _build_and),
-    "or": (1, None, _build_or),
+OPERATORS: Dict[str, Tuple[int, Optional[int], Builder]] = {
+    "+": (2, None, _build_arith("+")),
+    "-": (1, 2, _build_arith("-")),
+    "*": (2, None, _build_arith("*")),
+    "/": (2, 2, _build_divide),
+    "<": (2, 2, _build_compare("<")),
+    ">": (2, 2, _build_compare(">")),
+    "<=": (2, 2, _build_compare("<=")),
+    ">=": (2, 2, _build_compare(">=")),
+    "==": (2, 2, _build_equal(False)),
+    "!=": (2, 2, _build_equal(True)),
+    "<<": (2, 2, _build_shift("<<")),
+    ">>": (2, 2, _build_shift(">>")),
+    "and": (1, None, _build_logic("and")),
+    "or": (1, None, _build_logic("or")),
     "not": (1, 1, _build_not),
-    "min": (1, None, _extreme("min", min)),
-    "max": (1, None, _extreme("max", max)),
-    "abs": (1, 1, _build_abs),
+    "min": (1, None, _build_extreme("min")),
+    "max": (1, None, _build_extreme("max")),
+    "abs": (1, 1, lambda node, codes: unary(codes, _negate(node, "abs"))),
     "null": (1, None, _build_null),
     "valid": (1, None, _build_valid),
     "debug": (1, None, _build_debug),

@@ -252,9 +252,7 @@ def load_policy_texts(sources: Sequence[Tuple[str, str]]) -> Program:
     for _, nodes in files:
         collect_functions(nodes, functions, defs)
     compiler = Compiler(functions, defs)
-    program_exprs = Compiled(
-        stacks=compiler.program.stacks, functions=compiler.program.functions
-    )
+    program_exprs = Compiled(stacks=compiler.program.stacks)
     for path, nodes in files:
         try:
             part = compiler.compile_top(nodes)

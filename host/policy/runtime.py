@@ -4,7 +4,9 @@ A policy is compiled (:mod:`ebb.host.policy.forms`) into closures that take a
 :class:`Context`; the values they pass around are None, bool, int, float, str,
 lists (:class:`PolicyList` when a policy built them) and :class:`View` (the
 host or a guest). The sizes of values are bounded here (see
-:mod:`ebb.host.policy.limits`).
+:mod:`ebb.host.policy.limits`). The closures of variable reads, constants and
+field reads are made here too, with what lets the closures that take them as
+operands read them without a call (:func:`slot_of`, :func:`field_of`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ebb.host.policy.reader import Node
 Code = Callable[["Context"], Any]
 
 NUM_TYPES: FrozenSet[Any] = frozenset({int, float, bool})
+
 
 class View:
     """What a policy holds for the host or a guest during one evaluation.
@@ -61,7 +64,7 @@ class View:
         self.prop_names = F.HOST_PROPS if is_host else F.GUEST_PROPS
         self.control_names = HOST_CONTROLS if is_host else GUEST_CONTROLS
         self.controls: Dict[str, Any] = {}
-        self.store = store
+        self.store: Dict[str, Any] = store
 
     def describe(self) -> str:
         return "Host" if self.is_host else f"guest {self.name!r}"
@@ -252,13 +255,9 @@ class Function:
     scoped: bool = True
     #: The value stacks of the parameters (see :class:`Compiled`), in order.
     stacks: Tuple[List[Any], ...] = ()
-    #: Whether its (def ...) has been evaluated in the evaluation running now,
-    #: for a name defined once in the program (see :meth:`Compiled.function`).
-    live: bool = False
-    #: Whether the body calls no user function (so a call need not count depth).
-    leaf: bool = False
-    #: Call sites waiting for the def to be compiled (see forms.user_call).
-    sites: List[Callable[[], None]] = field(default_factory=list)
+    #: The context of the evaluation that last ran its def (calls of a name
+    #: defined once check this instead of looking the name up).
+    defined_in: Any = None
     arity: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -279,9 +278,6 @@ class Compiled:
 
     exprs: List[Tuple[Code, int, Node]] = field(default_factory=list)
     stacks: Dict[str, List[Any]] = field(default_factory=dict)
-    #: The functions of names the program defines once, which call sites hold
-    #: (their ``live`` flag says whether the def ran in this evaluation).
-    functions: Dict[str, Function] = field(default_factory=dict)
     lock: Any = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def stack(self, name: str) -> List[Any]:
@@ -291,70 +287,97 @@ class Compiled:
             stack = self.stacks[name] = []
         return stack
 
-    def function(self, name: str, node: Node) -> Function:
-        """The one function named ``name``, filled in when its def is compiled."""
-        fn = self.functions.get(name)
-        if fn is None:
-            fn = self.functions[name] = Function(name, (), constant(None), 0, node)
-        return fn
-
     def reset(self) -> None:
-        """Forget the evaluation that ran (or failed): empty stacks, no def run."""
+        """Forget the evaluation that ran (or failed): every stack empty."""
         for stack in self.stacks.values():
             stack.clear()
-        for fn in self.functions.values():
-            fn.live = False
 
 
-#: Closures that return a constant, and their value: operators built on a
-#: constant operand use the value directly instead of calling for it.
-_CONSTANTS: weakref.WeakKeyDictionary[Code, Any] = weakref.WeakKeyDictionary()
-#: Closures that read ``head.attr`` (a field or property), with head's value
-#: stack and attr.
-DOTS: weakref.WeakKeyDictionary[Code, Tuple[List[Any], str]] = weakref.WeakKeyDictionary()
-#: Closures of ``(or head.attr K)`` with a constant K, with (head's stack, attr, K).
-FIELDS_OR: weakref.WeakKeyDictionary[Code, Tuple[List[Any], str, Any]] = (
-    weakref.WeakKeyDictionary()
-)
-#: Closures that read a variable, with its value stack.
-VARIABLES: weakref.WeakKeyDictionary[Code, List[Any]] = weakref.WeakKeyDictionary()
 NO_VALUE: Any = object()
 
 
-def stack_of(code: Code) -> Sequence[Any]:
-    """The value stack a variable read reads, or ``()`` for any other closure.
+def run_in_scope(ctx: Context, body: Code, scope: List[str]) -> Any:
+    """Run ``body`` in a scope of its own holding ``scope`` (names already pushed).
 
-    Closures read an operand that is a variable inline, with
-    ``x = stack[-1] if stack else code(ctx)``: for any other operand (and
-    for a variable not bound, whose closure raises the error) the empty
-    tuple sends them to the operand's closure.
+    A defvar in the body adds its name to the scope; when the body is done,
+    every name of the scope is unbound.
     """
-    stack = VARIABLES.get(code)
-    return () if stack is None else stack
+    scopes = ctx.scopes
+    scopes.append(scope)
+    result = body(ctx)
+    scopes.pop()
+    variables = ctx.vars
+    for name in scope:
+        variables[name].pop()
+    return result
 
 
-def dot_of(code: Code) -> Tuple[Sequence[Any], str]:
-    """``(stack, attr)`` of a field read ``head.attr`` (head's value stack), else ``((), "")``.
+#: The slot of each closure whose value can be read without calling it (see slot_of).
+_SLOTS: weakref.WeakKeyDictionary[Code, Sequence[Any]] = weakref.WeakKeyDictionary()
 
-    Closures read such an operand inline when the variable holds a view that
-    has the field (``if stack and view has attr``), else call its closure
-    (which reads a property or raises the error).
+
+def slot_of(code: Code) -> Sequence[Any]:
+    """Where a closure's value can be read without a call: ``slot[-1]`` when ``slot``.
+
+    A variable read's slot is the variable's value stack (empty when it is
+    not bound: then the closure raises the error), a constant's a one-value
+    tuple, any other closure's the empty tuple. So the one idiom
+    ``slot[-1] if slot else code(ctx)`` reads any operand, and the two
+    commonest kinds without a call.
     """
-    dot = DOTS.get(code)
-    return ((), "") if dot is None else dot
+    return _SLOTS.get(code, ())
+
+
+#: Field reads ``head.attr`` and ``(or head.attr K)``: the closure -> (head's
+#: value stack, attr, K or NO_VALUE).
+_FIELDS: weakref.WeakKeyDictionary[Code, Tuple[Sequence[Any], str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def field_of(code: Code) -> Tuple[Sequence[Any], str, Any]:
+    """``(stack, attr, default)`` of a field read, else ``((), "", NO_VALUE)``.
+
+    A field read is ``head.attr`` (``default`` is NO_VALUE) or ``(or head.attr
+    K)`` with a constant K (``default`` is K), ``stack`` being head's value
+    stack. The hottest combinators read such an operand without a call when
+    head holds a view that has the field: ``view.latest.get(attr)``, or K
+    when that is false and there is a default. Anything else (a property, an
+    error) is the closure's to read or raise.
+    """
+    return _FIELDS.get(code, ((), "", NO_VALUE))
+
+
+def register_field(code: Code, stack: Sequence[Any], attr: str, default: Any = NO_VALUE) -> Code:
+    """Make ``code``, a field read (see field_of), known to field_of."""
+    _FIELDS[code] = (stack, attr, default)
+    return code
+
+
+def variable(node: Node, name: str, stack: List[Any]) -> Code:
+    """A read of variable ``name``, whose value stack is ``stack``."""
+
+    def var(ctx: Context) -> Any:
+        if stack:
+            return stack[-1]
+        raise node.error(f"undefined variable '{name}'")
+
+    _SLOTS[var] = stack
+    return var
 
 
 def constant(value: Any) -> Code:
     def const(ctx: Context) -> Any:
         return value
 
-    _CONSTANTS[const] = value
+    _SLOTS[const] = (value,)
     return const
 
 
 def constant_value(code: Code) -> Any:
     """The value a closure always returns, or NO_VALUE when it is not a constant."""
-    return _CONSTANTS.get(code, NO_VALUE)
+    slot = _SLOTS.get(code)
+    return slot[0] if slot.__class__ is tuple else NO_VALUE
 
 
 def type_name(value: Any) -> str:
