@@ -39,7 +39,13 @@ from ebb.host.collectors import HostCollector
 from ebb.host.config import ConfigError, EbbdConfig, load_config
 from ebb.host.control import Authorizer, ControlError, ControlServer, ControlService
 from ebb.host.controllers import BalloonController, KsmController, MemtuneController
-from ebb.host.engine import Engine, EngineSettings, TickRecord, read_freeable_share
+from ebb.host.engine import (
+    Engine,
+    EngineSettings,
+    SettingsUpdate,
+    TickRecord,
+    read_freeable_share,
+)
 from ebb.host.governor import Governor, GovernorConfig
 from ebb.host.hypervisor import Hypervisor
 from ebb.host.hypervisor.connection import domain_matches
@@ -399,29 +405,29 @@ class Daemon:
         return result
 
     def _apply_live_config(self, config: EbbdConfig) -> None:
+        """Hand each component its new settings; each applies them on its own thread.
+
+        The engine takes its settings, the governor's and the balloon controller's
+        at the start of its next tick (all at once); the channel thread swaps its
+        whole ``ChannelLimits`` and welcomes the agents again when the report
+        interval changed. Nothing here writes a field another thread reads.
+        """
         try:
             set_level(config.daemon.log_level)
         except ValueError as err:
             LOG.error("reload: %s", err)
-        self.engine.settings = engine_settings(config)
-        self.engine.set_dry_run(self.dry_run)
         try:
-            self.c.governor.config = governor_config(config)
+            governor: GovernorConfig | None = governor_config(config)
         except ValueError as err:
             LOG.error("reload: governor: %s; keeping the previous limits", err)
-        limits = channel_limits(config)
-        current = getattr(self.c.channels, "limits", None)
-        if current is not None:
-            interval_changed = current.report_interval_ms != limits.report_interval_ms
-            for name in ("report_interval_ms", "heartbeat_interval_s", "stale_after_s",
-                         "max_frames_per_s", "max_bytes_per_s", "cut_off_backoff_s",
-                         "cut_off_backoff_max_s", "connect_retry_s"):
-                setattr(current, name, getattr(limits, name))
-            if interval_changed and hasattr(self.c.channels, "welcome_again"):
-                self.c.channels.welcome_again()
-        balloon = self.c.balloon
-        if hasattr(balloon, "min_change_kib"):
-            balloon.min_change_kib = config.balloon.min_change_kib
+            governor = None
+        self.engine.update_settings(SettingsUpdate(
+            engine=engine_settings(config),
+            governor=governor,
+            balloon_min_change_kib=config.balloon.min_change_kib,
+            dry_run=self.dry_run,
+        ))
+        self.c.channels.update_limits(channel_limits(config))
         self._apply_domain_scope(config.hypervisor.domains)
 
     def _apply_domain_scope(self, patterns: tuple[str, ...]) -> None:

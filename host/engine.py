@@ -41,7 +41,7 @@ from ebb.host.channels import GuestChannelState
 from ebb.host.collectors import HostSample
 from ebb.host.collectors.procfs import freeable_share, parse_meminfo
 from ebb.host.controllers.balloon import BalloonResult
-from ebb.host.governor import Decision, Governor, GuestView
+from ebb.host.governor import Decision, Governor, GovernorConfig, GuestView
 from ebb.host.hypervisor import DomainInfo
 from ebb.host.hypervisor.domain_xml import free_page_reporting_warning
 from ebb.host.inputs import TickInputs
@@ -153,6 +153,22 @@ class EngineSettings:
     pressure: PressureThresholds = field(default_factory=PressureThresholds)
 
 
+@dataclass(frozen=True)
+class SettingsUpdate:
+    """A reload's new settings for everything that runs on the engine's thread.
+
+    :meth:`Engine.update_settings` stores one; the tick thread swaps all of it in
+    at the start of its next tick, so no tick runs half on the old settings and
+    half on the new. ``None`` leaves that part as it is.
+    """
+
+    engine: EngineSettings
+    governor: GovernorConfig | None = None
+    #: The balloon controller's smallest change (``[balloon] min_change_kib``).
+    balloon_min_change_kib: int | None = None
+    dry_run: bool | None = None
+
+
 # --- per-VM knowledge kept between ticks -----------------------------------------------------
 
 
@@ -217,6 +233,8 @@ class Engine:
         self._lock = threading.RLock()  # guards what status/explain read
         self._paused = False
         self._floor_overrides_kib: dict[str, int] = {}
+        #: A reload's settings, waiting for the start of the next tick (guarded by _wake_lock).
+        self._pending_settings: SettingsUpdate | None = None
 
         self.tick_count = 0
         self.last_tick_wall: float | None = None
@@ -264,6 +282,31 @@ class Engine:
             if len(self._wake_reasons) < 16:
                 self._wake_reasons.append(reason)
         self._wake.set()
+
+    def update_settings(self, update: SettingsUpdate) -> None:
+        """Hand the engine a reload's settings (any thread).
+
+        They take effect at the start of the next tick, on the engine's thread,
+        all at once: the engine's, the governor's and the controllers' settings
+        never change while a tick reads them. A second update before that tick
+        replaces the first.
+        """
+        with self._wake_lock:
+            self._pending_settings = update
+
+    def _swap_settings(self) -> None:
+        """Take a pending :class:`SettingsUpdate` (the tick thread, before a tick)."""
+        with self._wake_lock:
+            update, self._pending_settings = self._pending_settings, None
+        if update is None:
+            return
+        self.settings = update.engine
+        if update.governor is not None:
+            self.governor.config = update.governor
+        if update.balloon_min_change_kib is not None and hasattr(self.balloon, "min_change_kib"):
+            self.balloon.min_change_kib = update.balloon_min_change_kib
+        if update.dry_run is not None:
+            self.set_dry_run(update.dry_run)
 
     def on_need(self, vm: str) -> None:
         """Callback for the channels: a guest asked for memory.
@@ -333,7 +376,11 @@ class Engine:
         return bool(self.balloon.dry_run)
 
     def set_dry_run(self, dry_run: bool) -> None:
-        """Switch every controller between applying and simulating (config reload)."""
+        """Switch every controller between applying and simulating.
+
+        Call it before the engine's thread starts; a reload goes through
+        :meth:`update_settings`.
+        """
         for actuator in (self.balloon, self.ksm, self.memtune):
             if actuator is not None:
                 actuator.dry_run = dry_run
@@ -420,6 +467,7 @@ class Engine:
 
     def tick(self) -> TickRecord:
         """Run one tick now and return its record."""
+        self._swap_settings()
         started = self._clock()
         self._last_tick_started = started
         with self._wake_lock:

@@ -236,8 +236,51 @@ def test_reload_applies_a_new_interval_and_reports_restart_only_keys(rig):
     rig.config_path.write_text(text)
     result = rig.daemon.reload()
     assert result["config"] == "reloaded"
-    assert rig.daemon.engine.settings.interval_s == 5
+    # The engine swaps its settings in at the start of its next tick (asked for by the reload).
+    assert wait_until(lambda: rig.daemon.engine.settings.interval_s == 5)
     assert result["restart_needed"] == ["daemon.libvirt_uri"]
+
+
+def test_a_reload_during_a_tick_applies_whole_at_the_next_tick(rig):
+    """SIGHUP while a tick runs: that tick ends on the settings it began with, and
+    the next one runs on all the new ones (engine, governor, balloon controller)."""
+    engine = rig.daemon.engine
+    seen: List[tuple] = []
+
+    def settings_now() -> tuple:
+        return (engine.settings.interval_s, engine.settings.pressure_threshold_share,
+                engine.governor.config.max_inflate_share, engine.governor.config.min_change_kib,
+                engine.balloon.min_change_kib)
+
+    class ReloadingHost(HostCollector):
+        reloads = 1
+
+        def collect(self, vm_assigned_kib=None):  # type: ignore[no-untyped-def]
+            seen.append(settings_now())  # what this tick began with
+            if self.reloads:
+                self.reloads -= 1
+                rig.write_config("[governor]\nmax_change_share = 0.2\n"
+                                 "[balloon]\nmin_change_kib = 4096\n")
+                text = rig.config_path.read_text().replace(
+                    "policy_interval_s = 0.2", "policy_interval_s = 3"
+                ).replace("[host]\n", "[host]\npressure_tick_threshold = 0.3\n")
+                rig.config_path.write_text(text)
+                assert rig.daemon.reload()["config"] == "reloaded"
+            return super().collect(vm_assigned_kib)
+
+    class Recorder:
+        def on_tick(self, record: Any) -> None:
+            seen.append(settings_now())  # what the same tick ended with
+
+    engine.host = ReloadingHost(rig.proc, rig.sys)
+    engine.observers.append(Recorder())
+    rig.hypervisor.connect_now()
+    engine.tick()
+    engine.tick()
+    began, ended, began_next, ended_next = seen
+    assert began == ended  # the reload did not reach into the running tick
+    assert began_next == ended_next == (3, 0.3, 0.2, 4096, 4096)
+    assert began != began_next
 
 
 def test_pause_resume_and_set_floor_through_the_socket(rig):
