@@ -201,15 +201,6 @@ class GuestChannels:
             if old.report_interval_ms != limits.report_interval_ms:
                 self._welcome_all()
 
-    def welcome_again(self) -> None:
-        """Tell every agent in session the current limits."""
-
-        def send_all() -> None:
-            with self._lock:
-                self._welcome_all()
-
-        self._call(send_all)
-
     def _welcome_all(self) -> None:
         for ch in self._channels.values():
             frame = ch.session.welcome_again()

@@ -200,3 +200,20 @@ def test_the_size_asked_is_bounded_by_the_guest(rig):
     assert result["asked_kib"] == 4 * GIB_KIB
     with pytest.raises(ControlError, match="already has a yield request outstanding"):
         rig.daemon.commands.yield_memory("web", 1024, poll=False)
+
+
+def test_a_reload_tells_agents_in_session_the_new_report_interval(rig):
+    from ebb.protocol import Welcome
+
+    rig.daemon.start()
+    assert _wait(lambda: len(rig.agents) == 1, 15.0)
+    agent = rig.agents[0]
+    agent.hello()
+    first = agent.wait_for("welcome", timeout_s=15.0)
+    assert isinstance(first, Welcome) and first.report_interval_ms != 3000
+    config_path = Path(rig.daemon.live.config_path)
+    config_path.write_text(config_path.read_text() + "[guests]\nreport_interval_ms = 3000\n")
+    assert rig.daemon.reload()["config"] == "reloaded"
+    again = agent.wait_for("welcome", timeout_s=15.0)
+    assert isinstance(again, Welcome) and again.report_interval_ms == 3000
+    assert rig.channels.get("web").sessions == 1  # the same session, told the new interval

@@ -374,13 +374,3 @@ def test_new_limits_without_a_new_interval_welcome_nobody(hub, connector):
     assert hub.limits.max_bytes_per_s == 1024 * 1024
     assert agent.wait_for("decision") is not None
     assert not any(isinstance(m, Welcome) for m in agent.received)
-
-
-def test_a_new_report_interval_reaches_agents_in_session(hub, connector):
-    agent = active_agent(hub, connector)
-    hub.limits.report_interval_ms = 3000
-    hub.welcome_again()
-    turn(hub)
-    welcome = agent.wait_for("welcome")
-    assert isinstance(welcome, Welcome) and welcome.report_interval_ms == 3000
-    assert hub.get("vm1").sessions == 1  # not a new session
