@@ -130,8 +130,8 @@ def _once(config, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-d
     for entry in record.applied:
         who = entry.get("vm") or entry.get("knob")
         print(f"  applied: {who}: {entry.get('outcome')} {entry.get('detail') or ''}".rstrip())
-    if daemon.policy_errors:
-        for error in daemon.policy_errors:
+    if daemon.policies.errors:
+        for error in daemon.policies.errors:
             print(f"  policy error: {error}")
     return EXIT_OK
 

@@ -41,7 +41,7 @@ from ebb.host.channels import GuestChannelState
 from ebb.host.collectors import HostSample
 from ebb.host.collectors.procfs import freeable_share, parse_meminfo
 from ebb.host.controllers.balloon import BalloonResult
-from ebb.host.governor import Decision, Governor, GuestView
+from ebb.host.governor import Decision, Governor, GovernorConfig, GuestView
 from ebb.host.hypervisor import DomainInfo
 from ebb.host.hypervisor.domain_xml import free_page_reporting_warning
 from ebb.host.inputs import TickInputs
@@ -52,6 +52,7 @@ from ebb.host.pressure import LEVEL_NAMES, HostPressure, PressureThresholds, sam
 from ebb.host.record import TickRecord as TickRecord  # re-exported: observers import it here
 from ebb.host.record import decision_dict, json_friendly, shallow_dict
 from ebb.host.tick import TickStage, YieldStage, plan_tick
+from ebb.host.tick_requests import TickRequests
 from ebb.host.units import PAGE_KIB
 from ebb.host.yielding import YieldCoordinator
 
@@ -153,6 +154,22 @@ class EngineSettings:
     pressure: PressureThresholds = field(default_factory=PressureThresholds)
 
 
+@dataclass(frozen=True)
+class SettingsUpdate:
+    """A reload's new settings for everything that runs on the engine's thread.
+
+    :meth:`Engine.update_settings` stores one; the tick thread swaps all of it in
+    at the start of its next tick, so no tick runs half on the old settings and
+    half on the new. ``None`` leaves that part as it is.
+    """
+
+    engine: EngineSettings
+    governor: GovernorConfig | None = None
+    #: The balloon controller's smallest change (``[balloon] min_change_kib``).
+    balloon_min_change_kib: int | None = None
+    dry_run: bool | None = None
+
+
 # --- per-VM knowledge kept between ticks -----------------------------------------------------
 
 
@@ -193,10 +210,15 @@ class Engine:
         memtune: MemtuneActuator | None = None,
         observers: Sequence[TickObserver] = (),
         pressure_probe: Callable[[], float | None] | None = None,
+        requests: TickRequests | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        #: Asks for immediate ticks (channels, hypervisor, control); built before the
+        #: engine by the composition root, so that they need not know the engine.
+        self.requests = requests or TickRequests(settings.interval_s, clock)
+        self.requests.set_guest_interval(settings.interval_s)
         self.host = host
         self.hypervisor = hypervisor
         self.channels = channels
@@ -211,12 +233,12 @@ class Engine:
         self._wall = wall_clock
         self._hostname = socket.gethostname()
 
-        self._wake = threading.Event()
-        self._wake_reasons: list[str] = []
-        self._wake_lock = threading.Lock()
+        self._settings_lock = threading.Lock()
         self._lock = threading.RLock()  # guards what status/explain read
         self._paused = False
         self._floor_overrides_kib: dict[str, int] = {}
+        #: A reload's settings, waiting for the start of the next tick (_settings_lock).
+        self._pending_settings: SettingsUpdate | None = None
 
         self.tick_count = 0
         self.last_tick_wall: float | None = None
@@ -249,10 +271,6 @@ class Engine:
         self.last_pressure: HostPressure | None = None
         #: VMs last named in the free page reporting warning (None: not checked yet).
         self._without_fpr: frozenset[str] | None = None
-        #: When each guest last earned an immediate tick (``_clock``), and how many
-        #: of its requests were left to the regular tick since.
-        self._guest_tick_mono: dict[str, float] = {}
-        self._guest_ticks_deferred = 0
         self._last_tick_started: float | None = None
         self._next_tick_mono: float | None = None
 
@@ -260,35 +278,42 @@ class Engine:
 
     def request_tick(self, reason: str) -> None:
         """Tick as soon as possible (a need, pressure, domains changed, a control command)."""
-        with self._wake_lock:
-            if len(self._wake_reasons) < 16:
-                self._wake_reasons.append(reason)
-        self._wake.set()
+        self.requests.request(reason)
+
+    def update_settings(self, update: SettingsUpdate) -> None:
+        """Hand the engine a reload's settings (any thread).
+
+        They take effect at the start of the next tick, on the engine's thread,
+        all at once: the engine's, the governor's and the controllers' settings
+        never change while a tick reads them. A second update before that tick
+        replaces the first.
+        """
+        with self._settings_lock:
+            self._pending_settings = update
+
+    def _swap_settings(self) -> None:
+        """Take a pending :class:`SettingsUpdate` (the tick thread, before a tick)."""
+        with self._settings_lock:
+            update, self._pending_settings = self._pending_settings, None
+        if update is None:
+            self.requests.set_guest_interval(self.settings.interval_s)
+            return
+        self.settings = update.engine
+        self.requests.set_guest_interval(update.engine.interval_s)
+        if update.governor is not None:
+            self.governor.config = update.governor
+        if update.balloon_min_change_kib is not None and hasattr(self.balloon, "min_change_kib"):
+            self.balloon.min_change_kib = update.balloon_min_change_kib
+        if update.dry_run is not None:
+            self.set_dry_run(update.dry_run)
 
     def on_need(self, vm: str) -> None:
-        """Callback for the channels: a guest asked for memory.
-
-        One guest earns at most one immediate tick per ``interval_s``: a guest that
-        flaps its need (or says hello and need again and again) is served by the
-        regular ticks, and cannot make the engine tick at the rate it sends frames.
-        """
-        now = self._clock()
-        with self._wake_lock:
-            last = self._guest_tick_mono.get(vm)
-            if last is not None and now - last < self.settings.interval_s:
-                self._guest_ticks_deferred += 1
-                return
-            if len(self._guest_tick_mono) >= 4096:  # VMs come and go; keep this bounded
-                horizon = now - self.settings.interval_s
-                self._guest_tick_mono = {
-                    k: t for k, t in self._guest_tick_mono.items() if t > horizon
-                }
-            self._guest_tick_mono[vm] = now
-        self.request_tick(f"need from {vm}")
+        """A guest asked for memory (see :meth:`TickRequests.on_need`)."""
+        self.requests.on_need(vm)
 
     def on_domains_changed(self, names: frozenset[str]) -> None:
-        """Callback for the hypervisor: VMs started or stopped."""
-        self.request_tick("domains changed")
+        """VMs started or stopped."""
+        self.requests.on_domains_changed(names)
 
     @property
     def paused(self) -> bool:
@@ -333,7 +358,11 @@ class Engine:
         return bool(self.balloon.dry_run)
 
     def set_dry_run(self, dry_run: bool) -> None:
-        """Switch every controller between applying and simulating (config reload)."""
+        """Switch every controller between applying and simulating.
+
+        Call it before the engine's thread starts; a reload goes through
+        :meth:`update_settings`.
+        """
         for actuator in (self.balloon, self.ksm, self.memtune):
             if actuator is not None:
                 actuator.dry_run = dry_run
@@ -349,12 +378,12 @@ class Engine:
             now = self._clock()
             due = self.next_tick_due(now)
             wait_s = min(due - now, self.settings.pressure_check_s)
-            if self._wake.is_set():
+            if self.requests.pending():
                 # An immediate tick was asked for, but the last tick was too recent:
                 # wait for the gap (the wake-up stays pending).
                 stop.wait(wait_s)
                 continue
-            if self._wake.wait(max(0.0, wait_s)):
+            if self.requests.wait(max(0.0, wait_s)):
                 continue
             if stop.is_set():
                 break
@@ -368,7 +397,7 @@ class Engine:
             self._next_tick_mono = now
         if now < self.next_tick_due(now):
             return False
-        self._wake.clear()
+        self.requests.clear()
         self._safe_tick()
         self._next_tick_mono = self._clock() + self.settings.interval_s
         return True
@@ -378,7 +407,7 @@ class Engine:
         immediate one was asked for, but never within ``min_tick_gap_s`` of the last
         tick's start: a burst of requests does not run ticks back to back."""
         due = self._next_tick_mono if self._next_tick_mono is not None else now
-        if self._wake.is_set():
+        if self.requests.pending():
             earliest = (
                 self._last_tick_started + self.settings.min_tick_gap_s
                 if self._last_tick_started is not None
@@ -389,7 +418,7 @@ class Engine:
 
     def stop_waiting(self) -> None:
         """Wake the loop (used with the stop event on shutdown)."""
-        self._wake.set()
+        self.requests.wake()
 
     def _pressure_crossed(self) -> bool:
         if self._pressure_probe is None:
@@ -420,18 +449,10 @@ class Engine:
 
     def tick(self) -> TickRecord:
         """Run one tick now and return its record."""
+        self._swap_settings()
         started = self._clock()
         self._last_tick_started = started
-        with self._wake_lock:
-            reasons, self._wake_reasons = self._wake_reasons, []
-            if self._guest_ticks_deferred:
-                # Needs that came too soon after the guest's last immediate tick are
-                # served now, by this tick.
-                reasons.append(
-                    f"{self._guest_ticks_deferred} need(s) left to this tick "
-                    "(at most one immediate tick per guest per interval)"
-                )
-                self._guest_ticks_deferred = 0
+        reasons = self.requests.take_reasons()
 
         libvirt_up = bool(self.hypervisor.connected)
         if libvirt_up:

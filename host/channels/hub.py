@@ -184,17 +184,28 @@ class GuestChannels:
         self._call(lambda: self._send_yield(vm, handle))
         return handle
 
-    def welcome_again(self) -> None:
-        """Tell every agent in session the current limits (after a config reload)."""
+    def update_limits(self, limits: ChannelLimits) -> None:
+        """A reload's limits (any thread): the channel thread swaps them in whole.
 
-        def send_all() -> None:
-            with self._lock:
-                for ch in self._channels.values():
-                    frame = ch.session.welcome_again()
-                    if frame is not None:
-                        self._queue(ch, frame)
+        Every session gets the new object at once, so a guest is never judged by
+        half old, half new limits; when the report interval changed, every agent
+        in session is welcomed again with it.
+        """
+        self._call(lambda: self._apply_limits(limits))
 
-        self._call(send_all)
+    def _apply_limits(self, limits: ChannelLimits) -> None:
+        with self._lock:
+            old, self.limits = self.limits, limits
+            for ch in self._channels.values():
+                ch.session.limits = limits
+            if old.report_interval_ms != limits.report_interval_ms:
+                self._welcome_all()
+
+    def _welcome_all(self) -> None:
+        for ch in self._channels.values():
+            frame = ch.session.welcome_again()
+            if frame is not None:
+                self._queue(ch, frame)
 
     def snapshot(self) -> Dict[str, GuestChannelState]:
         """Copies of every known guest's channel state."""

@@ -152,10 +152,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """``ebbctl replay``."""
-    from ebb.host.app import governor_config
     from ebb.host.config import ConfigError, load_config
     from ebb.host.observe.replay import ReplayError, format_report, replay_trace
     from ebb.host.observe.trace import TraceError
+    from ebb.host.settings import governor_config
 
     if not getattr(args, "verbose", False):
         # A replay loads the policy and runs the governor over hours of ticks:

@@ -303,12 +303,16 @@ class EbbMetrics:
             "Memory yields gave back to the host, measured by the fall of QEMU RSS.",
             registry=self.registry,
         )
-        for counter in (self.ticks, self.tick_duration, self.decisions, self.actions,
-                        self.policy_errors, self.yields, self.yield_returned):
+        for counter in self.tick_metrics():
             self.http_registry.register(counter)
         if status_source is not None:
             self.registry.register(StatusCollector(status_source))
             self.http_registry.register(StatusCollector(status_source, per_vm=http_per_vm))
+
+    def tick_metrics(self) -> Tuple[Collector, ...]:
+        """The counters and the histogram each tick updates."""
+        return (self.ticks, self.tick_duration, self.decisions, self.actions,
+                self.policy_errors, self.yields, self.yield_returned)
 
     def on_tick(self, record: Any) -> None:
         """Count one tick (a TickRecord or its JSON dict). Never raises."""
@@ -354,6 +358,34 @@ class EbbMetrics:
 
     def text(self) -> str:
         """:meth:`exposition` as str (what the control socket's ``metrics`` returns)."""
+        return self.exposition().decode("utf-8")
+
+
+class MetricsExport:
+    """What ebbd exposes: the tick counters of an :class:`EbbMetrics` and the status gauges.
+
+    Built after the engine (whose observer the counters are) and the status
+    document it reads, so that neither needs the other to exist first. Its two
+    registries are :class:`EbbMetrics`'s: everything, and what HTTP serves.
+    """
+
+    def __init__(self, counters: EbbMetrics, status_source: StatusSource, *,
+                 http_per_vm: bool = False) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_registry = CollectorRegistry(auto_describe=True)
+        for metric in counters.tick_metrics():
+            self.registry.register(metric)
+            self.http_registry.register(metric)
+        self.registry.register(StatusCollector(status_source))
+        self.http_registry.register(StatusCollector(status_source, per_vm=http_per_vm))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def http_exposition(self) -> bytes:
+        return generate_latest(self.http_registry)
+
+    def text(self) -> str:
         return self.exposition().decode("utf-8")
 
 
@@ -419,7 +451,8 @@ class MetricsServer:
     instead of the endpoint vanishing in silence.
     """
 
-    def __init__(self, metrics: EbbMetrics, listen: str, allow_remote: bool = False) -> None:
+    def __init__(self, metrics: EbbMetrics | MetricsExport, listen: str,
+                 allow_remote: bool = False) -> None:
         self.address, self.port = parse_listen(listen, allow_remote)
         self._metrics = metrics
         self._server: Optional[WSGIServer] = None

@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from ebb.host.app import channel_limits, engine_settings, governor_config
 from ebb.host.config import SECTIONS, ConfigError, EbbdConfig, load_config, numeric_ranges
+from ebb.host.settings import channel_limits, engine_settings, governor_config
 from ebb.protocol import (
     REPORT_INTERVAL_MS_MAX,
     REPORT_INTERVAL_MS_MIN,

@@ -601,7 +601,7 @@ def test_a_missing_run_dir_is_created_reachable_and_not_writable_by_others(
 
 def test_ebbd_refuses_to_start_on_a_planted_run_dir(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ebb.host.app import Components, Daemon
+    from ebb.host.app import Components, assemble
     from ebb.host.config import config_from_dict
 
     run_dir = tmp_path / "run"
@@ -615,7 +615,7 @@ def test_ebbd_refuses_to_start_on_a_planted_run_dir(
             raise AssertionError(f"ebbd touched {name} before checking its run_dir")
 
     unused: Any = Unused()
-    daemon = Daemon(config, Components(hypervisor=unused, host=unused, channels=unused,
+    daemon = assemble(config, Components(hypervisor=unused, host=unused, channels=unused,
                                        runner=unused, governor=unused, balloon=unused,
                                        ksm=unused, memtune=unused))
     with pytest.raises(RunDirError, match=str(run_dir)):

@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "engine"))
 
-from ebb.host.app import EXIT_FAILURE, EXIT_OK, Components, Daemon
+from ebb.host.app import EXIT_FAILURE, EXIT_OK, Components, assemble
 from ebb.host.cli_ebbd import main as ebbd_main
 from ebb.host.collectors import HostCollector
 from ebb.host.control import Authorizer, ControlClient, DaemonUnreachable
@@ -62,7 +62,7 @@ class Rig:
             ksm=KsmController(self.sys, self.run_dir, dry_run=dry_run),
             memtune=None,
         )
-        self.daemon = Daemon(
+        self.daemon = assemble(
             self.config,
             self.components,
             config_path=self.config_path,
@@ -236,8 +236,51 @@ def test_reload_applies_a_new_interval_and_reports_restart_only_keys(rig):
     rig.config_path.write_text(text)
     result = rig.daemon.reload()
     assert result["config"] == "reloaded"
-    assert rig.daemon.engine.settings.interval_s == 5
+    # The engine swaps its settings in at the start of its next tick (asked for by the reload).
+    assert wait_until(lambda: rig.daemon.engine.settings.interval_s == 5)
     assert result["restart_needed"] == ["daemon.libvirt_uri"]
+
+
+def test_a_reload_during_a_tick_applies_whole_at_the_next_tick(rig):
+    """SIGHUP while a tick runs: that tick ends on the settings it began with, and
+    the next one runs on all the new ones (engine, governor, balloon controller)."""
+    engine = rig.daemon.engine
+    seen: List[tuple] = []
+
+    def settings_now() -> tuple:
+        return (engine.settings.interval_s, engine.settings.pressure_threshold_share,
+                engine.governor.config.max_inflate_share, engine.governor.config.min_change_kib,
+                engine.balloon.min_change_kib)
+
+    class ReloadingHost(HostCollector):
+        reloads = 1
+
+        def collect(self, vm_assigned_kib=None):  # type: ignore[no-untyped-def]
+            seen.append(settings_now())  # what this tick began with
+            if self.reloads:
+                self.reloads -= 1
+                rig.write_config("[governor]\nmax_change_share = 0.2\n"
+                                 "[balloon]\nmin_change_kib = 4096\n")
+                text = rig.config_path.read_text().replace(
+                    "policy_interval_s = 0.2", "policy_interval_s = 3"
+                ).replace("[host]\n", "[host]\npressure_tick_threshold = 0.3\n")
+                rig.config_path.write_text(text)
+                assert rig.daemon.reload()["config"] == "reloaded"
+            return super().collect(vm_assigned_kib)
+
+    class Recorder:
+        def on_tick(self, record: Any) -> None:
+            seen.append(settings_now())  # what the same tick ended with
+
+    engine.host = ReloadingHost(rig.proc, rig.sys)
+    engine.observers.append(Recorder())
+    rig.hypervisor.connect_now()
+    engine.tick()
+    engine.tick()
+    began, ended, began_next, ended_next = seen
+    assert began == ended  # the reload did not reach into the running tick
+    assert began_next == ended_next == (3, 0.3, 0.2, 4096, 4096)
+    assert began != began_next
 
 
 def test_pause_resume_and_set_floor_through_the_socket(rig):
@@ -375,7 +418,7 @@ def test_a_second_ebbd_on_the_same_socket_stops_before_touching_the_host(rig):
 
     rig.daemon.start()
     assert rig.ksm("run") == "1" and (rig.run_dir / "ksm-original.json").exists()
-    second = Daemon(
+    second = assemble(
         rig.config,
         Components(
             hypervisor=FakeHypervisor([FakeVm("web")]),
@@ -410,8 +453,8 @@ def test_ebbd_once_json_is_the_tick_record(tmp_path, capsys):
 
 
 def test_guest_and_governor_keys_reach_the_channels_and_the_governor(tmp_path):
-    from ebb.host.app import channel_limits, governor_config
     from ebb.host.config import config_from_dict
+    from ebb.host.settings import channel_limits, governor_config
 
     config = config_from_dict({
         "guests": {"flood_max_bytes_per_s": 128 * 1024},
@@ -467,12 +510,32 @@ def test_reload_applies_new_hypervisor_domains(tmp_path):
     daemon.c.hypervisor.connect_now()
     try:
         daemon.engine.tick()
-        assert daemon.status()["vms"] == []
+        assert daemon.commands.status()["vms"] == []
         r.write_config('[hypervisor]\ndomains = ["test"]\n')
         result = daemon.reload()
         assert result["config"] == "reloaded" and result["restart_needed"] == []
         daemon.engine.tick()
-        assert [vm["name"] for vm in daemon.status()["vms"]] == ["test"]
+        assert [vm["name"] for vm in daemon.commands.status()["vms"]] == ["test"]
+    finally:
+        daemon.c.hypervisor.stop()
+        daemon.c.channels.close()
+
+
+def test_the_built_daemon_ticks_at_once_for_a_guest_need_and_for_domains_changing(tmp_path):
+    """build_daemon wires the channels and libvirt to the engine's tick requests
+    when it builds them, before the engine exists."""
+    from ebb.host.app import build_daemon
+    from ebb.host.config import load_config
+
+    r = Rig(tmp_path)
+    daemon = build_daemon(load_config(r.config_path), config_path=r.config_path, dry_run=True,
+                          control_socket=False, observability=False)
+    daemon.c.hypervisor.connect_now()
+    try:
+        daemon.engine.tick()
+        daemon.c.channels._on_need("test")  # what a guest's session calls on a need
+        daemon.c.hypervisor._on_change(frozenset({"test"}))  # what libvirt's events call
+        assert daemon.engine.tick().reasons == ["need from test", "domains changed"]
     finally:
         daemon.c.hypervisor.stop()
         daemon.c.channels.close()
@@ -495,7 +558,7 @@ def test_a_vm_leaving_the_domains_on_reload_gets_its_own_soft_limit_back(tmp_pat
     memtune.limit("db-1", 1024 * 1024)
     r.components.hypervisor = hypervisor
     r.components.memtune = memtune
-    daemon = Daemon(r.config, r.components, config_path=r.config_path,
+    daemon = assemble(r.config, r.components, config_path=r.config_path,
                     notifier=SystemdNotifier(environ={}), control_socket=False)
     r.write_config('[hypervisor]\ndomains = ["web-*"]\n')
     assert daemon.reload()["config"] == "reloaded"
@@ -513,7 +576,7 @@ def test_start_gives_back_the_soft_limits_a_crashed_run_left(tmp_path):
     MemtuneController(r.hypervisor, run_dir=r.run_dir).limit("web", 1024 * 1024)
     # ... ebbd dies here; the next one starts (with memtune now off: still released)
     r.components.memtune = MemtuneController(r.hypervisor, run_dir=r.run_dir)
-    daemon = Daemon(r.config, r.components, config_path=r.config_path,
+    daemon = assemble(r.config, r.components, config_path=r.config_path,
                     notifier=SystemdNotifier(environ={}), control_socket=False)
     daemon.start()
     try:

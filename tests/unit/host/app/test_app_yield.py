@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "engine"))
 
-from ebb.host.app import Components, Daemon
+from ebb.host.app import Components, assemble
 from ebb.host.channels import ChannelLimits, GuestChannels
 from ebb.host.cli_ebbctl import main as ebbctl
 from ebb.host.collectors import HostCollector
@@ -78,7 +78,7 @@ sys_root = "{sys_root}"
             return host_end
 
         self.channels = GuestChannels(ChannelLimits(), connector=connector)
-        self.daemon = Daemon(
+        self.daemon = assemble(
             load_config(config_path),
             Components(
                 hypervisor=self.hypervisor, host=HostCollector(proc, sys_root),
@@ -90,7 +90,7 @@ sys_root = "{sys_root}"
             notifier=SystemdNotifier(environ={}, sender=lambda s: True),
             authorizer=Authorizer(group_gid=None, lookup_group=False),
         )
-        self.daemon._manual_yields = _QuickYields(settle_s=0.2, deadline_ms=1500)
+        self.daemon.commands.manual_yields = _QuickYields(settle_s=0.2, deadline_ms=1500)
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -176,7 +176,7 @@ def test_a_yield_that_gives_the_host_nothing_fails_whatever_the_agent_says(rig, 
 
 
 def test_no_answer_in_time_fails_with_the_reason(rig, capsys):
-    rig.daemon._manual_yields.deadline_ms = 1000  # nobody answers: no need to wait long
+    rig.daemon.commands.manual_yields.deadline_ms = 1000  # nobody answers: no need to wait long
     rig.start(answer=False)
     assert rig.ebbctl("yield", "web", "100M") == 1
     assert "did not answer within" in capsys.readouterr().err
@@ -196,7 +196,24 @@ def test_an_unknown_vm_is_named(rig, capsys):
 
 def test_the_size_asked_is_bounded_by_the_guest(rig):
     rig.start()
-    result = rig.daemon.yield_memory("web", 64 * GIB_KIB, poll=False)
+    result = rig.daemon.commands.yield_memory("web", 64 * GIB_KIB, poll=False)
     assert result["asked_kib"] == 4 * GIB_KIB
     with pytest.raises(ControlError, match="already has a yield request outstanding"):
-        rig.daemon.yield_memory("web", 1024, poll=False)
+        rig.daemon.commands.yield_memory("web", 1024, poll=False)
+
+
+def test_a_reload_tells_agents_in_session_the_new_report_interval(rig):
+    from ebb.protocol import Welcome
+
+    rig.daemon.start()
+    assert _wait(lambda: len(rig.agents) == 1, 15.0)
+    agent = rig.agents[0]
+    agent.hello()
+    first = agent.wait_for("welcome", timeout_s=15.0)
+    assert isinstance(first, Welcome) and first.report_interval_ms != 3000
+    config_path = Path(rig.daemon.live.config_path)
+    config_path.write_text(config_path.read_text() + "[guests]\nreport_interval_ms = 3000\n")
+    assert rig.daemon.reload()["config"] == "reloaded"
+    again = agent.wait_for("welcome", timeout_s=15.0)
+    assert isinstance(again, Welcome) and again.report_interval_ms == 3000
+    assert rig.channels.get("web").sessions == 1  # the same session, told the new interval

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import socket
@@ -346,11 +347,30 @@ def test_a_guest_cannot_make_the_engine_tick_without_pause(hub, connector, needs
     assert hub.get("vm1").need.need.kib == 6000  # the newest need is what counts
 
 
-def test_a_new_report_interval_reaches_agents_in_session(hub, connector):
+def test_new_limits_take_effect_whole_on_the_channel_thread(hub, connector):
     agent = active_agent(hub, connector)
-    hub.limits.report_interval_ms = 3000
-    hub.welcome_again()
-    turn(hub)
+    old = hub.limits
+    new = dataclasses.replace(old, report_interval_ms=3000, max_frames_per_s=5)
+    hub.update_limits(new)  # a reload, from the main thread
+    assert hub.limits is old and old.max_frames_per_s == 50  # nothing changed under the hub
+    turn(hub)  # the channel thread's next turn
+    assert hub.limits is new
     welcome = agent.wait_for("welcome")
     assert isinstance(welcome, Welcome) and welcome.report_interval_ms == 3000
     assert hub.get("vm1").sessions == 1  # not a new session
+    for _ in range(10):  # the running session is judged by the new flood limit
+        agent.report(mem_free_kib=1000)
+    turn(hub)
+    assert hub.get("vm1").cut_offs == 1
+
+
+def test_new_limits_without_a_new_interval_welcome_nobody(hub, connector):
+    agent = active_agent(hub, connector)
+    agent.pump(0.0)
+    agent.received.clear()
+    hub.update_limits(dataclasses.replace(hub.limits, max_bytes_per_s=1024 * 1024))
+    hub.send_decision("vm1", 4096, "after the reload")  # frames arrive in order
+    turn(hub)
+    assert hub.limits.max_bytes_per_s == 1024 * 1024
+    assert agent.wait_for("decision") is not None
+    assert not any(isinstance(m, Welcome) for m in agent.received)

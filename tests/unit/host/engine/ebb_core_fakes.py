@@ -204,6 +204,9 @@ class RecordingChannels:
     def send_decision(self, vm: str, balloon_target_kib: int, reason: str) -> None:
         self.decisions.append((vm, balloon_target_kib, reason))
 
+    def update_limits(self, limits) -> None:  # type: ignore[no-untyped-def]
+        self.limits = limits  # GuestChannels swaps them on its own thread
+
     def start(self, on_crash=None) -> None:  # type: ignore[no-untyped-def]
         self.started = True
 

@@ -461,3 +461,26 @@ def test_the_policy_reads_the_floor_the_governor_enforces(tmp_path):
     assert floors == {"plain": 512 * 1024, "tiny": 128 * 1024}
     for decision in record.decisions:
         assert decision["inputs"]["floor_kib"] == floors[decision["vm"]]
+
+
+def test_new_settings_wait_for_the_next_tick_and_the_last_update_wins(tmp_path):
+    from ebb.host.engine import SettingsUpdate
+
+    rig = Rig(tmp_path, [FakeVm("web", max_kib=4 * GIB_KIB, cur_kib=4 * GIB_KIB)], SHRINK_POLICY)
+    old_settings, old_governor = rig.engine.settings, rig.engine.governor.config
+    rig.engine.update_settings(SettingsUpdate(engine=EngineSettings(interval_s=5.0),
+                                              dry_run=False))
+    rig.engine.update_settings(SettingsUpdate(  # a second reload before the tick
+        engine=EngineSettings(interval_s=7.0),
+        governor=GovernorConfig(default_floor_kib=1024 * 1024),
+        balloon_min_change_kib=4096,
+        dry_run=True,
+    ))
+    # Nothing changes until the engine's thread starts its next tick.
+    assert rig.engine.settings is old_settings and rig.engine.governor.config is old_governor
+    assert rig.balloon.min_change_kib == 1024 and not rig.balloon.dry_run
+    record = rig.engine.tick()
+    assert rig.engine.settings.interval_s == 7.0
+    assert rig.engine.governor.config.default_floor_kib == 1024 * 1024
+    assert rig.balloon.min_change_kib == 4096
+    assert record.dry_run and rig.hypervisor.balloon_calls == []  # this tick simulated

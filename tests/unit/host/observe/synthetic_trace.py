@@ -13,10 +13,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ebb.host.app import governor_config
 from ebb.host.config import config_from_dict
 from ebb.host.governor import Governor, GuestView, all_applied
 from ebb.host.policy import PolicyInput, PolicyRunner
+from ebb.host.settings import governor_config
 
 #: The governor limits of an ebbd with an empty ebbd.toml.
 DAEMON_LIMITS = governor_config(config_from_dict({}))

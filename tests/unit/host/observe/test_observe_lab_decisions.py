@@ -18,11 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from ebb.host.app import governor_config
 from ebb.host.config import load_config
 from ebb.host.governor import Governor
 from ebb.host.observe.replay import Replayer, load_runner
 from ebb.host.observe.trace import read_trace
+from ebb.host.settings import governor_config
 
 LAB = Path(__file__).with_name("data") / "lab-pressure"
 EXPECTED = LAB / "expected-decisions.json"

@@ -17,12 +17,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ebb.host.app import governor_config
 from ebb.host.cli_ebbctl import main as ebbctl
 from ebb.host.config import load_config
 from ebb.host.observe.plot import build_figure, extract_series, policy_threshold_share
 from ebb.host.observe.replay import ReplayReport, replay_trace
 from ebb.host.observe.trace import read_trace
+from ebb.host.settings import governor_config
 
 LAB = Path(__file__).with_name("data") / "lab-pressure"
 TRACE = LAB / "trace.jsonl"
@@ -95,3 +95,22 @@ def test_the_lab_run_plots_with_the_policy_threshold() -> None:
     assert min(e2e_1) < 300 and e2e_1[-1] > 500
     figure = build_figure(series)
     assert [len(ax.get_lines()) for ax in figure.axes[:4]] == [2, 8, 6, 2]
+
+
+def test_ebbctl_replay_does_not_load_the_daemon(tmp_path: Path) -> None:
+    """A replay needs the config's governor limits, not ebbd: it must not import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from ebb.host.cli_ebbctl import main\n"
+        f"code = main(['replay', {str(TRACE)!r}, '--policy', {str(LAB / 'policy')!r},"
+        f" '--config', {str(LAB / 'ebbd.toml')!r}, '--json'])\n"
+        "assert code == 0, code\n"
+        "print('ebb.host.app' in sys.modules, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "False"
