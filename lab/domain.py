@@ -85,7 +85,7 @@ class GuestSpec:
 
 
 #: The checkout (or installation) the guest runs ebb from, through the host root.
-PROJECT_DIR = Path(__file__).resolve().parents[2]
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def _quoted(key: str, value: str) -> str:

@@ -88,3 +88,14 @@ def test_qemu_default_cache_and_kvm_guests_carry_no_tcg_element(tmp_path: Path) 
         root = ET.fromstring(domain_xml(spec))
         assert root.find("features/acpi") is not None
         assert root.find("features/tcg") is None
+
+
+def test_the_project_the_guest_runs_is_this_checkout() -> None:
+    # After the lab moved from host/lab to lab/, PROJECT_DIR named the checkout's
+    # parent: a checkout under /tmp then had /tmp itself bound back, and the
+    # guest's Python found no ebb package (its init died at boot).
+    from ebb.lab import domain
+
+    root = Path(__file__).resolve().parents[3]
+    assert domain.PROJECT_DIR == root
+    assert (domain.PROJECT_DIR / "lab" / "domain.py").is_file()
