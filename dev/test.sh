@@ -26,6 +26,8 @@ step "unit tests whose example count is the point (10^4 hostile inputs to the de
 
 step "end-to-end tests (real libvirtd, real guests)"
 # The tests put the host back themselves; this is the net for a run that is killed.
+# save and restore take the host-memory lock, so a benchmark running meanwhile is
+# neither recorded nor undone.
 host_before=$(.venv/bin/python -m ebb.lab.hostmem save)
 trap '.venv/bin/python -m ebb.lab.hostmem restore "$host_before"; .venv/bin/ebbctl lab down --prefix ebb-e2e >/dev/null 2>&1 || true' EXIT
 .venv/bin/python -m pytest -q -m e2e tests/e2e || status=1

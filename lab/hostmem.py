@@ -371,15 +371,30 @@ def hold(share: float, keep_free_mib: int = 3072) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+#: How long the safety net's ``save`` and ``restore`` wait for another harness.
+NET_LOCK_TIMEOUT_S = 1800.0
+
+
+def main(argv: Optional[List[str]] = None, lock_path: Path = LOCK_PATH,
+         lock_timeout_s: float = NET_LOCK_TIMEOUT_S) -> int:
     """``python -m ebb.lab.hostmem save`` prints the host's settings as JSON;
     ``... restore JSON`` puts them back (a shell script's safety net); ``... hold
-    SHARE`` squeezes the host with a ballast until it is stopped."""
+    SHARE`` squeezes the host with a ballast until it is stopped.
+
+    ``save`` and ``restore`` take the host-memory lock: a snapshot taken while a
+    benchmark has the host shrunk would record its hugepages, and restoring it
+    after the benchmark put them back reserved them again for good.
+    """
     import json
 
     args = list(sys.argv[1:] if argv is None else argv)
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr)
+
     if args[:1] == ["save"]:
-        snap = HostSnapshot.take()
+        with host_memory_lock("ebb-test-net", lock_path, lock_timeout_s, say=say):
+            snap = HostSnapshot.take()
         print(json.dumps({"nr_hugepages": snap.nr_hugepages, "ksm": snap.ksm,
                           "swaps": snap.swaps}))
         return 0
@@ -389,8 +404,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         saved = json.loads(args[1])
         snap = HostSnapshot(nr_hugepages=saved["nr_hugepages"], ksm=saved["ksm"],
                             swaps=saved["swaps"])
-        for change in snap.restore():
-            print(f"host put back: {change}", file=sys.stderr)
+        with host_memory_lock("ebb-test-net", lock_path, lock_timeout_s, say=say):
+            for change in snap.restore():
+                print(f"host put back: {change}", file=sys.stderr)
         return 0
     print("usage: python -m ebb.lab.hostmem save | restore JSON | "
           "hold SHARE [KEEP_FREE_MIB]", file=sys.stderr)

@@ -97,5 +97,5 @@ def test_the_project_the_guest_runs_is_this_checkout() -> None:
     from ebb.lab import domain
 
     root = Path(__file__).resolve().parents[3]
-    assert domain.PROJECT_DIR == root
+    assert root == domain.PROJECT_DIR
     assert (domain.PROJECT_DIR / "lab" / "domain.py").is_file()

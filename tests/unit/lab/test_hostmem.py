@@ -148,3 +148,30 @@ def test_ballast_grows_shrinks_and_releases() -> None:
         assert ballast.resize(3 * 1024 + 500) == 3 * 1024  # whole chunks
         assert ballast.resize(1024) == 1024
     assert ballast.kib == 0
+
+
+def test_the_safety_net_neither_saves_nor_restores_while_another_harness_holds_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # dev/test.sh saved the host while a benchmark had it shrunk (20 GiB of
+    # hugepages), and its exit trap later reserved them again after the benchmark
+    # had put them back: the next test run found a host of 3.9 GiB.
+    lock = tmp_path / "ebb-host-memory.lock"
+    touched: list = []
+    monkeypatch.setattr(hostmem.HostSnapshot, "take", classmethod(
+        lambda cls: touched.append("take") or cls(nr_hugepages=0, ksm={}, swaps=[])))
+    monkeypatch.setattr(hostmem.HostSnapshot, "restore",
+                        lambda self: touched.append("restore") or [])
+    saved = '{"nr_hugepages": 10120, "ksm": {}, "swaps": []}'
+    fd = _hold(lock, "4242 ebb-bench\n")
+    try:
+        for args in (["save"], ["restore", saved]):
+            with pytest.raises(LabError):
+                hostmem.main(args, lock_path=lock, lock_timeout_s=0.1)
+        assert touched == []
+    finally:
+        os.close(fd)
+    assert hostmem.main(["save"], lock_path=lock, lock_timeout_s=0.1) == 0
+    assert hostmem.main(["restore", saved], lock_path=lock, lock_timeout_s=0.1) == 0
+    assert touched == ["take", "restore"]
+    assert '"nr_hugepages": 0' in capsys.readouterr().out
