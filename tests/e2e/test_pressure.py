@@ -36,6 +36,21 @@ def _given(guest: Guest) -> int:
 def test_host_pressure_takes_offers_and_release_deflates_them(
     guests: List[Guest], ebbd_factory, host
 ) -> None:
+    # This is the balloon path for agents that cannot yield: a guest with free page
+    # reporting and a yielding agent is ballooned only when the host is critical
+    # (cooperative's self_returning_balloon_level; the yield path is test_yield.py).
+    for guest in guests:
+        restart_agent(guest, "--no-yield")
+    try:
+        _pressure_takes_offers_and_release_deflates_them(guests, ebbd_factory, host)
+    finally:
+        for guest in guests:
+            restart_agent(guest)
+
+
+def _pressure_takes_offers_and_release_deflates_them(
+    guests: List[Guest], ebbd_factory, host
+) -> None:
     idle, busy = guests
     # The busy guest keeps 250 MiB in use, so it has less unused memory and offers less.
     busy.memknobs("250M:1h")
