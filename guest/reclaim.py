@@ -98,11 +98,16 @@ class Reclaimer:
         self._write(text.encode("ascii"))
 
     def _write(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
+        _write_file(self.path, data)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """One write(2) of ``data`` to a kernel control file. Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 #: Writing to it makes the kernel compact all of the guest's memory (CONFIG_COMPACTION).
@@ -124,11 +129,7 @@ class Compactor:
 
     def compact(self) -> None:
         """Compact all memory now. Raises OSError."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, b"1")
-        finally:
-            os.close(fd)
+        _write_file(self.path, b"1")
 
 
 def probe_compaction(proc_root: str) -> Optional[Compactor]:
