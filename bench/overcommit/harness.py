@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from ebb.host.collectors.procfs import freeable_kib
 from ebb.lab import hostmem
@@ -294,6 +294,19 @@ class EbbdProcess:
             self.proc.wait(10)
 
 
+def _records_until(trace: Path, until: Optional[float]) -> Iterator[Dict[str, Any]]:
+    """ebbd's trace records up to ``until`` (wall clock); none past a broken trace."""
+    from ebb.host.observe.trace import TraceError, read_trace
+
+    try:
+        for record in read_trace(trace):
+            if until is not None and record.get("ts", 0.0) > until:
+                return
+            yield record
+    except TraceError:
+        return
+
+
 def balloon_movements(trace: Path, until: Optional[float] = None) -> Dict[str, Any]:
     """Balloon changes ebbd applied, from its trace: count, MiB moved, per direction.
 
@@ -301,28 +314,21 @@ def balloon_movements(trace: Path, until: Optional[float] = None) -> Dict[str, A
     what ebbd does while the benchmark reads its figures afterwards changes
     nothing the run measured.
     """
-    from ebb.host.observe.trace import TraceError, read_trace
-
     count = inflations = deflations = 0
     moved_kib = 0
-    try:
-        for record in read_trace(trace):
-            if until is not None and record.get("ts", 0.0) > until:
-                break
-            for entry in record.get("applied") or []:
-                if "controller" in entry or entry.get("outcome") != "applied":
-                    continue
-                before, target = entry.get("before_kib"), entry.get("target_kib")
-                if before is None or target is None or before == target:
-                    continue
-                count += 1
-                moved_kib += abs(target - before)
-                if target < before:
-                    inflations += 1
-                else:
-                    deflations += 1
-    except TraceError:
-        pass
+    for record in _records_until(trace, until):
+        for entry in record.get("applied") or []:
+            if "controller" in entry or entry.get("outcome") != "applied":
+                continue
+            before, target = entry.get("before_kib"), entry.get("target_kib")
+            if before is None or target is None or before == target:
+                continue
+            count += 1
+            moved_kib += abs(target - before)
+            if target < before:
+                inflations += 1
+            else:
+                deflations += 1
     return {"count": count, "moved_mib": round(moved_kib / 1024, 1),
             "inflations": inflations, "deflations": deflations}
 
@@ -333,29 +339,22 @@ def yield_outcomes(trace: Path, until: Optional[float] = None) -> Dict[str, Any]
     ``took_s`` of each yield that returned memory is the time from the request to the
     tick on which the host saw its QEMU RSS fall (tick granularity).
     """
-    from ebb.host.observe.trace import TraceError, read_trace
-
     requests = 0
     outcomes: Dict[str, int] = {}
     returned_kib = 0
     took_s: List[float] = []
-    try:
-        for record in read_trace(trace):
-            if until is not None and record.get("ts", 0.0) > until:
-                break
-            for event in record.get("yields") or []:
-                if event.get("kind") == "yield-request":
-                    requests += 1
-                elif event.get("kind") == "yield-result":
-                    outcome = str(event.get("outcome"))
-                    outcomes[outcome] = outcomes.get(outcome, 0) + 1
-                    inputs = event.get("inputs") or {}
-                    if outcome == "returned":
-                        returned_kib += int(inputs.get("returned_kib") or 0)
-                        if inputs.get("took_s") is not None:
-                            took_s.append(float(inputs["took_s"]))
-    except TraceError:
-        pass
+    for record in _records_until(trace, until):
+        for event in record.get("yields") or []:
+            if event.get("kind") == "yield-request":
+                requests += 1
+            elif event.get("kind") == "yield-result":
+                outcome = str(event.get("outcome"))
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                inputs = event.get("inputs") or {}
+                if outcome == "returned":
+                    returned_kib += int(inputs.get("returned_kib") or 0)
+                    if inputs.get("took_s") is not None:
+                        took_s.append(float(inputs["took_s"]))
     return {"requests": requests, "outcomes": outcomes,
             "returned_mib": round(returned_kib / 1024, 1), "took_s": took_s}
 
