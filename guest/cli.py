@@ -335,7 +335,8 @@ def once_result(collector: MemoryCollector, interval_s: float,
     assessment = assess(first, second, second.monotonic_s - first.monotonic_s, yield_config)
     result: Dict[str, Any] = {
         "report": to_dict(Report(seq=1, **second.report_fields())),
-        "offer": to_dict(Offer(seq=2, kib=assessment.offer_kib)),
+        "offer": to_dict(Offer(seq=2, kib=assessment.offer_kib,
+                               cold_kib=clean_cache_kib(second))),
         "need": None,
         "reserve_kib": reserve_kib(second.mem_total_kib, yield_config),
     }

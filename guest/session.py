@@ -63,6 +63,7 @@ from ebb.protocol.stream import MessageReader, needs_error_reply
 from . import __version__
 from .collect import MemorySample
 from .yielding import (
+    MIB_KIB,
     Assessment,
     ColdCache,
     NeedEstimate,
@@ -261,6 +262,7 @@ class AgentSession:
         self._cold_cache = ColdCache(self.config.yield_config.cache_hold_s)
         self._last_reported: Optional[MemorySample] = None
         self._last_offer_kib: Optional[int] = None
+        self._last_cold_kib: Optional[int] = None
         self._last_need: Optional[NeedEstimate] = None
         self._force_offer = False
         self._collect_failing = False
@@ -431,7 +433,7 @@ class AgentSession:
             if self._next_report_at <= now:
                 # Fell behind (a stalled guest): restart the schedule instead of bursting.
                 self._next_report_at = now + self.interval_s
-        self._send_offer_need(sample, assessment)
+        self._send_offer_need(sample, assessment, cold_kib)
         if self.yield_capable and self._may_yield and assessment.need is None:
             self._yield_work.append(BackgroundYieldDue(now, cold_kib))
         watch_s = self.config.watch_interval_s
@@ -494,6 +496,7 @@ class AgentSession:
         self._last_heard_at = now
         self._last_reported = None
         self._last_offer_kib = None
+        self._last_cold_kib = None
         self._last_need = None
         self._next_report_at = now
         self._next_sample_at = now
@@ -676,7 +679,8 @@ class AgentSession:
                 return True
         return False
 
-    def _send_offer_need(self, sample: MemorySample, assessment: Assessment) -> None:
+    def _send_offer_need(self, sample: MemorySample, assessment: Assessment,
+                         cold_kib: int) -> None:
         total = sample.mem_total_kib
         if self._may_need and need_changed(self._last_need, assessment.need, total):
             need = assessment.need
@@ -696,11 +700,16 @@ class AgentSession:
                          need.reason)
         if not self._may_offer:
             return
-        if self._force_offer or offer_changed(self._last_offer_kib, assessment.offer_kib, total):
-            if not self._send(Offer(seq=self._next_seq(), kib=assessment.offer_kib)):
+        cold_kib -= cold_kib % MIB_KIB
+        if (self._force_offer
+                or offer_changed(self._last_offer_kib, assessment.offer_kib, total)
+                or offer_changed(self._last_cold_kib, cold_kib, total)):
+            offer = Offer(seq=self._next_seq(), kib=assessment.offer_kib, cold_kib=cold_kib)
+            if not self._send(offer):
                 return
             self.counters.offers_sent += 1
             self._last_offer_kib = assessment.offer_kib
+            self._last_cold_kib = cold_kib
             self._force_offer = False
 
     def _send(self, msg: Message) -> bool:

@@ -57,6 +57,7 @@ _AGENT_FIELDS = (
     "psi_some_avg10",
     "psi_full_avg10",
     "cache",
+    "cold",
     "meminfo_available",
     "major_fault_rate",
     "swap_in_rate",
@@ -179,6 +180,7 @@ class TickInputs:
         if fresh and channel is not None:
             sample["agent_connected"] = 1
             sample["offer"] = channel.offer.offer.kib if channel.offer else 0
+            sample["cold"] = channel.offer.offer.cold_kib if channel.offer else None
             need = channel.need.need if channel.need else None
             sample["need"] = need.kib if need else 0
             sample["need_urgency"] = URGENCY_LEVELS.get(need.urgency, 1) if need and need.kib else 0

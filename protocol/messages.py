@@ -426,6 +426,9 @@ class Offer(_MessageBase):
 
     seq: int = _f(_SEQ, "-", "session sequence number")
     kib: int = _f(_KIB, "KiB", "memory the guest can give back now; 0 withdraws")
+    cold_kib: Optional[int] = _opt(
+        _KIB, "KiB", "clean page cache unused for cache_hold_s: what a yield takes first"
+    )
 
 
 @dataclass(frozen=True)

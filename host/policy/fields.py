@@ -78,6 +78,10 @@ GUEST_FIELDS: Dict[str, str] = {
     "psi_some_avg10": "guest memory PSI some avg10 (%)",
     "psi_full_avg10": "guest memory PSI full avg10 (%)",
     "cache": "page cache in the guest (Cached + Buffers)",
+    "cold": (
+        "KiB of clean page cache the agent counts as cold (unused for its cache_hold_s); "
+        "nil from agents that do not say"
+    ),
     "meminfo_available": "MemAvailable as the guest kernel reports it",
     "major_fault_rate": "major faults per second (host clock)",
     "swap_in_rate": "KiB swapped in per second (host clock)",

@@ -274,6 +274,21 @@ def test_unreadable_proc_pauses_reports_and_they_resume(proc_tree: ProcTree) -> 
     assert talk.session.state is ConnectionState.ACTIVE
 
 
+def test_offers_say_how_much_cache_is_cold(proc_tree: ProcTree) -> None:
+    # The host asks for yields by it (PROTOCOL.md, offer): only cache that has stayed
+    # unused for cache_hold_s, none while evicted pages are read back.
+    config = dataclasses.replace(talk_config(), yield_config=YieldConfig(
+        refault_cache_per_s=1.0, refault_low_per_s=1e9, refault_high_per_s=1e9))
+    talk = welcomed(proc_tree, config=config)
+    assert talk.of_type(Offer)[0].cold_kib == 0  # just started: nothing known to be cold
+    talk.advance(130.0)
+    assert talk.of_type(Offer)[-1].cold_kib == 511 * 1024
+    proc_tree.vmstat["workingset_refault_file"] += 50
+    proc_tree.write()
+    talk.advance(1.0)
+    assert talk.of_type(Offer)[-1].cold_kib == 0
+
+
 def test_young_or_refaulting_cache_is_not_offered(proc_tree: ProcTree) -> None:
     # No refault rate is a need here: only the cache hold is under test.
     config = dataclasses.replace(talk_config(), yield_config=YieldConfig(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ebb.host.channels import GuestChannelState, ReceivedReport, SessionState
-from ebb.host.channels.state import ReceivedYield
+from ebb.host.channels.state import ReceivedOffer, ReceivedYield
 from ebb.host.channels.yields import YieldHandle
 from ebb.host.collectors import HostCollector
 from ebb.host.controllers import BalloonController
@@ -14,7 +14,7 @@ from ebb.host.engine import Engine, EngineSettings
 from ebb.host.governor import Governor, GovernorConfig
 from ebb.host.policy import PolicyRunner
 from ebb.lab.simulated import DEFAULT_REPORT
-from ebb.protocol import Report, Yielded
+from ebb.protocol import Offer, Report, Yielded
 from ebb_core_fakes import GIB_KIB, FakeHypervisor, FakeVm, make_host_tree, write_policy
 
 MIB = 1024
@@ -47,6 +47,7 @@ class YieldChannels:
         self.levels: List[int] = []
         self.decisions: List[Tuple[str, int, str]] = []
         self.vms: List[str] = []
+        self.offer: Optional[Offer] = None
 
     def snapshot(self) -> Dict[str, GuestChannelState]:
         report = Report(seq=1, **DEFAULT_REPORT)
@@ -58,6 +59,8 @@ class YieldChannels:
                 capabilities=self.capabilities,
                 latest=ReceivedReport(mono=self.clock.now, wall=0.0, report=report),
                 yield_pending=pending,
+                offer=(ReceivedOffer(mono=self.clock.now, wall=0.0, offer=self.offer)
+                       if self.offer is not None else None),
             )
             for vm in self.vms
         }
@@ -216,3 +219,14 @@ def test_yield_requests_and_results_are_in_the_trace(tmp_path):
     judged = rig.engine.last_record.to_dict()["yields"]
     assert [(e["kind"], e["outcome"]) for e in judged] == [("yield-result", "returned")]
     assert judged[0]["inputs"]["returned_kib"] == 200 * MIB
+
+
+def test_the_cold_cache_an_agent_reports_is_a_policy_field(tmp_path):
+    rig = YieldRig(tmp_path)
+    rig.tick()
+    sample = rig.engine.last_record.state["guests"][0]["samples"][-1]
+    assert sample["offer"] == 0 and sample["cold"] is None  # no offer yet: not known
+    rig.channels.offer = Offer(seq=2, kib=100 * MIB, cold_kib=300 * MIB)
+    rig.tick()
+    sample = rig.engine.last_record.state["guests"][0]["samples"][-1]
+    assert (sample["offer"], sample["cold"]) == (100 * MIB, 300 * MIB)

@@ -182,3 +182,68 @@ def test_a_guest_that_reports_and_yields_is_not_ballooned_until_the_host_is_crit
     # Critical: the balloon is the backstop for every guest.
     ev = run({"pressure_level": 3, "meminfo_available": 512 * MiB}, [reporting()])
     assert ev.proposed_targets()["r"] < 4 * GiB
+
+
+def test_only_the_cache_its_agent_counts_as_cold_is_asked_for() -> None:
+    # 1 GiB of cache, of which the agent counts 100 MiB as cold (clean, unused for its
+    # cache_hold_s): the rest is the guest's working set, and a yield of it would cost
+    # the guest that cache again. The host is short by far more.
+    hot = yielder("hot", cache=GiB, cold=100 * MiB)
+    ev = run({"pressure_level": 1, "meminfo_available": 2 * GiB}, [hot])
+    assert yields(ev) == {"hot": 100 * MiB}
+    # An agent that says nothing of its cold cache is asked by its cache above what it keeps.
+    older = yielder("older", cache=GiB)
+    ev = run({"pressure_level": 1, "meminfo_available": 2 * GiB}, [older])
+    assert abs(yields(ev)["older"] - (GiB - KEEP_4G)) < 1
+    # Nothing cold: not asked at all.
+    warm = yielder("warm", cache=GiB, cold=0)
+    ev = run({"pressure_level": 1, "meminfo_available": 2 * GiB}, [warm])
+    assert yields(ev) == {}
+
+
+def reporting_guest(name: str, offer: int, **extra: Any) -> Entity:
+    """A guest with free page reporting and a yielding agent, with no cold cache."""
+    return yielder(name, cache=0, offer=offer, free_page_reporting=1, **extra)
+
+
+def taken(ev: Evaluation, guests: List[Entity]) -> int:
+    targets = ev.proposed_targets()
+    return sum(4 * GiB - t for t in targets.values() if t is not None)
+
+
+def test_the_critical_backstop_takes_from_self_returning_guests_only_what_ends_critical() -> None:
+    # MemAvailable 2 % of the host: critical. Balloons take from guests that give memory
+    # back by themselves only what brings it to critical_available_target (8 %), 6 % of
+    # the host, not the 18 % up to available_target: on the lab a backstop sized to
+    # available_target took a third of one guest at once and the guest then swapped.
+    avail = int(0.02 * HOST_16G)
+    guests = [reporting_guest("a", offer=2 * GiB), reporting_guest("b", offer=GiB)]
+    ev = run({"pressure_level": 3, "meminfo_available": avail}, guests)
+    assert abs(taken(ev, guests) - 0.06 * HOST_16G) < 4
+    targets = ev.proposed_targets()
+    # In proportion to the offers.
+    assert abs((4 * GiB - targets["a"]) - 2 * (4 * GiB - targets["b"])) < 4
+    # A guest without free page reporting is still ballooned for the whole deficit.
+    plain = [yielder("p", cache=0, offer=3 * GiB)]
+    ev = run({"pressure_level": 3, "meminfo_available": avail}, plain)
+    assert abs(taken(ev, plain) - 0.18 * HOST_16G) < 4
+
+
+def test_critical_by_swapping_alone_takes_one_step_from_self_returning_guests() -> None:
+    guests = [reporting_guest("a", offer=2 * GiB)]
+    ev = run({"pressure_level": 3, "meminfo_available": 5 * GiB}, guests)
+    assert abs(taken(ev, guests) - 0.02 * HOST_16G) < 4
+
+
+def test_a_self_returning_guest_offering_nothing_is_not_squeezed_when_offers_end_critical() -> None:
+    # The other guest's offer covers what ends the critical level: the guest whose
+    # memory is all in use keeps it, although the offer is short of available_target.
+    avail = int(0.02 * HOST_16G)
+    busy = reporting_guest("busy", offer=0, mem_unused=0)
+    guests = [reporting_guest("giver", offer=2 * GiB), busy]
+    ev = run({"pressure_level": 3, "meminfo_available": avail, "mem_free": avail}, guests)
+    assert ev.proposed_targets().get("busy") is None
+    # When no offer covers it, the backstop squeezes it (the host is nearly out).
+    ev = run({"pressure_level": 3, "meminfo_available": avail, "mem_free": avail},
+             [reporting_guest("busy", offer=0, mem_unused=0)])
+    assert ev.proposed_targets()["busy"] < 4 * GiB
