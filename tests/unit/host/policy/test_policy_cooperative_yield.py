@@ -247,3 +247,28 @@ def test_a_self_returning_guest_offering_nothing_is_not_squeezed_when_offers_end
     ev = run({"pressure_level": 3, "meminfo_available": avail, "mem_free": avail},
              [reporting_guest("busy", offer=0, mem_unused=0)])
     assert ev.proposed_targets()["busy"] < 4 * GiB
+
+
+def test_memory_a_reporting_guest_just_freed_is_left_to_come_back_by_itself() -> None:
+    # Critical (MemAvailable 2 %) just as a guest with free page reporting frees 1 GiB:
+    # the guest kernel hands it back within seconds, so no balloon takes it. Only if it
+    # is still not back two ticks on is it offered like any other memory.
+    runner = PolicyRunner(load_policy_dir(policy_dir("cooperative")))
+    avail = int(0.02 * HOST_16G)
+    host = Entity({"name": "host"}, [{
+        "mem_available": HOST_16G, "mem_free": avail, "meminfo_available": avail,
+        "pressure_level": 3, "ksm_pages_to_scan": 100, "ksm_shareable": 0,
+    }])
+
+    def tick(mem_unused: int) -> Evaluation:
+        freeing = reporting_guest("f", offer=max(0, mem_unused - 256 * MiB),
+                                  mem_unused=mem_unused)
+        return runner.evaluate(PolicyInput(host, [freeing]))
+
+    tick(200 * MiB)
+    tick(200 * MiB)
+    freed = tick(200 * MiB + GiB)  # freed 1 GiB since the last tick
+    assert freed.proposed_targets().get("f") is None
+    tick(200 * MiB + GiB)
+    still = tick(200 * MiB + GiB)  # two ticks on, the host is still critical
+    assert still.proposed_targets()["f"] < 4 * GiB
