@@ -272,3 +272,16 @@ def test_memory_a_reporting_guest_just_freed_is_left_to_come_back_by_itself() ->
     tick(200 * MiB + GiB)
     still = tick(200 * MiB + GiB)  # two ticks on, the host is still critical
     assert still.proposed_targets()["f"] < 4 * GiB
+
+
+def test_below_critical_a_self_returning_guests_balloon_goes_back() -> None:
+    # Inflated by the backstop at the critical level; now the host is at level 1 or 2.
+    # Its balloon costs the host only what the guest uses again (reporting returns the
+    # rest): it deflates, where a guest without free page reporting holds.
+    for level in (1, 2):
+        back = reporting_guest("r", offer=100 * MiB, balloon_cur=3 * GiB)
+        ev = run({"pressure_level": level, "meminfo_available": 2 * GiB}, [back])
+        assert ev.proposed_targets()["r"] > 3 * GiB, level
+        plain = yielder("p", cache=0, offer=0, balloon_cur=3 * GiB, mem_unused=0)
+        ev = run({"pressure_level": level, "meminfo_available": 2 * GiB}, [plain])
+        assert ev.proposed_targets().get("p") in (None, 3 * GiB), level
