@@ -54,6 +54,7 @@ def vm_row(
             "cut_off_until": channel.cut_off_until if channel is not None else None,
         },
         "offer_kib": offer.kib if offer else None,
+        "cold_kib": offer.cold_kib if offer else None,
         "need_kib": need.kib if need else None,
         "need_urgency": need.urgency if need and need.kib else None,
         "psi_some_avg10": latest.psi_some_avg10 if latest else None,

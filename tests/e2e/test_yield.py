@@ -92,7 +92,7 @@ def test_ebbd_still_manages_an_agent_without_the_yield_capability(
         restart_agent(plain)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_an_agent_started_with_no_yield_is_ballooned_instead(
     guests: List[Guest], ebbd_factory, host, cold_file: Path
 ) -> None:
@@ -108,6 +108,11 @@ def test_an_agent_started_with_no_yield_is_ballooned_instead(
         # Both guests hold resident cache: something a balloon or a yield can return.
         fill_cache(plain, cold_file)
         fill_cache(yielder, cold_file)
+        # ebbd asks a yield for the cache the agent counts as cold: unread for its
+        # cache_hold_s (120 s by default), so the pressure comes once it is.
+        wait_for(lambda: (ebbd.vm(yielder.name).get("cold_kib") or 0) >= COLD_FILE_MIB * MIB // 2,
+                 240, f"{yielder.name}'s agent to count the cache it read as cold",
+                 interval_s=2.0, last=lambda: ebbd.vm(yielder.name).get("cold_kib"))
 
         assert plain.actual_kib() == plain.max_kib()  # nothing taken before the pressure
         share = squeeze_host(0.15, host)

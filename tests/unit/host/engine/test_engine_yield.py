@@ -230,3 +230,5 @@ def test_the_cold_cache_an_agent_reports_is_a_policy_field(tmp_path):
     rig.tick()
     sample = rig.engine.last_record.state["guests"][0]["samples"][-1]
     assert (sample["offer"], sample["cold"]) == (100 * MIB, 300 * MIB)
+    row = rig.engine.status_vms()[0]
+    assert (row["offer_kib"], row["cold_kib"]) == (100 * MIB, 300 * MIB)
