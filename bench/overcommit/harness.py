@@ -369,6 +369,18 @@ def freeable_during(samples: Sequence[Dict[str, Any]], start_s: float,
     return {"median": values[len(values) // 2], "min": values[0]}
 
 
+def ksm_peak(samples: Sequence[Dict[str, Any]]) -> Dict[str, int]:
+    """The most pages KSM shared (``shared``) and saved (``sharing``) while it ran.
+
+    ksmd updates its counters only while it runs: with ``run`` 0 they keep the
+    figures of the last run that had it on (a ``none`` run after a ``ksm`` one
+    showed 53804 pages sharing), so samples taken with KSM off count as 0.
+    """
+    on = [s["host"] for s in samples if "host" in s and s["host"].get("ksm_run") == 1]
+    return {"sharing": max((h["ksm_pages_sharing"] for h in on), default=0),
+            "shared": max((h["ksm_pages_shared"] for h in on), default=0)}
+
+
 def _wait_jobs(shells: Sequence[GuestShell], jobs: Sequence[CommandResult],
                timeout_s: float) -> List[CommandResult]:
     deadline = time.monotonic() + timeout_s
@@ -483,8 +495,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
             figures["stall_s"] = guest_total_stall_s(figures)
             figures["setup"] = setup[name]
             per_guest[name] = figures
-        ksm_sharing = [s["host"]["ksm_pages_sharing"] for s in sampler.samples if "host" in s]
-        ksm_shared = [s["host"]["ksm_pages_shared"] for s in sampler.samples if "host" in s]
+        ksm = ksm_peak(sampler.samples)
         result: Dict[str, Any] = {
             "config": config,
             "elapsed_s": round(elapsed, 1),
@@ -492,8 +503,8 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
             "host_swap_out_pages": host_after["pswpout"] - host_before["pswpout"],
             "guest_swap_in_pages": sum(g["swap_in_pages"] for g in per_guest.values()),
             "guest_swap_out_pages": sum(g["swap_out_pages"] for g in per_guest.values()),
-            "ksm_pages_sharing_max": max(ksm_sharing, default=0),
-            "ksm_pages_shared_max": max(ksm_shared, default=0),
+            "ksm_pages_sharing_max": ksm["sharing"],
+            "ksm_pages_shared_max": ksm["shared"],
             # Seconds of samples.json (its t_s) between which the workload ran.
             "workload_window_s": [round(t_start_wall - sampler.t0, 2),
                                   round(t_end_wall - sampler.t0, 2)],

@@ -11,7 +11,12 @@ sys.path.insert(0, str(BENCH))
 
 import ebb.host.observe.trace  # noqa: E402,F401 - imported here: prometheus_client reads /proc
 from overcommit import cpu  # noqa: E402
-from overcommit.harness import balloon_movements, freeable_during, yield_outcomes  # noqa: E402
+from overcommit.harness import (  # noqa: E402
+    balloon_movements,
+    freeable_during,
+    ksm_peak,
+    yield_outcomes,
+)
 from overcommit.report import yield_figures  # noqa: E402
 
 
@@ -40,6 +45,17 @@ def test_freeable_memory_is_read_over_the_workload_window_only() -> None:
                for t, mib in ((0.0, 1200), (10.0, 700), (20.0, 650), (30.0, 600), (40.0, 100))]
     assert freeable_during(samples, 10.0, 30.0) == {"median": 650, "min": 600}
     assert freeable_during(samples, 50.0, 60.0) == {"median": None, "min": None}
+
+
+def test_ksm_counters_left_over_from_an_earlier_run_are_not_counted() -> None:
+    # ksmd keeps its last counters while off: a run without KSM shares nothing.
+    def sample(run: int, sharing: int) -> dict:
+        return {"t_s": 0.0, "host": {"ksm_run": run, "ksm_pages_sharing": sharing,
+                                     "ksm_pages_shared": sharing // 2}}
+
+    assert ksm_peak([sample(0, 53804), sample(0, 53804)]) == {"sharing": 0, "shared": 0}
+    assert ksm_peak([sample(0, 53804), sample(1, 1200), sample(1, 9000)]) == \
+        {"sharing": 9000, "shared": 4500}
 
 
 def test_cpu_shares_end_when_the_workload_ends(tmp_path: Path, monkeypatch) -> None:
