@@ -32,6 +32,7 @@ import datetime
 import json
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -186,6 +187,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "writes a second on the host disk (host swap-ins and guest disk I/O "
                         "alike), as one disk of the article's era would; default: unlimited "
                         "(100 for slowdisk)")
+    parser.add_argument("--agent-args", default="", metavar="ARGS",
+                        help="added to every guest's ebb-agent command line, e.g. "
+                        "'--watch-interval 2' to measure what the agent's sampling costs")
     parser.add_argument("--results", default=str(REPO / "results"), metavar="DIR",
                         help="where evaluation.json/.md and the PNGs go (default results/)")
     parser.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",
@@ -225,6 +229,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--disk-iops {args.disk_iops}: must be a positive count")
         for scenario in scen.values():
             scenario.disk_iops = args.disk_iops
+    if args.agent_args:
+        try:
+            shlex.split(args.agent_args)
+        except ValueError as err:
+            parser.error(f"--agent-args {args.agent_args!r}: {err}")
+        for scenario in scen.values():
+            scenario.agent_args = args.agent_args
     if args.sweep_reps < 1:
         parser.error(f"--sweep-reps {args.sweep_reps}: at least 1")
     reps = args.reps or (1 if args.short else 3)

@@ -94,6 +94,9 @@ class Scenario:
     #: Reads and writes a second the guests' QEMU processes together may do on the
     #: host disk (host swap-ins and guest disk I/O); None: the disk as it is.
     disk_iops: Optional[int] = None
+    #: Added to every guest's ebb-agent command line (``--agent-args``): to measure
+    #: what the agent's own settings cost the workload.
+    agent_args: str = ""
 
     @property
     def names(self) -> List[str]:
@@ -128,7 +131,8 @@ class Scenario:
         return {"guests": self.guests, "memory_mib": self.memory_mib,
                 "floor_mib": self.floor_mib, "duration_s": self.duration_s,
                 "host_budget_mib": self.host_budget_mib, "host_swap_mib": self.host_swap_mib,
-                **({"disk_iops": self.disk_iops} if self.disk_iops else {})}
+                **({"disk_iops": self.disk_iops} if self.disk_iops else {}),
+                **({"agent_args": self.agent_args} if self.agent_args else {})}
 
 
 class Sampler(threading.Thread):
@@ -421,7 +425,8 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         fpr = FREE_PAGE_REPORTING.get(config, False)
         labguests.boot_guests(lab, names, scenario.memory_mib, scenario.disks(),
                               floor_mib=scenario.floor_mib, progress=lambda m: LOG.info(m),
-                              free_page_reporting=fpr, memory_of=scenario.memory_of())
+                              free_page_reporting=fpr, memory_of=scenario.memory_of(),
+                              agent_args=scenario.agent_args)
         say(f"[{scenario.name}/{config}] guests up in {time.monotonic() - started:.0f} s")
         shells = [lab.shell(n) for n in names]
         setup = {n: scenario.setup_guest(i, sh) for i, (n, sh) in enumerate(zip(names, shells))}

@@ -94,11 +94,12 @@ def boot_guests(lab: Lab, names: Sequence[str], memory_mib: int,
                 disks: Dict[str, List[Disk]], floor_mib: Optional[int] = None,
                 timeout_s: float = 300.0, progress: Optional[Progress] = None,
                 free_page_reporting: bool = False,
-                memory_of: Optional[Dict[str, int]] = None) -> None:
+                memory_of: Optional[Dict[str, int]] = None, agent_args: str = "") -> None:
     """Define and start ``names`` (replacing earlier ones of ours); wait for their agents.
 
     ``memory_of`` gives some guests another size than ``memory_mib``;
-    ``free_page_reporting`` switches the balloon's free page reporting on.
+    ``free_page_reporting`` switches the balloon's free page reporting on;
+    ``agent_args`` is added to the agents' command line.
     """
     say = progress or (lambda _m: None)
     lab.check_prerequisites()
@@ -120,7 +121,8 @@ def boot_guests(lab: Lab, names: Sequence[str], memory_mib: int,
             kernel=kernel_image, initramfs=initrd,
             python=guest_py.python, bin_dir=guest_py.bin_dir, guest_dir=gdir,
             state_dir=lab.state_dir, domain_type=domain_type, agent=True,
-            agent_args=AGENT_ARGS, free_page_reporting=free_page_reporting,
+            agent_args=f"{AGENT_ARGS} {agent_args}".strip(),
+            free_page_reporting=free_page_reporting,
             # enabled="no": other ebbds on this host leave the balloon alone; the
             # benchmark's ebbd manages them anyway ([hypervisor] manage_opted_out).
             ebb_metadata={"enabled": "no",

@@ -239,6 +239,8 @@ def setup_line(setup: Dict[str, Any]) -> str:
               f"{setup['host_swap_mib']} MiB, {setup['duration_s']:.0f} s of workload")
     if setup.get("disk_iops"):
         words_ += f", the guests sharing {setup['disk_iops']} IOPS on the host disk"
+    if setup.get("agent_args"):
+        words_ += f", agents run with `{setup['agent_args']}`"
     if setup.get("ratios"):
         words_ += ", overcommit ratios " + ", ".join(f"{r:g}x" for r in setup["ratios"])
     return words_

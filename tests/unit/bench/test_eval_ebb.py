@@ -139,6 +139,23 @@ def test_a_disk_limit_is_part_of_the_set_up_and_shown(tmp_path: Path) -> None:
 
 
 
+def test_agent_arguments_are_part_of_the_set_up_and_shown(tmp_path: Path) -> None:
+    scen = eval_ebb.scenarios(short=False, duration_s=None)["overcommit"]
+    assert "agent_args" not in scen.describe()  # results of before the option still match
+    old = {"mode": "full", "started": "then", "scenarios": {"overcommit": scen.describe()},
+           "runs": {"overcommit": [_memknobs_run("classic", 0, 90.0)]}, "plots": []}
+    (tmp_path / "evaluation.json").write_text(json.dumps(old))
+    scen.agent_args = "--watch-interval 2"
+    slower = {"mode": "full", "reps": 1, "scenarios": {"overcommit": scen.describe()},
+              "runs": {"overcommit": []}, "summary": {}, "plots": []}
+    eval_ebb._carry_over(slower, tmp_path / "evaluation.json", {"overcommit": ["none"]}, False)
+    assert slower["runs"]["overcommit"] == [], "runs with the default agents mixed in"
+    text = eval_ebb.markdown({"mode": "full", "started": "s", "finished": "f", "host": "h",
+                              "reps": 1, "summary": {}, "targets": [], "plots": [],
+                              "runs": {}, "scenarios": {"overcommit": scen.describe()}})
+    assert "240 s of workload, agents run with `--watch-interval 2`" in text
+
+
 def test_a_disk_limit_sets_both_knobs_and_counts_the_guests_ios(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from overcommit import labguests
