@@ -189,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "(100 for slowdisk)")
     parser.add_argument("--agent-args", default="", metavar="ARGS",
                         help="added to every guest's ebb-agent command line, e.g. "
-                        "'--watch-interval 2' to measure what the agent's sampling costs")
+                        "'--no-yield' to measure what the yields cost")
     parser.add_argument("--results", default=str(REPO / "results"), metavar="DIR",
                         help="where evaluation.json/.md and the PNGs go (default results/)")
     parser.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",
