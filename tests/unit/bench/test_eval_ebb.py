@@ -119,41 +119,30 @@ def test_runs_of_another_set_up_are_not_mixed_in(tmp_path: Path) -> None:
     assert tighter["runs"]["overcommit"] == [], "runs with another host budget mixed in"
 
 
-def test_a_disk_limit_is_part_of_the_set_up_and_shown(tmp_path: Path) -> None:
+@pytest.mark.parametrize("option, value, shown, why", [
+    ("disk_iops", 200, "the guests sharing 200 IOPS on the host disk",
+     "runs on an unlimited disk mixed in"),
+    ("agent_args", "--watch-interval 2", "agents run with `--watch-interval 2`",
+     "runs with the default agents mixed in"),
+])
+def test_a_set_up_option_is_part_of_the_set_up_and_shown(
+        tmp_path: Path, option: str, value: Any, shown: str, why: str) -> None:
     scen = eval_ebb.scenarios(short=False, duration_s=None)["overcommit"]
-    assert "disk_iops" not in scen.describe()  # results of before the option still match
+    assert option not in scen.describe()  # results of before the option still match
     old = {"mode": "full", "started": "then", "scenarios": {"overcommit": scen.describe()},
            "runs": {"overcommit": [_memknobs_run("classic", 0, 90.0)]}, "plots": []}
     (tmp_path / "evaluation.json").write_text(json.dumps(old))
-    scen.disk_iops = 200
-    limited = {"mode": "full", "reps": 1, "scenarios": {"overcommit": scen.describe()},
+    setattr(scen, option, value)
+    changed = {"mode": "full", "reps": 1, "scenarios": {"overcommit": scen.describe()},
                "runs": {"overcommit": []}, "summary": {}, "plots": []}
-    eval_ebb._carry_over(limited, tmp_path / "evaluation.json", {"overcommit": ["none"]}, False)
-    assert limited["runs"]["overcommit"] == [], "runs on an unlimited disk mixed in"
+    eval_ebb._carry_over(changed, tmp_path / "evaluation.json", {"overcommit": ["none"]}, False)
+    assert changed["runs"]["overcommit"] == [], why
 
     text = eval_ebb.markdown({"mode": "full", "started": "s", "finished": "f", "host": "h",
                               "reps": 1, "summary": {}, "targets": [], "plots": [],
                               "runs": {}, "scenarios": {"overcommit": scen.describe()}})
     assert ("- overcommit: 4 guests x 768 MiB, host budget 2048 MiB, host swap 4096 MiB, "
-            "240 s of workload, the guests sharing 200 IOPS on the host disk") in text
-
-
-
-def test_agent_arguments_are_part_of_the_set_up_and_shown(tmp_path: Path) -> None:
-    scen = eval_ebb.scenarios(short=False, duration_s=None)["overcommit"]
-    assert "agent_args" not in scen.describe()  # results of before the option still match
-    old = {"mode": "full", "started": "then", "scenarios": {"overcommit": scen.describe()},
-           "runs": {"overcommit": [_memknobs_run("classic", 0, 90.0)]}, "plots": []}
-    (tmp_path / "evaluation.json").write_text(json.dumps(old))
-    scen.agent_args = "--watch-interval 2"
-    slower = {"mode": "full", "reps": 1, "scenarios": {"overcommit": scen.describe()},
-              "runs": {"overcommit": []}, "summary": {}, "plots": []}
-    eval_ebb._carry_over(slower, tmp_path / "evaluation.json", {"overcommit": ["none"]}, False)
-    assert slower["runs"]["overcommit"] == [], "runs with the default agents mixed in"
-    text = eval_ebb.markdown({"mode": "full", "started": "s", "finished": "f", "host": "h",
-                              "reps": 1, "summary": {}, "targets": [], "plots": [],
-                              "runs": {}, "scenarios": {"overcommit": scen.describe()}})
-    assert "240 s of workload, agents run with `--watch-interval 2`" in text
+            f"240 s of workload, {shown}") in text
 
 
 def test_a_disk_limit_sets_both_knobs_and_counts_the_guests_ios(

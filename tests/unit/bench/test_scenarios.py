@@ -139,14 +139,19 @@ def test_the_cold_cache_figures_separate_the_grower_from_the_cache_guests() -> N
         "cache_latency_p95_ms": 4.0, "cache_latency_p95_worst_ms": 5.0}
 
 
+def _coldcache_run(config: str, rep: int, p95: float, host_swap: int = 0,
+                   grower_stall: float = 0.0, grower_mb_s: float = 100.0) -> Any:
+    return {"config": config, "rep": rep, "host_swap_in_pages": host_swap,
+            "host_swap_out_pages": 0, "host_swap_ops": host_swap, "guest_swap_ops": 0,
+            "ksm_pages_sharing_max": 0, "balloon": {"count": 0, "moved_mib": 0.0},
+            "guests": {"c1": {"role": "cache", "latency_p95_ms": p95},
+                       "g": {"role": "grower", "mb_per_s": grower_mb_s,
+                             "stall_s": grower_stall}}}
+
+
 def test_the_cold_cache_target_compares_cooperative_with_fpr() -> None:
     def run(config: str, rep: int, host_swap: int, grower_stall: float, p95: float) -> Any:
-        return {"config": config, "rep": rep, "host_swap_in_pages": host_swap,
-                "host_swap_out_pages": 0, "host_swap_ops": host_swap, "guest_swap_ops": 0,
-                "ksm_pages_sharing_max": 0, "balloon": {"count": 0, "moved_mib": 0.0},
-                "guests": {"c1": {"role": "cache", "latency_p95_ms": p95},
-                           "g": {"role": "grower", "mb_per_s": 100.0,
-                                 "stall_s": grower_stall}}}
+        return _coldcache_run(config, rep, p95, host_swap=host_swap, grower_stall=grower_stall)
 
     runs = [run("fpr", r, 10000, 40.0, 3.0) for r in range(3)]
     good = runs + [run("cooperative", r, 500, 10.0, 3.1) for r in range(3)]
@@ -159,17 +164,10 @@ def test_the_cold_cache_target_compares_cooperative_with_fpr() -> None:
 
 def test_a_cold_cache_run_that_slows_the_cache_guests_says_so_at_the_top() -> None:
     # The grower gains, the cache guests lose: both belong in the opening lines.
-    def run(config: str, rep: int, grower_mb_s: float, p95: float) -> Any:
-        return {"config": config, "rep": rep, "host_swap_in_pages": 0,
-                "host_swap_out_pages": 0, "host_swap_ops": 0, "guest_swap_ops": 0,
-                "ksm_pages_sharing_max": 0, "balloon": {"count": 0, "moved_mib": 0.0},
-                "guests": {"c1": {"role": "cache", "latency_p95_ms": p95},
-                           "g": {"role": "grower", "mb_per_s": grower_mb_s}}}
-
     runs = []
     for rep in range(3):
-        runs += [run("fpr", rep, 100.0, 4.0 + 0.1 * rep),
-                 run("cooperative", rep, 110.0 + rep, 5.0 + 0.1 * rep)]
+        runs += [_coldcache_run("fpr", rep, 4.0 + 0.1 * rep),
+                 _coldcache_run("cooperative", rep, 5.0 + 0.1 * rep, grower_mb_s=110.0 + rep)]
     summary = {"coldcache": report.summarise("coldcache", runs)}
     text = report.markdown({"mode": "full", "started": "s", "finished": "f", "host": "h",
                             "reps": 3, "summary": summary, "runs": {"coldcache": runs}})
