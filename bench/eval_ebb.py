@@ -486,6 +486,8 @@ def _one_line(name: str, run: Dict[str, Any]) -> str:
                 f"{fig.get('cache_latency_p95_ms', 0):.1f} ms")
     stall = (f"memory stall {fig['stall_s']:.1f} s ({fig.get('stall_share_pct', 0):.1f} %)"
              if "stall_s" in fig else "memory stall not measured")
+    if "host_cpu_wait_vcpu_s" in fig:
+        stall += f", vCPUs waited {fig['host_cpu_wait_vcpu_s']:.1f} s for a host CPU"
     return (f"{head}, {stall}, host swap {fig['host_swap_ops']} pages, guest swap "
             f"{fig['guest_swap_ops']} pages, balloon {fig['balloon_moves']} moves / "
             f"{fig['balloon_moved_mib']} MiB, KSM sharing {fig['ksm_pages_sharing_max']}")

@@ -54,7 +54,7 @@ STALL_LIMIT_PCT = 5.0
 CPU_KEYS = ("host_cpu_busy_pct", "qemu_cpu_pct", "ebbd_cpu_pct", "agent_cpu_pct_mean")
 STALL_KEYS = ("stall_s", "stall_share_pct", "guest_stall_some_s", "guest_stall_full_s",
               "host_stall_some_s", "host_stall_vcpu_s", "host_io_vcpu_s", "host_wait_s",
-              "qemu_major_faults",
+              "qemu_major_faults", "host_cpu_wait_vcpu_s",
               "qemu_blkio_delay_s")
 
 

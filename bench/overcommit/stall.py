@@ -16,6 +16,11 @@ Two places can make a guest wait for memory, and neither sees the other:
   (``kernel.task_delayacct``), its block I/O delay (``delayacct_blkio_ticks``)
   how long they took.
 
+Beside memory, the vCPU groups' ``cpu.pressure`` says how long a vCPU was ready to
+run but waited for a host CPU (``host_cpu_wait_vcpu_s``): the CPU share a guest lost
+to the others, to QEMU's own threads and to ebbd. It is not a memory stall and is not
+added to one; it explains latency that no memory figure does.
+
 PSI ``total`` counters are cumulative microseconds; a run's figure is the delta
 over the workload. Everything here but :class:`HostStallMeter` is pure.
 """
@@ -108,6 +113,7 @@ class GuestReading:
     psi: Dict[str, int] = field(default_factory=dict)
     vcpu_psi: Dict[str, int] = field(default_factory=dict)
     vcpu_io: Dict[str, int] = field(default_factory=dict)
+    vcpu_cpu: Dict[str, int] = field(default_factory=dict)
 
 
 def host_delta(before: GuestReading, after: GuestReading,
@@ -129,6 +135,9 @@ def host_delta(before: GuestReading, after: GuestReading,
     vcpu_io = psi_delta_s(before.vcpu_io, after.vcpu_io)
     if vcpu_io:
         out["host_io_vcpu_s"] = vcpu_io.get("some")
+    vcpu_cpu = psi_delta_s(before.vcpu_cpu, after.vcpu_cpu)
+    if vcpu_cpu:
+        out["host_cpu_wait_vcpu_s"] = vcpu_cpu.get("some")
     return out
 
 
@@ -182,6 +191,7 @@ def stall_summary(per_guest: Mapping[str, Mapping[str, Any]], elapsed_s: float
         "host_io_vcpu_s": total("host_io_vcpu_s"),
         "host_wait_s": total("host_wait_s"),
         "qemu_major_faults": total("qemu_major_faults"),
+        "host_cpu_wait_vcpu_s": total("host_cpu_wait_vcpu_s"),
         "qemu_blkio_delay_s": total("qemu_blkio_delay_s"),
         "stall_s": total("stall_s"),
     }
@@ -236,7 +246,8 @@ class HostStallMeter:
             return reading
         with contextlib.suppress(OSError):
             reading.psi = parse_psi((group / "memory.pressure").read_text())
-        for resource, into in (("memory", reading.vcpu_psi), ("io", reading.vcpu_io)):
+        for resource, into in (("memory", reading.vcpu_psi), ("io", reading.vcpu_io),
+                               ("cpu", reading.vcpu_cpu)):
             for vdir in sorted(group.glob("vcpu*")):
                 try:
                     text = (vdir / f"{resource}.pressure").read_text()

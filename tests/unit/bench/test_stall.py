@@ -42,16 +42,17 @@ def test_the_host_side_reads_the_guests_own_cgroup_and_its_qemu(tmp_path: Path) 
     (proc / "4242/cgroup").write_text("4:memory:/machine/qemu-3-g1.libvirt-qemu\n"
                                       "0::/machine/qemu-3-g1.libvirt-qemu/emulator\n")
 
-    def state(majflt: int, some: int, vcpu_some: int, vcpu_io: int) -> None:
+    def state(majflt: int, some: int, vcpu_some: int, vcpu_io: int, vcpu_cpu: int) -> None:
         (proc / "4242/stat").write_text(_stat(majflt, 7))
         (group / "memory.pressure").write_text(PSI.format(some=some, full=0))
         (group / "vcpu0/memory.pressure").write_text(PSI.format(some=vcpu_some, full=0))
         (group / "vcpu0/io.pressure").write_text(PSI.format(some=vcpu_io, full=0))
+        (group / "vcpu0/cpu.pressure").write_text(PSI.format(some=vcpu_cpu, full=vcpu_cpu))
 
     meter = stall.HostStallMeter(["g1"], proc=proc, run_dir=run)
-    state(100, 1_000_000, 500_000, 0)
+    state(100, 1_000_000, 500_000, 0, 2_000_000)
     meter.start()
-    state(350, 9_000_000, 6_500_000, 10_000_000)
+    state(350, 9_000_000, 6_500_000, 10_000_000, 5_250_000)
     meter.end()
     figures = meter.figures()["g1"]
     assert figures["qemu_major_faults"] == 250
@@ -59,6 +60,9 @@ def test_the_host_side_reads_the_guests_own_cgroup_and_its_qemu(tmp_path: Path) 
     # Swap-ins of pages evicted long ago are I/O waits: the vCPU waited 10 s in all.
     assert figures["host_io_vcpu_s"] == 10.0
     assert stall.host_vcpu_wait_s(figures) == 10.0
+    # Its vCPU was ready but waited 3.25 s for a host CPU: reported, never a memory stall.
+    assert figures["host_cpu_wait_vcpu_s"] == 3.25
+    assert stall.guest_total_stall_s(figures) == 10.0
     # Delay accounting is off: its block I/O delay is not reported as if it were 0.
     assert "qemu_blkio_delay_s" not in figures
 
