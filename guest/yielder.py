@@ -9,11 +9,12 @@ send. docs/agent.md ("Yield") describes the behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from ebb.protocol.messages import Yielded
 
@@ -44,6 +45,11 @@ LOG = logging.getLogger(__name__)
 COMPACT_MIN_FREED_KIB = 16 * MIB_KIB
 #: At most one compaction in this many seconds: it costs the guest CPU time.
 COMPACT_INTERVAL_S = 30.0
+#: A host request that arrives this soon after a background yield ended was sized
+#: from an offer sent before it (the new offer goes with the next report, the policy
+#: reads it at the next tick): what the background yield took counts against the
+#: request, so the same cold cache is not given twice and the hot cache kept.
+BACKGROUND_CREDIT_S = 6.0
 
 
 @dataclass
@@ -51,10 +57,12 @@ class _Job:
     progress: YieldProgress
     request_id: Optional[int]
     last: MemorySample
+    #: The agent's own yield (a host request may also come without a request_id).
+    background: bool = False
 
     @property
     def what(self) -> str:
-        if self.request_id is None:
+        if self.background:
             return "background yield"
         return f"yield for host request {self.request_id}"
 
@@ -90,6 +98,8 @@ class Yielder:
         self._window = ReclaimWindow()
         self._job: Optional[_Job] = None
         self._last_background_s: Optional[float] = None
+        #: The last background yield: when it ended and how much page cache it took.
+        self._background_taken: Optional[Tuple[float, int]] = None
         #: The host's last ``pressure`` level (0 until it sends one).
         self.pressure_level = 0
 
@@ -124,13 +134,21 @@ class Yielder:
         """
         out: List[Yielded] = []
         if self._job is not None:
-            out.append(self._finish(self._job, self._job.last, STOP_DONE,
+            out.append(self._finish(self._job, self._sample_or(self._job.last), STOP_DONE,
                                     "ended early: the host asked for another yield"))
         if not self.capable:
             out.append(Yielded(asked_kib=0, freed_kib=0, cache_before_kib=0, cache_after_kib=0,
                                duration_ms=0, stopped=STOP_DISABLED,
                                reason=self.why_not[:256], request_id=request_id))
             return out
+        credit_kib = self._take_background_credit()
+        if credit_kib:
+            LOG.info("host request %s for %d MiB: %d MiB of it were just yielded by a "
+                     "background yield", request_id, kib // MIB_KIB, credit_kib // MIB_KIB)
+            if kib - credit_kib < MIB_KIB:
+                out.append(self._credited(kib, credit_kib, request_id))
+                return out
+            kib -= credit_kib
         deadline_s = deadline_ms / 1000.0 if deadline_ms is not None else None
         started = self._start(kib, request_id, deadline_s)
         if started is not None:
@@ -146,7 +164,7 @@ class Yielder:
         if kib > 0:
             self._last_background_s = now_s
             LOG.debug("host pressure %d: yielding %d KiB of cold cache", self.pressure_level, kib)
-            self._start(kib, None, None)
+            self._start(kib, None, None, background=True)
 
     def step(self) -> Optional[Yielded]:
         """One step of the yield under way; its ``yielded`` message once it ends."""
@@ -184,8 +202,26 @@ class Yielder:
 
     # --- helpers -----------------------------------------------------------------------
 
-    def _start(self, kib: int, request_id: Optional[int],
-               deadline_s: Optional[float]) -> Optional[Yielded]:
+    def _take_background_credit(self) -> int:
+        """KiB a background yield took within ``BACKGROUND_CREDIT_S``, once."""
+        taken, self._background_taken = self._background_taken, None
+        if taken is None or self._clock() - taken[0] > BACKGROUND_CREDIT_S:
+            return 0
+        return taken[1]
+
+    def _credited(self, kib: int, credit_kib: int, request_id: Optional[int]) -> Yielded:
+        """The answer to a request a background yield has already served."""
+        cache_kib = 0
+        with contextlib.suppress(CollectError):
+            cache_kib = file_cache_kib(self.collector.sample())
+        return Yielded(asked_kib=0, freed_kib=0, cache_before_kib=cache_kib,
+                       cache_after_kib=cache_kib, duration_ms=0, stopped=STOP_DONE,
+                       reason=(f"a background yield took {credit_kib} KiB of page cache just "
+                               f"before this request for {kib} KiB")[:256],
+                       request_id=request_id)
+
+    def _start(self, kib: int, request_id: Optional[int], deadline_s: Optional[float],
+               background: bool = False) -> Optional[Yielded]:
         try:
             sample = self.collector.sample()
         except CollectError as err:
@@ -193,7 +229,7 @@ class Yielder:
                            duration_ms=0, stopped=STOP_ERROR, reason=str(err)[:256],
                            request_id=request_id)
         progress = start_yield(kib, self._clock(), sample, self.limits, deadline_s)
-        self._job = _Job(progress, request_id, sample)
+        self._job = _Job(progress, request_id, sample, background)
         return None
 
     def _sample_or(self, fallback: MemorySample) -> MemorySample:
@@ -223,6 +259,9 @@ class Yielder:
     def _finish(self, job: _Job, after: MemorySample, stopped: str, reason: str) -> Yielded:
         self._job = None
         start = job.progress.start
+        if job.background:
+            self._background_taken = (
+                self._clock(), max(0, file_cache_kib(start) - file_cache_kib(after)))
         freed_kib = max(0, after.mem_free_kib - start.mem_free_kib)
         # Before the answer: the host measures the RSS drop from the answer on.
         self._compact_after(freed_kib)

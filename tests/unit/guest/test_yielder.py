@@ -11,7 +11,7 @@ import pytest
 from agent_testkit import MIB_KIB, FakeKernel, ProcTree
 from ebb.guest.collect import MemoryCollector
 from ebb.guest.reclaim import Compactor, ReclaimSupport, probe_compaction
-from ebb.guest.yielder import COMPACT_INTERVAL_S, Yielder
+from ebb.guest.yielder import BACKGROUND_CREDIT_S, COMPACT_INTERVAL_S, Yielder
 from ebb.guest.yielding import ReclaimLimits, YieldConfig
 from ebb.protocol.messages import Yielded
 
@@ -188,3 +188,69 @@ def test_compaction_is_used_only_where_the_file_is_writable(tmp_path: Path) -> N
     (vm / "compact_memory").write_text("")
     found = probe_compaction(str(tmp_path))
     assert found is not None and found.path == str(vm / "compact_memory")
+
+
+def _background_yield(yielder: Yielder, kib: int) -> Yielded:
+    yielder.set_pressure(1, "host short")
+    yielder.background(2000.0, kib)
+    answer = run(yielder, [])
+    assert answer.request_id is None
+    return answer
+
+
+def test_a_host_request_sized_before_a_background_yield_does_not_take_the_cache_twice(
+    proc_tree: ProcTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel = FakeKernel(proc_tree)
+    yielder = make_yielder(proc_tree, kernel)
+    cache_before = proc_tree.meminfo["Inactive(file)"]
+    _background_yield(yielder, 64 * MIB_KIB)
+    caplog.set_level(logging.INFO, logger="ebb.guest.yielder")
+    # The host asked for 96 MiB from the offer it had before that yield: 32 MiB more.
+    answer = run(yielder, yielder.request(96 * MIB_KIB, request_id=9, deadline_ms=60_000))
+    assert (answer.request_id, answer.stopped) == (9, "done")
+    assert answer.asked_kib == 32 * MIB_KIB
+    assert cache_before - proc_tree.meminfo["Inactive(file)"] == 96 * MIB_KIB
+    assert "64 MiB of it were just yielded by a background yield" in caplog.text
+
+
+def test_a_host_request_the_background_yield_already_served_is_answered_at_once(
+    proc_tree: ProcTree,
+) -> None:
+    kernel = FakeKernel(proc_tree)
+    yielder = make_yielder(proc_tree, kernel)
+    _background_yield(yielder, 64 * MIB_KIB)
+    written = len(kernel.written)
+    (answer,) = yielder.request(48 * MIB_KIB, request_id=10, deadline_ms=60_000)
+    assert (answer.request_id, answer.stopped, answer.asked_kib) == (10, "done", 0)
+    assert "background yield took 65536 KiB" in answer.reason
+    assert len(kernel.written) == written and not yielder.busy
+    # The credit is used once: the next request is served in full.
+    answer = run(yielder, yielder.request(16 * MIB_KIB, request_id=11, deadline_ms=60_000))
+    assert answer.asked_kib == 16 * MIB_KIB
+
+
+def test_a_background_yield_under_way_counts_against_the_request_that_ends_it(
+    proc_tree: ProcTree,
+) -> None:
+    yielder = make_yielder(proc_tree, FakeKernel(proc_tree))
+    yielder.set_pressure(1, "host short")
+    yielder.background(2000.0, 200 * MIB_KIB)
+    assert yielder.step() is None  # 32 MiB taken, then the host asks
+    answers = yielder.request(40 * MIB_KIB, request_id=12, deadline_ms=None)
+    assert [a.request_id for a in answers] == [None]
+    answer = run(yielder, [])
+    assert (answer.request_id, answer.asked_kib) == (12, 8 * MIB_KIB)
+
+
+def test_a_request_long_after_a_background_yield_is_served_in_full(
+    proc_tree: ProcTree,
+) -> None:
+    clock = FakeClock()
+    kernel = FakeKernel(proc_tree)
+    yielder = Yielder(SUPPORTED, MemoryCollector(str(proc_tree.root), clock=clock),
+                      YieldConfig(), LIMITS, reclaimer=kernel, clock=clock)
+    _background_yield(yielder, 32 * MIB_KIB)
+    clock.now_s += BACKGROUND_CREDIT_S + 1
+    answer = run(yielder, yielder.request(32 * MIB_KIB, request_id=13, deadline_ms=None))
+    assert answer.asked_kib == 32 * MIB_KIB
