@@ -147,6 +147,7 @@ class Sampler(threading.Thread):
         self.reasserted = 0
         self.uri = uri
         self.samples: List[Dict[str, Any]] = []
+        self._stall = HostStallMeter(self.names)
         self._halt = threading.Event()
         self.t0 = time.time()
 
@@ -190,6 +191,11 @@ class Sampler(threading.Thread):
                     guests[name] = {k: int(stats[k]) for k in
                                     ("actual", "unused", "available", "usable", "swap_in",
                                      "swap_out", "rss") if k in stats}
+                    # Cumulative µs its vCPUs waited for a host CPU (a timeline of
+                    # the run's host_cpu_wait_vcpu_s).
+                    cpu_wait = self._stall.read(name).vcpu_cpu.get("some")
+                    if cpu_wait is not None:
+                        guests[name]["cpu_wait_us"] = cpu_wait
             except libvirt.libvirtError as err:
                 LOG.warning("guest sample: %s", err)
                 conn = None
