@@ -190,6 +190,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--agent-args", default="", metavar="ARGS",
                         help="added to every guest's ebb-agent command line, e.g. "
                         "'--no-yield' to measure what the yields cost")
+    parser.add_argument("--report-interval-ms", type=int, default=None, metavar="MS",
+                        help="ebbd's guests.report_interval_ms: how often agents report "
+                        "(default: ebbd's, 1000)")
     parser.add_argument("--results", default=str(REPO / "results"), metavar="DIR",
                         help="where evaluation.json/.md and the PNGs go (default results/)")
     parser.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",
@@ -236,6 +239,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--agent-args {args.agent_args!r}: {err}")
         for scenario in scen.values():
             scenario.agent_args = args.agent_args
+    if args.report_interval_ms is not None:
+        if not 100 <= args.report_interval_ms <= 3_600_000:
+            parser.error(f"--report-interval-ms {args.report_interval_ms}: from 100 to 3600000")
+        for scenario in scen.values():
+            scenario.report_interval_ms = args.report_interval_ms
     if args.sweep_reps < 1:
         parser.error(f"--sweep-reps {args.sweep_reps}: at least 1")
     reps = args.reps or (1 if args.short else 3)

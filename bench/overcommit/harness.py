@@ -97,6 +97,8 @@ class Scenario:
     #: Added to every guest's ebb-agent command line (``--agent-args``): to measure
     #: what the agent's own settings cost the workload.
     agent_args: str = ""
+    #: ebbd's ``guests.report_interval_ms`` (``--report-interval-ms``); None: its default.
+    report_interval_ms: Optional[int] = None
 
     @property
     def names(self) -> List[str]:
@@ -132,7 +134,9 @@ class Scenario:
                 "floor_mib": self.floor_mib, "duration_s": self.duration_s,
                 "host_budget_mib": self.host_budget_mib, "host_swap_mib": self.host_swap_mib,
                 **({"disk_iops": self.disk_iops} if self.disk_iops else {}),
-                **({"agent_args": self.agent_args} if self.agent_args else {})}
+                **({"agent_args": self.agent_args} if self.agent_args else {}),
+                **({"report_interval_ms": self.report_interval_ms}
+                   if self.report_interval_ms else {})}
 
 
 class Sampler(threading.Thread):
@@ -242,7 +246,8 @@ class EbbdProcess:
     benchmark's own port (``[guests] agent_channel``).
     """
 
-    def __init__(self, workdir: Path, policy_dir: Path, prefix: str) -> None:
+    def __init__(self, workdir: Path, policy_dir: Path, prefix: str,
+                 report_interval_ms: Optional[int] = None) -> None:
         self.workdir = workdir
         self.run_dir = workdir / "run"
         self.socket = self.run_dir / "ebbd.sock"
@@ -261,7 +266,8 @@ class EbbdProcess:
             "manage_opted_out = true\n"
             "[guests]\n"
             f"agent_channel = {json.dumps(labguests.BENCH_PORT)}\n"
-            f"[trace]\npath = \"{self.trace}\"\n"
+            + (f"report_interval_ms = {report_interval_ms}\n" if report_interval_ms else "")
+            + f"[trace]\npath = \"{self.trace}\"\n"
         )
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
@@ -448,7 +454,8 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
         reserved = 0 if config == "unconstrained" else host.shrink_to(scenario.host_budget_mib)
         policy = POLICIES[config]
         if policy is not None:
-            ebbd = EbbdProcess(workdir, policy, scenario.prefix + "-")
+            ebbd = EbbdProcess(workdir, policy, scenario.prefix + "-",
+                               report_interval_ms=scenario.report_interval_ms)
             ebbd.start()
             say(f"[{scenario.name}/{config}] ebbd running with {policy}")
             agents = _agents_connected(ebbd, names, timeout_s=30.0)
