@@ -192,7 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "'--no-yield' to measure what the yields cost")
     parser.add_argument("--report-interval-ms", type=int, default=None, metavar="MS",
                         help="ebbd's guests.report_interval_ms: how often agents report "
-                        "(default: ebbd's, 1000)")
+                        "(default: ebbd's, 2000)")
     parser.add_argument("--results", default=str(REPO / "results"), metavar="DIR",
                         help="where evaluation.json/.md and the PNGs go (default results/)")
     parser.add_argument("--workdir", default=str(WORKDIR), metavar="DIR",

@@ -115,6 +115,9 @@ run_dir = "$RUN"
 control_socket = "$SOCK"
 policy_interval_s = 1.0
 
+[guests]
+report_interval_ms = 1000   # one report per tick
+
 [hypervisor]
 domains = ["$PREFIX-*"]     # the demo's guests only, never other VMs on this host
 

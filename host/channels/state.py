@@ -119,7 +119,7 @@ class ChannelLimits:
     """How much a guest may send before it is cut off, and the timings of a session."""
 
     #: Welcome tells the agent to report this often.
-    report_interval_ms: int = 1000
+    report_interval_ms: int = 2000
     #: Ping an active agent this often.
     heartbeat_interval_s: float = 5.0
     #: No report and no pong for this long: stale.

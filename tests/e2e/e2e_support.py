@@ -191,6 +191,8 @@ class Ebbd:
         sections: Dict[str, Dict[str, Any]] = {
             "daemon": {"run_dir": str(self.run_dir), "control_socket": str(self.socket),
                        "policy_interval_s": 1.0, "log_level": "debug"},
+            # One report per tick, as with ebbd's defaults (2 s and 2000 ms).
+            "guests": {"report_interval_ms": 1000},
             "trace": {"path": str(self.trace)},
             # Only the test's own guests: other VMs on the machine are none of its business.
             "hypervisor": {"domains": [f"{PREFIX}-*"]},

@@ -107,8 +107,8 @@ def test_the_benchmark_ebbd_is_scoped_by_its_config(tmp_path: Path) -> None:
     assert domain_matches("ebb-bench[1]-2", patterns)
     assert not domain_matches("ebb-bench1-2", patterns)  # the prefix is literal
     assert not domain_matches("ebb-lab-1", patterns)
-    assert config.guests.report_interval_ms == 1000  # ebbd's default unless asked
+    assert config.guests.report_interval_ms == 2000  # ebbd's default unless asked
     (tmp_path / "b").mkdir()
     slower = EbbdProcess(tmp_path / "b", tmp_path / "policies", prefix="p-",
-                         report_interval_ms=2000)
-    assert load_config(slower.config).guests.report_interval_ms == 2000
+                         report_interval_ms=1000)
+    assert load_config(slower.config).guests.report_interval_ms == 1000

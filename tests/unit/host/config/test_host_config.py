@@ -36,7 +36,7 @@ def test_missing_default_file_gives_all_defaults() -> None:
     assert cfg.daemon.run_dir == Path("/run/ebb")
     assert cfg.daemon.control_socket == Path("/run/ebb/ebbd.sock")
     assert cfg.daemon.dry_run is False
-    assert cfg.guests.report_interval_ms == 1000
+    assert cfg.guests.report_interval_ms == 2000
     assert cfg.guests.stale_after_s == 5.0
     assert cfg.ksm.enabled is True
     assert cfg.memtune.soft_limit_uncooperative is False
