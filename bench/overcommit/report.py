@@ -247,6 +247,8 @@ def setup_line(setup: Dict[str, Any]) -> str:
         words_ += f", the guests sharing {setup['disk_iops']} IOPS on the host disk"
     if setup.get("agent_args"):
         words_ += f", agents run with `{setup['agent_args']}`"
+    if setup.get("report_interval_ms"):
+        words_ += f", agents report every {setup['report_interval_ms']} ms"
     if setup.get("ratios"):
         words_ += ", overcommit ratios " + ", ".join(f"{r:g}x" for r in setup["ratios"])
     return words_

@@ -124,6 +124,8 @@ def test_runs_of_another_set_up_are_not_mixed_in(tmp_path: Path) -> None:
      "runs on an unlimited disk mixed in"),
     ("agent_args", "--watch-interval 2", "agents run with `--watch-interval 2`",
      "runs with the default agents mixed in"),
+    ("report_interval_ms", 1000, "agents report every 1000 ms",
+     "runs at ebbd's report interval mixed in"),
 ])
 def test_a_set_up_option_is_part_of_the_set_up_and_shown(
         tmp_path: Path, option: str, value: Any, shown: str, why: str) -> None:
