@@ -9,9 +9,10 @@
 # What happens: guests boot (ebb-agent in each); ebbd starts on them; one guest
 # runs memknobs (a memory-touching workload whose size changes over time); every
 # PHASE seconds a ballast process takes and locks host memory until only 15 % of
-# it is freeable, and then gives it back. Under pressure the balloons inflate
-# (the idle guest, with most unused memory and the biggest offer, gives most)
-# and KSM starts; without, they deflate and KSM stops.
+# it is freeable, and then gives it back. Under pressure KSM starts, and the
+# guests give back what they freed (free page reporting) and cache that stayed
+# cold (yields); balloons inflate only if the host gets critical. Without
+# pressure KSM stops.
 #
 # Everything is put back on exit, Ctrl-C or error: ebbd stopped, the ballast
 # gone (it also dies with the demo), hugepages and KSM settings as they were,
