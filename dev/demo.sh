@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make demo: a lab of real VMs, ebbd managing them, a load that creates memory
-# pressure, and the live status view, so you can watch balloons move.
+# pressure, and the live status view, so you can watch memory move.
 #
 #   ./dev/demo.sh                      until Ctrl-C, with `ebbctl top` (needs a terminal)
 #   ./dev/demo.sh --duration 300       five minutes, printing the status every 10 s
