@@ -197,7 +197,7 @@ class Sampler(threading.Thread):
                                      "swap_out", "rss") if k in stats}
                     # Cumulative µs its vCPUs waited for a host CPU (a timeline of
                     # the run's host_cpu_wait_vcpu_s).
-                    cpu_wait = self._stall.read(name).vcpu_cpu.get("some")
+                    cpu_wait = self._stall.cpu_wait_us(name)
                     if cpu_wait is not None:
                         guests[name]["cpu_wait_us"] = cpu_wait
             except libvirt.libvirtError as err:

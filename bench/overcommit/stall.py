@@ -200,6 +200,19 @@ def stall_summary(per_guest: Mapping[str, Mapping[str, Any]], elapsed_s: float
     return {k: v for k, v in out.items() if v is not None}
 
 
+def _vcpu_psi(group: Path, resource: str) -> Dict[str, int]:
+    """PSI totals of ``resource`` summed over the group's ``vcpuN`` subgroups."""
+    out: Dict[str, int] = {}
+    for vdir in sorted(group.glob("vcpu*")):
+        try:
+            text = (vdir / f"{resource}.pressure").read_text()
+        except OSError:
+            continue
+        for key, value in parse_psi(text).items():
+            out[key] = out.get(key, 0) + value
+    return out
+
+
 class HostStallMeter:
     """Reads each guest's QEMU counters at the workload's start and end."""
 
@@ -236,26 +249,29 @@ class HostStallMeter:
             reading.blkio_ticks = stat.get("delayacct_blkio_ticks")
         except (OSError, ValueError, IndexError):
             pass
-        if self.mount is None:
-            return reading
-        try:
-            group = cgroup_v2_dir((self.proc / str(pid) / "cgroup").read_text(), self.mount)
-        except OSError:
-            group = None
+        group = self._group(pid)
         if group is None:
             return reading
         with contextlib.suppress(OSError):
             reading.psi = parse_psi((group / "memory.pressure").read_text())
-        for resource, into in (("memory", reading.vcpu_psi), ("io", reading.vcpu_io),
-                               ("cpu", reading.vcpu_cpu)):
-            for vdir in sorted(group.glob("vcpu*")):
-                try:
-                    text = (vdir / f"{resource}.pressure").read_text()
-                except OSError:
-                    continue
-                for key, value in parse_psi(text).items():
-                    into[key] = into.get(key, 0) + value
+        reading.vcpu_psi = _vcpu_psi(group, "memory")
+        reading.vcpu_io = _vcpu_psi(group, "io")
+        reading.vcpu_cpu = _vcpu_psi(group, "cpu")
         return reading
+
+    def cpu_wait_us(self, name: str) -> Optional[int]:
+        """Cumulative µs the guest's vCPUs waited for a host CPU (``None``: unreadable)."""
+        pid = self._pid(name)
+        group = self._group(pid) if pid is not None else None
+        return _vcpu_psi(group, "cpu").get("some") if group is not None else None
+
+    def _group(self, pid: int) -> Optional[Path]:
+        if self.mount is None:
+            return None
+        try:
+            return cgroup_v2_dir((self.proc / str(pid) / "cgroup").read_text(), self.mount)
+        except OSError:
+            return None
 
     def start(self) -> None:
         self._before = {n: self.read(n) for n in self.names}

@@ -62,6 +62,9 @@ def test_the_host_side_reads_the_guests_own_cgroup_and_its_qemu(tmp_path: Path) 
     assert stall.host_vcpu_wait_s(figures) == 10.0
     # Its vCPU was ready but waited 3.25 s for a host CPU: reported, never a memory stall.
     assert figures["host_cpu_wait_vcpu_s"] == 3.25
+    # The sampler's per-second timeline reads only that counter.
+    assert meter.cpu_wait_us("g1") == 5_250_000
+    assert meter.cpu_wait_us("absent") is None
     assert stall.guest_total_stall_s(figures) == 10.0
     # Delay accounting is off: its block I/O delay is not reported as if it were 0.
     assert "qemu_blkio_delay_s" not in figures
