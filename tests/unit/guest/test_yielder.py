@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import pytest
 from agent_testkit import MIB_KIB, FakeKernel, ProcTree
@@ -31,8 +31,9 @@ SUPPORTED = ReclaimSupport("/fake/memory.reclaim", swappiness_arg=True)
 
 def make_yielder(proc_tree: ProcTree, kernel: FakeKernel,
                  limits: ReclaimLimits = LIMITS,
-                 support: ReclaimSupport = SUPPORTED) -> Yielder:
-    clock = FakeClock()
+                 support: ReclaimSupport = SUPPORTED,
+                 clock: Optional[FakeClock] = None) -> Yielder:
+    clock = clock or FakeClock()
     return Yielder(support, MemoryCollector(str(proc_tree.root), clock=clock), YieldConfig(),
                    limits, reclaimer=kernel, clock=clock)
 
@@ -247,9 +248,7 @@ def test_a_request_long_after_a_background_yield_is_served_in_full(
     proc_tree: ProcTree,
 ) -> None:
     clock = FakeClock()
-    kernel = FakeKernel(proc_tree)
-    yielder = Yielder(SUPPORTED, MemoryCollector(str(proc_tree.root), clock=clock),
-                      YieldConfig(), LIMITS, reclaimer=kernel, clock=clock)
+    yielder = make_yielder(proc_tree, FakeKernel(proc_tree), clock=clock)
     _background_yield(yielder, 32 * MIB_KIB)
     clock.now_s += BACKGROUND_CREDIT_S + 1
     answer = run(yielder, yielder.request(32 * MIB_KIB, request_id=13, deadline_ms=None))
