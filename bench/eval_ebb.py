@@ -138,6 +138,26 @@ def sweep_budgets(scenario: harness.Scenario,
     return {r: round(scenario.total_memory_mib / r) for r in ratios}
 
 
+def parse_ratios(text: str) -> List[float]:
+    """``"2.5,2"`` -> [2.5, 2.0]: overcommit ratios above 1, each once, in the order given.
+
+    ValueError says which item is wrong.
+    """
+    ratios: List[float] = []
+    for item in text.split(","):
+        try:
+            ratio = float(item)
+        except ValueError:
+            raise ValueError(f"{item.strip()!r} is not a number") from None
+        if not 1.0 < ratio <= 10.0:
+            raise ValueError(f"{item.strip()}: a ratio is guests' memory over the host budget, "
+                             "above 1 and at most 10")
+        if ratio in ratios:
+            raise ValueError(f"{item.strip()} is given twice")
+        ratios.append(ratio)
+    return ratios
+
+
 def summarise_any(name: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     """A scenario's summary; the sweep's is the operator's figure."""
     if name == "sweep":
@@ -170,6 +190,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="repetitions (default 1 short, 3 full)")
     parser.add_argument("--sweep-reps", type=int, default=1, metavar="N",
                         help="repetitions of each point of the sweep (default 1)")
+    parser.add_argument("--sweep-ratios", default=None, metavar="R,R,...",
+                        help="the sweep's overcommit ratios, run in this order (default "
+                        + ",".join(f"{r:g}" for r in SWEEP_RATIOS) + "); e.g. 2.5,2 to "
+                        "measure the ratios where configurations part first")
     parser.add_argument("--duration", type=float, default=None, metavar="S",
                         help="workload seconds per configuration (default 240 Memknobs, 90 "
                         "page cache, 300 cold cache; 30-50 short)")
@@ -251,7 +275,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plan = make_plan(args.short, args.only)
     except ValueError as err:
         parser.error(str(err))
-    budgets = sweep_budgets(scen["sweep"])
+    try:
+        ratios = parse_ratios(args.sweep_ratios) if args.sweep_ratios else SWEEP_RATIOS
+    except ValueError as err:
+        parser.error(f"--sweep-ratios {args.sweep_ratios}: {err}")
+    budgets = sweep_budgets(scen["sweep"], ratios)
 
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,19 @@ def test_the_sweep_steps_are_the_overcommit_ratios() -> None:
     assert eval_ebb.sweep_budgets(sweep) == {1.25: 2458, 1.5: 2048, 2.0: 1536, 2.5: 1229}
 
 
+def test_the_sweep_runs_the_ratios_asked_for_in_their_order() -> None:
+    sweep = eval_ebb.scenarios(False, None)["sweep"]
+    budgets = eval_ebb.sweep_budgets(sweep, eval_ebb.parse_ratios("2.5, 2"))
+    assert list(budgets.items()) == [(2.5, 1229), (2.0, 1536)]
+
+
+@pytest.mark.parametrize("text, says", [("2,x", "'x' is not a number"),
+                                        ("1", "above 1"), ("2,2.0", "given twice")])
+def test_a_wrong_sweep_ratio_is_named(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        eval_ebb.parse_ratios(text)
+
+
 def test_the_operator_figure_is_the_highest_ratio_under_five_percent_stall() -> None:
     points: List[Dict[str, Any]] = []
     for config, shares in (("none", (2.0, 7.0, 12.0, 30.0)),
