@@ -241,7 +241,12 @@ def setup_line(setup: Dict[str, Any]) -> str:
         guests = (f"{setup['cache_guests']} cache guests x {setup['memory_mib']} MiB and a "
                   f"growing guest of {setup['grower_memory_mib']} MiB "
                   f"(`{setup.get('grower_pattern', '')}`)")
-    words_ = (f"{guests}, host budget {setup['host_budget_mib']} MiB, host swap "
+    budget = f"host budget {setup['host_budget_mib']} MiB"
+    if setup.get("ratios"):
+        # The sweep's budget is one per ratio, not the scenario's own.
+        budget = "overcommit ratios " + ", ".join(
+            f"{r:g}x ({b} MiB)" for r, b in zip(setup["ratios"], setup.get("budgets_mib", [])))
+    words_ = (f"{guests}, {budget}, host swap "
               f"{setup['host_swap_mib']} MiB, {setup['duration_s']:.0f} s of workload")
     if setup.get("disk_iops"):
         words_ += f", the guests sharing {setup['disk_iops']} IOPS on the host disk"
@@ -249,8 +254,6 @@ def setup_line(setup: Dict[str, Any]) -> str:
         words_ += f", agents run with `{setup['agent_args']}`"
     if setup.get("report_interval_ms"):
         words_ += f", agents report every {setup['report_interval_ms']} ms"
-    if setup.get("ratios"):
-        words_ += ", overcommit ratios " + ", ".join(f"{r:g}x" for r in setup["ratios"])
     return words_
 
 

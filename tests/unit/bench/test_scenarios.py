@@ -76,6 +76,14 @@ def test_the_sweep_runs_the_ratios_asked_for_in_their_order() -> None:
     assert list(budgets.items()) == [(2.5, 1229), (2.0, 1536)]
 
 
+def test_the_sweeps_set_up_names_a_budget_per_ratio_not_the_scenarios_own() -> None:
+    sweep = eval_ebb.scenarios(False, None)["sweep"]
+    setup = {**sweep.describe(), "ratios": [2.5, 2.0], "budgets_mib": [1229, 1536]}
+    line = report.setup_line(setup)
+    assert "overcommit ratios 2.5x (1229 MiB), 2x (1536 MiB)" in line
+    assert "2048" not in line
+
+
 @pytest.mark.parametrize("text, says", [("2,x", "'x' is not a number"),
                                         ("1", "above 1"), ("2,2.0", "given twice")])
 def test_a_wrong_sweep_ratio_is_named(text: str, says: str) -> None:
