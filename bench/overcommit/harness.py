@@ -39,6 +39,7 @@ from .hostctl import HostMemory, ksm_counters, read_vmstat
 from .stall import (
     HostStallMeter,
     guest_total_stall_s,
+    host_event_deltas,
     host_vcpu_wait_s,
     psi_delta_s,
     stall_summary,
@@ -546,6 +547,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
             result["disk_ios"] = {k: disk_after[k] - disk_before[k] for k in disk_after}
         result["host_swap_ops"] = result["host_swap_in_pages"] + result["host_swap_out_pages"]
         result["guest_swap_ops"] = result["guest_swap_in_pages"] + result["guest_swap_out_pages"]
+        result["host_events"] = host_event_deltas(host_before, host_after)
         # Others' tests on this host may change hugepages or swap under us (they do not
         # all take the lock): say so in the result rather than report a wrong figure.
         disturbed = []

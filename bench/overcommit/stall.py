@@ -62,6 +62,20 @@ def psi_delta_s(before: Mapping[str, int], after: Mapping[str, int]) -> Dict[str
             for k in ("some", "full") if k in before and k in after}
 
 
+#: Host /proc/vmstat counters a run records as deltas (``host_events``): what the
+#: guests' memory cost the host outside swap. ``compact_stall``: a fault (often a
+#: guest page QEMU touches again after free page reporting dropped it) waited for
+#: the kernel to assemble a huge page; ``thp_fault_fallback``: it got small pages
+#: instead. QEMU asks for huge pages (MADV_HUGEPAGE) for guest memory.
+HOST_EVENTS = ("compact_stall", "compact_fail", "thp_fault_alloc", "thp_fault_fallback",
+               "pgmajfault")
+
+
+def host_event_deltas(before: Mapping[str, int], after: Mapping[str, int]) -> Dict[str, int]:
+    """:data:`HOST_EVENTS` counted between two ``/proc/vmstat`` readings (keys both have)."""
+    return {k: max(0, after[k] - before[k]) for k in HOST_EVENTS if k in before and k in after}
+
+
 def parse_proc_stat(text: str) -> Dict[str, int]:
     """Major faults and block-I/O delay ticks of a process, from ``/proc/PID/stat``.
 

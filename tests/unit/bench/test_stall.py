@@ -30,6 +30,14 @@ def test_psi_totals_become_seconds_of_stall_over_the_workload() -> None:
     assert stall.psi_delta_s({}, after) == {}
 
 
+def test_host_events_are_counted_over_the_run() -> None:
+    before = {"compact_stall": 100, "thp_fault_fallback": 7, "pgmajfault": 50, "pswpin": 1}
+    after = {"compact_stall": 160, "thp_fault_fallback": 9, "pgmajfault": 50, "pswpin": 5,
+             "thp_fault_alloc": 3}
+    assert stall.host_event_deltas(before, after) == {
+        "compact_stall": 60, "thp_fault_fallback": 2, "pgmajfault": 0}
+
+
 def test_the_host_side_reads_the_guests_own_cgroup_and_its_qemu(tmp_path: Path) -> None:
     proc, run = tmp_path / "proc", tmp_path / "run"
     cg = tmp_path / "cgroup2"
