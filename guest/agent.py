@@ -18,7 +18,6 @@ import time
 from typing import Callable, Optional
 
 from .collect import CollectError, MemoryCollector
-from .reporting import ReportingOrder
 from .session import (
     AgentConfig,
     AgentCounters,
@@ -55,11 +54,8 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         yielder: Optional[Yielder] = None,
         sleep: Optional[Callable[[float], None]] = None,
-        reporting: Optional[ReportingOrder] = None,
     ) -> None:
         self.transport = transport
-        #: The grain of free page reporting, coarser while in session; None: left alone.
-        self.reporting = reporting
         #: Runs yields (reclaim in the guest); None: the agent never yields.
         self.yielder = yielder
         self.collector = collector
@@ -155,16 +151,6 @@ class Agent:
                     session.sampled(sample, now)
             self._run_yield_work()
         self._flush()
-        self._sync_reporting()
-
-    def _sync_reporting(self) -> None:
-        """Coarse free page reporting while a host manages the guest, the kernel's otherwise."""
-        if self.reporting is None:
-            return
-        if self.session.state is ConnectionState.ACTIVE and not self._stopping:
-            self.reporting.engage()
-        else:
-            self.reporting.release()
 
     def _talking(self) -> bool:
         return self.session.state in (ConnectionState.HELLO_SENT, ConnectionState.ACTIVE)
@@ -216,7 +202,6 @@ class Agent:
     def _lost(self, why: str) -> None:
         self.transport.close()
         self.session.lost(why, self._clock())
-        self._sync_reporting()
         for status in self.session.take_statuses():
             self._tell(status)
 
@@ -250,8 +235,6 @@ class Agent:
 
     def _shutdown(self) -> None:
         self._tell("STOPPING=1")
-        if self.reporting is not None:
-            self.reporting.release()
         bye = self.session.stop()
         if self.transport.is_open:
             if bye is not None:

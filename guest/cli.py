@@ -15,7 +15,7 @@ import time
 from types import FrameType
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import __version__, reporting
+from . import __version__
 from .agent import Agent, AgentConfig
 from .collect import DEFAULT_PROC_ROOT, CollectError, MemoryCollector
 from .reclaim import (
@@ -62,7 +62,6 @@ CONFIG_KEYS: Dict[str, Tuple[str, type]] = {
     "yield_max_mib_per_min": ("yield_max_mib_per_min", int),
     "yield_step_mib": ("yield_step_mib", int),
     "reserve_mib": ("reserve_mib", int),
-    "reporting_order": ("reporting_order", str),
 }
 
 
@@ -169,18 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest single reclaim request, 1..1024 (default: %(default)s)",
     )
     parser.add_argument(
-        "--reporting-order",
-        type=_reporting_order,
-        default=reporting.COARSE,
-        metavar="coarse|keep|ORDER",
-        help="the grain of free page reporting while a host manages the guest: 'coarse' "
-        "reports only free blocks twice the kernel's size (4 MiB instead of 2 MiB on "
-        "x86), so short-lived buffers are not handed to the host and faulted back; "
-        "'keep' leaves the kernel's; a number sets page_reporting_order. The kernel's "
-        "value is put back when the host goes or the agent stops (default: "
-        "%(default)s; config: reporting_order = \"keep\")",
-    )
-    parser.add_argument(
         "--cgroup-root",
         default=None,
         metavar="DIR",
@@ -246,13 +233,6 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _reporting_order(text: str) -> str:
-    try:
-        return reporting.parse_setting(text)
-    except reporting.ReportingOrderError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def _step_mib(text: str) -> int:
     value = _non_negative_int(text)
     if not 1 <= value <= 1024:
@@ -291,20 +271,11 @@ def read_config(path: str) -> Dict[str, Any]:
             values[dest] = raw == "true"
         elif kind is int and raw.isdigit():
             values[dest] = int(raw)
-        elif kind is str and len(raw) >= 2 and raw[0] == raw[-1] == '"':
-            values[dest] = raw[1:-1]
-        elif kind is str and raw.isdigit():
-            values[dest] = raw
         else:
-            wanted = {bool: "true or false", int: "a whole number"}.get(kind, "a quoted string")
+            wanted = "true or false" if kind is bool else "a whole number"
             raise ConfigError(f"{where}: {key} must be {wanted}, got {raw!r}")
     if "yield_step_mib" in values and not 1 <= values["yield_step_mib"] <= 1024:
         raise ConfigError(f"{path}: yield_step_mib must be 1..1024")
-    if "reporting_order" in values:
-        try:
-            values["reporting_order"] = reporting.parse_setting(values["reporting_order"])
-        except reporting.ReportingOrderError as err:
-            raise ConfigError(f"{path}: reporting_order: {err}") from None
     return values
 
 
@@ -495,9 +466,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  "free page reporting returns less of it", os.path.join(args.proc_root,
                                                                         COMPACT_FILE))
     yielder = Yielder(support, collector, yield_config, limits, compactor=compactor)
-    grain = reporting.probe(args.reporting_order, args.sys_root, args.proc_root,
-                            DEFAULT_RUNTIME_DIR)
-    agent = Agent(transport, collector, config, notify=notify, yielder=yielder, reporting=grain)
+    agent = Agent(transport, collector, config, notify=notify, yielder=yielder)
 
     stop_signals = StopSignals(agent.stop)
     stop_signals.install()

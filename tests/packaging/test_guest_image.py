@@ -83,8 +83,6 @@ p caps "$(awk '/^CapBnd:/ {print $2}' /proc/$pid/status)"
 p cgroup_ro "$(grep -c ' /sys/fs/cgroup ro,' /proc/$pid/mountinfo)"
 p reclaim_rw "$(grep -c ' /sys/fs/cgroup/memory.reclaim rw,' /proc/$pid/mountinfo)"
 p compact_rw "$(grep -c ' /proc/sys/vm/compact_memory rw,' /proc/$pid/mountinfo)"
-p reporting_rw "$(grep -c ' /sys/module/page_reporting/parameters/page_reporting_order rw,' \
-    /proc/$pid/mountinfo)"
 p sysctl_ro "$(grep -c ' /proc/sys ro,' /proc/$pid/mountinfo)"
 p cgroup_rw "$(awk '$5 ~ /^\\/sys\\/fs\\/cgroup/ && $6 ~ /^rw/ {print $5}' /proc/$pid/mountinfo \\
     | tr '\\n' ' ')"
@@ -239,14 +237,13 @@ def test_guest_package_boots_reports_and_purges_clean(debs: Dict[str, Path]) -> 
             vm.wait_console(r"Started ebb-agent\.service", time.monotonic() + 30)
             # What the unit gave: root without capabilities, the cgroup tree
             # read-only but for the root cgroup's memory.reclaim, /proc/sys read-only
-            # but for compact_memory, /sys read-only but for
-            # page_reporting_order (ProtectSystem=strict).
+            # but for compact_memory.
             deadline = time.monotonic() + 60
             _probe(vm, "done", deadline)
             facts = {
                 key: _probe(vm, key, deadline)
                 for key in ("uid", "caps", "cgroup_ro", "reclaim_rw", "cgroup_rw", "compact_rw",
-                            "sysctl_ro", "reporting_rw")
+                            "sysctl_ro")
             }
             assert facts == {
                 "uid": "0",
@@ -256,7 +253,6 @@ def test_guest_package_boots_reports_and_purges_clean(debs: Dict[str, Path]) -> 
                 "cgroup_rw": "/sys/fs/cgroup/memory.reclaim",
                 "compact_rw": "1",
                 "sysctl_ro": "1",
-                "reporting_rw": "1",
             }, f"{facts}\n{vm.console_tail()}"
 
             # Unplugging the port must stop the agent (BindsTo the device unit).
