@@ -500,6 +500,7 @@ def real_differences(summary: Dict[str, Any]) -> List[str]:
     """Every comparison of the key figures whose interval is clear of "no change"."""
     lines = []
     kept = 0
+    by_chance = 0.0  # comparisons expected clear of "no change" were nothing different
     for name, scen in summary.items():
         kind = KIND.get(name)
         if kind is None or name == "sweep":
@@ -514,16 +515,40 @@ def real_differences(summary: Dict[str, Any]) -> List[str]:
                     interval = interval_of(scen, baseline, config, key)
                     if interval is None:
                         continue
+                    by_chance += chance_clear(interval)
                     if interval["no_difference"]:
                         kept += 1
                         continue
                     lines.append(f"- {name}, {config} vs {baseline}, {key}: {words(interval)}")
     if not lines and not kept:
         return []
+    caveat = []
+    if by_chance >= 0.5:
+        caveat = [f"With fewer than 5 repetitions the interval is the smallest and largest "
+                  f"ratio, and with 3 it misses \"no change\" in 1 comparison of 4 where "
+                  f"nothing differs (all three ratios on one side). Of these "
+                  f"{kept + len(lines)} comparisons about {by_chance:.0f} would be listed here "
+                  f"if no configuration made any difference: a difference that is small "
+                  f"against the spread of its repetitions needs more of them.", ""]
     return (["## Which differences are real", "",
              "Intervals clear of \"no change\" (the rest, "
              f"{kept} comparisons, are no difference):", ""]
-            + (lines or ["- none"]) + [""])
+            + (lines or ["- none"]) + [""] + caveat)
+
+
+def chance_clear(interval: Dict[str, Any]) -> float:
+    """How likely this interval is clear of "no change" when nothing differs.
+
+    A min-max interval over n repetitions misses 1.0 exactly when all n ratios fall
+    on one side of it, which noise alone does with probability 2 / 2**n. The
+    bootstrap (5 repetitions and more) aims at 5 %; one repetition never counts.
+    """
+    reps = interval.get("reps", 0)
+    if reps < 2:
+        return 0.0
+    if interval.get("method") == "min-max":
+        return 2.0 / 2 ** reps
+    return 0.05
 
 
 def markdown(results: Dict[str, Any]) -> str:

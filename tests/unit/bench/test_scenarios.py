@@ -135,6 +135,16 @@ def test_the_page_opens_with_what_each_configuration_wins_or_loses() -> None:
     real = text.split("## Which differences are real")[1]
     assert "overcommit, cooperative vs fpr, stall_s" in real
     assert "throughput_mb_s" not in real
+    # 3 repetitions: a quarter of the comparisons would be "real" by chance alone.
+    assert "in 1 comparison of 4 where nothing differs" in real
+    assert "Of these 8 comparisons about 2 would be listed here" in real
+
+
+def test_the_chance_of_an_interval_clear_of_no_change_without_any_effect() -> None:
+    assert report.chance_clear({"reps": 3, "method": "min-max"}) == 0.25
+    assert report.chance_clear({"reps": 4, "method": "min-max"}) == 0.125
+    assert report.chance_clear({"reps": 6, "method": "bootstrap95"}) == 0.05
+    assert report.chance_clear({"reps": 1, "method": "single"}) == 0.0
 
 
 def test_the_growers_throughput_counts_only_after_it_started_growing() -> None:
