@@ -500,7 +500,8 @@ def real_differences(summary: Dict[str, Any]) -> List[str]:
     """Every comparison of the key figures whose interval is clear of "no change"."""
     lines = []
     kept = 0
-    by_chance = 0.0  # comparisons expected clear of "no change" were nothing different
+    by_chance = 0.0  # comparisons expected clear of "no change" if nothing differed
+    min_max = False  # any interval is the smallest and largest ratio (under 5 repetitions)
     for name, scen in summary.items():
         kind = KIND.get(name)
         if kind is None or name == "sweep":
@@ -516,24 +517,31 @@ def real_differences(summary: Dict[str, Any]) -> List[str]:
                     if interval is None:
                         continue
                     by_chance += chance_clear(interval)
+                    min_max = min_max or interval.get("method") == "min-max"
                     if interval["no_difference"]:
                         kept += 1
                         continue
                     lines.append(f"- {name}, {config} vs {baseline}, {key}: {words(interval)}")
     if not lines and not kept:
         return []
-    caveat = []
-    if by_chance >= 0.5:
-        caveat = [f"With fewer than 5 repetitions the interval is the smallest and largest "
-                  f"ratio, and with 3 it misses \"no change\" in 1 comparison of 4 where "
-                  f"nothing differs (all three ratios on one side). Of these "
-                  f"{kept + len(lines)} comparisons about {by_chance:.0f} would be listed here "
-                  f"if no configuration made any difference: a difference that is small "
-                  f"against the spread of its repetitions needs more of them.", ""]
     return (["## Which differences are real", "",
              "Intervals clear of \"no change\" (the rest, "
              f"{kept} comparisons, are no difference):", ""]
-            + (lines or ["- none"]) + [""] + caveat)
+            + (lines or ["- none"]) + [""] + chance_caveat(by_chance, kept + len(lines), min_max))
+
+
+def chance_caveat(by_chance: float, comparisons: int, min_max: bool) -> List[str]:
+    """The paragraph on how many listed differences noise alone would give, when about one."""
+    if by_chance < 0.5:
+        return []
+    how = ("With fewer than 5 repetitions the interval is the smallest and largest ratio, "
+           "and with 3 it misses \"no change\" in 1 comparison of 4 where nothing differs "
+           "(all three ratios on one side)." if min_max else
+           "A 95 % bootstrap interval misses \"no change\" in about 1 comparison of 20 "
+           "where nothing differs.")
+    return [f"{how} Of these {comparisons} comparisons about {by_chance:.0f} would be listed "
+            "here if no configuration made any difference: a difference that is small "
+            "against the spread of its repetitions needs more of them.", ""]
 
 
 def chance_clear(interval: Dict[str, Any]) -> float:

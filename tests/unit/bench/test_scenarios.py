@@ -140,6 +140,15 @@ def test_the_page_opens_with_what_each_configuration_wins_or_loses() -> None:
     assert "Of these 8 comparisons about 2 would be listed here" in real
 
 
+def test_a_bootstrap_page_states_the_bootstraps_chance_not_the_min_max_one() -> None:
+    # 44 comparisons of 6 repetitions each: about 2 clear of "no change" by chance.
+    text = " ".join(report.chance_caveat(2.2, 44, min_max=False))
+    assert "fewer than 5 repetitions" not in text
+    assert "about 1 comparison of 20" in text
+    assert "Of these 44 comparisons about 2 would be listed" in text
+    assert report.chance_caveat(0.4, 8, min_max=False) == []
+
+
 def test_the_chance_of_an_interval_clear_of_no_change_without_any_effect() -> None:
     assert report.chance_clear({"reps": 3, "method": "min-max"}) == 0.25
     assert report.chance_clear({"reps": 4, "method": "min-max"}) == 0.125
