@@ -63,10 +63,10 @@ def psi_delta_s(before: Mapping[str, int], after: Mapping[str, int]) -> Dict[str
 
 
 #: Host /proc/vmstat counters a run records as deltas (``host_events``): what the
-#: guests' memory cost the host outside swap. ``compact_stall``: a fault (often a
-#: guest page QEMU touches again after free page reporting dropped it) waited for
+#: guests' memory cost the host outside swap. ``compact_stall``: a fault waited for
 #: the kernel to assemble a huge page; ``thp_fault_fallback``: it got small pages
-#: instead. QEMU asks for huge pages (MADV_HUGEPAGE) for guest memory.
+#: instead. QEMU asks for huge pages (MADV_HUGEPAGE) for guest memory. On the lab's
+#: page cache runs these counts were the same with and without free page reporting.
 HOST_EVENTS = ("compact_stall", "compact_fail", "thp_fault_alloc", "thp_fault_fallback",
                "pgmajfault")
 
