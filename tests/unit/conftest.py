@@ -81,3 +81,23 @@ def _no_real_host(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_libvirt_open(uri, *args, **kwargs)
 
     monkeypatch.setattr(libvirt, "open", guarded_libvirt_open)
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_put_back() -> Any:
+    """Put the root logger's handlers and level back after each test.
+
+    ``ebbd``'s and ``ebbctl``'s mains configure logging for their process, with a handler
+    on the ``sys.stderr`` of that moment: in a test, pytest's capture, which is closed when
+    the test ends. Left installed, every later log record would fail to print.
+    """
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        # pytest's own capture handlers come and go per phase; they are its to remove.
+        if handler not in handlers and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+    root.setLevel(level)

@@ -362,6 +362,16 @@ def test_ebbd_once_prints_the_tick(tmp_path, capsys):
     assert "test:" in out
 
 
+def test_logging_still_works_after_an_ebbd_main_in_an_earlier_test():
+    # ebbd's main installs a handler on the stderr of its moment: in a test, the capture of
+    # the test before this one, closed since. Every later log line would then print
+    # "--- Logging error ---" instead of the record.
+    import logging
+
+    streams = [getattr(h, "stream", None) for h in logging.getLogger().handlers]
+    assert not [s for s in streams if getattr(s, "closed", False)]
+
+
 def test_ebbd_rejects_a_bad_config_naming_the_key(tmp_path, capsys):
     path = tmp_path / "ebbd.toml"
     path.write_text("[daemon]\npolicy_interval_s = -1\n")
