@@ -582,7 +582,7 @@ def markdown(results: Dict[str, Any]) -> str:
               "repetitions, min-max below); \"no difference\" when it holds no change.", ""]
     for name, setup in (results.get("scenarios") or {}).items():
         if setup:
-            lines.append(f"- {name}: {setup_line(setup)}")
+            lines.append(f"- {name}: {setup_line(setup)}{_own_reps(results, name)}")
     if results.get("scenarios"):
         lines.append("")
     for name, scen in summary.items():
@@ -606,6 +606,16 @@ def markdown(results: Dict[str, Any]) -> str:
             lines.append(f"- [{name}]({name})")
         lines.append("")
     return "\n".join(lines)
+
+
+def _own_reps(results: Dict[str, Any], name: str) -> str:
+    """A scenario merged in from a run with another repetition count says its own."""
+    reps = len({r.get("rep") for r in (results.get("runs") or {}).get(name) or []})
+    if not reps or reps == results.get("reps"):
+        return ""
+    how = ("bootstrap 95 % intervals" if reps >= 5 else
+           "min-max intervals" if reps >= 2 else "no intervals")
+    return f"; {reps} repetitions ({how})"
 
 
 def _interval_words(results: Dict[str, Any]) -> str:

@@ -216,3 +216,23 @@ def test_a_cold_cache_run_that_slows_the_cache_guests_says_so_at_the_top() -> No
     assert "loses on cache guests' p95 in coldcache +2" in coop
     assert "coldcache, cooperative vs fpr, cache_latency_p95_ms" in \
         text.split("## Which differences are real")[1]
+
+
+def test_a_scenario_merged_from_more_repetitions_says_how_many() -> None:
+    # One scenario re-run with 6 repetitions beside others with 3: the page's "repetitions:
+    # 3" must not stand for it, nor "min-max over 3" for its bootstrap intervals.
+    runs = {"overcommit": [], "pagecache": []}
+    for rep in range(6):
+        for config in ("none", "cooperative"):
+            if rep < 3:
+                runs["overcommit"].append(_run(config, rep, 10.0 + rep, 1000.0))
+            runs["pagecache"].append(_run(config, rep, 10.0 + rep, 1000.0))
+    setup = {"guests": 3, "memory_mib": 512, "host_budget_mib": 1024, "host_swap_mib": 4096,
+             "duration_s": 90}
+    results = {"mode": "full", "started": "s", "finished": "f", "host": "h", "reps": 3,
+               "scenarios": {"overcommit": dict(setup), "pagecache": dict(setup)},
+               "summary": {n: report.summarise(n, r) for n, r in runs.items()}, "runs": runs}
+    lines = report.markdown(results).splitlines()
+    assert next(x for x in lines if x.startswith("- pagecache:")).endswith(
+        "; 6 repetitions (bootstrap 95 % intervals)")
+    assert "repetitions" not in next(x for x in lines if x.startswith("- overcommit:"))
