@@ -306,6 +306,30 @@ def test_at_critical_a_busy_self_returning_guest_is_squeezed_only_while_the_host
     assert run(calm, [plain]).proposed_targets()["plain"] < 4 * GiB
 
 
+def test_memory_just_freed_is_seen_in_the_agents_report_before_the_balloon_statistics() -> None:
+    # Memknobs on the lab: the host critical, a reporting guest's agent offers the
+    # 239 MiB its workload just freed while the balloon statistics still read 105 MiB
+    # unused. That memory is on its way back by free page reporting: no balloon takes it.
+    runner = PolicyRunner(load_policy_dir(policy_dir("cooperative")))
+    avail = int(0.02 * HOST_16G)
+    host = Entity({"name": "host"}, [{
+        "mem_available": HOST_16G, "mem_free": avail, "meminfo_available": avail,
+        "pressure_level": 3, "ksm_pages_to_scan": 100, "ksm_shareable": 0,
+    }])
+
+    def tick(agent_free: int) -> Evaluation:
+        freeing = yielder("f", cache=300 * MiB, offer=max(0, agent_free - 256 * MiB),
+                          free_page_reporting=1,
+                          mem_unused=200 * MiB,  # the lagging balloon statistic
+                          meminfo_available=agent_free + 300 * MiB)
+        return runner.evaluate(PolicyInput(host, [freeing]))
+
+    tick(200 * MiB)
+    tick(200 * MiB)
+    freed = tick(200 * MiB + GiB)  # the agent's report: 1 GiB freed since the last tick
+    assert freed.proposed_targets().get("f") is None
+
+
 def test_the_page_cache_warm_up_is_not_distress() -> None:
     # The lab's page cache scenario, three guests reading their files into their
     # caches: MemAvailable 3 % for 30 s, the host's memory PSI some at most 1.4-2.1 %
