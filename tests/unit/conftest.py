@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import io
+import logging
 import os
 from typing import Any
 
@@ -91,8 +92,6 @@ def _root_logger_put_back() -> Any:
     on the ``sys.stderr`` of that moment: in a test, pytest's capture, which is closed when
     the test ends. Left installed, every later log record would fail to print.
     """
-    import logging
-
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield

@@ -17,7 +17,7 @@ MiB = 1024
 KEEP_4G = 0.05 * 4 * GiB
 
 
-def run(host_fields: Dict[str, Any], guests: List[Entity], name: str = "cooperative") -> Evaluation:
+def host(host_fields: Dict[str, Any]) -> Entity:
     fields = {
         "mem_available": HOST_16G,
         "mem_free": 2 * GiB,  # under the freeable line: the old measure says "pressure"
@@ -27,8 +27,19 @@ def run(host_fields: Dict[str, Any], guests: List[Entity], name: str = "cooperat
         "ksm_shareable": 4 * GiB,
     }
     fields.update(host_fields)
+    return Entity({"name": "host"}, [fields])
+
+
+def critical_host() -> Entity:
+    """MemAvailable 2 % of a 16 GiB host, pressure level critical, nothing for KSM."""
+    avail = int(0.02 * HOST_16G)
+    return host({"mem_free": avail, "meminfo_available": avail, "pressure_level": 3,
+                 "ksm_shareable": 0})
+
+
+def run(host_fields: Dict[str, Any], guests: List[Entity], name: str = "cooperative") -> Evaluation:
     runner = PolicyRunner(load_policy_dir(policy_dir(name)))
-    return runner.evaluate(PolicyInput(Entity({"name": "host"}, [fields]), list(guests)))
+    return runner.evaluate(PolicyInput(host(host_fields), list(guests)))
 
 
 def yielder(name: str, cache: int, **extra: Any) -> Entity:
@@ -254,16 +265,12 @@ def test_memory_a_reporting_guest_just_freed_is_left_to_come_back_by_itself() ->
     # the guest kernel hands it back within seconds, so no balloon takes it. Only if it
     # is still not back two ticks on is it offered like any other memory.
     runner = PolicyRunner(load_policy_dir(policy_dir("cooperative")))
-    avail = int(0.02 * HOST_16G)
-    host = Entity({"name": "host"}, [{
-        "mem_available": HOST_16G, "mem_free": avail, "meminfo_available": avail,
-        "pressure_level": 3, "ksm_pages_to_scan": 100, "ksm_shareable": 0,
-    }])
+    critical = critical_host()
 
     def tick(mem_unused: int) -> Evaluation:
         freeing = reporting_guest("f", offer=max(0, mem_unused - 256 * MiB),
                                   mem_unused=mem_unused)
-        return runner.evaluate(PolicyInput(host, [freeing]))
+        return runner.evaluate(PolicyInput(critical, [freeing]))
 
     tick(200 * MiB)
     tick(200 * MiB)
@@ -311,18 +318,14 @@ def test_memory_just_freed_is_seen_in_the_agents_report_before_the_balloon_stati
     # 239 MiB its workload just freed while the balloon statistics still read 105 MiB
     # unused. That memory is on its way back by free page reporting: no balloon takes it.
     runner = PolicyRunner(load_policy_dir(policy_dir("cooperative")))
-    avail = int(0.02 * HOST_16G)
-    host = Entity({"name": "host"}, [{
-        "mem_available": HOST_16G, "mem_free": avail, "meminfo_available": avail,
-        "pressure_level": 3, "ksm_pages_to_scan": 100, "ksm_shareable": 0,
-    }])
+    critical = critical_host()
 
     def tick(agent_free: int) -> Evaluation:
         freeing = yielder("f", cache=300 * MiB, offer=max(0, agent_free - 256 * MiB),
                           free_page_reporting=1,
                           mem_unused=200 * MiB,  # the lagging balloon statistic
                           meminfo_available=agent_free + 300 * MiB)
-        return runner.evaluate(PolicyInput(host, [freeing]))
+        return runner.evaluate(PolicyInput(critical, [freeing]))
 
     tick(200 * MiB)
     tick(200 * MiB)
