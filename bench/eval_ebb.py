@@ -504,7 +504,7 @@ def _carry_over(results: Dict[str, Any], path: Path, plan: Dict[str, List[str]],
         results["plots"] += [p for p in old.get("plots") or []
                              if p.startswith(f"{name}-") and
                              p[len(name) + 1:].split("-")[0].split(".")[0] in kept_configs]
-    results["earlier"] = old.get("started")
+    results["earlier"] = old.get("earlier") or old.get("started")
     results["reps"] = max(results["reps"], first_rep + results["reps"])
     return first_rep
 

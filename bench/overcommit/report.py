@@ -575,8 +575,14 @@ def markdown(results: Dict[str, Any]) -> str:
                     "baseline existed: throughput and latency only; intervals: "
                     + _interval_words(results) + ".")
         lines += [*top[:7], "", note, ""]
-    lines += [f"Run {results['started']} .. {results.get('finished', '(running)')} on "
-              f"{results['host']}; repetitions: {results['reps']}. Medians over repetitions; "
+    counts = sorted(set(_rep_counts(results).values())) or [results["reps"]]
+    reps = (f"{counts[0]}" if len(counts) == 1
+            else f"{counts[0]} to {counts[-1]} (beside each scenario)")
+    # A page that --append grew spans every run it holds, not only the last one.
+    first = results.get("earlier") or results["started"]
+    lines += [f"{'Runs' if results.get('earlier') else 'Run'} {first} .. "
+              f"{results.get('finished', '(running)')} on "
+              f"{results['host']}; repetitions: {reps}. Medians over repetitions; "
               "ratios are medians of the ratio to the baseline measured in the same "
               "repetition, with the interval over repetitions (bootstrap 95 % from 5 "
               "repetitions, min-max below); \"no difference\" when it holds no change.", ""]
@@ -608,18 +614,39 @@ def markdown(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _rep_counts(results: Dict[str, Any]) -> Dict[str, int]:
+    """Repetitions of each scenario but the sweep (whose points have their own count)."""
+    return {name: len({r.get("rep") for r in runs})
+            for name, runs in (results.get("runs") or {}).items() if runs and name != "sweep"}
+
+
 def _own_reps(results: Dict[str, Any], name: str) -> str:
-    """A scenario merged in from a run with another repetition count says its own."""
-    reps = len({r.get("rep") for r in (results.get("runs") or {}).get(name) or []})
-    if not reps or reps == results.get("reps"):
+    """A scenario says its own repetition count when the page's scenarios differ in it.
+
+    The sweep always says its own: the page's count never speaks for its points.
+    """
+    if name == "sweep":
+        reps = len({r.get("rep") for r in (results.get("runs") or {}).get(name) or []})
+        return f"; {_reps_words(reps)} of each point" if reps else ""
+    counts = _rep_counts(results)
+    reps = counts.get(name, 0)
+    if not reps or set(counts.values()) == {results.get("reps")}:
         return ""
+    return f"; {_reps_words(reps)}"
+
+
+def _reps_words(reps: int) -> str:
     how = ("bootstrap 95 % intervals" if reps >= 5 else
            "min-max intervals" if reps >= 2 else "no intervals")
-    return f"; {reps} repetitions ({how})"
+    return f"{reps} repetition{'s' if reps != 1 else ''} ({how})"
 
 
 def _interval_words(results: Dict[str, Any]) -> str:
-    reps = results.get("reps", 0)
+    counts = set(_rep_counts(results).values())
+    if len(counts) > 1:
+        return ("bootstrap 95 % where a scenario has 5 repetitions or more, min-max where "
+                "it has fewer")
+    reps = counts.pop() if counts else results.get("reps", 0)
     if reps < 2:
         return "none (one repetition)"
     return ("bootstrap 95 % over the repetitions" if reps >= 5

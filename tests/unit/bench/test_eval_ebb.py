@@ -196,3 +196,18 @@ def test_the_page_cache_table_says_how_short_the_host_was() -> None:
 def _results(pagecache: Any) -> Any:
     return {"mode": "full", "started": "t0", "host": "h", "reps": 1,
             "summary": {"pagecache": pagecache}, "runs": {}}
+
+
+def test_appending_twice_keeps_the_first_runs_start(tmp_path: Path) -> None:
+    # Each --append run starts from the page the last one wrote; the page must still
+    # say when its oldest runs began, not when the run before this one did.
+    scen = eval_ebb.scenarios(short=False, duration_s=None)["overcommit"]
+    old = {"mode": "full", "started": "2026-12-07 06:11 UTC", "earlier": "2026-12-06 12:41 UTC",
+           "scenarios": {"overcommit": scen.describe()},
+           "runs": {"overcommit": [_memknobs_run("none", 0, 90.0)]}, "plots": []}
+    (tmp_path / "evaluation.json").write_text(json.dumps(old))
+    new = {"mode": "full", "reps": 3, "started": "2026-12-07 07:00 UTC",
+           "scenarios": {"overcommit": scen.describe()}, "runs": {"overcommit": []},
+           "summary": {}, "plots": []}
+    eval_ebb._carry_over(new, tmp_path / "evaluation.json", {"overcommit": ["none"]}, True)
+    assert new["earlier"] == "2026-12-06 12:41 UTC"

@@ -235,4 +235,46 @@ def test_a_scenario_merged_from_more_repetitions_says_how_many() -> None:
     lines = report.markdown(results).splitlines()
     assert next(x for x in lines if x.startswith("- pagecache:")).endswith(
         "; 6 repetitions (bootstrap 95 % intervals)")
-    assert "repetitions" not in next(x for x in lines if x.startswith("- overcommit:"))
+    # The header gives a range, so every scenario says its own count.
+    assert next(x for x in lines if x.startswith("- overcommit:")).endswith(
+        "; 3 repetitions (min-max intervals)")
+
+
+def test_a_page_of_scenarios_with_different_repetition_counts_claims_no_one_count() -> None:
+    # `--append` made Memknobs 7 repetitions beside a page cache of 3, and the page was
+    # started in an earlier run: the header must give neither 7 for all nor the last
+    # run's start, and must not call the 3-repetition intervals bootstrap.
+    runs = {"overcommit": [], "pagecache": []}
+    for rep in range(7):
+        for config in ("none", "cooperative"):
+            stall = (10.0 if config == "none" else 5.0) + rep
+            runs["overcommit"].append(_run(config, rep, stall, 1000.0))
+            if rep < 3:
+                runs["pagecache"].append(_run(config, rep, stall, 1000.0))
+    setup = {"guests": 3, "memory_mib": 512, "host_budget_mib": 1024, "host_swap_mib": 4096,
+             "duration_s": 90}
+    results = {"mode": "full", "started": "2026-12-07 06:11 UTC", "earlier": "2026-12-06 12:41 UTC",
+               "finished": "2026-12-07 07:00 UTC", "host": "h", "reps": 7,
+               "scenarios": {"overcommit": dict(setup), "pagecache": dict(setup)},
+               "summary": {n: report.summarise(n, r) for n, r in runs.items()}, "runs": runs}
+    lines = report.markdown(results).splitlines()
+    run_line = next(x for x in lines if x.startswith("Run"))
+    assert run_line.startswith("Runs 2026-12-06 12:41 UTC .. 2026-12-07 07:00 UTC"), run_line
+    assert "repetitions: 3 to 7" in run_line, run_line
+    note = next(x for x in lines if x.startswith("Memory stall:"))
+    assert "bootstrap 95 % over the repetitions" not in note, note
+    assert next(x for x in lines if x.startswith("- overcommit:")).endswith(
+        "; 7 repetitions (bootstrap 95 % intervals)")
+    assert next(x for x in lines if x.startswith("- pagecache:")).endswith(
+        "; 3 repetitions (min-max intervals)")
+
+
+def test_the_sweep_says_how_often_each_point_ran() -> None:
+    setup = {"guests": 4, "memory_mib": 768, "host_budget_mib": 2048, "host_swap_mib": 4096,
+             "duration_s": 240, "ratios": [2.5], "budgets_mib": [1229], "reps": 1}
+    runs = {"sweep": [dict(_run(c, 0, 1.0, 1000.0), ratio=2.5) for c in ("none", "fpr")]}
+    text = report.markdown({"mode": "full", "started": "s", "finished": "f", "host": "h",
+                            "reps": 3, "scenarios": {"sweep": setup}, "summary": {},
+                            "runs": runs})
+    line = next(x for x in text.splitlines() if x.startswith("- sweep:"))
+    assert line.endswith("; 1 repetition (no intervals) of each point"), line
