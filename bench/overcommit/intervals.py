@@ -12,7 +12,8 @@ the interval is
 
 A result whose interval holds 1.0 ("no change") is written "no difference".
 One repetition has no interval at all: its ratio is shown as such and never
-counts as a difference.
+counts as a difference. Two are shown with their range but do not count either:
+both ratios fall on one side of "no change" by chance one time in two.
 Pure functions; the bootstrap's generator is seeded, so a report is reproducible.
 """
 
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
 BOOTSTRAP_MIN_REPS = 5
+#: Fewer repetitions than this never make a difference (2: one time in two by chance).
+MIN_REPS_TO_TELL = 3
 BOOTSTRAP_RESAMPLES = 2000
 SEED = 20
 
@@ -40,8 +43,8 @@ class RatioInterval:
 
     @property
     def no_difference(self) -> bool:
-        """The interval holds "no change" (or there is no interval to tell)."""
-        return self.reps < 2 or self.low <= 1.0 <= self.high
+        """The interval holds "no change" (or there are too few repetitions to tell)."""
+        return self.reps < MIN_REPS_TO_TELL or self.low <= 1.0 <= self.high
 
     def as_dict(self) -> Dict[str, Any]:
         return {"ratio": round(self.ratio, 3), "low": round(self.low, 3),
@@ -86,6 +89,9 @@ def words(interval: Optional[Dict[str, Any]]) -> str:
     if interval.get("reps", 2) < 2:
         return f"{_pct(interval['ratio'])} (one repetition)"
     span = f"{_pct(interval['low'])} .. {_pct(interval['high'])}"
+    if interval.get("reps", MIN_REPS_TO_TELL) < MIN_REPS_TO_TELL:
+        reps = interval["reps"]
+        return f"{_pct(interval['ratio'])} ({reps} repetitions, too few to tell: {span})"
     if interval.get("no_difference"):
         return f"no difference ({span})"
     return f"{_pct(interval['ratio'])} [{span}]"

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pagecache.coldcache import coldcache_figures
 
-from .intervals import paired_ratios, ratio_interval, words
+from .intervals import MIN_REPS_TO_TELL, paired_ratios, ratio_interval, words
 
 #: Every configuration, in table order. ``none``, ``fpr`` and ``unconstrained``
 #: are the baselines; ``unconstrained`` is the ceiling (the host not shrunk).
@@ -188,7 +188,7 @@ def headline(summary: Dict[str, Any]) -> List[str]:
         if config == "none":
             continue
         parts: List[str] = []
-        same = compared = single = 0
+        same = compared = single = few = 0
         for baseline in BASELINES:
             if baseline == config:
                 continue
@@ -206,6 +206,9 @@ def headline(summary: Dict[str, Any]) -> List[str]:
                     if interval.get("reps", 2) < 2:
                         single += 1
                         continue
+                    if interval["reps"] < MIN_REPS_TO_TELL:
+                        few += 1
+                        continue
                     compared += 1
                     verdict = _verdict(interval, up)
                     if verdict is None:
@@ -214,10 +217,14 @@ def headline(summary: Dict[str, Any]) -> List[str]:
                     items.append(f"{verdict} on {label} in {name} {words(interval)}")
             if items:
                 parts.append(f"vs `{baseline}`: " + "; ".join(items))
+        too_few = (f"{few} comparisons of 2 repetitions, too few to tell (in the tables "
+                   "below)" if few else "")
         if not compared:
             if single:
                 lines.append(f"- **{config}**: one repetition, so no interval: {single} "
                              "ratios to the baselines, in the tables below.")
+            elif few:
+                lines.append(f"- **{config}**: {too_few}.")
             continue
         if not parts:
             tail = f"no difference in any of {compared} comparisons with the baselines"
@@ -225,7 +232,11 @@ def headline(summary: Dict[str, Any]) -> List[str]:
             tail = f"No difference in the other {same} of {compared} comparisons"
         else:
             tail = ""
-        lines.append(f"- **{config}**: " + ". ".join(p for p in [*parts, tail] if p) + ".")
+        text = ". ".join(p for p in [*parts, tail] if p)
+        if few:
+            # After "no difference in ..." it reads on; after a list of wins, it starts anew.
+            text += f"; {too_few}" if tail else f". {too_few[0].upper()}{too_few[1:]}"
+        lines.append(f"- **{config}**: {text}.")
     return lines
 
 
@@ -499,7 +510,7 @@ def targets(summary: Dict[str, Any]) -> List[Dict[str, Any]]:
 def real_differences(summary: Dict[str, Any]) -> List[str]:
     """Every comparison of the key figures whose interval is clear of "no change"."""
     lines = []
-    kept = 0
+    kept = few = 0
     by_chance = 0.0  # comparisons expected clear of "no change" if nothing differed
     min_max = False  # any interval is the smallest and largest ratio (under 5 repetitions)
     for name, scen in summary.items():
@@ -516,6 +527,9 @@ def real_differences(summary: Dict[str, Any]) -> List[str]:
                     interval = interval_of(scen, baseline, config, key)
                     if interval is None:
                         continue
+                    if 2 <= interval.get("reps", 0) < MIN_REPS_TO_TELL:
+                        few += 1
+                        continue
                     by_chance += chance_clear(interval)
                     min_max = min_max or interval.get("method") == "min-max"
                     if interval["no_difference"]:
@@ -526,7 +540,8 @@ def real_differences(summary: Dict[str, Any]) -> List[str]:
         return []
     return (["## Which differences are real", "",
              "Intervals clear of \"no change\" (the rest, "
-             f"{kept} comparisons, are no difference):", ""]
+             f"{kept} comparisons, are no difference"
+             + (f"; {few} more of 2 repetitions are too few to tell" if few else "") + "):", ""]
             + (lines or ["- none"]) + [""] + chance_caveat(by_chance, kept + len(lines), min_max))
 
 

@@ -28,10 +28,10 @@ def test_five_repetitions_get_a_bootstrap_interval_inside_the_range() -> None:
 
 
 def test_an_interval_holding_no_change_is_written_no_difference() -> None:
-    same = ratio_interval([0.96, 1.18])
+    same = ratio_interval([0.96, 1.05, 1.18])
     assert same is not None and same.no_difference
     assert words(same.as_dict()) == "no difference (-4 % .. +18 %)"
-    better = ratio_interval([0.40, 0.62])
+    better = ratio_interval([0.40, 0.51, 0.62])
     assert better is not None
     assert words(better.as_dict()) == "-49 % [-60 % .. -38 %]"
     assert words(None) == "n/a"
@@ -48,3 +48,13 @@ def test_one_repetition_has_no_interval_and_is_never_a_difference() -> None:
     single = ratio_interval([1.87])
     assert single is not None and single.method == "single" and single.no_difference
     assert words(single.as_dict()) == "+87 % (one repetition)"
+
+
+def test_two_repetitions_are_too_few_to_call_a_difference() -> None:
+    # Two ratios on one side of "no change" happen by chance one time in two: a
+    # baseline added in 2 repetitions beside others in 5 must not make a headline.
+    two = ratio_interval([0.82, 0.84])
+    assert two is not None and two.method == "min-max" and two.no_difference
+    assert words(two.as_dict()) == "-17 % (2 repetitions, too few to tell: -18 % .. -16 %)"
+    three = ratio_interval([0.82, 0.84, 0.86])
+    assert three is not None and not three.no_difference

@@ -278,3 +278,21 @@ def test_the_sweep_says_how_often_each_point_ran() -> None:
                             "runs": runs})
     line = next(x for x in text.splitlines() if x.startswith("- sweep:"))
     assert line.endswith("; 1 repetition (no intervals) of each point"), line
+
+
+def test_a_baseline_run_in_two_repetitions_makes_no_headline() -> None:
+    # `none` added to a scenario in 2 repetitions beside 5 of the others: its two
+    # ratios may both fall on one side by chance, so the opening lines must not
+    # call them a win or a loss, and must say why they are left out.
+    runs = []
+    for rep in range(5):
+        runs += [_run("fpr", rep, 10.0 + rep, 1000.0), _run("cooperative", rep, 10.0 + rep, 1000.0)]
+        if rep >= 3:
+            runs.append(_run("none", rep, 20.0 + rep, 1200.0))
+    summary = {"overcommit": report.summarise("overcommit", runs)}
+    coop = next(line for line in report.headline(summary) if line.startswith("- **cooperative**"))
+    assert "vs `none`" not in coop, coop
+    assert "2 comparisons of 2 repetitions, too few to tell" in coop, coop
+    real = "\n".join(report.real_differences(summary))
+    assert "vs none" not in real, real
+    assert "more of 2 repetitions are too few to tell" in real, real
