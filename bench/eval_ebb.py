@@ -468,6 +468,18 @@ def _agents_in_trace(trace: Path) -> List[str]:
     return sorted(n for n in seen if n)
 
 
+#: What says where a sweep point is, not how the sweep is set up: runs of other
+#: ratios still mix with this run's.
+_SWEEP_POINTS = ("ratios", "budgets_mib", "reps")
+
+
+def _set_up(name: str, described: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The part of a scenario's description that decides whether two runs can mix."""
+    if name != "sweep" or not described:
+        return described
+    return {k: v for k, v in described.items() if k not in _SWEEP_POINTS}
+
+
 def _carry_over(results: Dict[str, Any], path: Path, plan: Dict[str, List[str]],
                 append: bool) -> int:
     """Keep earlier runs (same mode) of the scenario/configurations this run does not redo.
@@ -485,13 +497,25 @@ def _carry_over(results: Dict[str, Any], path: Path, plan: Dict[str, List[str]],
     first_rep = 0
     for name, runs in (old.get("runs") or {}).items():
         was = (old.get("scenarios") or {}).get(name)
-        if name in plan and was is not None and was != results["scenarios"].get(name):
+        now = results["scenarios"].get(name)
+        if name in plan and was is not None and _set_up(name, was) != _set_up(name, now):
             # Another set-up (host budget, duration, guests): its runs measured something
             # else and would not mix with this run's.
             print(f"eval_ebb: the {name} runs in {path} used another set-up; not kept",
                   file=sys.stderr)
             continue
-        keep = [r for r in runs if append or r.get("config") not in plan.get(name, [])]
+        if name == "sweep" and name in plan and was is not None:
+            # The sweep runs a few ratios at a time: a point this run does not measure
+            # stays, and the page lists every ratio measured.
+            redo = set(now["ratios"])
+            keep = [r for r in runs if append or r.get("config") not in plan[name]
+                    or r.get("ratio") not in redo]
+            points = dict(zip(was.get("ratios") or [], was.get("budgets_mib") or []))
+            points.update(zip(now["ratios"], now["budgets_mib"]))
+            now["ratios"] = sorted(points)
+            now["budgets_mib"] = [points[r] for r in now["ratios"]]
+        else:
+            keep = [r for r in runs if append or r.get("config") not in plan.get(name, [])]
         if append and name in plan:
             first_rep = max([first_rep] + [r.get("rep", 0) + 1 for r in keep])
         if not keep:

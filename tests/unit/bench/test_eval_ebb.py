@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -211,3 +211,37 @@ def test_appending_twice_keeps_the_first_runs_start(tmp_path: Path) -> None:
            "summary": {}, "plots": []}
     eval_ebb._carry_over(new, tmp_path / "evaluation.json", {"overcommit": ["none"]}, True)
     assert new["earlier"] == "2026-12-06 12:41 UTC"
+
+
+def _sweep_setup(ratios: Dict[float, int]) -> Dict[str, Any]:
+    scen = eval_ebb.scenarios(short=False, duration_s=None)["sweep"]
+    return dict(scen.describe(), ratios=list(ratios), budgets_mib=list(ratios.values()), reps=1)
+
+
+def test_one_more_sweep_ratio_joins_the_points_already_measured(tmp_path: Path) -> None:
+    # The sweep is long, so its ratios are run a few at a time into one page: a run at
+    # 1.25x must keep the 2.5x and 2x points of the same configurations, as one
+    # repetition each, and the page must list all three ratios.
+    old_runs = [dict(_memknobs_run(c, 0, 90.0), ratio=r, budget_mib=b)
+                for c in ("none", "cooperative") for r, b in ((2.5, 1229), (2.0, 1536))]
+    old = {"mode": "full", "started": "then",
+           "scenarios": {"sweep": _sweep_setup({2.5: 1229, 2.0: 1536})},
+           "runs": {"sweep": old_runs}, "plots": []}
+    (tmp_path / "evaluation.json").write_text(json.dumps(old))
+    new = {"mode": "full", "reps": 3, "started": "now",
+           "scenarios": {"sweep": _sweep_setup({1.25: 2458})}, "runs": {"sweep": []},
+           "summary": {}, "plots": []}
+    first = eval_ebb._carry_over(new, tmp_path / "evaluation.json",
+                                 {"sweep": ["none", "cooperative"]}, False)
+    assert first == 0
+    assert sorted((r["config"], r["ratio"]) for r in new["runs"]["sweep"]) == sorted(
+        (r["config"], r["ratio"]) for r in old_runs)
+    assert new["scenarios"]["sweep"]["ratios"] == [1.25, 2.0, 2.5]
+    assert new["scenarios"]["sweep"]["budgets_mib"] == [2458, 1536, 1229]
+    # Running a ratio again replaces that point, not the others.
+    again = {"mode": "full", "reps": 3, "started": "now",
+             "scenarios": {"sweep": _sweep_setup({2.0: 1536})}, "runs": {"sweep": []},
+             "summary": {}, "plots": []}
+    eval_ebb._carry_over(again, tmp_path / "evaluation.json", {"sweep": ["none"]}, False)
+    assert sorted((r["config"], r["ratio"]) for r in again["runs"]["sweep"]) == [
+        ("cooperative", 2.0), ("cooperative", 2.5), ("none", 2.5)]
