@@ -107,7 +107,6 @@ def _pressure_takes_offers_and_release_deflates_them(
 def _need_seen(ebbd, name: str) -> Optional[Dict[str, Any]]:
     vm = ebbd.vm(name)
     if (vm.get("need_kib") or 0) > 0 or vm.get("need_urgency") not in (None, "none"):
-        vm["_seen_at"] = time.time()
         return vm
     return None
 
@@ -194,10 +193,9 @@ def _offers_taken_first_and_needs_met_at_once(
     last_action_before = (ebbd.vm(offering.name).get("last_action") or {}).get("at", 0)
     available_mib = (ebbd.vm(offering.name).get("mem_available_kib") or 0) // MIB
     offering.memknobs(f"{max(available_mib - 40, 32)}M:1h")
-    vm = wait_for(lambda: _need_seen(ebbd, offering.name), 90,
-                  f"{offering.name} to report a need", interval_s=0.2,
-                  last=lambda: ebbd.vm(offering.name))
-    report_at = vm["_seen_at"] - (vm["agent"]["last_report_age_s"] or 0)
+    wait_for(lambda: _need_seen(ebbd, offering.name), 90,
+             f"{offering.name} to report a need", interval_s=0.2,
+             last=lambda: ebbd.vm(offering.name))
 
     # "At once" means no later than the tick the need report itself asks for: a
     # regular tick that happens to run between the report and that tick serves it
@@ -212,12 +210,25 @@ def _offers_taken_first_and_needs_met_at_once(
     def asked_by_need(traced: Dict[str, Any]) -> bool:
         return f"need from {offering.name}" in (traced.get("reasons") or [])
 
+    def latest(traced: Dict[str, Any]) -> Dict[str, Any]:
+        for guest in (traced.get("state") or {}).get("guests") or []:
+            if (guest.get("props") or {}).get("name") == offering.name:
+                return (guest.get("samples") or [{}])[-1]  # oldest first
+        return {}
+
     tick = wait_for(lambda: _first_tick(ebbd.trace, last_action_before, deflates), 30,
                     f"ebbd to deflate {offering.name}'s balloon",
                     interval_s=0.2, last=lambda: ebbd.vm(offering.name))
     asked = wait_for(lambda: _first_tick(ebbd.trace, last_action_before, asked_by_need), 10,
                      f"the tick {offering.name}'s need asked for, in ebbd's trace")
-    record("need_report_to_deflate_s", round(tick["ts"] - report_at, 2))
+    # From the report that first carried the need (its age when the first tick that
+    # saw it sampled it) to the balloon call.
+    seen = _first_tick(ebbd.trace, last_action_before, lambda t: (latest(t).get("need") or 0) > 0)
+    assert seen is not None, "a tick deflated before any tick saw the need"
+    reported_at = seen["ts"] - (latest(seen).get("report_age") or 0)
+    applied_at = next(a["at"] for a in tick["applied"]
+                      if a.get("vm") == offering.name and a.get("kind") == "deflate")
+    record("need_report_to_deflate_s", round(applied_at - reported_at, 2))
     assert tick["tick"] <= asked["tick"], (
         f"{offering.name} was deflated on tick {tick['tick']} (run for "
         f"{tick.get('reasons') or 'the timer'}), after tick {asked['tick']} that its need "
