@@ -203,9 +203,9 @@ def _offers_taken_first_and_needs_met_at_once(
     # report may ask for less than a balloon step and a larger one follow.) Both
     # ticks are read from ebbd's trace: by the time this test polls, later deflates
     # may already have replaced the first one in `ebbctl status`.
-    def deflates(traced: Dict[str, Any]) -> bool:
-        return any(a.get("vm") == offering.name and a.get("kind") == "deflate"
-                   and a.get("outcome") == "applied" for a in traced.get("applied") or [])
+    def deflate_in(traced: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        return next((a for a in traced.get("applied") or [] if a.get("vm") == offering.name
+                     and a.get("kind") == "deflate" and a.get("outcome") == "applied"), None)
 
     def asked_by_need(traced: Dict[str, Any]) -> bool:
         return f"need from {offering.name}" in (traced.get("reasons") or [])
@@ -216,7 +216,8 @@ def _offers_taken_first_and_needs_met_at_once(
                 return (guest.get("samples") or [{}])[-1]  # oldest first
         return {}
 
-    tick = wait_for(lambda: _first_tick(ebbd.trace, last_action_before, deflates), 30,
+    tick = wait_for(lambda: _first_tick(ebbd.trace, last_action_before,
+                                        lambda t: deflate_in(t) is not None), 30,
                     f"ebbd to deflate {offering.name}'s balloon",
                     interval_s=0.2, last=lambda: ebbd.vm(offering.name))
     asked = wait_for(lambda: _first_tick(ebbd.trace, last_action_before, asked_by_need), 10,
@@ -226,9 +227,7 @@ def _offers_taken_first_and_needs_met_at_once(
     seen = _first_tick(ebbd.trace, last_action_before, lambda t: (latest(t).get("need") or 0) > 0)
     assert seen is not None, "a tick deflated before any tick saw the need"
     reported_at = seen["ts"] - (latest(seen).get("report_age") or 0)
-    applied_at = next(a["at"] for a in tick["applied"]
-                      if a.get("vm") == offering.name and a.get("kind") == "deflate")
-    record("need_report_to_deflate_s", round(applied_at - reported_at, 2))
+    record("need_report_to_deflate_s", round(deflate_in(tick)["at"] - reported_at, 2))
     assert tick["tick"] <= asked["tick"], (
         f"{offering.name} was deflated on tick {tick['tick']} (run for "
         f"{tick.get('reasons') or 'the timer'}), after tick {asked['tick']} that its need "
