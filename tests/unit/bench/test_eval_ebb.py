@@ -245,3 +245,22 @@ def test_one_more_sweep_ratio_joins_the_points_already_measured(tmp_path: Path) 
     eval_ebb._carry_over(again, tmp_path / "evaluation.json", {"sweep": ["none"]}, False)
     assert sorted((r["config"], r["ratio"]) for r in again["runs"]["sweep"]) == [
         ("cooperative", 2.0), ("cooperative", 2.5), ("none", 2.5)]
+
+
+def test_the_page_cache_table_shows_the_cpu_share_the_latency_followed() -> None:
+    # A p95 that rose with the time the vCPUs waited for a host CPU followed the CPU
+    # share, not memory: the table shows that wait beside the latency, against none.
+    runs = []
+    for rep, (none_wait, coop_wait) in enumerate(((4.0, 6.0), (5.0, 6.5), (4.0, 5.0))):
+        for config, wait in (("none", none_wait), ("cooperative", coop_wait)):
+            run = _run(config, rep, 2.0 + wait / 10)
+            run["stall"] = {"stall_s": 0.1, "host_cpu_wait_vcpu_s": wait}
+            runs.append(run)
+    summary = eval_ebb.summarise("pagecache", runs)
+    text = eval_ebb.markdown(_results(summary))
+    header = next(line for line in text.splitlines() if "worst guest p95" in line)
+    assert "vCPUs' wait for a host CPU (s) | vs none |" in header
+    coop = next(line for line in text.splitlines() if line.startswith("| cooperative |"))
+    none = next(line for line in text.splitlines() if line.startswith("| none |"))
+    assert "| 6.0 | +30 % [+25 % .. +50 %] |" in coop, coop
+    assert "| 4.0 | - |" in none, none
