@@ -78,6 +78,9 @@ def paired_ratios(values: Dict[int, float], baseline: Dict[int, float]) -> Seque
 
 
 def _pct(ratio: float) -> str:
+    """``+12 %``; ten times or more as ``16815x`` (a count against a baseline near 0)."""
+    if ratio >= 10:
+        return f"{ratio:.0f}x"
     return f"{(ratio - 1) * 100:+.0f} %"
 
 

@@ -58,3 +58,13 @@ def test_two_repetitions_are_too_few_to_call_a_difference() -> None:
     assert words(two.as_dict()) == "-17 % (2 repetitions, too few to tell: -18 % .. -16 %)"
     three = ratio_interval([0.82, 0.84, 0.86])
     assert three is not None and not three.no_difference
+
+
+def test_a_ratio_of_ten_times_or_more_is_written_as_times() -> None:
+    # Against a baseline that swapped twice, "+1681420 %" reads as noise; "16815x" does not.
+    many = ratio_interval([130.4, 16815.2, 38579.5])
+    assert many is not None
+    assert words(many.as_dict()) == "16815x [130x .. 38580x]"
+    mixed = ratio_interval([0.5, 3.0, 12.0])
+    assert mixed is not None
+    assert words(mixed.as_dict()) == "no difference (-50 % .. 12x)"
