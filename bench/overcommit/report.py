@@ -167,6 +167,11 @@ def interval_of(summary: Dict[str, Any], baseline: str, config: str,
     return (((summary.get("intervals") or {}).get(baseline) or {}).get(config) or {}).get(key)
 
 
+def _vs(summary: Dict[str, Any], baseline: str, config: str, key: str) -> str:
+    """A table cell: ``config``'s ratio to ``baseline`` in words, ``-`` on the baseline's row."""
+    return "-" if config == baseline else words(interval_of(summary, baseline, config, key))
+
+
 # -- the opening lines ------------------------------------------------------------------------
 def _verdict(interval: Optional[Dict[str, Any]], higher_is_better: bool) -> Optional[str]:
     """"wins", "loses" or None (no difference, or nothing to compare)."""
@@ -286,12 +291,12 @@ def scenario_table(name: str, scen: Dict[str, Any]) -> List[str]:
         cells = [
             LABELS[config],
             _num(med.get(work_key), work_digits),
-            "-" if config == "none" else words(interval_of(scen, "none", config, work_key)),
-            "-" if config == "fpr" else words(interval_of(scen, "fpr", config, work_key)),
+            _vs(scen, "none", config, work_key),
+            _vs(scen, "fpr", config, work_key),
             (f"{_num(med.get(STALL), 1)} ({_num(med.get('stall_share_pct'), 1)} %)"
              if med.get(STALL) is not None else "-"),
-            "-" if config == "none" else words(interval_of(scen, "none", config, STALL)),
-            "-" if config == "fpr" else words(interval_of(scen, "fpr", config, STALL)),
+            _vs(scen, "none", config, STALL),
+            _vs(scen, "fpr", config, STALL),
             f"{_num(med.get('guest_stall_some_s'), 1)} / {_num(med.get('guest_stall_full_s'), 1)}",
             _num(med.get("host_wait_s", med.get("host_stall_some_s")), 1),
             _num(med.get("qemu_major_faults")),
@@ -337,8 +342,7 @@ def _pagecache_extra(scen: Dict[str, Any]) -> List[str]:
         med = scen["medians"].get(config)
         if med is None:
             continue
-        vs = ("-" if config == "none" else
-              words(interval_of(scen, "none", config, "host_cpu_wait_vcpu_s")))
+        vs = _vs(scen, "none", config, "host_cpu_wait_vcpu_s")
         lines.append(f"| {config} | {_num(med.get('latency_p95_worst_ms'), 1)} | "
                      f"{_num(med.get('rate_per_s_per_guest'), 2)} | "
                      f"{_num(med.get('throughput_kib_s_per_guest'))} | "
@@ -355,10 +359,8 @@ def _coldcache_extra(scen: Dict[str, Any]) -> List[str]:
         med = scen["medians"].get(config)
         if med is None:
             continue
-        vs = ("-" if config == "fpr" else
-              words(interval_of(scen, "fpr", config, "grower_stall_s")))
-        vs_p95 = ("-" if config == "fpr" else
-                  words(interval_of(scen, "fpr", config, "cache_latency_p95_ms")))
+        vs = _vs(scen, "fpr", config, "grower_stall_s")
+        vs_p95 = _vs(scen, "fpr", config, "cache_latency_p95_ms")
         lines.append(f"| {config} | {_num(med.get('grower_stall_s'), 1)} | {vs} | "
                      f"{_num(med.get('grower_swap_ops'))} | "
                      f"{_num(med.get('cache_latency_p95_ms'), 2)} | {vs_p95} | "
