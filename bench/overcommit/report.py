@@ -159,7 +159,8 @@ def summarise(scenario: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     ratios_to_none = {c: {k: v["ratio"] for k, v in keys.items()}
                       for c, keys in intervals.get("none", {}).items()}
     return {"medians": medians, "ratios_to_none": ratios_to_none, "intervals": intervals,
-            "repetitions": {c: len(f) for c, f in by_config.items()}}
+            "repetitions": {c: len(f) for c, f in by_config.items()},
+            "rep_sets": {c: sorted(reps) for c, reps in by_rep.items()}}
 
 
 def interval_of(summary: Dict[str, Any], baseline: str, config: str,
@@ -310,7 +311,39 @@ def scenario_table(name: str, scen: Dict[str, Any]) -> List[str]:
         extra = _pagecache_extra(scen)
     elif kind == "coldcache":
         extra = _coldcache_extra(scen)
-    return head + rows + [""] + extra + _yields_extra(scen)
+    return head + rows + [""] + _sittings_note(scen) + extra + _yields_extra(scen)
+
+
+def _sittings_note(scen: Dict[str, Any]) -> List[str]:
+    """Which repetitions each row's medians cover, when the rows do not share them.
+
+    A configuration added later with ``--append`` has its medians from another sitting
+    than the baselines'; the host's mood between sittings then reads as a difference
+    between configurations. The paired columns do not mix sittings, so the note sends
+    the reader there.
+    """
+    sets = scen.get("rep_sets") or {}
+    if len({tuple(reps) for reps in sets.values()}) < 2:
+        return []
+    groups: Dict[str, List[str]] = {}
+    for config in CONFIGS:
+        if config in sets:
+            groups.setdefault(_rep_ranges(sets[config]), []).append(f"`{config}`")
+    covered = "; ".join(f"{', '.join(names)} {ranges}" for ranges, names in groups.items())
+    return [f"Medians from different repetitions: {covered}. Two medians from different "
+            "repetitions differ by the sitting as well as the configuration; the vs columns "
+            "pair each repetition with its baseline's.", ""]
+
+
+def _rep_ranges(reps: Sequence[int]) -> str:
+    """Repetition numbers as people count them, runs joined: ``[0, 1, 2, 5]`` -> ``1-3, 6``."""
+    spans: List[List[int]] = []
+    for rep in sorted(reps):
+        if spans and rep == spans[-1][1] + 1:
+            spans[-1][1] = rep
+        else:
+            spans.append([rep, rep])
+    return ", ".join(f"{a + 1}" if a == b else f"{a + 1}-{b + 1}" for a, b in spans)
 
 
 def _yields_extra(scen: Dict[str, Any]) -> List[str]:

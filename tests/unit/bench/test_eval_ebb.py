@@ -264,3 +264,21 @@ def test_the_page_cache_table_shows_the_cpu_share_the_latency_followed() -> None
     none = next(line for line in text.splitlines() if line.startswith("| none |"))
     assert "| 6.0 | +30 % [+25 % .. +50 %] |" in coop, coop
     assert "| 4.0 | - |" in none, none
+
+
+def test_a_table_says_when_its_medians_come_from_different_repetitions() -> None:
+    # none ran in six repetitions, ksm only in the last three: their medians come from
+    # different sittings, and the page says so and points to the paired columns.
+    runs = [_run("none", rep, p95) for rep, p95 in enumerate((2.0, 2.1, 2.2, 3.0, 3.1, 3.2))]
+    runs += [_run("cooperative", rep, 2.5) for rep in range(3)]
+    runs += [_run("ksm", rep, 3.1) for rep in (3, 4, 5)]
+    text = eval_ebb.markdown(_results(eval_ebb.summarise("pagecache", runs)))
+    note = next((line for line in text.splitlines() if line.startswith("Medians from different")),
+                None)
+    assert note is not None, text
+    assert "`none` 1-6" in note and "`cooperative` 1-3" in note and "`ksm` 4-6" in note, note
+    assert "vs" in note
+
+    same = [_run(c, rep, 2.0) for rep in range(3) for c in ("none", "cooperative")]
+    text = eval_ebb.markdown(_results(eval_ebb.summarise("pagecache", same)))
+    assert "Medians from different" not in text
