@@ -324,6 +324,30 @@ def _records_until(trace: Path, until: Optional[float]) -> Iterator[Dict[str, An
         return
 
 
+def guest_vm_figures(before: Dict[str, int], after: Dict[str, int]) -> Dict[str, int]:
+    """What a guest's /proc/vmstat says of its workload window.
+
+    Swap operations, major faults, and the page cache it read back after the
+    cache had been evicted: ``cache_refaults`` (``workingset_refault_file``, or
+    ``workingset_refault`` on kernels before 5.9, when it counted file pages only)
+    is what squeezing a guest's cache costs it, whoever squeezed. ``disk_read_kib``
+    is everything read from its disks (``pgpgin``, KiB): cache misses and swap-ins.
+    A counter the kernel lacks is left out, not read as 0.
+    """
+    def delta(key: str) -> int:
+        return max(0, after.get(key, 0) - before.get(key, 0))
+
+    out = {"swap_in_pages": delta("pswpin"), "swap_out_pages": delta("pswpout"),
+           "major_faults": delta("pgmajfault")}
+    for key in ("workingset_refault_file", "workingset_refault"):
+        if key in before and key in after:
+            out["cache_refaults"] = delta(key)
+            break
+    if "pgpgin" in before and "pgpgin" in after:
+        out["disk_read_kib"] = delta("pgpgin")
+    return out
+
+
 def balloon_movements(trace: Path, until: Optional[float] = None) -> Dict[str, Any]:
     """Balloon changes ebbd applied, from its trace: count, MiB moved, per direction.
 
@@ -501,10 +525,7 @@ def run_config(scenario: Scenario, config: str, workdir: Path, host: HostMemory,
             if res.returncode not in (0, None):
                 figures["stderr"] = res.stderr[-500:]
             (vm_before, psi_before), (vm_after, psi_after) = guest_before[i], guest_after[i]
-            figures["swap_in_pages"] = vm_after.get("pswpin", 0) - vm_before.get("pswpin", 0)
-            figures["swap_out_pages"] = vm_after.get("pswpout", 0) - vm_before.get("pswpout", 0)
-            figures["major_faults"] = vm_after.get("pgmajfault", 0) - vm_before.get(
-                "pgmajfault", 0)
+            figures.update(guest_vm_figures(vm_before, vm_after))
             guest_psi = psi_delta_s(psi_before, psi_after)
             if guest_psi:
                 figures["guest_stall_some_s"] = guest_psi.get("some")

@@ -14,6 +14,7 @@ import statistics
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pagecache.coldcache import coldcache_figures
+from pagecache.scenario import cache_refaults
 
 from .intervals import MIN_REPS_TO_TELL, paired_ratios, ratio_interval, words
 
@@ -73,6 +74,7 @@ def pagecache_figures(run: Dict[str, Any]) -> Dict[str, float]:
                                       2) if guests else 0.0,
         "throughput_kib_s_per_guest": round(statistics.mean(
             g.get("throughput_kib_s", 0) for g in guests), 1) if guests else 0.0,
+        **cache_refaults(guests),
     }
 
 
@@ -369,8 +371,8 @@ def _pagecache_extra(scen: Dict[str, Any]) -> List[str]:
     # followed the CPU share the guests got, not their memory.
     lines = ["| configuration | worst guest p95 (ms) | requests/s per guest | throughput "
              "(KiB/s per guest) | vCPUs' wait for a host CPU (s) | vs none | "
-             "host freeable while it ran (MiB, median) |",
-             "|---|---:|---:|---:|---:|---|---:|"]
+             "cache read back (refaults) | host freeable while it ran (MiB, median) |",
+             "|---|---:|---:|---:|---:|---|---:|---:|"]
     for config in CONFIGS:
         med = scen["medians"].get(config)
         if med is None:
@@ -380,14 +382,16 @@ def _pagecache_extra(scen: Dict[str, Any]) -> List[str]:
                      f"{_num(med.get('rate_per_s_per_guest'), 2)} | "
                      f"{_num(med.get('throughput_kib_s_per_guest'))} | "
                      f"{_num(med.get('host_cpu_wait_vcpu_s'), 1)} | {vs} | "
+                     f"{_num(med.get('cache_refaults'))} | "
                      f"{_num(med.get('host_freeable_mib'))} |")
     return [*lines, ""]
 
 
 def _coldcache_extra(scen: Dict[str, Any]) -> List[str]:
     lines = ["| configuration | growing guest's stall (s) | vs fpr | its swap ops | cache guests' "
-             "p95 (ms) | vs fpr | host freeable while it ran (MiB, median) |",
-             "|---|---:|---|---:|---:|---|---:|"]
+             "p95 (ms) | vs fpr | cache guests' refaults | host freeable while it ran (MiB, "
+             "median) |",
+             "|---|---:|---|---:|---:|---|---:|---:|"]
     for config in CONFIGS:
         med = scen["medians"].get(config)
         if med is None:
@@ -397,6 +401,7 @@ def _coldcache_extra(scen: Dict[str, Any]) -> List[str]:
         lines.append(f"| {config} | {_num(med.get('grower_stall_s'), 1)} | {vs} | "
                      f"{_num(med.get('grower_swap_ops'))} | "
                      f"{_num(med.get('cache_latency_p95_ms'), 2)} | {vs_p95} | "
+                     f"{_num(med.get('cache_refaults'))} | "
                      f"{_num(med.get('host_freeable_mib'))} |")
     return [*lines, ""]
 

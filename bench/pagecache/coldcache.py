@@ -23,7 +23,7 @@ from ebb.lab.guestcmd import GuestShell
 from overcommit import labguests
 from overcommit.memknobs_eval import throughput
 
-from pagecache.scenario import MOUNT, PAGES, READER, PageCacheScenario
+from pagecache.scenario import MOUNT, PAGES, READER, PageCacheScenario, cache_refaults
 
 
 @dataclass
@@ -102,7 +102,7 @@ class ColdCacheScenario(PageCacheScenario):
 
 
 def coldcache_figures(run: Dict[str, Any]) -> Dict[str, float]:
-    """The scenario's own figures of a run: the grower's, and the cache guests' p95."""
+    """The scenario's own figures of a run: the grower's; the cache guests' p95 and refaults."""
     guests = run["guests"]
     grower = [g for g in guests.values() if g.get("role") == "grower"]
     cache = [g for g in guests.values() if g.get("role") == "cache"]
@@ -117,4 +117,5 @@ def coldcache_figures(run: Dict[str, Any]) -> Dict[str, float]:
     if p95:
         out["cache_latency_p95_ms"] = round(sum(p95) / len(p95), 2)
         out["cache_latency_p95_worst_ms"] = round(max(p95), 2)
+    out.update(cache_refaults(cache))
     return out

@@ -15,7 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from ebb.lab.guestcmd import GuestShell
 from overcommit import labguests
@@ -88,3 +88,13 @@ class PageCacheScenario(Scenario):
             if isinstance(data, dict):
                 return data
         return {"requests": 0, "error": "no result line"}
+
+
+def cache_refaults(guests: Sequence[Dict[str, Any]]) -> Dict[str, float]:
+    """Pages of cache the guests read back after it was evicted, summed.
+
+    A guest's ``cache_refaults`` come from its ``workingset_refault_file``
+    (:func:`overcommit.harness.guest_vm_figures`); runs before 2026-12-07 lack them.
+    """
+    counted = [g["cache_refaults"] for g in guests if g.get("cache_refaults") is not None]
+    return {"cache_refaults": float(sum(counted))} if counted else {}

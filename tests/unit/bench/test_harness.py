@@ -14,6 +14,7 @@ from overcommit import cpu  # noqa: E402
 from overcommit.harness import (  # noqa: E402
     balloon_movements,
     freeable_during,
+    guest_vm_figures,
     ksm_peak,
     yield_outcomes,
 )
@@ -112,3 +113,20 @@ def test_the_benchmark_ebbd_is_scoped_by_its_config(tmp_path: Path) -> None:
     slower = EbbdProcess(tmp_path / "b", tmp_path / "policies", prefix="p-",
                          report_interval_ms=1000)
     assert load_config(slower.config).guests.report_interval_ms == 1000
+
+
+def test_a_guests_counters_say_what_it_swapped_and_read_back_from_disk() -> None:
+    # Cache a guest read back after it was evicted (refaults) is what squeezing its
+    # page cache costs it: counted apart from its swapping.
+    before = {"pswpin": 10, "pswpout": 20, "pgmajfault": 5, "workingset_refault_file": 100,
+              "pgpgin": 4000}
+    after = {"pswpin": 15, "pswpout": 20, "pgmajfault": 8, "workingset_refault_file": 350,
+             "pgpgin": 5024}
+    assert guest_vm_figures(before, after) == {
+        "swap_in_pages": 5, "swap_out_pages": 0, "major_faults": 3, "cache_refaults": 250,
+        "disk_read_kib": 1024}
+    # A kernel before 5.9 counts refaults in one counter (file pages only then).
+    old = guest_vm_figures({"workingset_refault": 7}, {"workingset_refault": 9})
+    assert old["cache_refaults"] == 2
+    # Without either counter nothing is claimed.
+    assert "cache_refaults" not in guest_vm_figures({}, {})

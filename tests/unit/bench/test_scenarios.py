@@ -170,13 +170,15 @@ def test_the_cold_cache_figures_separate_the_grower_from_the_cache_guests() -> N
     from pagecache.coldcache import coldcache_figures
 
     run = {"guests": {
-        "cc-1": {"role": "cache", "latency_p95_ms": 3.0},
-        "cc-2": {"role": "cache", "latency_p95_ms": 5.0},
+        "cc-1": {"role": "cache", "latency_p95_ms": 3.0, "cache_refaults": 100},
+        "cc-2": {"role": "cache", "latency_p95_ms": 5.0, "cache_refaults": 20},
         "cc-3": {"role": "grower", "mb_per_s": 1200.0, "stall_s": 14.5,
-                 "swap_in_pages": 10, "swap_out_pages": 30}}}
+                 "swap_in_pages": 10, "swap_out_pages": 30, "cache_refaults": 9000}}}
+    # The refaults are the cache guests': the grower's are its own binaries and files.
     assert coldcache_figures(run) == {
         "grower_mb_s": 1200.0, "grower_stall_s": 14.5, "grower_swap_ops": 40.0,
-        "cache_latency_p95_ms": 4.0, "cache_latency_p95_worst_ms": 5.0}
+        "cache_latency_p95_ms": 4.0, "cache_latency_p95_worst_ms": 5.0,
+        "cache_refaults": 120.0}
 
 
 def _coldcache_run(config: str, rep: int, p95: float, host_swap: int = 0,
@@ -296,3 +298,17 @@ def test_a_baseline_run_in_two_repetitions_makes_no_headline() -> None:
     real = "\n".join(report.real_differences(summary))
     assert "vs none" not in real, real
     assert "more of 2 repetitions are too few to tell" in real, real
+
+
+def test_the_cold_cache_table_counts_the_cache_guests_read_back() -> None:
+    runs = []
+    for rep in range(3):
+        for config, refaults in (("fpr", 0), ("cooperative", 300)):
+            run = _coldcache_run(config, rep, 3.0)
+            run["guests"]["c1"]["cache_refaults"] = refaults
+            runs.append(run)
+    lines = report.scenario_table("coldcache", report.summarise("coldcache", runs))
+    header = next(line for line in lines if "growing guest's stall" in line)
+    assert "| cache guests' refaults |" in header, header
+    coop = next(line for line in lines if line.startswith("| cooperative |"))
+    assert coop.split(" | ")[-2] == "300", coop
