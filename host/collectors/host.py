@@ -13,8 +13,11 @@ Semantics worth knowing (docs/policy.md has the table):
   kernel's own MemAvailable is ``HostSample.mem_available_kib``). The pressure
   share is freeable memory over that total.
 - ``swap_in``/``swap_out`` are cumulative pages (pswpin/pswpout); policies that
-  want activity use ``swap_in_rate``/``swap_out_rate`` (pages/s over the last
-  interval, measured with the host's monotonic clock; 0 on the first sample).
+  want activity use ``swap_in_rate``/``swap_out_rate`` (pages/s, measured with
+  the host's monotonic clock over the last interval, or over the newest span of
+  at least :data:`SWAP_RATE_WINDOW_S` when samples come closer: ebbd ticks
+  again within 0.25 s when the host crosses a threshold, and a few pages in a
+  quarter second would read as heavy swapping; 0 on the first sample).
 - ``ksmd_cpu_usage`` is ksmd's CPU time over the last interval, in % of one CPU
   (0 on the first sample). ksmd is found as the kernel thread named ``ksmd``.
 - A kernel without KSM or PSI gives ``None`` for those fields; nothing raises
@@ -27,6 +30,7 @@ import errno
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +111,10 @@ class HostSample:
         }
 
 
+#: Shortest span a swap rate is measured over when samples come closer together.
+SWAP_RATE_WINDOW_S = 1.0
+
+
 class HostCollector:
     """Reads the host's memory state; keeps just enough history for rates."""
 
@@ -125,7 +133,9 @@ class HostCollector:
         self._wall_clock = wall_clock
         self._ticks_per_s = clock_ticks_per_s()
         self._previous_at: float | None = None
-        self._previous_swap: tuple[int, int] | None = None
+        # (clock, pswpin, pswpout) of recent samples: one at least
+        # SWAP_RATE_WINDOW_S old and those after it (a few at most).
+        self._swap_history: deque[tuple[float, int, int]] = deque(maxlen=64)
         self._previous_ksmd_ticks: int | None = None
         self._ksmd_pid: int | None = None
         self._missing_logged: set[str] = set()
@@ -150,10 +160,7 @@ class HostCollector:
         swap_in, swap_out = vmstat.get("pswpin"), vmstat.get("pswpout")
         swap_in_rate = swap_out_rate = 0.0
         if swap_in is not None and swap_out is not None:
-            if self._previous_swap is not None and interval_s and interval_s > 0:
-                swap_in_rate = max(0, swap_in - self._previous_swap[0]) / interval_s
-                swap_out_rate = max(0, swap_out - self._previous_swap[1]) / interval_s
-            self._previous_swap = (swap_in, swap_out)
+            swap_in_rate, swap_out_rate = self._swap_rates(now, swap_in, swap_out)
         ksmd_cpu = self._ksmd_cpu_usage(interval_s) if ksm else None
         self._previous_at = now
 
@@ -210,6 +217,19 @@ class HostCollector:
         # What the host lacks, as one level (ebb.host.pressure); the engine sets it too.
         fields["pressure_level"] = sample_pressure(sample, PAGE_KIB).level
         return sample
+
+    def _swap_rates(self, now: float, swap_in: int, swap_out: int) -> tuple[float, float]:
+        """Pages/s swapped in and out since the newest sample a window old (module doc)."""
+        history = self._swap_history
+        while len(history) >= 2 and now - history[1][0] >= SWAP_RATE_WINDOW_S:
+            history.popleft()
+        rates = (0.0, 0.0)
+        if history and now > history[0][0]:
+            then, swap_in_then, swap_out_then = history[0]
+            span = now - then
+            rates = (max(0, swap_in - swap_in_then) / span, max(0, swap_out - swap_out_then) / span)
+        history.append((now, swap_in, swap_out))
+        return rates
 
     def qemu_rss_kib(self, pid: int) -> int | None:
         """Resident memory of a VM's QEMU process (see :func:`qemu_rss_kib`)."""

@@ -143,6 +143,41 @@ def test_rates_use_the_interval_between_samples(tree: Tree) -> None:
     assert second.fields["swap_in"] == 300
 
 
+def test_a_quick_tick_does_not_read_a_few_pages_as_heavy_swapping(tree: Tree) -> None:
+    # ebbd ticks again as soon as 0.25 s after a tick when the host crosses a
+    # threshold. 64 pages in those 0.25 s are 1 MiB/s, the "high" swap line,
+    # though the host swapped them over more than two seconds: rates are taken
+    # over at least the last second.
+    clock = FakeClock()
+    collector = HostCollector(tree.proc, tree.sys, clock=clock)
+    collector.collect()
+    clock.now += 2.0
+    collector.collect()
+    clock.now += 0.25
+    tree.vmstat(pswpin=164, pswpout=200)
+    quick = collector.collect()
+    assert quick.fields["swap_in_rate"] == pytest.approx(64 / 2.25)
+    assert quick.fields["pressure_level"] < 2  # not "high"
+
+
+def test_rates_over_the_last_second_follow_a_burst(tree: Tree) -> None:
+    # Samples 0.25 s apart: the rate is over the newest span of at least a
+    # second, so a burst shows within a second and is not diluted for longer.
+    clock = FakeClock()
+    collector = HostCollector(tree.proc, tree.sys, clock=clock)
+    collector.collect()
+    swapped = 100
+    rates = []
+    for _ in range(8):
+        clock.now += 0.25
+        swapped += 1000
+        tree.vmstat(pswpin=swapped, pswpout=200)
+        rates.append(collector.collect().fields["swap_in_rate"])
+    assert rates[3:] == [pytest.approx(4000.0)] * 5
+    assert rates[0] == pytest.approx(4000.0)  # nothing older than the first sample
+    assert len(collector._swap_history) <= 6  # a second's worth, not every sample
+
+
 def test_no_ksm_and_no_psi_give_nil_fields(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
     proc.mkdir()
