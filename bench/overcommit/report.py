@@ -457,7 +457,9 @@ def operator_figure(points: Sequence[Dict[str, Any]],
             carried = ratio
         out[config] = {"stall_share_pct": {f"{r:g}": s for r, s in shares.items()},
                        "max_ratio": carried,
-                       "min_budget_mib": budgets.get(carried) if carried else None}
+                       "min_budget_mib": budgets.get(carried) if carried else None,
+                       # Under the line at every ratio measured: the limit lies beyond.
+                       "beyond_sweep": carried is not None and carried == max(shares)}
     return out
 
 
@@ -482,9 +484,22 @@ def sweep_table(fig: Dict[str, Any]) -> List[str]:
             continue
         cells = [_num(c["stall_share_pct"].get(f"{r:g}"), 1) + " %"
                  if c["stall_share_pct"].get(f"{r:g}") is not None else "-" for r in ratios]
-        best = (f"{c['max_ratio']:g}x ({c['min_budget_mib']} MiB)" if c["max_ratio"]
-                else "none of them")
+        if c.get("beyond_sweep"):
+            best = f"{c['max_ratio']:g}x or more ({c['min_budget_mib']} MiB or less)"
+        elif c["max_ratio"]:
+            best = f"{c['max_ratio']:g}x ({c['min_budget_mib']} MiB)"
+        else:
+            best = "none of them"
         lines.append(f"| {config} | " + " | ".join(cells) + f" | {best} |")
+    beyond = [config for config in CONFIGS if (fig.get(config) or {}).get("beyond_sweep")]
+    if beyond and len(beyond) == len(fig):
+        lines += ["", f"At every ratio measured none of the configurations reached "
+                      f"{STALL_LIMIT_PCT:g} %: this sweep does not tell them apart. Higher "
+                      f"ratios (`--sweep-ratios`) or a slower disk (`--disk-iops`) would."]
+    elif beyond:
+        lines += ["", ", ".join(f"`{c}`" for c in beyond)
+                  + f" stayed under {STALL_LIMIT_PCT:g} % at every ratio measured: "
+                  "the limit lies beyond the sweep."]
     return [*lines, ""]
 
 

@@ -109,6 +109,19 @@ def test_the_operator_figure_is_the_highest_ratio_under_five_percent_stall() -> 
     assert "| fpr | 6.0 % | 3.0 % | 4.0 % | 20.0 % | none of them |" in table
 
 
+def test_a_configuration_that_never_crossed_the_line_carries_at_least_the_highest_ratio() -> None:
+    # Under 5 % at every ratio measured: the sweep found no limit, and the page
+    # must not read as if the highest ratio were one.
+    points = [{"config": "none", "ratio": r, "budget_mib": b, "stall_share_pct": 1.0}
+              for r, b in ((1.25, 2458), (1.5, 2048), (2.0, 1536), (2.5, 1229))]
+    fig = report.operator_figure(points)
+    assert fig["none"]["max_ratio"] == 2.5
+    assert fig["none"]["beyond_sweep"] is True
+    table = "\n".join(report.sweep_table(fig))
+    assert "| none | 1.0 % | 1.0 % | 1.0 % | 1.0 % | 2.5x or more (1229 MiB or less) |" in table
+    assert "none of the configurations reached" in table
+
+
 def _run(config: str, rep: int, stall_s: float, mb_s: float) -> Dict[str, Any]:
     return {"config": config, "rep": rep, "host_swap_in_pages": 0, "host_swap_out_pages": 0,
             "host_swap_ops": 0, "guest_swap_ops": 0, "ksm_pages_sharing_max": 0,
