@@ -95,6 +95,21 @@ def test_ksm_sleep_scales_inversely_with_host_memory(total: int, sleep_ms: int) 
     assert ev.host_controls["ksm_sleep_millisecs"] == sleep_ms
 
 
+def test_cooperative_runs_ksm_only_while_the_host_is_short() -> None:
+    # ksmtuned's rule says run (14 GiB of VMs do not fit beside its 20 %), but
+    # ebbd's level says the host lacks nothing: KSM's scanning would only take
+    # CPU from the guests (the page cache p95 rose with it on a slow host).
+    fits_not = {"mem_free": 8 * GiB, "ksm_shareable": 14 * GiB, "ksm_pages_to_scan": 500}
+    assert run("cooperative", {**fits_not, "pressure_level": 0}).host_controls == {"ksm_run": 0}
+    short = run("cooperative", {**fits_not, "pressure_level": 1}).host_controls
+    assert short["ksm_run"] == 1 and short["ksm_pages_to_scan"] == 450
+
+
+def test_classic_runs_ksm_as_ksmtuned_whatever_the_level() -> None:
+    ev = run("classic", {"mem_free": 8 * GiB, "ksm_shareable": 14 * GiB, "pressure_level": 0})
+    assert ev.host_controls["ksm_run"] == 1
+
+
 def test_ksm_left_alone_without_ksm_statistics() -> None:
     ev = run("classic", {"mem_free": 2 * GiB, "ksm_pages_to_scan": None})
     assert ev.host_controls == {}
