@@ -24,6 +24,17 @@ def test_ebbs_configurations_run_with_free_page_reporting_and_the_article_rows_w
     assert harness.POLICIES["fpr"] is None  # no ebbd: what a user does instead of ebb
 
 
+@pytest.mark.parametrize("config", [c for c, d in harness.POLICIES.items() if d is not None])
+def test_every_configurations_policy_evaluates_on_a_short_host(config: str) -> None:
+    # The ksm row links the shipped KSM file: a name it uses must be defined here too.
+    from ebb.host.policy import Entity, PolicyInput, PolicyRunner, load_policy_dir
+    host = Entity({"name": "host"}, [{
+        "mem_available": 4 * 1024 * 1024, "mem_free": 200 * 1024, "pressure_level": 2,
+        "ksm_pages_to_scan": 100, "ksm_shareable": 4 * 1024 * 1024}])
+    ev = PolicyRunner(load_policy_dir(harness.POLICIES[config])).evaluate(PolicyInput(host, []))
+    assert ev.host_controls.get("ksm_run") == 1
+
+
 @pytest.mark.parametrize("short", [True, False])
 def test_the_growing_guest_grows_after_the_cache_went_cold_and_for_the_whole_run(
         short: bool) -> None:
