@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
+from ebb.host.collectors import find_kernel_thread
 from ebb.lab.guestcmd import GuestShell
 
 #: /proc/PID/stat counts in USER_HZ ticks, the same in the guests (same kernel).
@@ -46,6 +47,24 @@ def process_cpu_s(pid: int, proc: Path = Path("/proc")) -> Optional[float]:
     return (int(after_comm[11]) + int(after_comm[12])) / CLK_TCK
 
 
+def others_pct(busy_ticks: int, span_s: float, known_pcts: Sequence[Optional[float]]) -> float:
+    """Share of one core (%) the host was busy beyond the processes measured.
+
+    ``busy_ticks``: the host's busy ticks over ``span_s`` (all CPUs, the
+    hypervisor's steal included); ``known_pcts``: what the measured processes
+    used, in shares of one core. What is left is everything else: the harness,
+    the kernel's threads, someone's tests, another VM of the hypervisor. In a
+    quiet run it is 1-5 % of a core; much more says the run was shared.
+    """
+    busy_pct = busy_ticks / CLK_TCK / max(span_s, 1e-6) * 100
+    return round(max(0.0, busy_pct - sum(v for v in known_pcts if v is not None)), 1)
+
+
+def ksmd_pid() -> Optional[int]:
+    """KSM's kernel thread (``None`` on a kernel without KSM)."""
+    return find_kernel_thread("/proc", "ksmd")
+
+
 def qemu_pid(name: str, run_dir: Path = QEMU_RUN_DIR) -> Optional[int]:
     try:
         return int((run_dir / f"{name}.pid").read_text().strip())
@@ -71,6 +90,7 @@ class CpuMeter:
     _host: Tuple[int, int] = (0, 0)
     _procs: Dict[str, Optional[float]] = field(default_factory=dict)
     _agents: Dict[str, Optional[float]] = field(default_factory=dict)
+    _ksmd: Optional[int] = None
     _procs_at: float = 0.0
     _agents_at: float = 0.0
     _end: Optional[Tuple[Tuple[int, int], Dict[str, Optional[float]], float]] = None
@@ -82,9 +102,11 @@ class CpuMeter:
             out[f"qemu:{name}"] = process_cpu_s(pid) if pid else None
         if self.ebbd_pid is not None:
             out["ebbd"] = process_cpu_s(self.ebbd_pid)
+        out["ksmd"] = process_cpu_s(self._ksmd) if self._ksmd is not None else None
         return out
 
     def start(self, shells: Sequence[GuestShell]) -> None:
+        self._ksmd = ksmd_pid()
         self._agents_at = time.monotonic()
         self._agents = {sh.name: agent_cpu_s(sh) for sh in shells}
         self._procs_at = time.monotonic()
@@ -119,6 +141,8 @@ class CpuMeter:
             return round((after - before) / span_s * 100, 2)
 
         qemu = [pct(self._procs.get(k), procs.get(k)) for k in procs if k.startswith("qemu:")]
+        ebbd = pct(self._procs.get("ebbd"), procs.get("ebbd"))
+        ksmd = pct(self._procs.get("ksmd"), procs.get("ksmd"))
         agent = {n: pct(self._agents.get(n), agents.get(n), agents_s) for n in agents}
         known_agents = [v for v in agent.values() if v is not None]
         out: Dict[str, object] = {
@@ -126,7 +150,9 @@ class CpuMeter:
                                        / max(1, total - self._host[1]) * 100, 1),
             "qemu_cpu_pct": (round(sum(v for v in qemu if v is not None), 1)
                              if any(v is not None for v in qemu) else None),
-            "ebbd_cpu_pct": pct(self._procs.get("ebbd"), procs.get("ebbd")),
+            "ebbd_cpu_pct": ebbd,
+            "ksmd_cpu_pct": ksmd,
+            "others_cpu_pct": others_pct(busy - self._host[0], procs_s, [*qemu, ebbd, ksmd]),
             "agent_cpu_pct_mean": (round(sum(known_agents) / len(known_agents), 2)
                                    if known_agents else None),
             "agent_cpu_pct": agent,

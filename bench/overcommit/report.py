@@ -52,7 +52,11 @@ STALL = "stall_s"
 STALL_LIMIT_PCT = 5.0
 
 #: CPU figures of a run (runs from before they were measured have none).
-CPU_KEYS = ("host_cpu_busy_pct", "qemu_cpu_pct", "ebbd_cpu_pct", "agent_cpu_pct_mean")
+CPU_KEYS = ("host_cpu_busy_pct", "qemu_cpu_pct", "ebbd_cpu_pct", "agent_cpu_pct_mean",
+            "others_cpu_pct")
+#: A run whose other processes took this share of a core (%) or more is listed
+#: as shared: quiet runs leave 1-5 % to the harness and the kernel.
+OTHERS_SHARED_PCT = 10.0
 STALL_KEYS = ("stall_s", "stall_share_pct", "guest_stall_some_s", "guest_stall_full_s",
               "host_stall_some_s", "host_stall_vcpu_s", "host_io_vcpu_s", "host_wait_s",
               "qemu_major_faults", "host_cpu_wait_vcpu_s",
@@ -415,17 +419,19 @@ def cpu_table(summary: Dict[str, Any]) -> List[str]:
             if not med or "host_cpu_busy_pct" not in med:
                 continue
             cells = [f"{med[k]:.{d}f}" if k in med else "-"
-                     for k, d in zip(CPU_KEYS, (1, 1, 2, 2))]
+                     for k, d in zip(CPU_KEYS, (1, 1, 2, 2, 1))]
             rows.append(f"| {name} | {config} | " + " | ".join(cells) + " |")
     if not rows:
         return []
     return ["## CPU while the workloads ran", "",
             "Medians. Host busy is a share of all the host's CPUs; the others are "
             "shares of one core: all the guests' QEMU processes together, ebbd, and one "
-            "guest's ebb-agent (mean over the guests, measured inside the guest).", "",
+            "guest's ebb-agent (mean over the guests, measured inside the guest), and "
+            "everything else the host was busy with (the harness, kernel threads but KSM's "
+            "ksmd, the hypervisor's steal, anyone else's work).", "",
             "| scenario | configuration | host busy (%) | QEMU, all guests (% of a core) | "
-            "ebbd (% of a core) | agent per guest (% of its vCPU) |",
-            "|---|---|---:|---:|---:|---:|", *rows, ""]
+            "ebbd (% of a core) | agent per guest (% of its vCPU) | others (% of a core) |",
+            "|---|---|---:|---:|---:|---:|---:|", *rows, ""]
 
 
 # -- the operator's figure --------------------------------------------------------------------
@@ -729,10 +735,14 @@ def _interval_words(results: Dict[str, Any]) -> str:
             else f"min-max over {reps} repetitions")
 
 
+def _others_pct(run: Dict[str, Any]) -> float:
+    return float((run.get("cpu") or {}).get("others_cpu_pct") or 0.0)
+
+
 def disturbed_lines(results: Dict[str, Any]) -> List[str]:
     disturbed = [(name, r) for name, runs in (results.get("runs") or {}).items() for r in runs
                  if r.get("disturbed") or r.get("foreign_ballooning")
-                 or r.get("ksm_on_by_others")]
+                 or r.get("ksm_on_by_others") or _others_pct(r) >= OTHERS_SHARED_PCT]
     if not disturbed:
         return []
     lines = ["## Runs disturbed by other work on the host", ""]
@@ -741,6 +751,9 @@ def disturbed_lines(results: Dict[str, Any]) -> List[str]:
         if r.get("ksm_on_by_others"):
             why.append("KSM was running (run=1) although no ebbd of ours ran: another "
                        "ebbd on the host turned it on")
+        if _others_pct(r) >= OTHERS_SHARED_PCT:
+            why.append(f"other processes used {_others_pct(r):g} % of a core while the "
+                       f"workload ran (1-5 % in a quiet run; KSM's ksmd counted apart)")
         if r.get("foreign_ballooning"):
             why.append("balloon below maximum without our ebbd: "
                        + ", ".join(r["foreign_ballooning"]))

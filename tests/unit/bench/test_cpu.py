@@ -22,3 +22,12 @@ def test_process_cpu_is_user_plus_system_even_with_spaces_in_its_name(tmp_path: 
     (tmp_path / "42" / "stat").write_text("42 (qemu (x) y) " + " ".join(fields) + "\n")
     assert cpu.process_cpu_s(42, tmp_path) == 4.0
     assert cpu.process_cpu_s(43, tmp_path) is None
+
+
+def test_others_are_what_the_host_was_busy_with_beyond_the_measured_processes() -> None:
+    # 2 CPUs busy 60 % of 10 s = 12 core-seconds = 120 % of a core; QEMU took 100 %,
+    # ebbd 3 %, ksmd unknown: 17 % of a core went to something else.
+    busy_ticks = 12 * cpu.CLK_TCK
+    assert cpu.others_pct(busy_ticks, 10.0, [100.0, 3.0, None]) == 17.0
+    # Rounding of the measured shares never makes "others" negative.
+    assert cpu.others_pct(busy_ticks, 10.0, [121.0]) == 0.0

@@ -13,6 +13,7 @@ BENCH = Path(__file__).resolve().parents[3] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import eval_ebb  # noqa: E402
+from overcommit import report  # noqa: E402
 from overcommit.hostctl import HostMemoryError  # noqa: E402
 
 
@@ -75,8 +76,23 @@ def test_cpu_used_is_summarised_and_shown_next_to_the_latency() -> None:
     assert summary["ratios_to_none"]["cooperative"]["agent_cpu_pct_mean"] == 5.5
 
     table = "\n".join(eval_ebb.cpu_table({"pagecache": summary}))
-    assert "| pagecache | none | 60.0 | 110.0 | - | 0.50 |" in table
-    assert "| pagecache | cooperative | 70.0 | 125.0 | 3.25 | 2.75 |" in table
+    assert "| pagecache | none | 60.0 | 110.0 | - | 0.50 | - |" in table
+    assert "| pagecache | cooperative | 70.0 | 125.0 | 3.25 | 2.75 | - |" in table
+
+
+def test_a_run_the_host_shared_with_other_work_is_listed_with_what_they_took() -> None:
+    # Tests run on the host during a run took 48 % of a core, where quiet runs
+    # leave 1-5 % to the harness and the kernel: the page must say so.
+    quiet = _run("none", 0, 5.0, {"host_cpu_busy_pct": 37.0, "qemu_cpu_pct": 71.0,
+                                  "others_cpu_pct": 3.0})
+    shared = _run("none", 1, 11.0, {"host_cpu_busy_pct": 60.0, "qemu_cpu_pct": 71.0,
+                                    "others_cpu_pct": 47.6})
+    lines = "\n".join(report.disturbed_lines({"runs": {"pagecache": [quiet, shared]}}))
+    assert "pagecache/none (repetition 2): other processes used 47.6 % of a core" in lines
+    assert "repetition 1" not in lines
+    table = "\n".join(eval_ebb.cpu_table({"pagecache": eval_ebb.summarise(
+        "pagecache", [quiet, shared])}))
+    assert "| pagecache | none | 48.5 | 71.0 | - | - | 25.3 |" in table
 
 
 def _memknobs_run(config: str, rep: int, mb_per_s: float) -> Any:

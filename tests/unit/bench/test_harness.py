@@ -65,6 +65,7 @@ def test_cpu_shares_end_when_the_workload_ends(tmp_path: Path, monkeypatch) -> N
     ticks = iter([(100, 1000), (150, 1100), (190, 1200)])
     monkeypatch.setattr(cpu, "host_cpu_ticks", lambda: next(ticks))
     monkeypatch.setattr(cpu, "qemu_pid", lambda name: None)
+    monkeypatch.setattr(cpu, "ksmd_pid", lambda: None)
     monkeypatch.setattr(cpu, "agent_cpu_s", lambda shell: None)
     meter = cpu.CpuMeter(names=["g1"])
     meter.start([])
