@@ -54,7 +54,7 @@ def others_pct(busy_ticks: int, span_s: float, known_pcts: Sequence[Optional[flo
     hypervisor's steal included); ``known_pcts``: what the measured processes
     used, in shares of one core. What is left is everything else: the harness,
     the kernel's threads, someone's tests, another VM of the hypervisor. In a
-    quiet run it is 1-5 % of a core; much more says the run was shared.
+    quiet run it is 0-10 % of a core; much more says the run was shared.
     """
     busy_pct = busy_ticks / CLK_TCK / max(span_s, 1e-6) * 100
     return round(max(0.0, busy_pct - sum(v for v in known_pcts if v is not None)), 1)

@@ -55,8 +55,9 @@ STALL_LIMIT_PCT = 5.0
 CPU_KEYS = ("host_cpu_busy_pct", "qemu_cpu_pct", "ebbd_cpu_pct", "agent_cpu_pct_mean",
             "others_cpu_pct")
 #: A run whose other processes took this share of a core (%) or more is listed
-#: as shared: quiet runs leave 1-5 % to the harness and the kernel.
-OTHERS_SHARED_PCT = 10.0
+#: as shared: quiet runs left 0-10 % to the harness and the kernel (more on a
+#: slower machine), runs with someone's tests beside them 33-48 %.
+OTHERS_SHARED_PCT = 20.0
 STALL_KEYS = ("stall_s", "stall_share_pct", "guest_stall_some_s", "guest_stall_full_s",
               "host_stall_some_s", "host_stall_vcpu_s", "host_io_vcpu_s", "host_wait_s",
               "qemu_major_faults", "host_cpu_wait_vcpu_s",
@@ -753,7 +754,7 @@ def disturbed_lines(results: Dict[str, Any]) -> List[str]:
                        "ebbd on the host turned it on")
         if _others_pct(r) >= OTHERS_SHARED_PCT:
             why.append(f"other processes used {_others_pct(r):g} % of a core while the "
-                       f"workload ran (1-5 % in a quiet run; KSM's ksmd counted apart)")
+                       f"workload ran (0-10 % in a quiet run; KSM's ksmd counted apart)")
         if r.get("foreign_ballooning"):
             why.append("balloon below maximum without our ebbd: "
                        + ", ".join(r["foreign_ballooning"]))
