@@ -413,26 +413,33 @@ def _coldcache_extra(scen: Dict[str, Any]) -> List[str]:
 
 def cpu_table(summary: Dict[str, Any]) -> List[str]:
     """What the host, the guests, ebbd and the agents used while the workloads ran."""
-    rows = []
-    for name, scenario in summary.items():
-        for config in CONFIGS:
-            med = ((scenario or {}).get("medians") or {}).get(config)
-            if not med or "host_cpu_busy_pct" not in med:
-                continue
-            cells = [f"{med[k]:.{d}f}" if k in med else "-"
-                     for k, d in zip(CPU_KEYS, (1, 1, 2, 2, 1))]
-            rows.append(f"| {name} | {config} | " + " | ".join(cells) + " |")
-    if not rows:
+    meds = [(name, config, med) for name, scenario in summary.items() for config in CONFIGS
+            for med in [((scenario or {}).get("medians") or {}).get(config)]
+            if med and "host_cpu_busy_pct" in med]
+    if not meds:
         return []
+    # Runs from before "others" was measured leave the column out.
+    keys = [k for k in CPU_KEYS if k != "others_cpu_pct"
+            or any("others_cpu_pct" in med for _, _, med in meds)]
+    digits = {"host_cpu_busy_pct": 1, "qemu_cpu_pct": 1, "others_cpu_pct": 1}
+    rows = [f"| {name} | {config} | "
+            + " | ".join(f"{med[k]:.{digits.get(k, 2)}f}" if k in med else "-" for k in keys)
+            + " |" for name, config, med in meds]
+    heads = {"host_cpu_busy_pct": "host busy (%)",
+             "qemu_cpu_pct": "QEMU, all guests (% of a core)",
+             "ebbd_cpu_pct": "ebbd (% of a core)",
+             "agent_cpu_pct_mean": "agent per guest (% of its vCPU)",
+             "others_cpu_pct": "others (% of a core)"}
+    others = (", and everything else the host was busy with (the harness, kernel threads "
+              "but KSM's ksmd, the hypervisor's steal, anyone else's work)"
+              if "others_cpu_pct" in keys else "")
     return ["## CPU while the workloads ran", "",
             "Medians. Host busy is a share of all the host's CPUs; the others are "
             "shares of one core: all the guests' QEMU processes together, ebbd, and one "
-            "guest's ebb-agent (mean over the guests, measured inside the guest), and "
-            "everything else the host was busy with (the harness, kernel threads but KSM's "
-            "ksmd, the hypervisor's steal, anyone else's work).", "",
-            "| scenario | configuration | host busy (%) | QEMU, all guests (% of a core) | "
-            "ebbd (% of a core) | agent per guest (% of its vCPU) | others (% of a core) |",
-            "|---|---|---:|---:|---:|---:|---:|", *rows, ""]
+            "guest's ebb-agent (mean over the guests, measured inside the guest)"
+            + others + ".", "",
+            "| scenario | configuration | " + " | ".join(heads[k] for k in keys) + " |",
+            "|---|---|" + "---:|" * len(keys), *rows, ""]
 
 
 # -- the operator's figure --------------------------------------------------------------------
