@@ -40,10 +40,23 @@ def test_shipped_policies_exist_and_share_their_common_files() -> None:
         files = sorted(p.name for p in policy_dir(name).glob("*.policy"))
         assert files[0] == "00-defines.policy"
         load_policy_dir(policy_dir(name))
-    for common in ("10-ksm.policy", "20-balloon-functions.policy"):
-        assert filecmp.cmp(
-            policy_dir("classic") / common, policy_dir("cooperative") / common, shallow=False
-        )
+    assert filecmp.cmp(policy_dir("classic") / "20-balloon-functions.policy",
+                       policy_dir("cooperative") / "20-balloon-functions.policy", shallow=False)
+    # The cooperative KSM file is ksmtuned's (classic's) with a gate added before it.
+    classic_ksm = (policy_dir("classic") / "10-ksm.policy").read_text()
+    coop_ksm = (policy_dir("cooperative") / "10-ksm.policy").read_text()
+    assert classic_ksm.split("(def ksm_change_npages")[1].split("(def ksm_tune")[0] in coop_ksm
+
+
+def test_the_cooperative_policy_loads_under_an_administrators_older_defines(tmp_path) -> None:
+    # Policy files are conffiles: an upgrade keeps an edited 00-defines.policy and
+    # brings the new others. A name the new files need must not live only there.
+    import shutil
+    for f in policy_dir("cooperative").glob("*.policy"):
+        shutil.copy(f, tmp_path / f.name)
+    defines = (tmp_path / "00-defines.policy").read_text()
+    assert "ksm_level" not in defines
+    load_policy_dir(tmp_path)
 
 
 # ---------------------------------------------------------------- KSM ----
