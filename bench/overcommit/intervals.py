@@ -84,9 +84,13 @@ def _pct(ratio: float) -> str:
     return f"{(ratio - 1) * 100:+.0f} %"
 
 
-def words(interval: Optional[Dict[str, Any]]) -> str:
+def words(interval: Optional[Dict[str, Any]], median: bool = False) -> str:
     """``+12 % [+3 % .. +20 %]``, ``no difference (-4 % .. +18 %)``, ``+12 % (one
-    repetition)``, or ``n/a``."""
+    repetition)``, or ``n/a``.
+
+    ``median``: a "no difference" also gives the median ratio (``median +17 %, no
+    difference (...)``), for a target judged on the median that the interval alone hides.
+    """
     if not interval:
         return "n/a"
     if interval.get("reps", 2) < 2:
@@ -96,5 +100,7 @@ def words(interval: Optional[Dict[str, Any]]) -> str:
         reps = interval["reps"]
         return f"{_pct(interval['ratio'])} ({reps} repetitions, too few to tell: {span})"
     if interval.get("no_difference"):
+        if median:
+            return f"median {_pct(interval['ratio'])}, no difference ({span})"
         return f"no difference ({span})"
     return f"{_pct(interval['ratio'])} [{span}]"
