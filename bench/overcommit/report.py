@@ -11,7 +11,7 @@ page opens with at most ten lines: what each configuration wins or loses against
 from __future__ import annotations
 
 import statistics
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from pagecache.coldcache import coldcache_figures
 from pagecache.scenario import cache_refaults
@@ -720,9 +720,57 @@ def _own_reps(results: Dict[str, Any], name: str) -> str:
         return f"; {_reps_words(reps)} of each point" if reps else ""
     counts = _rep_counts(results)
     reps = counts.get(name, 0)
+    runs = (results.get("runs") or {}).get(name) or []
+    if len({len(reps) for reps in _config_reps(runs).values()}) > 1:
+        return "; " + _uneven_reps_words(runs)
     if not reps or set(counts.values()) == {results.get("reps")}:
         return ""
     return f"; {_reps_words(reps)}"
+
+
+def _config_reps(runs: Sequence[Dict[str, Any]]) -> Dict[str, Set[Any]]:
+    """The repetitions each configuration ran, in the page's order of configurations."""
+    reps: Dict[str, Set[Any]] = {}
+    for r in runs:
+        reps.setdefault(r["config"], set()).add(r.get("rep"))
+    order = {c: i for i, c in enumerate(CONFIGS)}
+    return {c: reps[c] for c in sorted(reps, key=lambda c: order.get(c, len(order)))}
+
+
+def _pair_counts(runs: Sequence[Dict[str, Any]]) -> List[int]:
+    """The repetitions each comparison with a baseline holds (those of 2 or more)."""
+    per_config = _config_reps(runs)
+    pairs = [len(per_config[b] & reps) for b in BASELINES if b in per_config
+             for c, reps in per_config.items() if c != b]
+    return [n for n in pairs if n >= 2]
+
+
+def _uneven_reps_words(runs: Sequence[Dict[str, Any]]) -> str:
+    """``6 repetitions of `none`, 3 of `ksm` and `cooperative` (min-max intervals)``.
+
+    A comparison holds only the repetitions both of its configurations ran, so the
+    scenario's own count would overstate it, and its interval method with it.
+    """
+    per_config = _config_reps(runs)
+    groups: Dict[int, List[str]] = {}
+    for config, reps in per_config.items():
+        groups.setdefault(len(reps), []).append(f"`{config}`")
+    parts = []
+    for i, n in enumerate(sorted(groups, reverse=True)):
+        names = groups[n]
+        who = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        parts.append(f"{n} repetition{'s' if n != 1 else ''} of {who}" if i == 0
+                     else f"{n} of {who}")
+    pairs = _pair_counts(runs) or [0]
+    if min(pairs) >= 5:
+        how = "bootstrap 95 % intervals"
+    elif max(pairs) >= 5:
+        how = "bootstrap 95 % intervals where a comparison holds 5 repetitions, min-max below"
+    elif max(pairs) >= 2:
+        how = "min-max intervals"
+    else:
+        how = "no intervals"
+    return ", ".join(parts) + f" ({how})"
 
 
 def _reps_words(reps: int) -> str:
@@ -732,15 +780,22 @@ def _reps_words(reps: int) -> str:
 
 
 def _interval_words(results: Dict[str, Any]) -> str:
-    counts = set(_rep_counts(results).values())
-    if len(counts) > 1:
-        return ("bootstrap 95 % where a scenario has 5 repetitions or more, min-max where "
-                "it has fewer")
-    reps = counts.pop() if counts else results.get("reps", 0)
-    if reps < 2:
+    """How the page's intervals were made, from the repetitions its comparisons hold
+    (a comparison holds the repetitions both its configurations ran)."""
+    pairs = [n for name, runs in (results.get("runs") or {}).items() if name != "sweep"
+             for n in _pair_counts(runs)]
+    if not pairs:
+        reps = results.get("reps", 0)
+        pairs = [reps] if reps >= 2 else []
+    if not pairs:
         return "none (one repetition)"
-    return ("bootstrap 95 % over the repetitions" if reps >= 5
-            else f"min-max over {reps} repetitions")
+    if min(pairs) >= 5:
+        return "bootstrap 95 % over the repetitions"
+    if max(pairs) < 5:
+        return (f"min-max over {pairs[0]} repetitions" if len(set(pairs)) == 1
+                else f"min-max over {min(pairs)} to {max(pairs)} repetitions")
+    return ("bootstrap 95 % where a comparison holds 5 repetitions or more, min-max where "
+            "it holds fewer")
 
 
 def _others_pct(run: Dict[str, Any]) -> float:

@@ -353,3 +353,25 @@ def test_the_page_cache_target_shows_the_median_it_is_judged_on() -> None:
     target = report.targets({"pagecache": report.summarise("pagecache", runs)})[-1]
     assert not target["met"]
     assert target["measured"] == ("cooperative: median +17 %, no difference (-20 % .. +44 %)")
+
+
+def test_a_scenario_whose_configurations_ran_unequal_repetitions_says_so() -> None:
+    # `none` ran beside `cooperative` in repetitions 1-3 and beside `ksm` in 4-6: six
+    # repetitions of the scenario, but every comparison holds three, and min-max they are.
+    runs = {"slowdisk": [], "overcommit": []}
+    for rep in range(6):
+        runs["slowdisk"] += [_run("none", rep, 10.0 + rep, 1000.0),
+                             _run("cooperative" if rep < 3 else "ksm", rep, 12.0, 990.0)]
+    for rep in range(3):
+        runs["overcommit"] += [_run(c, rep, 10.0, 1000.0) for c in ("none", "fpr")]
+    setup = {"guests": 2, "memory_mib": 768, "host_budget_mib": 1024, "host_swap_mib": 4096,
+             "duration_s": 240}
+    results = {"mode": "full", "started": "s", "finished": "f", "host": "h", "reps": 3,
+               "scenarios": {"slowdisk": dict(setup), "overcommit": dict(setup)},
+               "summary": {n: report.summarise(n, r) for n, r in runs.items()}, "runs": runs}
+    text = report.markdown(results)
+    line = next(x for x in text.splitlines() if x.startswith("- slowdisk:"))
+    assert line.endswith("; 6 repetitions of `none`, 3 of `ksm` and `cooperative` "
+                         "(min-max intervals)"), line
+    note = next(x for x in text.splitlines() if x.startswith("Memory stall:"))
+    assert "intervals: min-max over 3 repetitions." in note, note
