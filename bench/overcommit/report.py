@@ -720,9 +720,9 @@ def _own_reps(results: Dict[str, Any], name: str) -> str:
         return f"; {_reps_words(reps)} of each point" if reps else ""
     counts = _rep_counts(results)
     reps = counts.get(name, 0)
-    runs = (results.get("runs") or {}).get(name) or []
-    if len({len(reps) for reps in _config_reps(runs).values()}) > 1:
-        return "; " + _uneven_reps_words(runs)
+    per_config = _config_reps((results.get("runs") or {}).get(name) or [])
+    if len({len(done) for done in per_config.values()}) > 1:
+        return "; " + _uneven_reps_words(per_config)
     if not reps or set(counts.values()) == {results.get("reps")}:
         return ""
     return f"; {_reps_words(reps)}"
@@ -737,21 +737,19 @@ def _config_reps(runs: Sequence[Dict[str, Any]]) -> Dict[str, Set[Any]]:
     return {c: reps[c] for c in sorted(reps, key=lambda c: order.get(c, len(order)))}
 
 
-def _pair_counts(runs: Sequence[Dict[str, Any]]) -> List[int]:
+def _pair_counts(per_config: Dict[str, Set[Any]]) -> List[int]:
     """The repetitions each comparison with a baseline holds (those of 2 or more)."""
-    per_config = _config_reps(runs)
     pairs = [len(per_config[b] & reps) for b in BASELINES if b in per_config
              for c, reps in per_config.items() if c != b]
     return [n for n in pairs if n >= 2]
 
 
-def _uneven_reps_words(runs: Sequence[Dict[str, Any]]) -> str:
+def _uneven_reps_words(per_config: Dict[str, Set[Any]]) -> str:
     """``6 repetitions of `none`, 3 of `ksm` and `cooperative` (min-max intervals)``.
 
     A comparison holds only the repetitions both of its configurations ran, so the
     scenario's own count would overstate it, and its interval method with it.
     """
-    per_config = _config_reps(runs)
     groups: Dict[int, List[str]] = {}
     for config, reps in per_config.items():
         groups.setdefault(len(reps), []).append(f"`{config}`")
@@ -761,29 +759,27 @@ def _uneven_reps_words(runs: Sequence[Dict[str, Any]]) -> str:
         who = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         parts.append(f"{n} repetition{'s' if n != 1 else ''} of {who}" if i == 0
                      else f"{n} of {who}")
-    pairs = _pair_counts(runs) or [0]
-    if min(pairs) >= 5:
-        how = "bootstrap 95 % intervals"
-    elif max(pairs) >= 5:
-        how = "bootstrap 95 % intervals where a comparison holds 5 repetitions, min-max below"
-    elif max(pairs) >= 2:
-        how = "min-max intervals"
-    else:
-        how = "no intervals"
-    return ", ".join(parts) + f" ({how})"
+    return ", ".join(parts) + f" ({_method_words(_pair_counts(per_config) or [0])})"
 
 
 def _reps_words(reps: int) -> str:
-    how = ("bootstrap 95 % intervals" if reps >= 5 else
-           "min-max intervals" if reps >= 2 else "no intervals")
-    return f"{reps} repetition{'s' if reps != 1 else ''} ({how})"
+    return f"{reps} repetition{'s' if reps != 1 else ''} ({_method_words([reps])})"
+
+
+def _method_words(pairs: Sequence[int]) -> str:
+    """How intervals over comparisons of these repetition counts are made."""
+    if min(pairs) >= 5:
+        return "bootstrap 95 % intervals"
+    if max(pairs) >= 5:
+        return "bootstrap 95 % intervals where a comparison holds 5 repetitions, min-max below"
+    return "min-max intervals" if max(pairs) >= 2 else "no intervals"
 
 
 def _interval_words(results: Dict[str, Any]) -> str:
     """How the page's intervals were made, from the repetitions its comparisons hold
     (a comparison holds the repetitions both its configurations ran)."""
     pairs = [n for name, runs in (results.get("runs") or {}).items() if name != "sweep"
-             for n in _pair_counts(runs)]
+             for n in _pair_counts(_config_reps(runs))]
     if not pairs:
         reps = results.get("reps", 0)
         pairs = [reps] if reps >= 2 else []
