@@ -174,6 +174,15 @@ def order_for(configs: Sequence[str], rep: int) -> List[str]:
     return items[shift % len(items):] + items[:shift % len(items)]
 
 
+def next_rep(runs: Sequence[Dict[str, Any]], ratio: float) -> int:
+    """The first repetition number not yet taken at one of the sweep's ratios.
+
+    An appended sweep numbers its repetitions after the ones already measured, so
+    they are told apart and the configurations' order keeps alternating.
+    """
+    return max([0] + [r.get("rep", 0) + 1 for r in runs if r.get("ratio") == ratio])
+
+
 # -- running ---------------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
@@ -343,7 +352,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if name == "sweep":
                     for ratio, budget in budgets.items():
                         scen[name].host_budget_mib = budget
-                        for rep in range(args.sweep_reps):
+                        start = (next_rep(results["runs"][name], ratio=ratio)
+                                 if args.append else 0)
+                        for rep in range(start, start + args.sweep_reps):
                             for config in order_for(configs, rep):
                                 rundir = workdir / name / f"{ratio:g}x" / f"rep{rep + 1}-{config}"
                                 run = one(name, config, rep, rundir,

@@ -321,3 +321,55 @@ def test_the_page_cache_table_counts_the_cache_the_guests_read_back() -> None:
     assert rows["| classic"].split(" | ")[-2] == "2400", rows["| classic"]
     assert rows["| none"].split(" | ")[-2] == "0", rows["| none"]
     assert rows["| cooperative"].split(" | ")[-2] == "-", rows["| cooperative"]
+
+
+class _Host:
+    """The host-memory lock, free; nothing on the host is changed."""
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def __enter__(self) -> _Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def add_swap(self, mib: int) -> None:
+        pass
+
+
+def test_an_appended_sweep_numbers_its_repetitions_after_the_earlier_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # More repetitions of a sweep point are added a sitting at a time with --append:
+    # they must not take the numbers of the ones already there (each repetition is
+    # one sample), and the configurations' order must keep alternating.
+    old_runs = [dict(_memknobs_run(c, 0, 90.0), ratio=1.25, budget_mib=2458)
+                for c in ("none", "cooperative")]
+    old = {"mode": "full", "started": "then",
+           "scenarios": {"sweep": _sweep_setup({1.25: 2458})},
+           "runs": {"sweep": old_runs}, "plots": []}
+    (tmp_path / "evaluation.json").write_text(json.dumps(old))
+    ran: List[Any] = []
+
+    def run_config(scenario: Any, config: str, rundir: Path, host: Any, say: Any) -> Any:
+        ran.append(config)
+        return _memknobs_run(config, -1, 80.0)
+
+    monkeypatch.setattr(eval_ebb.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(eval_ebb, "_mem_total_gib", lambda: 24.0)
+    monkeypatch.setattr(eval_ebb, "HostMemory", _Host)
+    monkeypatch.setattr(eval_ebb.harness, "run_config", run_config)
+    monkeypatch.setattr(eval_ebb.harness, "_down", lambda prefix: None)  # no lab guests here
+
+    code = eval_ebb.main(["--only", "sweep:none", "--only", "sweep:cooperative",
+                          "--sweep-ratios", "1.25", "--sweep-reps", "2", "--append",
+                          "--results", str(tmp_path), "--workdir", str(tmp_path)])
+
+    assert code == 0
+    runs = json.loads((tmp_path / "evaluation.json").read_text())["runs"]["sweep"]
+    assert sorted((r["rep"], r["config"]) for r in runs) == [
+        (0, "cooperative"), (0, "none"), (1, "cooperative"), (1, "none"),
+        (2, "cooperative"), (2, "none")]
+    # Repetition 0 ran none first; 1 reverses it, 2 rotates it.
+    assert ran == ["cooperative", "none", "cooperative", "none"]
