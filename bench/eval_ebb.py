@@ -161,7 +161,11 @@ def parse_ratios(text: str) -> List[float]:
 def summarise_any(name: str, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     """A scenario's summary; the sweep's is the operator's figure."""
     if name == "sweep":
-        return {"operator": operator_figure(sweep_points(runs))}
+        ratios = sorted({float(r["ratio"]) for r in runs})
+        return {"operator": operator_figure(sweep_points(runs)),
+                "ratios": {f"{ratio:g}": summarise(name, [r for r in runs
+                                                          if float(r["ratio"]) == ratio])
+                           for ratio in ratios}}
     return summarise(name, runs)
 
 

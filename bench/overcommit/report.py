@@ -464,12 +464,16 @@ def operator_figure(points: Sequence[Dict[str, Any]],
     out: Dict[str, Any] = {}
     for config, by_ratio in table.items():
         shares = {r: round(statistics.median(v), 2) for r, v in sorted(by_ratio.items())}
+        spread = {f"{r:g}": [round(min(v), 2), round(max(v), 2)]
+                  for r, v in sorted(by_ratio.items()) if len(v) > 1}
         carried: Optional[float] = None
         for ratio, share in shares.items():
             if share >= limit_pct:
                 break
             carried = ratio
         out[config] = {"stall_share_pct": {f"{r:g}": s for r, s in shares.items()},
+                       # Smallest and largest share where the point ran more than once.
+                       "stall_share_range": spread,
                        "max_ratio": carried,
                        "min_budget_mib": budgets.get(carried) if carried else None,
                        # Under the line at every ratio measured: the limit lies beyond.
@@ -488,16 +492,16 @@ def sweep_table(fig: Dict[str, Any]) -> List[str]:
     ratios = sorted({float(r) for c in fig.values() for r in c["stall_share_pct"]})
     lines = ["## The operator's figure: how far each configuration overcommits", "",
              f"Memknobs at each overcommit ratio (guests' memory / host budget); the cells "
-             f"are the memory stall as a share of wall time (median). The last column is "
-             f"the highest ratio at which the stall stays under {STALL_LIMIT_PCT:g} %.", "",
+             f"are the memory stall as a share of wall time: the median, and the smallest and "
+             f"largest share where the point ran more than once. The last column is the "
+             f"highest ratio at which the median stays under {STALL_LIMIT_PCT:g} %.", "",
              "| configuration | " + " | ".join(f"{r:g}x" for r in ratios)
              + " | carries up to |", "|---|" + "---:|" * (len(ratios) + 1)]
     for config in CONFIGS:
         c = fig.get(config)
         if c is None:
             continue
-        cells = [_num(c["stall_share_pct"].get(f"{r:g}"), 1) + " %"
-                 if c["stall_share_pct"].get(f"{r:g}") is not None else "-" for r in ratios]
+        cells = [_share_cell(c, f"{r:g}") for r in ratios]
         if c.get("beyond_sweep"):
             best = f"{c['max_ratio']:g}x or more ({c['min_budget_mib']} MiB or less)"
         elif c["max_ratio"]:
@@ -514,6 +518,44 @@ def sweep_table(fig: Dict[str, Any]) -> List[str]:
         lines += ["", ", ".join(f"`{c}`" for c in beyond)
                   + f" stayed under {STALL_LIMIT_PCT:g} % at every ratio measured: "
                   "the limit lies beyond the sweep."]
+    return [*lines, ""]
+
+
+def _share_cell(point: Dict[str, Any], ratio: str) -> str:
+    """``1.0 %``, or ``1.0 % (0.8-1.3)`` where the point ran more than once."""
+    share = point["stall_share_pct"].get(ratio)
+    if share is None:
+        return "-"
+    spread = (point.get("stall_share_range") or {}).get(ratio)
+    return f"{_num(share, 1)} %" + (f" ({_num(spread[0], 1)}-{_num(spread[1], 1)})"
+                                    if spread else "")
+
+
+def sweep_ratio_table(by_ratio: Dict[str, Any]) -> List[str]:
+    """At each ratio of the sweep: work, stall and swapping against ``none`` and ``fpr``.
+
+    The operator's figure says only whether the stall crossed the line; this says what
+    each configuration paid or won on the way there, with intervals.
+    """
+    if not by_ratio:
+        return []
+    work_key, work_label, _ = WORK["memknobs"]
+    lines = ["### Each ratio against the baselines", "",
+             f"| ratio | configuration | {work_label} | vs none | vs fpr | memory stall (s) "
+             "| vs none | vs fpr | host swap ops | guest swap ops | balloon moved (MiB) |",
+             "|---|---|---:|---|---|---:|---|---|---:|---:|---:|"]
+    for ratio in sorted(by_ratio, key=float):
+        scen = by_ratio[ratio]
+        for config in CONFIGS:
+            med = (scen.get("medians") or {}).get(config)
+            if med is None:
+                continue
+            lines.append("| " + " | ".join([
+                f"{ratio}x", f"`{config}`", _num(med.get(work_key)),
+                _vs(scen, "none", config, work_key), _vs(scen, "fpr", config, work_key),
+                _num(med.get(STALL), 1), _vs(scen, "none", config, STALL),
+                _vs(scen, "fpr", config, STALL), _num(med.get("host_swap_ops")),
+                _num(med.get("guest_swap_ops")), _num(med.get("balloon_moved_mib"))]) + " |")
     return [*lines, ""]
 
 
@@ -589,7 +631,7 @@ def real_differences(summary: Dict[str, Any]) -> List[str]:
     by_chance = 0.0  # comparisons expected clear of "no change" if nothing differed
     min_max = False  # any interval is the smallest and largest ratio (under 5 repetitions)
     for name, scen in summary.items():
-        kind = KIND.get(name)
+        kind = KIND.get(name.split(" ")[0])  # "sweep 2x": one ratio of the sweep
         if kind is None or name == "sweep":
             continue
         keys = (STALL, WORK[kind][0], *(k for k, _l, _u in ALSO_JUDGED.get(kind, ())),
@@ -685,8 +727,10 @@ def markdown(results: Dict[str, Any]) -> str:
         if name == "sweep" or not scen.get("medians"):
             continue
         lines += scenario_table(name, scen)
-    if summary.get("sweep"):
-        lines += sweep_table(summary["sweep"].get("operator") or {})
+    sweep = summary.get("sweep") or {}
+    if sweep:
+        lines += sweep_table(sweep.get("operator") or {})
+        lines += sweep_ratio_table(sweep.get("ratios") or {})
     lines += cpu_table({n: s for n, s in summary.items() if n != "sweep"})
     targets_ = results.get("targets") or []
     if targets_:
@@ -695,7 +739,9 @@ def markdown(results: Dict[str, Any]) -> str:
             lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |")
         lines.append("")
     lines += disturbed_lines(results)
-    lines += real_differences({n: s for n, s in summary.items() if n != "sweep"})
+    at_ratios = {f"sweep {r}x": s for r, s in (sweep.get("ratios") or {}).items()}
+    lines += real_differences({**{n: s for n, s in summary.items() if n != "sweep"},
+                               **at_ratios})
     if results.get("plots"):
         lines += ["## Figures", ""]
         for name in results["plots"]:
@@ -716,8 +762,7 @@ def _own_reps(results: Dict[str, Any], name: str) -> str:
     The sweep always says its own: the page's count never speaks for its points.
     """
     if name == "sweep":
-        reps = len({r.get("rep") for r in (results.get("runs") or {}).get(name) or []})
-        return f"; {_reps_words(reps)} of each point" if reps else ""
+        return _sweep_reps_words((results.get("runs") or {}).get(name) or [])
     counts = _rep_counts(results)
     reps = counts.get(name, 0)
     per_config = _config_reps((results.get("runs") or {}).get(name) or [])
@@ -726,6 +771,33 @@ def _own_reps(results: Dict[str, Any], name: str) -> str:
     if not reps or set(counts.values()) == {results.get("reps")}:
         return ""
     return f"; {_reps_words(reps)}"
+
+
+def _sweep_reps_words(runs: Sequence[Dict[str, Any]]) -> str:
+    """``; 3 repetitions (min-max intervals) of each point`` or, when the ratios ran
+    different counts, ``; 3 repetitions of each point at 1.25x to 2.5x, 1 at 3x and 4x
+    (min-max intervals)``."""
+    points: Dict[float, Dict[str, Set[Any]]] = {}
+    for r in runs:
+        points.setdefault(float(r["ratio"]), {}).setdefault(r["config"], set()).add(r.get("rep"))
+    if not points:
+        return ""
+    counts = {ratio: min(len(reps) for reps in by_config.values())
+              for ratio, by_config in sorted(points.items())}
+    if len(set(counts.values())) == 1:
+        return f"; {_reps_words(next(iter(counts.values())))} of each point"
+    groups: Dict[int, List[float]] = {}
+    for ratio, n in counts.items():
+        groups.setdefault(n, []).append(ratio)
+    parts = []
+    for i, n in enumerate(sorted(groups, reverse=True)):
+        ratios = groups[n]
+        where = (f"{ratios[0]:g}x" if len(ratios) == 1 else
+                 f"{ratios[0]:g}x and {ratios[1]:g}x" if len(ratios) == 2 else
+                 f"{ratios[0]:g}x to {ratios[-1]:g}x")
+        head = f"{n} repetition{'s' if n != 1 else ''} of each point" if i == 0 else str(n)
+        parts.append(f"{head} at {where}")
+    return "; " + ", ".join(parts) + f" ({_method_words(list(groups))})"
 
 
 def _config_reps(runs: Sequence[Dict[str, Any]]) -> Dict[str, Set[Any]]:

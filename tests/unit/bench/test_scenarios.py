@@ -306,6 +306,54 @@ def test_the_sweep_says_how_often_each_point_ran() -> None:
     assert line.endswith("; 1 repetition (no intervals) of each point"), line
 
 
+def _sweep_run(config: str, rep: int, ratio: float, stall_s: float, mb_s: float,
+               guest_swap: int = 0) -> Dict[str, Any]:
+    budget = {1.25: 2458, 2.0: 1536, 3.0: 1024}[ratio]
+    return dict(_run(config, rep, stall_s, mb_s), ratio=ratio, budget_mib=budget,
+                guest_swap_ops=guest_swap)
+
+
+def _sweep_page(runs: List[Dict[str, Any]]) -> List[str]:
+    ratios = sorted({r["ratio"] for r in runs})
+    setup = {"guests": 4, "memory_mib": 768, "host_budget_mib": 2048, "host_swap_mib": 4096,
+             "duration_s": 240, "ratios": ratios, "budgets_mib": [2458, 1536, 1024][:len(ratios)],
+             "reps": 1}
+    results = {"mode": "full", "started": "s", "finished": "f", "host": "h", "reps": 3,
+               "scenarios": {"sweep": setup},
+               "summary": {"sweep": eval_ebb.summarise_any("sweep", runs)},
+               "runs": {"sweep": runs}}
+    return report.markdown(results).splitlines()
+
+
+def test_a_sweep_point_run_three_times_shows_its_spread_and_its_cost_against_none() -> None:
+    # The operator's figure only says whether the stall crossed 5 %; a point run three
+    # times must show how far its repetitions spread, and what a configuration paid on
+    # the way (here cooperative's guests swap at 2x in every repetition).
+    runs = []
+    for rep in range(3):
+        runs += [_sweep_run("none", rep, 1.25, 0.1 * (rep + 1), 100.0),
+                 _sweep_run("cooperative", rep, 1.25, 0.1, 100.0 + rep),
+                 _sweep_run("none", rep, 2.0, 2.4, 100.0, guest_swap=1000 + rep),
+                 _sweep_run("cooperative", rep, 2.0, 2.4 * (rep + 1), 80.0 - rep,
+                            guest_swap=4000 + 4 * rep)]
+    runs += [_sweep_run("none", 0, 3.0, 2.4, 90.0), _sweep_run("cooperative", 0, 3.0, 2.4, 70.0)]
+    lines = _sweep_page(runs)
+
+    head = next(x for x in lines if x.startswith("- sweep:"))
+    assert head.endswith("; 3 repetitions of each point at 1.25x and 2x, 1 at 3x "
+                         "(min-max intervals)"), head
+    row = next(x for x in lines if x.startswith("| cooperative |"))
+    # 2.4, 4.8 and 7.2 s of 240 s: 1 %, 2 % and 3 %; the single 3x run has no spread.
+    assert "| 2.0 % (1.0-3.0) |" in row
+    assert row.endswith("| 1.0 % | 3x or more (1024 MiB or less) |"), row
+    at_2x = next(x for x in lines if x.startswith("| 2x | `cooperative` |"))
+    assert "-21 % [-22 % .. -20 %]" in at_2x  # throughput 80, 79, 78 against 100
+    real = lines[lines.index("## Which differences are real"):]
+    assert any(x.startswith("- sweep 2x, cooperative vs none, guest_swap_ops: +300 %")
+               for x in real), real
+    assert not any("sweep 3x" in x for x in real), "one repetition is not a difference"
+
+
 def test_a_baseline_run_in_two_repetitions_makes_no_headline() -> None:
     # `none` added to a scenario in 2 repetitions beside 5 of the others: its two
     # ratios may both fall on one side by chance, so the opening lines must not
