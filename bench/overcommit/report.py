@@ -786,18 +786,23 @@ def _sweep_reps_words(runs: Sequence[Dict[str, Any]]) -> str:
               for ratio, by_config in sorted(points.items())}
     if len(set(counts.values())) == 1:
         return f"; {_reps_words(next(iter(counts.values())))} of each point"
-    groups: Dict[int, List[float]] = {}
-    for ratio, n in counts.items():
-        groups.setdefault(n, []).append(ratio)
+    groups = _by_count(counts)
     parts = []
-    for i, n in enumerate(sorted(groups, reverse=True)):
-        ratios = groups[n]
+    for i, (n, ratios) in enumerate(groups):
         where = (f"{ratios[0]:g}x" if len(ratios) == 1 else
                  f"{ratios[0]:g}x and {ratios[1]:g}x" if len(ratios) == 2 else
                  f"{ratios[0]:g}x to {ratios[-1]:g}x")
         head = f"{n} repetition{'s' if n != 1 else ''} of each point" if i == 0 else str(n)
         parts.append(f"{head} at {where}")
-    return "; " + ", ".join(parts) + f" ({_method_words(list(groups))})"
+    return "; " + ", ".join(parts) + f" ({_method_words([n for n, _ in groups])})"
+
+
+def _by_count(counts: Dict[Any, int]) -> List[Tuple[int, List[Any]]]:
+    """The keys grouped by their count, largest count first, each group in key order."""
+    groups: Dict[int, List[Any]] = {}
+    for key, n in counts.items():
+        groups.setdefault(n, []).append(key)
+    return sorted(groups.items(), reverse=True)
 
 
 def _config_reps(runs: Sequence[Dict[str, Any]]) -> Dict[str, Set[Any]]:
@@ -822,12 +827,9 @@ def _uneven_reps_words(per_config: Dict[str, Set[Any]]) -> str:
     A comparison holds only the repetitions both of its configurations ran, so the
     scenario's own count would overstate it, and its interval method with it.
     """
-    groups: Dict[int, List[str]] = {}
-    for config, reps in per_config.items():
-        groups.setdefault(len(reps), []).append(f"`{config}`")
     parts = []
-    for i, n in enumerate(sorted(groups, reverse=True)):
-        names = groups[n]
+    for i, (n, names) in enumerate(_by_count(
+            {f"`{config}`": len(reps) for config, reps in per_config.items()})):
         who = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         parts.append(f"{n} repetition{'s' if n != 1 else ''} of {who}" if i == 0
                      else f"{n} of {who}")
